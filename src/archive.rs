@@ -1,0 +1,364 @@
+//! The artifact container: a deterministic tar stream, compressed with zstd or
+//! gzip, with `release.json` as its first member.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES};
+
+/// zstd level of artifacts: much smaller than gzip -6 and still fast with
+/// several worker threads. The multi-threaded zstd format is identical whatever
+/// the number of workers, so this does not affect reproducibility.
+const ZSTD_LEVEL: i32 = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Zst,
+    Gz,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Zst => "tar.zst",
+            Format::Gz => "tar.gz",
+        }
+    }
+
+    /// Recognise a compressed stream by its first bytes.
+    pub fn sniff(magic: &[u8]) -> Option<Format> {
+        if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Format::Zst)
+        } else if magic.starts_with(&[0x1f, 0x8b]) {
+            Some(Format::Gz)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Zst => "zst",
+            Format::Gz => "gz",
+        })
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes what it yields and refuses to yield more than `limit` bytes.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+    limit: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R, limit: u64) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn digest(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = (self.limit - self.bytes).min(buf.len() as u64) as usize;
+        if room == 0 && !buf.is_empty() {
+            // Probe one byte so a file longer than declared is detected.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other(format!(
+                    "more than the {} bytes declared",
+                    self.limit
+                ))),
+            };
+        }
+        let n = self.inner.read(&mut buf[..room])?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// sha256 and size of a file on disk, streaming.
+pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut reader = HashingReader::new(BufReader::new(fs::File::open(path)?), u64::MAX);
+    io::copy(&mut reader, &mut io::sink())?;
+    let bytes = reader.bytes_read();
+    Ok((reader.digest(), bytes))
+}
+
+enum Compressor<W: Write> {
+    Zst(zstd::Encoder<'static, W>),
+    Gz(flate2::write::GzEncoder<W>),
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Zst(w) => w.write(buf),
+            Compressor::Gz(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Zst(w) => w.flush(),
+            Compressor::Gz(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Compressor<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Zst(w) => w.finish(),
+            Compressor::Gz(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes a deterministic artifact: every header has mtime = `mtime`, uid/gid 0,
+/// empty owner names and the entry's normalised mode.
+pub struct ArtifactWriter {
+    tar: tar::Builder<Compressor<HashingWriter<BufWriter<fs::File>>>>,
+    mtime: u64,
+}
+
+pub struct Written {
+    pub file: fs::File,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl ArtifactWriter {
+    pub fn new(file: fs::File, format: Format, mtime: i64) -> Result<Self> {
+        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        let compressor = match format {
+            Format::Zst => {
+                let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                enc.multithread(threads as u32)?;
+                enc.long_distance_matching(true)?;
+                enc.window_log(26)?;
+                enc.include_checksum(true)?;
+                Compressor::Zst(enc)
+            }
+            // GzBuilder without name or mtime: mtime 0 and OS "unknown".
+            Format::Gz => Compressor::Gz(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(sink, flate2::Compression::new(6)),
+            ),
+        };
+        let mut tar = tar::Builder::new(compressor);
+        tar.mode(tar::HeaderMode::Deterministic);
+        tar.follow_symlinks(false);
+        Ok(ArtifactWriter {
+            tar,
+            mtime: mtime.max(0) as u64,
+        })
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(self.mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    pub fn append_manifest(&mut self, json: &[u8]) -> Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, 0o644, json.len() as u64);
+        self.tar.append_data(&mut h, MANIFEST_NAME, json)?;
+        Ok(())
+    }
+
+    /// Append one manifest entry, reading a regular file's bytes from `source`
+    /// and checking them against the entry while they stream.
+    pub fn append(&mut self, entry: &Entry, source: &Path) -> Result<()> {
+        match entry.kind {
+            EntryType::Dir => {
+                let mut h = self.header(tar::EntryType::Directory, 0o755, 0);
+                self.tar
+                    .append_data(&mut h, format!("{}/", entry.path), io::empty())?;
+            }
+            EntryType::Symlink => {
+                let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
+                let target = entry.target.as_deref().unwrap_or_default();
+                self.tar.append_link(&mut h, &entry.path, target)?;
+            }
+            EntryType::File => {
+                let size = entry.size();
+                let mut h = self.header(tar::EntryType::Regular, entry.mode, size);
+                let file = BufReader::new(fs::File::open(source)?);
+                let mut reader = HashingReader::new(file, size);
+                self.tar
+                    .append_data(&mut h, &entry.path, &mut reader)
+                    .map_err(|e| Error::FileChanged {
+                        path: source.to_path_buf(),
+                        message: format!("changed while the artifact was written: {e}"),
+                    })?;
+                let read = reader.bytes_read();
+                if read != size || entry.sha256.as_deref() != Some(reader.digest().as_str()) {
+                    return Err(Error::FileChanged {
+                        path: source.to_path_buf(),
+                        message: format!(
+                            "changed while the artifact was written (expected {size} bytes with the hash recorded earlier, read {read}); if it is in the build cache, delete the cache entry and build again"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Written> {
+        let compressor = self.tar.into_inner()?;
+        let hashing = compressor.finish()?;
+        let (buf, sha256, bytes) = hashing.finish();
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        Ok(Written {
+            file,
+            sha256,
+            bytes,
+        })
+    }
+}
+
+/// Open an artifact and return its format and a decompressing reader.
+pub fn open(path: &Path) -> Result<(Format, Box<dyn Read>)> {
+    let mut file = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
+    let magic = {
+        use std::io::BufRead;
+        file.fill_buf()?.get(..4).map(<[u8]>::to_vec)
+    };
+    let not_artifact = |reason: &str| Error::NotAnArtifact {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let Some(magic) = magic else {
+        return Err(not_artifact("shorter than any compressed archive"));
+    };
+    let format = Format::sniff(&magic).ok_or_else(|| not_artifact("not zstd or gzip data"))?;
+    let reader: Box<dyn Read> = match format {
+        Format::Zst => Box::new(zstd::Decoder::with_buffer(file)?),
+        Format::Gz => Box::new(flate2::bufread::GzDecoder::new(file)),
+    };
+    Ok((format, reader))
+}
+
+/// Read the manifest from the first member of an open archive.
+pub fn read_manifest_entry<R: Read>(
+    path: &Path,
+    entries: &mut tar::Entries<'_, R>,
+) -> Result<(Manifest, Vec<u8>)> {
+    let bad = |reason: String| Error::BadManifest {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let first = entries
+        .next()
+        .ok_or_else(|| bad("the archive is empty; release.json must be its first member".into()))?
+        .map_err(|e| bad(format!("cannot read the first archive member: {e}")))?;
+    let name = first.path_bytes().into_owned();
+    if name != MANIFEST_NAME.as_bytes() {
+        return Err(bad(format!(
+            "the first member is {:?}, not {MANIFEST_NAME}",
+            String::from_utf8_lossy(&name)
+        )));
+    }
+    if first.header().entry_type() != tar::EntryType::Regular {
+        return Err(bad(format!("{MANIFEST_NAME} is not a regular file")));
+    }
+    let size = first.header().size().map_err(|e| bad(e.to_string()))?;
+    if size > MAX_MANIFEST_BYTES {
+        return Err(bad(format!(
+            "{MANIFEST_NAME} declares {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
+        )));
+    }
+    let mut json = Vec::with_capacity(size as usize);
+    first
+        .take(MAX_MANIFEST_BYTES)
+        .read_to_end(&mut json)
+        .map_err(|e| bad(format!("cannot read {MANIFEST_NAME}: {e}")))?;
+    let manifest = Manifest::from_json(&json).map_err(bad)?;
+    Ok((manifest, json))
+}
+
+/// Read only the manifest of an artifact, without unpacking the rest.
+pub fn read_manifest(path: &Path) -> Result<(Format, Manifest)> {
+    let (format, reader) = open(path)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries()?;
+    let (manifest, _) = read_manifest_entry(path, &mut entries)?;
+    Ok((format, manifest))
+}
+
+/// Write `<artifact>.sha256` in `sha256sum --check` format, atomically.
+pub fn write_checksum_file(artifact: &Path, sha256: &str) -> Result<PathBuf> {
+    let name = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = PathBuf::from(format!("{}.sha256", artifact.display()));
+    crate::fsutil::write_atomic(&path, format!("{sha256}  {name}\n").as_bytes())?;
+    Ok(path)
+}

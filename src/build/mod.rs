@@ -1,0 +1,456 @@
+//! `release build`: a Python web app at a git commit → one reproducible artifact.
+//!
+//! The steps follow DESIGN.md §1: resolve the commit, export the tracked files,
+//! get a relocatable venv + its wheels (from the build cache when the
+//! requirements are unchanged), run the static step, then write the manifest and
+//! the deterministic archive.
+
+mod git;
+mod python;
+mod relocate;
+mod settings;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use fs_err as fs;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::archive::{self, ArtifactWriter, Format};
+use crate::error::{tail, Error, Result};
+use crate::fsutil;
+use crate::manifest::{self, Builder, Entry, Manifest};
+use crate::output::Printer;
+
+pub use python::InstallerChoice;
+pub use settings::BuildFlags;
+
+/// What `release build --json` prints.
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub artifact: PathBuf,
+    pub sha256: String,
+    pub app: String,
+    pub commit: String,
+    pub release: String,
+    pub format: Format,
+    /// Entries in the manifest.
+    pub files: u64,
+    /// Size of the artifact file.
+    pub bytes: u64,
+    pub tree_sha256: String,
+    pub seconds: f64,
+    /// Whether the venv and wheels came from the build cache.
+    pub cached_env: bool,
+}
+
+/// The contents of one build-cache entry: the venv and the wheels it was
+/// installed from, with their manifest entries (paths under `venv/` and `wheels/`).
+#[derive(Serialize, Deserialize)]
+struct EnvIndex {
+    base_executable: String,
+    installer: String,
+    entries: Vec<Entry>,
+}
+
+pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
+    let started = Instant::now();
+    let source = git::Source::open(&flags.source)?;
+    let commit = source.commit(flags.commit.as_deref(), flags.allow_dirty)?;
+    let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
+    let tmp_root = cache_dir.join("tmp");
+    fs::create_dir_all(&tmp_root)?;
+    let work = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&tmp_root)
+        .map_err(|e| fsutil::fs_err_io(e, &tmp_root))?;
+    let work_dir = work.path();
+    let app_dir = work_dir.join("app");
+    printer.progress(&format!(
+        "building {} at {}{}",
+        flags.source.display(),
+        &commit.sha[..12],
+        if commit.dirty { " (dirty)" } else { "" }
+    ));
+    source.export(&commit, &app_dir)?;
+    let settings = settings::resolve(flags, &app_dir)?;
+    settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
+
+    let requirements = app_dir.join(&settings.requirements);
+    if !requirements.is_file() {
+        return Err(Error::RequirementsMissing {
+            path: source.toplevel.join(&source.prefix).join(&settings.requirements),
+            commit: commit.sha[..12].to_string(),
+        });
+    }
+    let interpreter = python::find_interpreter(&settings.python)?;
+    let installer = python::choose_installer(settings.installer, &interpreter)?;
+    let requirements_sha256 = requirements_digest(&requirements, &app_dir)?;
+
+    // The venv + wheels, from the cache or built now.
+    let key = env_key(&requirements_sha256, &interpreter, &installer);
+    let env_dir = cache_dir.join("envs").join(&key);
+    let cached_env = env_dir.join("index.json").is_file();
+    if cached_env {
+        printer.progress(&format!("reusing venv {}", env_dir.display()));
+    } else {
+        printer.progress(&format!(
+            "installing requirements with {} (cache: {})",
+            installer.describe(),
+            cache_dir.display()
+        ));
+        build_env(
+            &env_dir,
+            &interpreter,
+            &installer,
+            &requirements,
+            work_dir,
+            &source,
+            &commit,
+            &settings,
+            &cache_dir,
+            printer,
+        )?;
+    }
+    let index: EnvIndex = serde_json::from_slice(&fs::read(env_dir.join("index.json"))?)
+        .map_err(|e| Error::failed(format!(
+            "{}: corrupt build cache entry ({e})\n  fix: delete that directory and build again",
+            env_dir.display()
+        )))?;
+    let venv = env_dir.join("venv");
+
+    // Static files, then byte-compile the app.
+    let static_dir = work_dir.join("static");
+    if let Some(cmd) = &settings.static_cmd {
+        printer.progress(&format!("static step: {cmd}"));
+        fs::create_dir_all(&static_dir)?;
+        run_static(cmd, &app_dir, &venv, &static_dir, commit.epoch)?;
+    }
+    python::compile(&venv, work_dir, &[app_dir.clone()], commit.epoch)?;
+
+    // The manifest: every path, sorted.
+    let mut files = scan_tree(&app_dir, "app")?;
+    files.extend(index.entries.iter().cloned());
+    if settings.static_cmd.is_some() {
+        files.extend(scan_tree(&static_dir, "static")?);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    check_symlinks(&files, &index.base_executable)?;
+    let bytes = files.iter().map(Entry::size).sum();
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        app: settings.name.clone(),
+        commit: commit.sha.clone(),
+        release: commit.sha[..12].to_string(),
+        source_date_epoch: commit.epoch,
+        dirty: commit.dirty,
+        builder: Builder {
+            tool: "release".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            installer: index.installer.clone(),
+        },
+        python: interpreter.info(index.base_executable.clone()),
+        requirements_sha256,
+        file_count: files.len() as u64,
+        bytes,
+        tree_sha256: manifest::tree_digest(&files),
+        files,
+    };
+    manifest.validate().map_err(Error::failed)?;
+
+    // The archive: written beside its final name, then renamed into place.
+    fs::create_dir_all(&flags.out)?;
+    let artifact = flags.out.join(format!(
+        "{}-{}.{}",
+        manifest.app,
+        manifest.release,
+        settings.format.extension()
+    ));
+    printer.progress(&format!("writing {}", artifact.display()));
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(&flags.out)
+        .map_err(|e| fsutil::fs_err_io(e, &flags.out))?;
+    let (tmp_file, tmp_path) = tmp.into_parts();
+    let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
+    let mut writer = ArtifactWriter::new(file, settings.format, commit.epoch)?;
+    writer.append_manifest(&manifest.to_json_bytes())?;
+    for entry in &manifest.files {
+        let source_path = match entry.path.split_once('/') {
+            Some(("app", rest)) => app_dir.join(rest),
+            Some(("static", rest)) => static_dir.join(rest),
+            _ if entry.path == "app" => app_dir.clone(),
+            _ if entry.path == "static" => static_dir.clone(),
+            _ => env_dir.join(&entry.path),
+        };
+        writer.append(entry, &source_path)?;
+    }
+    let written = writer.finish()?;
+    fsutil::set_mode(&tmp_path, 0o644)?;
+    written.file.sync_all()?;
+    tmp_path
+        .persist(&artifact)
+        .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
+    archive::write_checksum_file(&artifact, &written.sha256)?;
+    fsutil::fsync_dir(&flags.out)?;
+
+    Ok(BuildReport {
+        artifact,
+        sha256: written.sha256,
+        app: manifest.app,
+        commit: manifest.commit,
+        release: manifest.release,
+        format: settings.format,
+        files: manifest.file_count,
+        bytes: written.bytes,
+        tree_sha256: manifest.tree_sha256,
+        seconds: started.elapsed().as_secs_f64(),
+        cached_env,
+    })
+}
+
+/// Build a cache entry: wheels, venv, relocation, pycs, index. Built under a
+/// temporary name and renamed into place, so a killed build leaves no half entry
+/// and concurrent builds of the same key are harmless.
+#[allow(clippy::too_many_arguments)]
+fn build_env(
+    env_dir: &Path,
+    interpreter: &python::Interpreter,
+    installer: &python::Installer,
+    requirements: &Path,
+    work_dir: &Path,
+    source: &git::Source,
+    commit: &git::Commit,
+    settings: &settings::Settings,
+    cache_dir: &Path,
+    printer: &Printer,
+) -> Result<()> {
+    let envs = env_dir.parent().expect("env dir has a parent");
+    fs::create_dir_all(envs)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(envs)
+        .map_err(|e| fsutil::fs_err_io(e, envs))?;
+    // Wheels are built from a scratch copy of the source, so build backends
+    // that write into the source tree (build/, *.egg-info) cannot leak into app/.
+    let scratch = work_dir.join("src");
+    source.export(commit, &scratch)?;
+    let rel_requirements = requirements
+        .strip_prefix(work_dir.join("app"))
+        .unwrap_or(requirements);
+    let wheels = tmp.path().join("wheels");
+    fs::create_dir_all(&wheels)?;
+    let find_links: Vec<PathBuf> = settings.find_links.clone();
+    python::build_wheels(
+        interpreter,
+        &scratch.join(rel_requirements),
+        &scratch,
+        &wheels,
+        &python::WheelOptions {
+            cache_dir: &cache_dir.join("pip"),
+            find_links: &find_links,
+            no_index: settings.no_index,
+        },
+        commit.epoch,
+    )?;
+    let venv = tmp.path().join("venv");
+    python::create_venv(installer, interpreter, &venv, &wheels, commit.epoch)?;
+    let report = relocate::relocate(&venv)?;
+    printer.progress(&format!(
+        "made {} console scripts relocatable",
+        report.scripts
+    ));
+    if !report.leftovers.is_empty() {
+        printer.warn(&format!(
+            "these venv files still mention the build path and may not work after a move: {}",
+            report.leftovers.join(", ")
+        ));
+    }
+    let base_executable = base_interpreter_link(&venv)?;
+    let site = venv.join("lib");
+    python::compile(&venv, tmp.path(), &[site], commit.epoch)?;
+    let mut entries = scan_tree(&venv, "venv")?;
+    entries.extend(scan_tree(&wheels, "wheels")?);
+    let index = EnvIndex {
+        base_executable,
+        installer: installer.describe(),
+        entries,
+    };
+    fs::write(
+        tmp.path().join("index.json"),
+        serde_json::to_vec(&index).expect("index serialises"),
+    )?;
+    let tmp_path = tmp.keep();
+    if let Err(e) = fs::rename(&tmp_path, env_dir) {
+        // Another build finished the same entry first: use theirs.
+        let _ = fs::remove_dir_all(&tmp_path);
+        if !env_dir.join("index.json").is_file() {
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// The absolute path the venv's `python` links point at, in the end.
+fn base_interpreter_link(venv: &Path) -> Result<String> {
+    let mut link = venv.join("bin/python");
+    for _ in 0..8 {
+        let target = fs::read_link(&link)?;
+        if target.is_absolute() {
+            return Ok(target.to_string_lossy().into_owned());
+        }
+        link = venv.join("bin").join(target);
+    }
+    Err(Error::failed(format!(
+        "{}: cannot find the base interpreter the venv links to",
+        venv.join("bin/python").display()
+    )))
+}
+
+fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: i64) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![venv.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(app_dir)
+        .env("PATH", std::env::join_paths(paths).map_err(|e| Error::failed(e.to_string()))?)
+        .env("VIRTUAL_ENV", venv)
+        .env("STATIC_ROOT", static_dir);
+    python::build_env(&mut command, epoch);
+    command.env("VIRTUAL_ENV", venv);
+    let out = command.output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(Error::StaticFailed {
+        command: cmd.to_string(),
+        status: out.status.to_string(),
+        tail: tail(&text, 20),
+    })
+}
+
+/// Manifest entries for everything under `root`, with paths under `prefix`.
+pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = Vec::new();
+    for item in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
+        let rel = item.path().strip_prefix(root).expect("under root");
+        let rel = rel.to_str().ok_or_else(|| {
+            Error::failed(format!(
+                "{}: file name is not UTF-8; rename it",
+                item.path().display()
+            ))
+        })?;
+        let path = if rel.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/{rel}")
+        };
+        if let Err(why) = manifest::check_path(&path) {
+            return Err(Error::failed(format!(
+                "{}: cannot go into an artifact ({why}); rename or exclude it",
+                item.path().display()
+            )));
+        }
+        let kind = item.file_type();
+        let entry = if kind.is_dir() {
+            Entry::dir(path)
+        } else if kind.is_symlink() {
+            let target = fs::read_link(item.path())?;
+            Entry::symlink(path, target.to_string_lossy().into_owned())
+        } else if kind.is_file() {
+            let meta = item.metadata().map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (sha256, size) = archive::hash_file(item.path())?;
+            Entry::file(path, meta.permissions().mode() & 0o111 != 0, size, sha256)
+        } else {
+            return Err(Error::failed(format!(
+                "{}: not a regular file, directory or symlink; remove it from the tree",
+                item.path().display()
+            )));
+        };
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Symlinks must stay inside the release; the only exception is the venv's
+/// link to the base interpreter.
+fn check_symlinks(files: &[Entry], base_executable: &str) -> Result<()> {
+    for e in files.iter().filter(|e| e.kind == manifest::EntryType::Symlink) {
+        let target = e.target.as_deref().unwrap_or_default();
+        if target == base_executable && e.path.starts_with("venv/bin/") {
+            continue;
+        }
+        if !manifest::symlink_stays_inside(&e.path, target) {
+            return Err(Error::failed(format!(
+                "{}: symlink to {target} leaves the release; the host would refuse it\n  fix: make it a relative link inside the tree, or exclude it",
+                e.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// sha256 over the requirements file, the files it includes with -r/-c, and the
+/// contents of local directories it installs (e.g. `./packages/greeting`).
+fn requirements_digest(requirements: &Path, app_dir: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut todo = vec![requirements.to_path_buf()];
+    let mut seen = Vec::new();
+    while let Some(file) = todo.pop() {
+        if seen.contains(&file) {
+            continue;
+        }
+        seen.push(file.clone());
+        let text = fs::read_to_string(&file)?;
+        hasher.update(file.strip_prefix(app_dir).unwrap_or(&file).to_string_lossy().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(text.as_bytes());
+        let dir = file.parent().unwrap_or(app_dir);
+        for line in text.lines() {
+            let line = line.split(" #").next().unwrap_or_default().trim();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["-r" | "-c" | "--requirement" | "--constraint", f, ..] => todo.push(dir.join(f)),
+                [p, ..] if p.starts_with("./") || p.starts_with("../") => {
+                    // pip resolves these against its working directory: the app root.
+                    let local = app_dir.join(p);
+                    if local.is_dir() {
+                        for e in scan_tree(&local, "app")? {
+                            hasher.update(format!("{}\0{:?}\0", e.path, e.sha256).as_bytes());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The build-cache key: requirements, interpreter, installer and tool version.
+fn env_key(requirements: &str, interpreter: &python::Interpreter, installer: &python::Installer) -> String {
+    let mut hasher = Sha256::new();
+    for part in [
+        "release-env-1",
+        env!("CARGO_PKG_VERSION"),
+        requirements,
+        &interpreter.executable.to_string_lossy(),
+        &interpreter.version,
+        &interpreter.abi,
+        &interpreter.platform,
+        &installer.describe(),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\0");
+    }
+    hex::encode(hasher.finalize())[..32].to_string()
+}

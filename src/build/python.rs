@@ -1,0 +1,395 @@
+//! The build interpreter, and the tools that turn requirements into wheels and a venv.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde::Deserialize;
+
+use crate::error::{tail, Error, Result};
+use crate::manifest::PythonInfo;
+
+const PROBE: &str = r#"
+import json, platform, sys, sysconfig
+print(json.dumps({
+    "implementation": sys.implementation.name,
+    "version": platform.python_version(),
+    "abi": "cp%d%d" % sys.version_info[:2] if sys.implementation.name == "cpython"
+           else sys.implementation.cache_tag,
+    "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+    "executable": sys.executable,
+}))
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+struct Probe {
+    implementation: String,
+    version: String,
+    abi: String,
+    platform: String,
+    executable: String,
+}
+
+/// Which tool installs the venv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallerChoice {
+    /// uv when it is on PATH, else pip.
+    Auto,
+    Uv,
+    Pip,
+}
+
+#[derive(Debug, Clone)]
+pub enum Installer {
+    Uv { program: PathBuf, version: String },
+    Pip { version: String },
+}
+
+impl Installer {
+    pub fn describe(&self) -> String {
+        match self {
+            Installer::Uv { version, .. } => format!("uv {version}"),
+            Installer::Pip { version } => format!("pip {version}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    /// The interpreter as found (absolute).
+    pub executable: PathBuf,
+    pub implementation: String,
+    pub version: String,
+    pub abi: String,
+    pub platform: String,
+    pub pip_version: String,
+}
+
+impl Interpreter {
+    pub fn info(&self, base_executable: String) -> PythonInfo {
+        PythonInfo {
+            implementation: self.implementation.clone(),
+            version: self.version.clone(),
+            abi: self.abi.clone(),
+            platform: self.platform.clone(),
+            base_executable,
+        }
+    }
+}
+
+/// Find `python` on PATH (or as a path) and ask it what it is.
+pub fn find_interpreter(python: &str) -> Result<Interpreter> {
+    let not_found = |detail: String| Error::InterpreterNotFound {
+        python: python.to_string(),
+        detail,
+    };
+    let out = Command::new(python)
+        .args(["-c", PROBE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| not_found(format!(" ({e})")))?;
+    if !out.status.success() {
+        return Err(not_found(format!(
+            ": it failed to run:\n{}",
+            tail(&String::from_utf8_lossy(&out.stderr), 5)
+        )));
+    }
+    let probe: Probe = serde_json::from_slice(&out.stdout)
+        .map_err(|_| not_found(": it did not answer like a Python 3 interpreter".into()))?;
+    let pip = Command::new(&probe.executable)
+        .args(["-m", "pip", "--version"])
+        .stdin(Stdio::null())
+        .output()?;
+    if !pip.status.success() {
+        return Err(Error::failed(format!(
+            "Python interpreter {} has no pip, which builds the wheels\n  fix: `{} -m ensurepip`, or install python3-pip",
+            probe.executable, probe.executable
+        )));
+    }
+    let pip_version = String::from_utf8_lossy(&pip.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("unknown")
+        .to_string();
+    Ok(Interpreter {
+        executable: PathBuf::from(probe.executable),
+        implementation: probe.implementation,
+        version: probe.version,
+        abi: probe.abi,
+        platform: probe.platform,
+        pip_version,
+    })
+}
+
+pub fn choose_installer(choice: InstallerChoice, interpreter: &Interpreter) -> Result<Installer> {
+    let uv = || -> Option<Installer> {
+        let out = Command::new("uv")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let version = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)?
+            .to_string();
+        out.status.success().then_some(Installer::Uv {
+            program: PathBuf::from("uv"),
+            version,
+        })
+    };
+    let pip = Installer::Pip {
+        version: interpreter.pip_version.clone(),
+    };
+    match choice {
+        InstallerChoice::Pip => Ok(pip),
+        InstallerChoice::Auto => Ok(uv().unwrap_or(pip)),
+        InstallerChoice::Uv => uv().ok_or_else(|| {
+            Error::failed(
+                "--installer uv was asked for, but `uv` is not on PATH\n  fix: `pip install uv`, or use --installer pip",
+            )
+        }),
+    }
+}
+
+/// Environment every tool of the build runs with: reproducible outputs.
+pub fn build_env(cmd: &mut Command, epoch: i64) {
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("PYTHONHASHSEED", "0")
+        .env("PIP_NO_INPUT", "1")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("PYTHONPATH")
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null());
+}
+
+fn output(mut cmd: Command, tool: &str) -> Result<Output> {
+    let line = format!("{cmd:?}");
+    cmd.output().map_err(|e| Error::ToolFailed {
+        tool: tool.into(),
+        command: line,
+        status: "not started".into(),
+        tail: format!("    {e}"),
+    })
+}
+
+fn check(out: Output, tool: &str, command: String) -> Result<Output> {
+    if out.status.success() {
+        return Ok(out);
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(Error::ToolFailed {
+        tool: tool.into(),
+        command,
+        status: out.status.to_string(),
+        tail: tail(&text, 20),
+    })
+}
+
+pub struct WheelOptions<'a> {
+    pub cache_dir: &'a Path,
+    pub find_links: &'a [PathBuf],
+    pub no_index: bool,
+}
+
+/// `pip wheel -r requirements` into `wheel_dir`, run from `app_dir` so relative
+/// local paths in the requirements resolve.
+pub fn build_wheels(
+    interpreter: &Interpreter,
+    requirements: &Path,
+    app_dir: &Path,
+    wheel_dir: &Path,
+    opts: &WheelOptions<'_>,
+    epoch: i64,
+) -> Result<()> {
+    let mut cmd = Command::new(&interpreter.executable);
+    cmd.args(["-m", "pip", "wheel", "--progress-bar", "off", "-r"])
+        .arg(requirements)
+        .arg("--wheel-dir")
+        .arg(wheel_dir)
+        .arg("--cache-dir")
+        .arg(opts.cache_dir)
+        .current_dir(app_dir);
+    for link in opts.find_links {
+        cmd.arg("--find-links").arg(link);
+    }
+    if opts.no_index {
+        cmd.arg("--no-index");
+    }
+    build_env(&mut cmd, epoch);
+    let out = output(cmd, "pip wheel")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(Error::RequirementFailed {
+        requirement: failing_requirement(&text),
+        tail: tail(&text, 15),
+    })
+}
+
+/// Name the requirement pip was working on when it failed.
+pub fn failing_requirement(output: &str) -> String {
+    const MARKERS: &[&str] = &[
+        "Failed building wheel for ",
+        "No matching distribution found for ",
+        "Could not find a version that satisfies the requirement ",
+        "Failed to build ",
+    ];
+    for line in output.lines().rev() {
+        for marker in MARKERS {
+            if let Some(rest) = line.split(marker).nth(1) {
+                if let Some(name) = rest.split_whitespace().next() {
+                    return name.trim_end_matches(['.', ',']).to_string();
+                }
+            }
+        }
+    }
+    for line in output.lines().rev() {
+        let line = line.trim();
+        for marker in ["Processing ", "Collecting "] {
+            if let Some(rest) = line.strip_prefix(marker) {
+                return rest.split_whitespace().next().unwrap_or(rest).to_string();
+            }
+        }
+    }
+    "(unknown: see pip's output)".into()
+}
+
+/// `name==version` for every wheel file in `wheel_dir`, sorted.
+pub fn pinned_wheels(wheel_dir: &Path) -> Result<Vec<String>> {
+    let mut pins = Vec::new();
+    for entry in fs_err::read_dir(wheel_dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".whl") else {
+            continue;
+        };
+        let mut parts = stem.split('-');
+        match (parts.next(), parts.next()) {
+            (Some(dist), Some(version)) => pins.push(format!("{dist}=={version}")),
+            _ => {
+                return Err(Error::failed(format!(
+                    "{}: not a wheel file name",
+                    wheel_dir.join(&name).display()
+                )))
+            }
+        }
+    }
+    pins.sort();
+    Ok(pins)
+}
+
+/// Create a venv at `venv` and install exactly the wheels of `wheel_dir` into it,
+/// offline, without byte-compiling (that is done deterministically afterwards).
+pub fn create_venv(
+    installer: &Installer,
+    interpreter: &Interpreter,
+    venv: &Path,
+    wheel_dir: &Path,
+    epoch: i64,
+) -> Result<()> {
+    let pins = pinned_wheels(wheel_dir)?;
+    match installer {
+        Installer::Pip { .. } => {
+            let mut cmd = Command::new(&interpreter.executable);
+            cmd.args(["-m", "venv", "--without-pip"]).arg(venv);
+            build_env(&mut cmd, epoch);
+            let line = format!("{cmd:?}");
+            check(output(cmd, "python -m venv")?, "python -m venv", line)?;
+            if pins.is_empty() {
+                return Ok(());
+            }
+            let mut cmd = Command::new(&interpreter.executable);
+            cmd.args(["-m", "pip", "--python"])
+                .arg(venv.join("bin/python"))
+                .args([
+                    "install",
+                    "--no-index",
+                    "--no-deps",
+                    "--no-compile",
+                    "--no-cache-dir",
+                    "--no-warn-script-location",
+                    "--progress-bar",
+                    "off",
+                    "--find-links",
+                ])
+                .arg(wheel_dir)
+                .args(&pins);
+            build_env(&mut cmd, epoch);
+            let line = format!("{cmd:?}");
+            check(output(cmd, "pip install")?, "pip install", line)?;
+        }
+        Installer::Uv { program, .. } => {
+            let mut cmd = Command::new(program);
+            cmd.args(["venv", "--quiet", "--no-config", "--python"])
+                .arg(&interpreter.executable)
+                .arg(venv);
+            build_env(&mut cmd, epoch);
+            let line = format!("{cmd:?}");
+            check(output(cmd, "uv venv")?, "uv venv", line)?;
+            if pins.is_empty() {
+                return Ok(());
+            }
+            let mut cmd = Command::new(program);
+            cmd.args(["pip", "install", "--quiet", "--no-config", "--python"])
+                .arg(venv.join("bin/python"))
+                .args([
+                    "--offline",
+                    "--no-index",
+                    "--no-deps",
+                    "--no-cache",
+                    "--link-mode",
+                    "copy",
+                    "--find-links",
+                ])
+                .arg(wheel_dir)
+                .args(&pins);
+            build_env(&mut cmd, epoch);
+            let line = format!("{cmd:?}");
+            check(output(cmd, "uv pip install")?, "uv pip install", line)?;
+        }
+    }
+    Ok(())
+}
+
+/// Byte-compile `dirs` with the venv's interpreter: checked-hash pycs (no
+/// timestamps), fixed hash seed, and the build path stripped from the recorded
+/// file names (`-s strip`). CPython rewrites `co_filename` to the real source
+/// path when it loads a pyc, so tracebacks on the host name the installed files.
+pub fn compile(venv: &Path, strip: &Path, dirs: &[PathBuf], epoch: i64) -> Result<()> {
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args([
+        "-m",
+        "compileall",
+        "-q",
+        "-q",
+        "-j",
+        "0",
+        "--invalidation-mode",
+        "checked-hash",
+        "-s",
+    ])
+    .arg(strip)
+    .args(dirs);
+    build_env(&mut cmd, epoch);
+    cmd.env_remove("PYTHONDONTWRITEBYTECODE");
+    // compileall exits 1 when some file does not compile (e.g. a template that
+    // is not Python); pip ignores those too, and they simply get no pyc.
+    output(cmd, "compileall")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_failing_requirement() {
+        let out = "Collecting django==5.2\nERROR: Could not find a version that satisfies the requirement nosuchpkg==1.0 (from versions: none)\nERROR: No matching distribution found for nosuchpkg==1.0\n";
+        assert_eq!(failing_requirement(out), "nosuchpkg==1.0");
+        let out = "Processing ./packages/broken\n  error: subprocess-exited-with-error\n";
+        assert_eq!(failing_requirement(out), "./packages/broken");
+    }
+}

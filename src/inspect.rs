@@ -1,0 +1,71 @@
+//! `release inspect ARTIFACT`: the manifest summary, read from the first member.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::archive::{self, Format};
+use crate::error::Result;
+use crate::manifest::PythonInfo;
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub artifact: PathBuf,
+    pub format: Format,
+    pub app: String,
+    pub commit: String,
+    pub release: String,
+    pub source_date_epoch: i64,
+    pub dirty: bool,
+    pub builder: String,
+    pub python: PythonInfo,
+    pub requirements_sha256: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub tree_sha256: String,
+}
+
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let (format, m) = archive::read_manifest(path)?;
+    Ok(Inspection {
+        artifact: path.to_path_buf(),
+        format,
+        app: m.app,
+        commit: m.commit,
+        release: m.release,
+        source_date_epoch: m.source_date_epoch,
+        dirty: m.dirty,
+        builder: format!("{} {} ({})", m.builder.tool, m.builder.version, m.builder.installer),
+        python: m.python,
+        requirements_sha256: m.requirements_sha256,
+        files: m.file_count,
+        bytes: m.bytes,
+        tree_sha256: m.tree_sha256,
+    })
+}
+
+impl Inspection {
+    pub fn human(&self) -> String {
+        let when = chrono::DateTime::from_timestamp(self.source_date_epoch, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        format!(
+            "artifact  {}\napp       {}\nrelease   {}\ncommit    {}{}\ncommitted {}\npython    {} {} ({}, {}) at {}\nbuilder   {}\nfiles     {} ({} bytes unpacked)\ntree      {}\n",
+            self.artifact.display(),
+            self.app,
+            self.release,
+            self.commit,
+            if self.dirty { " (dirty working tree)" } else { "" },
+            when,
+            self.python.implementation,
+            self.python.version,
+            self.python.abi,
+            self.python.platform,
+            self.python.base_executable,
+            self.builder,
+            self.files,
+            self.bytes,
+            self.tree_sha256,
+        )
+    }
+}

@@ -1,0 +1,64 @@
+//! `release`: reproducible artifacts of Python web apps (CI side) and atomic,
+//! journaled deploys with graceful reloads (host side). See DESIGN.md.
+
+pub mod archive;
+pub mod build;
+pub mod cli;
+pub mod error;
+pub mod exit_codes;
+pub mod fsutil;
+pub mod inspect;
+pub mod manifest;
+pub mod output;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
+use crate::output::Printer;
+
+/// Parse the command line, run the command, report errors; the exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let printer = Printer {
+        json: cli.json,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    match dispatch(&cli, &printer) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = err.exit_code();
+            if cli.json {
+                let body = serde_json::json!({
+                    "error": err.to_string(),
+                    "exit_code": code as u8,
+                });
+                eprintln!("{body}");
+            } else {
+                eprintln!("error: {err}");
+            }
+            code
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, printer: &Printer) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Build(flags) => {
+            let report = build::run(flags, printer)?;
+            printer.data(&report, || format!("{}\n", report.artifact.display()));
+        }
+        Command::Inspect { artifact } => {
+            let inspection = inspect::inspect(artifact)?;
+            printer.data(&inspection, || inspection.human());
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+#[allow(dead_code)]
+fn usage(message: impl Into<String>) -> Error {
+    Error::Usage(message.into())
+}

@@ -1,0 +1,456 @@
+//! `release.json`: the manifest of an artifact (format 1).
+//!
+//! It is the first member of every artifact and is copied into every installed
+//! release. `files` lists every other path of the artifact, sorted by path; the
+//! `tree_sha256` digest is taken over a canonical text form of that list (see
+//! [`tree_digest`]) so it identifies the content independently of compression.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const FORMAT: u32 = 1;
+pub const MANIFEST_NAME: &str = "release.json";
+/// A manifest larger than this is refused before it is parsed.
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
+/// The top-level directories an artifact may contain.
+pub const TOP_LEVEL: &[&str] = &["app", "venv", "wheels", "static"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub app: String,
+    /// Full 40-hex commit hash.
+    pub commit: String,
+    /// The release key: the first 12 hex digits of the commit.
+    pub release: String,
+    /// Commit time; every mtime in the artifact.
+    pub source_date_epoch: i64,
+    /// True when built with --allow-dirty from a modified working tree.
+    pub dirty: bool,
+    pub builder: Builder,
+    pub python: PythonInfo,
+    pub requirements_sha256: String,
+    /// Number of entries in `files`.
+    pub file_count: u64,
+    /// Sum of the sizes of the regular files in `files`.
+    pub bytes: u64,
+    pub tree_sha256: String,
+    pub files: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Builder {
+    pub tool: String,
+    pub version: String,
+    /// `uv <version>` or `pip <version>`: what installed the venv.
+    pub installer: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PythonInfo {
+    pub implementation: String,
+    pub version: String,
+    pub abi: String,
+    pub platform: String,
+    /// Absolute path `venv/bin/python` links to.
+    pub base_executable: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl fmt::Display for EntryType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntryType::File => "file",
+            EntryType::Dir => "dir",
+            EntryType::Symlink => "symlink",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    /// Octal permission bits as a string, e.g. "0644".
+    #[serde(with = "octal_mode")]
+    pub mode: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Entry {
+    pub fn dir(path: String) -> Self {
+        Entry {
+            path,
+            kind: EntryType::Dir,
+            mode: 0o755,
+            size: None,
+            sha256: None,
+            target: None,
+        }
+    }
+
+    pub fn file(path: String, executable: bool, size: u64, sha256: String) -> Self {
+        Entry {
+            path,
+            kind: EntryType::File,
+            mode: if executable { 0o755 } else { 0o644 },
+            size: Some(size),
+            sha256: Some(sha256),
+            target: None,
+        }
+    }
+
+    pub fn symlink(path: String, target: String) -> Self {
+        Entry {
+            path,
+            kind: EntryType::Symlink,
+            mode: 0o777,
+            size: None,
+            sha256: None,
+            target: Some(target),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.unwrap_or(0)
+    }
+}
+
+mod octal_mode {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{mode:04o}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let text = String::deserialize(d)?;
+        u32::from_str_radix(&text, 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| D::Error::custom(format!("invalid mode {text:?}")))
+    }
+}
+
+/// The canonical digest of a file list: sha256 over, for each entry in order,
+/// `path NUL type NUL mode NUL size NUL (sha256|target|"") LF`, with the mode as
+/// four octal digits and the size in decimal (0 for directories and symlinks).
+pub fn tree_digest(files: &[Entry]) -> String {
+    let mut hasher = Sha256::new();
+    for e in files {
+        let digest_or_target = e
+            .sha256
+            .as_deref()
+            .or(e.target.as_deref())
+            .unwrap_or_default();
+        hasher.update(e.path.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(e.kind.to_string().as_bytes());
+        hasher.update(format!("\0{:04o}\0{}\0", e.mode, e.size()).as_bytes());
+        hasher.update(digest_or_target.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+impl Manifest {
+    /// Serialise deterministically: header fields pretty-printed, one line per file entry.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        let mut header = serde_json::to_value(self).expect("manifest serialises");
+        let files = header
+            .as_object_mut()
+            .and_then(|o| o.remove("files"))
+            .expect("manifest has files");
+        let mut out = serde_json::to_string_pretty(&header).expect("manifest serialises");
+        // Drop the closing brace and append the file list, one entry per line.
+        out.truncate(out.trim_end().len() - 1);
+        let out = out.trim_end().to_string();
+        let mut text = format!("{out},\n  \"files\": [");
+        let files = files.as_array().expect("files is an array");
+        for (i, f) in files.iter().enumerate() {
+            text.push_str(if i == 0 { "\n    " } else { ",\n    " });
+            text.push_str(&serde_json::to_string(f).expect("entry serialises"));
+        }
+        text.push_str(if files.is_empty() { "]\n}\n" } else { "\n  ]\n}\n" });
+        text.into_bytes()
+    }
+
+    /// Parse and check the invariants every reader relies on.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            format: Option<serde_json::Value>,
+        }
+        let version: Version =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        match version.format {
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(FORMAT as u64) => {}
+            Some(other) => {
+                return Err(format!(
+                    "unknown manifest format {other}; this release {} reads format {FORMAT} (upgrade `release` on this host)",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            }
+            None => return Err("no `format` field".into()),
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let hex40 = self.commit.len() == 40 && self.commit.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex40 {
+            return Err(format!("commit {:?} is not 40 hex digits", self.commit));
+        }
+        if self.release != self.commit[..12] {
+            return Err(format!(
+                "release {:?} is not the commit's first 12 digits",
+                self.release
+            ));
+        }
+        if self.app.is_empty() || !self.app.chars().all(is_name_char) {
+            return Err(format!("app name {:?} is not a valid name", self.app));
+        }
+        if self.file_count != self.files.len() as u64 {
+            return Err(format!(
+                "file_count {} does not match the {} entries listed",
+                self.file_count,
+                self.files.len()
+            ));
+        }
+        let mut bytes = 0u64;
+        for pair in self.files.windows(2) {
+            if pair[0].path >= pair[1].path {
+                return Err(format!(
+                    "files are not sorted and unique at {:?}",
+                    pair[1].path
+                ));
+            }
+        }
+        for e in &self.files {
+            check_entry(e)?;
+            bytes = bytes.saturating_add(e.size());
+        }
+        if bytes != self.bytes {
+            return Err(format!(
+                "bytes {} does not match the sum of file sizes {bytes}",
+                self.bytes
+            ));
+        }
+        if tree_digest(&self.files) != self.tree_sha256 {
+            return Err("tree_sha256 does not match the file list".into());
+        }
+        Ok(())
+    }
+
+    /// Look an entry up by path (the list is sorted).
+    pub fn entry(&self, path: &str) -> Option<&Entry> {
+        self.files
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+}
+
+/// Whether a symlink at `path` pointing at `target` stays inside the release
+/// tree, judged lexically (every other link in the tree is held to the same rule,
+/// so a chain of links cannot leave it either).
+pub fn symlink_stays_inside(path: &str, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return false;
+    }
+    let mut dirs: Vec<&str> = path.split('/').collect();
+    dirs.pop();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if dirs.pop().is_none() {
+                    return false;
+                }
+            }
+            c => dirs.push(c),
+        }
+    }
+    true
+}
+
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// Check one entry's path and fields against the format's rules.
+fn check_entry(e: &Entry) -> Result<(), String> {
+    check_path(&e.path).map_err(|why| format!("entry {:?}: {why}", e.path))?;
+    let bad = |why: &str| Err(format!("entry {:?}: {why}", e.path));
+    match e.kind {
+        EntryType::File => {
+            if e.mode != 0o644 && e.mode != 0o755 {
+                return bad("file mode must be 0644 or 0755");
+            }
+            let Some(digest) = &e.sha256 else {
+                return bad("file without sha256");
+            };
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad("sha256 is not 64 hex digits");
+            }
+            if e.size.is_none() || e.target.is_some() {
+                return bad("file needs a size and no target");
+            }
+        }
+        EntryType::Dir => {
+            if e.mode != 0o755 || e.size.is_some() || e.sha256.is_some() || e.target.is_some() {
+                return bad("directory must have mode 0755 and no size, sha256 or target");
+            }
+        }
+        EntryType::Symlink => {
+            let Some(target) = &e.target else {
+                return bad("symlink without target");
+            };
+            if target.is_empty() || target.contains('\0') {
+                return bad("empty symlink target");
+            }
+            if e.size.is_some() || e.sha256.is_some() {
+                return bad("symlink with size or sha256");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rules for a path inside an artifact: relative, `/`-separated, no empty, `.` or
+/// `..` components, no control characters, under one of the top-level directories.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("empty path");
+    }
+    if path.len() > 4096 {
+        return Err("path longer than 4096 bytes");
+    }
+    if path.starts_with('/') {
+        return Err("absolute path");
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return Err("control character in path");
+    }
+    let mut components = path.split('/');
+    let top = components.next().unwrap_or_default();
+    if !TOP_LEVEL.contains(&top) {
+        return Err("outside app/, venv/, wheels/ and static/");
+    }
+    for c in path.split('/') {
+        match c {
+            "" => return Err("empty path component"),
+            "." | ".." => return Err("`.` or `..` component"),
+            _ if c.len() > 255 => return Err("path component longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let files = vec![
+            Entry::dir("app".into()),
+            Entry::file("app/a.py".into(), false, 3, "ab".repeat(32)),
+            Entry::symlink("venv/bin/python".into(), "/usr/bin/python3.11".into()),
+        ];
+        Manifest {
+            format: FORMAT,
+            app: "demo".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            release: "0123456789ab".into(),
+            source_date_epoch: 1_700_000_000,
+            dirty: false,
+            builder: Builder {
+                tool: "release".into(),
+                version: "0".into(),
+                installer: "pip 23".into(),
+            },
+            python: PythonInfo {
+                implementation: "cpython".into(),
+                version: "3.11.7".into(),
+                abi: "cp311".into(),
+                platform: "linux_x86_64".into(),
+                base_executable: "/usr/bin/python3.11".into(),
+            },
+            requirements_sha256: "00".repeat(32),
+            file_count: 3,
+            bytes: 3,
+            tree_sha256: tree_digest(&files),
+            files,
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = sample();
+        let bytes = m.to_json_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\n    {\"path\":\"app/a.py\",\"type\":\"file\",\"mode\":\"0644\""));
+        assert_eq!(Manifest::from_json(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_tampered_lists() {
+        let mut m = sample();
+        m.files[1].size = Some(4);
+        m.bytes = 4;
+        assert!(m.validate().unwrap_err().contains("tree_sha256"));
+        let mut m = sample();
+        m.files.swap(0, 1);
+        assert!(m.validate().unwrap_err().contains("sorted"));
+    }
+
+    #[test]
+    fn rejects_unknown_format_and_bad_json() {
+        assert!(Manifest::from_json(b"{\"format\": 2}")
+            .unwrap_err()
+            .contains("unknown manifest format 2"));
+        assert!(Manifest::from_json(b"nope")
+            .unwrap_err()
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn symlink_rules() {
+        assert!(symlink_stays_inside("venv/lib64", "lib"));
+        assert!(symlink_stays_inside("app/x", "../venv/bin/python"));
+        assert!(!symlink_stays_inside("app/x", "../../etc/passwd"));
+        assert!(!symlink_stays_inside("app/x", "/etc/passwd"));
+        assert!(!symlink_stays_inside("app/a/b", "../../../x"));
+    }
+
+    #[test]
+    fn path_rules() {
+        assert!(check_path("app/x.py").is_ok());
+        for bad in ["/etc/passwd", "app/../x", "etc/x", "app//x", "app/\u{1}", "app/./x", ""] {
+            assert!(check_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
