@@ -1,0 +1,5 @@
+//! Integration tests: the real `release` binary against real git, Python,
+//! pip/uv, tar archives and (for the host side) real processes.
+
+mod build;
+mod common;
