@@ -81,7 +81,10 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let requirements = app_dir.join(&settings.requirements);
     if !requirements.is_file() {
         return Err(Error::RequirementsMissing {
-            path: source.toplevel.join(&source.prefix).join(&settings.requirements),
+            path: source
+                .toplevel
+                .join(&source.prefix)
+                .join(&settings.requirements),
             commit: commit.sha[..12].to_string(),
         });
     }
@@ -114,11 +117,13 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             printer,
         )?;
     }
-    let index: EnvIndex = serde_json::from_slice(&fs::read(env_dir.join("index.json"))?)
-        .map_err(|e| Error::failed(format!(
-            "{}: corrupt build cache entry ({e})\n  fix: delete that directory and build again",
-            env_dir.display()
-        )))?;
+    let index: EnvIndex =
+        serde_json::from_slice(&fs::read(env_dir.join("index.json"))?).map_err(|e| {
+            Error::failed(format!(
+                "{}: corrupt build cache entry ({e})\n  fix: delete that directory and build again",
+                env_dir.display()
+            ))
+        })?;
     let venv = env_dir.join("venv");
 
     // Static files, then byte-compile the app.
@@ -128,7 +133,12 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         fs::create_dir_all(&static_dir)?;
         run_static(cmd, &app_dir, &venv, &static_dir, commit.epoch)?;
     }
-    python::compile(&venv, work_dir, &[app_dir.clone()], commit.epoch)?;
+    python::compile(
+        &venv,
+        work_dir,
+        std::slice::from_ref(&app_dir),
+        commit.epoch,
+    )?;
 
     // The manifest: every path, sorted.
     let mut files = scan_tree(&app_dir, "app")?;
@@ -318,7 +328,10 @@ fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: 
         .arg("-c")
         .arg(cmd)
         .current_dir(app_dir)
-        .env("PATH", std::env::join_paths(paths).map_err(|e| Error::failed(e.to_string()))?)
+        .env(
+            "PATH",
+            std::env::join_paths(paths).map_err(|e| Error::failed(e.to_string()))?,
+        )
         .env("VIRTUAL_ENV", venv)
         .env("STATIC_ROOT", static_dir);
     python::build_env(&mut command, epoch);
@@ -340,7 +353,10 @@ fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: 
 pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
     use std::os::unix::fs::PermissionsExt;
     let mut entries = Vec::new();
-    for item in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+    for item in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
         let rel = item.path().strip_prefix(root).expect("under root");
         let rel = rel.to_str().ok_or_else(|| {
@@ -367,7 +383,9 @@ pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
             let target = fs::read_link(item.path())?;
             Entry::symlink(path, target.to_string_lossy().into_owned())
         } else if kind.is_file() {
-            let meta = item.metadata().map_err(|e| std::io::Error::other(e.to_string()))?;
+            let meta = item
+                .metadata()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             let (sha256, size) = archive::hash_file(item.path())?;
             Entry::file(path, meta.permissions().mode() & 0o111 != 0, size, sha256)
         } else {
@@ -384,7 +402,10 @@ pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
 /// Symlinks must stay inside the release; the only exception is the venv's
 /// link to the base interpreter.
 fn check_symlinks(files: &[Entry], base_executable: &str) -> Result<()> {
-    for e in files.iter().filter(|e| e.kind == manifest::EntryType::Symlink) {
+    for e in files
+        .iter()
+        .filter(|e| e.kind == manifest::EntryType::Symlink)
+    {
         let target = e.target.as_deref().unwrap_or_default();
         if target == base_executable && e.path.starts_with("venv/bin/") {
             continue;
@@ -411,7 +432,12 @@ fn requirements_digest(requirements: &Path, app_dir: &Path) -> Result<String> {
         }
         seen.push(file.clone());
         let text = fs::read_to_string(&file)?;
-        hasher.update(file.strip_prefix(app_dir).unwrap_or(&file).to_string_lossy().as_bytes());
+        hasher.update(
+            file.strip_prefix(app_dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         hasher.update(b"\0");
         hasher.update(text.as_bytes());
         let dir = file.parent().unwrap_or(app_dir);
@@ -437,7 +463,11 @@ fn requirements_digest(requirements: &Path, app_dir: &Path) -> Result<String> {
 }
 
 /// The build-cache key: requirements, interpreter, installer and tool version.
-fn env_key(requirements: &str, interpreter: &python::Interpreter, installer: &python::Installer) -> String {
+fn env_key(
+    requirements: &str,
+    interpreter: &python::Interpreter,
+    installer: &python::Installer,
+) -> String {
     let mut hasher = Sha256::new();
     for part in [
         "release-env-1",

@@ -187,9 +187,7 @@ fn script_body<'a>(bytes: &'a [u8], venv: &str) -> Option<&'a [u8]> {
     let first_end = bytes.iter().position(|b| *b == b'\n')?;
     let first = &bytes[..first_end];
     let python_prefix = format!("{venv}/bin/python");
-    let mentions = |line: &[u8]| {
-        String::from_utf8_lossy(line).contains(&python_prefix)
-    };
+    let mentions = |line: &[u8]| String::from_utf8_lossy(line).contains(&python_prefix);
     if first.starts_with(format!("#!{python_prefix}").as_bytes()) {
         return Some(&bytes[first_end + 1..]);
     }
@@ -238,12 +236,17 @@ fn update_records(venv: &Path, rewritten: &[(String, Vec<u8>)]) -> Result<()> {
             .lines()
             .filter(|line| {
                 let file = line.split(',').next().unwrap_or_default();
-                !DIST_INFO_NOISE.iter().any(|n| file.ends_with(&format!(".dist-info/{n}")))
+                !DIST_INFO_NOISE
+                    .iter()
+                    .any(|n| file.ends_with(&format!(".dist-info/{n}")))
             })
             .map(|line| {
                 let file = line.split(',').next().unwrap_or_default();
                 let script = file.rsplit_once("/bin/").map(|(_, name)| name);
-                match rewritten.iter().find(|(name, _)| Some(name.as_str()) == script) {
+                match rewritten
+                    .iter()
+                    .find(|(name, _)| Some(name.as_str()) == script)
+                {
                     Some((_, bytes)) if file.starts_with("../") => {
                         changed = true;
                         let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD

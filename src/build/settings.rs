@@ -118,10 +118,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     } else {
         PyProject::default()
     };
-    let tool = pyproject
-        .tool
-        .and_then(|t| t.release)
-        .unwrap_or_default();
+    let tool = pyproject.tool.and_then(|t| t.release).unwrap_or_default();
     let dir_name = std::path::absolute(&flags.source)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
@@ -181,7 +178,9 @@ pub fn cache_dir(flag: Option<&Path>) -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .ok_or_else(|| {
-            Error::Usage("no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir".into())
+            Error::Usage(
+                "no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir".into(),
+            )
         })?;
     let dir = base.join("release");
     fs::create_dir_all(&dir)?;
@@ -199,7 +198,9 @@ pub fn apply_include_exclude(app_dir: &Path, include: &[String], exclude: &[Stri
         let mut b = globset::GlobSetBuilder::new();
         for p in patterns {
             b.add(globset::Glob::new(p).map_err(|e| {
-                Error::Usage(format!("bad include/exclude pattern {p:?} under [tool.release]: {e}"))
+                Error::Usage(format!(
+                    "bad include/exclude pattern {p:?} under [tool.release]: {e}"
+                ))
             })?);
         }
         b.build().map_err(|e| Error::Usage(e.to_string()))

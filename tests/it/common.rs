@@ -48,8 +48,18 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.invalid"])
-        .args(["-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .env("GIT_AUTHOR_DATE", COMMIT_DATE)
         .env("GIT_COMMITTER_DATE", COMMIT_DATE)
@@ -88,7 +98,10 @@ pub struct App {
 
 impl App {
     pub fn new() -> App {
-        let tmp = tempfile::Builder::new().prefix("release-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("release-test-")
+            .tempdir()
+            .unwrap();
         let dir = tmp.path().join("mysite");
         copy_dir(&Path::new(REPO).join("fixtures/mysite"), &dir);
         git(&dir, &["init", "-q"]);
@@ -134,7 +147,15 @@ impl App {
 
     /// Build and return the artifact path (panics with the output on failure).
     pub fn build_ok(&self, out: &Path, extra: &[&str]) -> PathBuf {
-        let output = self.build(out, &shared_cache(), &["--installer", "pip"].iter().chain(extra).copied().collect::<Vec<_>>());
+        let output = self.build(
+            out,
+            &shared_cache(),
+            &["--installer", "pip"]
+                .iter()
+                .chain(extra)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
         let report = json_ok(&output);
         PathBuf::from(report["artifact"].as_str().unwrap())
     }
@@ -166,9 +187,8 @@ pub fn json_ok(output: &Output) -> serde_json::Value {
         stdout(output),
         stderr(output)
     );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}", stdout(output))
-    })
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(output)))
 }
 
 /// Assert failure with `code` and return stderr.
