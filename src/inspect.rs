@@ -35,7 +35,10 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         release: m.release,
         source_date_epoch: m.source_date_epoch,
         dirty: m.dirty,
-        builder: format!("{} {} ({})", m.builder.tool, m.builder.version, m.builder.installer),
+        builder: format!(
+            "{} {} ({})",
+            m.builder.tool, m.builder.version, m.builder.installer
+        ),
         python: m.python,
         requirements_sha256: m.requirements_sha256,
         files: m.file_count,

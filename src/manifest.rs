@@ -190,7 +190,11 @@ impl Manifest {
             text.push_str(if i == 0 { "\n    " } else { ",\n    " });
             text.push_str(&serde_json::to_string(f).expect("entry serialises"));
         }
-        text.push_str(if files.is_empty() { "]\n}\n" } else { "\n  ]\n}\n" });
+        text.push_str(if files.is_empty() {
+            "]\n}\n"
+        } else {
+            "\n  ]\n}\n"
+        });
         text.into_bytes()
     }
 
@@ -449,7 +453,15 @@ mod tests {
     #[test]
     fn path_rules() {
         assert!(check_path("app/x.py").is_ok());
-        for bad in ["/etc/passwd", "app/../x", "etc/x", "app//x", "app/\u{1}", "app/./x", ""] {
+        for bad in [
+            "/etc/passwd",
+            "app/../x",
+            "etc/x",
+            "app//x",
+            "app/\u{1}",
+            "app/./x",
+            "",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?} accepted");
         }
     }
