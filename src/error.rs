@@ -58,6 +58,28 @@ pub enum Error {
     #[error("{path}: {message}")]
     FileChanged { path: PathBuf, message: String },
 
+    /// Another command holds the host root's lock (exit 4).
+    #[error("{lock}: another `release` command{holder} holds the lock on this root\n  fix: wait for it to finish and run this again, or pass --wait SECS to wait for it")]
+    Locked { lock: PathBuf, holder: String },
+
+    /// Activation switched `current`, then failed; the previous release was
+    /// switched back (exit 3).
+    #[error("activating {release} failed after the switch: {reason}\n  {restored}\n  fix: {fix}")]
+    ActivationFailed {
+        release: String,
+        reason: String,
+        restored: String,
+        fix: String,
+    },
+
+    /// An archive entry breaks a safety rule or differs from the manifest.
+    #[error("{artifact}: entry `{entry}` refused: {rule}\n  nothing was installed; fix: rebuild the artifact with `release build` (never edit an artifact by hand), or check where this file came from")]
+    UnsafeEntry {
+        artifact: PathBuf,
+        entry: String,
+        rule: String,
+    },
+
     /// Anything else that failed and changed nothing; the message says what to do.
     #[error("{0}")]
     Failed(String),
@@ -71,6 +93,8 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
+            Error::Locked { .. } => ExitCode::Locked,
+            Error::ActivationFailed { .. } => ExitCode::RolledBack,
             _ => ExitCode::Failed,
         }
     }
