@@ -307,6 +307,45 @@ pub fn open(path: &Path) -> Result<(Format, Box<dyn Read>)> {
     Ok((format, reader))
 }
 
+/// Recognise the compression of a buffered stream by its first bytes and wrap
+/// it in the matching decoder. `path` names the artifact in errors.
+pub fn decompress<'a, R: io::BufRead + 'a>(path: &Path, mut reader: R) -> Result<(Format, Box<dyn Read + 'a>)> {
+    let magic = reader.fill_buf()?.get(..4).map(<[u8]>::to_vec);
+    let not_artifact = |reason: &str| Error::NotAnArtifact {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let Some(magic) = magic else {
+        return Err(not_artifact("shorter than any compressed archive"));
+    };
+    let format = Format::sniff(&magic).ok_or_else(|| not_artifact("not zstd or gzip data"))?;
+    let decoder: Box<dyn Read + 'a> = match format {
+        Format::Zst => Box::new(zstd::Decoder::with_buffer(reader)?),
+        Format::Gz => Box::new(flate2::bufread::GzDecoder::new(reader)),
+    };
+    Ok((format, decoder))
+}
+
+/// Parse a `.sha256` file in `sha256sum --check` format and return the digest
+/// it lists for `file_name` (`<hex>  <name>` or `<hex> *<name>`, one per line).
+pub fn parse_checksum_file(text: &str, file_name: &str) -> std::result::Result<String, String> {
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        let (digest, name) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("line {line:?} is not `<sha256>  <file name>`"))?;
+        let name = name.strip_prefix(' ').or_else(|| name.strip_prefix('*')).unwrap_or(name);
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{digest:?} is not a sha256 (64 hex digits)"));
+        }
+        if name == file_name || name.rsplit('/').next() == Some(file_name) {
+            return Ok(digest.to_ascii_lowercase());
+        }
+        names.push(name.to_string());
+    }
+    Err(format!("it lists no digest for {file_name} (it names: {})", names.join(", ")))
+}
+
 /// Read the manifest from the first member of an open archive.
 pub fn read_manifest_entry<R: Read>(
     path: &Path,

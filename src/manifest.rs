@@ -277,6 +277,43 @@ impl Manifest {
     }
 }
 
+/// The manifest's header fields, without the file list: what `release list`
+/// needs from each installed release.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Summary {
+    pub format: u32,
+    pub app: String,
+    pub commit: String,
+    pub release: String,
+    pub python: PythonInfo,
+    pub file_count: u64,
+    pub bytes: u64,
+    pub tree_sha256: String,
+}
+
+impl Summary {
+    /// Parse the header of a `release.json` without parsing its file list.
+    ///
+    /// [`Manifest::to_json_bytes`] writes every header field before `files`, so
+    /// `prefix` (the first bytes of the file) usually holds the whole header; when
+    /// it does not, `read_rest` supplies the complete file and that is parsed.
+    pub fn parse(
+        prefix: &[u8],
+        read_rest: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<Summary, String> {
+        const FILES_KEY: &[u8] = b",\n  \"files\": [";
+        if let Some(at) = prefix.windows(FILES_KEY.len()).position(|w| w == FILES_KEY) {
+            let mut header = prefix[..at].to_vec();
+            header.extend_from_slice(b"\n}");
+            if let Ok(summary) = serde_json::from_slice::<Summary>(&header) {
+                return Ok(summary);
+            }
+        }
+        let all = read_rest().map_err(|e| e.to_string())?;
+        serde_json::from_slice(&all).map_err(|e| format!("not a valid manifest: {e}"))
+    }
+}
+
 /// Whether a symlink at `path` pointing at `target` stays inside the release
 /// tree, judged lexically (every other link in the tree is held to the same rule,
 /// so a chain of links cannot leave it either).
@@ -439,6 +476,21 @@ mod tests {
         assert!(Manifest::from_json(b"nope")
             .unwrap_err()
             .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn summary_reads_the_header_only() {
+        let m = sample();
+        let bytes = m.to_json_bytes();
+        let cut = bytes.len() - 20;
+        let summary = Summary::parse(&bytes[..cut], || panic!("needs the whole file")).unwrap();
+        assert_eq!(summary.commit, m.commit);
+        assert_eq!(summary.bytes, 3);
+        assert_eq!(summary.python, m.python);
+        // Another layout: falls back to the whole file.
+        let compact = serde_json::to_vec(&m).unwrap();
+        let summary = Summary::parse(&compact[..10], || Ok(compact.clone())).unwrap();
+        assert_eq!(summary.tree_sha256, m.tree_sha256);
     }
 
     #[test]
