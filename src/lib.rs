@@ -10,6 +10,8 @@ pub mod fsutil;
 pub mod inspect;
 pub mod manifest;
 pub mod output;
+pub mod procs;
+pub mod reload;
 
 use clap::Parser;
 

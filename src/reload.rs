@@ -1,0 +1,634 @@
+//! Reloading services after `current` moves, and confirming it: a reload counts
+//! as done when the service shows it (new worker pids, a promoted new master, a
+//! re-exec'd worker whose working directory is the new release), never merely
+//! because a signal was sent. Also the health check and the deploy notification.
+//!
+//! What each strategy picks up is documented in docs/reload.md.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::tail;
+use crate::procs::{self, Pid, PidfileProblem};
+
+const POLL: Duration = Duration::from_millis(50);
+pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `reload = "..."` of a `[[service]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Strategy {
+    /// SIGHUP to the pid in `pidfile`.
+    Hup,
+    /// gunicorn: USR2, wait for the new master, health check, TERM the old one.
+    GunicornUpgrade,
+    /// `systemctl reload UNIT`.
+    Systemd(String),
+    /// `supervisorctl signal HUP PROG`.
+    Supervisor(String),
+    /// Any shell command.
+    Command(String),
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let nonempty = |rest: &str, what: &str| {
+            if rest.trim().is_empty() {
+                Err(format!("reload = {s:?} needs a {what} after the colon"))
+            } else {
+                Ok(rest.trim().to_string())
+            }
+        };
+        match s.split_once(':') {
+            None if s == "hup" => Ok(Strategy::Hup),
+            None if s == "gunicorn-upgrade" => Ok(Strategy::GunicornUpgrade),
+            Some(("systemd", unit)) => Ok(Strategy::Systemd(nonempty(unit, "unit name")?)),
+            Some(("supervisor", prog)) => Ok(Strategy::Supervisor(nonempty(prog, "program name")?)),
+            Some(("command", cmd)) => Ok(Strategy::Command(nonempty(cmd, "command")?)),
+            _ => Err(format!(
+                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Strategy> for String {
+    fn from(s: Strategy) -> String {
+        s.to_string()
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Hup => f.write_str("hup"),
+            Strategy::GunicornUpgrade => f.write_str("gunicorn-upgrade"),
+            Strategy::Systemd(u) => write!(f, "systemd:{u}"),
+            Strategy::Supervisor(p) => write!(f, "supervisor:{p}"),
+            Strategy::Command(c) => write!(f, "command:{c}"),
+        }
+    }
+}
+
+/// A duration in `release.toml`: "30s", "2m", "500ms".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Timeout(pub Duration);
+
+impl TryFrom<String> for Timeout {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(&s)
+            .map(Timeout)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30s\" or \"2m\""))
+    }
+}
+
+impl From<Timeout> for String {
+    fn from(t: Timeout) -> String {
+        humantime::format_duration(t.0).to_string()
+    }
+}
+
+/// One `[[service]]` of release.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// The master's pidfile. Required for `hup` and `gunicorn-upgrade`; for the
+    /// other strategies it lets the reload be confirmed.
+    pub pidfile: Option<PathBuf>,
+    pub reload: Strategy,
+    /// How long the reload may take to show [default: 60s].
+    pub timeout: Option<Timeout>,
+    /// When false, a service that is not running is skipped with a warning
+    /// instead of stopping the activation [default: true].
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ServiceConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(DEFAULT_SERVICE_TIMEOUT, |t| t.0)
+    }
+}
+
+/// `[health]` of release.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub url: String,
+    /// The body must contain this; `{release}` is the new release's commit12
+    /// (what the app reads from its own release.json), `{id}` its directory name.
+    #[serde(default = "default_expect")]
+    pub expect: String,
+    pub timeout: Option<Timeout>,
+}
+
+fn default_expect() -> String {
+    "{release}".into()
+}
+
+impl HealthConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |t| t.0)
+    }
+
+    pub fn expected(&self, target: &Target<'_>) -> String {
+        self.expect
+            .replace("{release}", target.release)
+            .replace("{id}", target.id)
+    }
+}
+
+/// The release services must end up on.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub root: &'a Path,
+    /// `<root>/releases`
+    pub releases_dir: &'a Path,
+    /// Directory name under releases/.
+    pub id: &'a str,
+    /// commit12, as the app reports it.
+    pub release: &'a str,
+}
+
+/// What a confirmed reload looked like.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    pub service: String,
+    pub strategy: String,
+    /// Master pid after the reload.
+    pub pid: Option<Pid>,
+    pub workers: Vec<Pid>,
+    pub seconds: f64,
+    /// Set when the service was skipped (not running, `required = false`).
+    pub skipped: Option<String>,
+}
+
+/// A reload that did not happen or could not be confirmed.
+#[derive(Debug, Clone)]
+pub struct ReloadError {
+    pub service: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "service {}: {}", self.service, self.message)
+    }
+}
+
+/// A running service as found before the switch.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub pid: Pid,
+    pub workers: Vec<Pid>,
+}
+
+/// Check, before anything changes, that every service can be reloaded:
+/// its pidfile names a live process that belongs to this root. Returns
+/// per service `Some(running)` or `None` for an optional service that is down.
+pub fn preflight(
+    services: &[ServiceConfig],
+    root: &Path,
+) -> Result<Vec<Option<Running>>, ReloadError> {
+    services.iter().map(|s| preflight_one(s, root)).collect()
+}
+
+fn preflight_one(service: &ServiceConfig, root: &Path) -> Result<Option<Running>, ReloadError> {
+    let err = |message: String| ReloadError {
+        service: service.name.clone(),
+        message,
+    };
+    let pid = match (&service.reload, &service.pidfile) {
+        (Strategy::Hup | Strategy::GunicornUpgrade, None) => {
+            return Err(err(format!(
+                "reload = \"{}\" needs `pidfile`; add the master's pidfile to this [[service]] in release.toml",
+                service.reload
+            )))
+        }
+        (_, None) => return Ok(None),
+        (_, Some(pidfile)) => match procs::read_pidfile(pidfile) {
+            Ok(pid) => pid,
+            Err(problem @ (PidfileProblem::Missing | PidfileProblem::Dead(_))) if !service.required => {
+                let _ = problem;
+                return Ok(None);
+            }
+            Err(problem) => {
+                return Err(err(format!(
+                    "pidfile {} {problem}\n  fix: start the service (it picks up `current` when it starts), correct `pidfile`, or set `required = false` on it to deploy while it is down",
+                    pidfile.display()
+                )))
+            }
+        },
+    };
+    if !belongs_to_root(pid, root) {
+        return Err(err(format!(
+            "pid {pid} from {} is `{}`, which does not use {} (not in its command line, working directory or memory maps); the pidfile is probably stale and the pid reused\n  fix: restart the service so it rewrites its pidfile, or correct `pidfile`",
+            service.pidfile.as_deref().unwrap_or(Path::new("?")).display(),
+            procs::cmdline(pid),
+            root.display()
+        )));
+    }
+    Ok(Some(Running {
+        pid,
+        workers: procs::children(pid),
+    }))
+}
+
+/// A process of this app mentions the root in its command line, or works in or
+/// maps files from it.
+fn belongs_to_root(pid: Pid, root: &Path) -> bool {
+    let canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mentions = |pid: Pid| {
+        let cmd = procs::cmdline(pid);
+        cmd.contains(&*root.to_string_lossy()) || cmd.contains(&*canonical.to_string_lossy())
+    };
+    let uses = |pid: Pid| {
+        let r = procs::releases_used(pid, &canonical.join("releases"));
+        !r.all().is_empty()
+            || r.cwd
+                .as_deref()
+                .is_some_and(|c| c.starts_with(&canonical) || c.starts_with(root))
+    };
+    mentions(pid)
+        || uses(pid)
+        || procs::children(pid)
+            .into_iter()
+            .any(|k| mentions(k) || uses(k))
+}
+
+/// Reload one service and wait until it shows the new release.
+pub fn reload(
+    service: &ServiceConfig,
+    running: Option<&Running>,
+    target: &Target<'_>,
+    health: Option<&HealthConfig>,
+) -> Result<ReloadOutcome, ReloadError> {
+    let started = Instant::now();
+    let err = |message: String| ReloadError {
+        service: service.name.clone(),
+        message,
+    };
+    let deadline = started + service.timeout();
+    let outcome = |pid: Option<Pid>, workers: Vec<Pid>| ReloadOutcome {
+        service: service.name.clone(),
+        strategy: service.reload.to_string(),
+        pid,
+        workers,
+        seconds: started.elapsed().as_secs_f64(),
+        skipped: None,
+    };
+    if running.is_none() && service.pidfile.is_some() {
+        return Ok(ReloadOutcome {
+            skipped: Some("not running (required = false)".into()),
+            ..outcome(None, vec![])
+        });
+    }
+    match &service.reload {
+        Strategy::GunicornUpgrade => {
+            let running = running.expect("preflight found the master");
+            let pidfile = service
+                .pidfile
+                .as_deref()
+                .expect("preflight checked pidfile");
+            let (pid, workers) =
+                gunicorn_upgrade(pidfile, running, target, health, deadline).map_err(err)?;
+            Ok(outcome(Some(pid), workers))
+        }
+        strategy => {
+            match strategy {
+                Strategy::Hup => {
+                    let running = running.expect("preflight found the process");
+                    procs::signal(running.pid, Signal::HUP)
+                        .map_err(|e| err(format!("cannot send HUP to pid {}: {e}", running.pid)))?;
+                }
+                Strategy::Systemd(unit) => {
+                    run_trigger(Command::new("systemctl").args(["reload", unit]), target)
+                        .map_err(err)?;
+                }
+                Strategy::Supervisor(prog) => {
+                    run_trigger(
+                        Command::new("supervisorctl").args(["signal", "HUP", prog]),
+                        target,
+                    )
+                    .map_err(err)?;
+                }
+                Strategy::Command(cmd) => {
+                    run_trigger(Command::new("/bin/sh").args(["-c", cmd]), target).map_err(err)?;
+                }
+                Strategy::GunicornUpgrade => unreachable!(),
+            }
+            match running {
+                Some(running) => {
+                    let workers = confirm_in_place(running, target, deadline).map_err(err)?;
+                    Ok(outcome(Some(running.pid), workers))
+                }
+                // Without a pidfile the trigger's success (and the health
+                // check that follows) is all there is to go by.
+                None => Ok(outcome(None, vec![])),
+            }
+        }
+    }
+}
+
+fn run_trigger(cmd: &mut Command, target: &Target<'_>) -> Result<(), String> {
+    let out = cmd
+        .env("RELEASE_ID", target.id)
+        .env("RELEASE", target.release)
+        .env("RELEASE_ROOT", target.root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(format!(
+        "{cmd:?} failed ({}):\n{}",
+        out.status,
+        tail(&text, 10)
+    ))
+}
+
+/// Where a process works, as a release directory name, if it is in one.
+fn cwd_release(pid: Pid, target: &Target<'_>) -> Option<String> {
+    procs::releases_used(pid, target.releases_dir).cwd_release
+}
+
+/// After a signal that reloads in place (gunicorn HUP: new workers, same
+/// master; celery HUP: re-exec, same pid, new pool): wait until every worker
+/// that existed before is gone, new ones run, and every process whose working
+/// directory is in a release is in the new one.
+fn confirm_in_place(
+    running: &Running,
+    target: &Target<'_>,
+    deadline: Instant,
+) -> Result<Vec<Pid>, String> {
+    let before: BTreeSet<Pid> = running.workers.iter().copied().collect();
+    let pid = running.pid;
+    let cwd_known = cwd_release(pid, target).is_some();
+    if before.is_empty() && !cwd_known {
+        return Err(format!(
+            "pid {pid} has no worker processes and its working directory is not in a release, so a reload cannot be confirmed\n  fix: start it with its working directory through current (gunicorn --chdir, celery --workdir)"
+        ));
+    }
+    loop {
+        if !procs::alive(pid) {
+            return Err(format!(
+                "pid {pid} exited during the reload (see the service's log); {}",
+                "the previous release will be restored"
+            ));
+        }
+        let kids = procs::children(pid);
+        let replaced =
+            before.is_empty() || (!kids.is_empty() && kids.iter().all(|k| !before.contains(k)));
+        let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
+        let master_ok = !cwd_known || cwd_release(pid, target).as_deref() == Some(target.id);
+        if replaced && master_ok && kids.iter().all(|k| on_target(*k)) {
+            return Ok(kids);
+        }
+        let last = format!(
+            "workers now {kids:?} (before {before:?}), working directory in {}",
+            cwd_release(pid, target).unwrap_or_else(|| "no release".into())
+        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the reload did not show within the timeout: {last}\n  fix: check the service's log; raise `timeout` on the [[service]] if it is just slow"
+            ));
+        }
+        sleep(POLL);
+    }
+}
+
+/// gunicorn's binary upgrade: USR2 makes the master fork and exec a new master
+/// (through `current`, so the new release's venv) that writes `<pidfile>.2`;
+/// once the new master has workers on the new release (and the health check
+/// sees the new release when one is configured), TERM the old master, which
+/// stops gracefully; the new master then renames its pidfile to `<pidfile>`.
+/// If anything fails before the old master is told to stop, the new master is
+/// stopped and the old one keeps serving.
+fn gunicorn_upgrade(
+    pidfile: &Path,
+    running: &Running,
+    target: &Target<'_>,
+    health: Option<&HealthConfig>,
+    deadline: Instant,
+) -> Result<(Pid, Vec<Pid>), String> {
+    let old = running.pid;
+    let pidfile2 = PathBuf::from(format!("{}.2", pidfile.display()));
+    if let Err(PidfileProblem::Dead(_) | PidfileProblem::Garbage(_)) =
+        procs::read_pidfile(&pidfile2)
+    {
+        let _ = std::fs::remove_file(&pidfile2);
+    }
+    procs::signal(old, Signal::USR2).map_err(|e| format!("cannot send USR2 to pid {old}: {e}"))?;
+
+    // Stop a new master that failed, so the old one stays in charge alone.
+    let abandon = |new: Option<Pid>, why: String| -> String {
+        if let Some(new) = new {
+            let _ = procs::signal(new, Signal::TERM);
+            let until = Instant::now() + Duration::from_secs(10);
+            while procs::alive(new) && Instant::now() < until {
+                sleep(POLL);
+            }
+        }
+        format!("{why}; the old master (pid {old}) keeps serving")
+    };
+
+    // 1. The new master: a live child of the old one, named in <pidfile>.2.
+    let new = loop {
+        if !procs::alive(old) {
+            return Err(format!("the old master (pid {old}) exited after USR2"));
+        }
+        if let Ok(pid) = procs::read_pidfile(&pidfile2) {
+            if pid != old {
+                break pid;
+            }
+        }
+        let forked: Vec<Pid> = procs::children(old)
+            .into_iter()
+            .filter(|p| !running.workers.contains(p) && procs::cmdline(*p).contains("gunicorn"))
+            .collect();
+        if Instant::now() >= deadline {
+            return Err(abandon(
+                forked.first().copied(),
+                format!(
+                    "no new master wrote {} within the timeout",
+                    pidfile2.display()
+                ),
+            ));
+        }
+        sleep(POLL);
+    };
+
+    // 2. Its workers run, from the new release.
+    loop {
+        if !procs::alive(new) {
+            return Err(abandon(
+                None,
+                format!("the new master (pid {new}) exited: its workers failed to boot (see gunicorn's log)"),
+            ));
+        }
+        let kids = procs::children(new);
+        let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
+        if !kids.is_empty() && kids.iter().all(|k| on_target(*k)) && workers_booted(&kids) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(abandon(
+                Some(new),
+                format!(
+                    "the new master (pid {new}) has no workers on release {} within the timeout",
+                    target.id
+                ),
+            ));
+        }
+        sleep(POLL);
+    }
+
+    // 3. The new release answers (old and new workers share the socket now).
+    if let Some(health) = health {
+        if let Err(why) = health_check(health, target) {
+            return Err(abandon(
+                Some(new),
+                format!("health check during the upgrade failed: {why}"),
+            ));
+        }
+    }
+
+    // 4. Retire the old master gracefully; the new one promotes itself.
+    procs::signal(old, Signal::TERM)
+        .map_err(|e| format!("cannot send TERM to the old master {old}: {e}"))?;
+    loop {
+        let promoted = procs::read_pidfile(pidfile).is_ok_and(|p| p == new);
+        if !procs::alive(old) && promoted {
+            return Ok((new, procs::children(new)));
+        }
+        if !procs::alive(new) {
+            return Err(format!(
+                "the new master (pid {new}) exited while the old one stopped"
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the old master (pid {old}) did not stop, or the new one (pid {new}) did not take over {}, within the timeout",
+                pidfile.display()
+            ));
+        }
+        sleep(POLL);
+    }
+}
+
+/// A gunicorn worker has booted when it has been alive for a moment: a worker
+/// whose app fails to import exits at once, and its master then halts.
+fn workers_booted(kids: &[Pid]) -> bool {
+    let now = chrono::Utc::now().timestamp();
+    kids.iter()
+        .all(|k| procs::start_time(*k).is_some_and(|t| now - t >= 1))
+}
+
+/// Poll the health URL until its body contains the expected text.
+pub fn health_check(health: &HealthConfig, target: &Target<'_>) -> Result<(), String> {
+    let expected = health.expected(target);
+    let deadline = Instant::now() + health.timeout();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut last;
+    loop {
+        match agent.get(&health.url).call() {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                if (200..300).contains(&status) && body.contains(&expected) {
+                    return Ok(());
+                }
+                last = format!(
+                    "{} answered {status} with {:?}, expected a 2xx containing {expected:?}",
+                    health.url,
+                    body.chars().take(200).collect::<String>()
+                );
+            }
+            Err(e) => last = format!("{}: {e}", health.url),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{last} (gave up after {:?})", health.timeout()));
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// POST a journal event as JSON; failures are returned for a warning, never fatal.
+pub fn notify(url: &str, event: &serde_json::Value) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .post(url)
+        .send_json(event)
+        .map(|_| ())
+        .map_err(|e| format!("notify {url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_strategies() {
+        assert_eq!("hup".parse::<Strategy>().unwrap(), Strategy::Hup);
+        assert_eq!(
+            "systemd:mysite.service".parse::<Strategy>().unwrap(),
+            Strategy::Systemd("mysite.service".into())
+        );
+        assert_eq!(
+            "command:kill -HUP $(cat /run/x.pid)"
+                .parse::<Strategy>()
+                .unwrap(),
+            Strategy::Command("kill -HUP $(cat /run/x.pid)".into())
+        );
+        assert!("systemd:".parse::<Strategy>().is_err());
+        assert!("usr2"
+            .parse::<Strategy>()
+            .unwrap_err()
+            .contains("gunicorn-upgrade"));
+    }
+
+    #[test]
+    fn parses_service_tables() {
+        let s: ServiceConfig = toml::from_str(
+            "name = \"web\"\npidfile = \"/run/web.pid\"\nreload = \"gunicorn-upgrade\"\ntimeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.reload, Strategy::GunicornUpgrade);
+        assert_eq!(s.timeout(), Duration::from_secs(90));
+        assert!(s.required);
+    }
+}
