@@ -7,7 +7,7 @@
 
 mod git;
 mod python;
-mod relocate;
+pub(crate) mod relocate;
 mod settings;
 
 use std::path::{Path, PathBuf};
