@@ -1,0 +1,348 @@
+//! Graceful reloads of real gunicorn and celery through `current`, health
+//! checks, automatic rollback, notifications and pidfile problems.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::services::*;
+
+/// A host root with releases installed from the fixture app.
+struct Host {
+    app: App,
+    root: PathBuf,
+    run: PathBuf,
+}
+
+impl Host {
+    fn new() -> Host {
+        let app = App::new();
+        let root = app.tmp.path().join("srv/mysite");
+        let run = app.tmp.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        Host { app, root, run }
+    }
+
+    /// Build the app's HEAD and install it; returns (release dir id, commit12).
+    fn install_head(&self) -> (String, String) {
+        let artifact = self.app.build_ok(&self.app.tmp.path().join("dist"), &[]);
+        let out = self.cmd(&["install", "--json"]).arg(&artifact).output().unwrap();
+        let report = json_ok(&out);
+        (
+            report["id"].as_str().unwrap().to_string(),
+            self.app.head()[..12].to_string(),
+        )
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = release();
+        cmd.arg("--root").arg(&self.root).args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "release {args:?} failed ({}):\n{}{}",
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        out
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.root.join("release.toml"), text).unwrap();
+    }
+
+    fn current(&self) -> String {
+        let link = std::fs::read_link(self.root.join("current")).unwrap();
+        link.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn journal(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.root.join("history.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journal line parses"))
+            .collect()
+    }
+
+    fn status(&self) -> Value {
+        json_ok(&self.run(&["status", "--json"]))
+    }
+}
+
+fn web_config(g: &Gunicorn, reload: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"{reload}\"\ntimeout = \"60s\"\n\n[health]\nurl = \"{}\"\nexpect = \"{{release}}\"\ntimeout = \"30s\"\n{extra}",
+        g.pidfile.display(),
+        g.url("/healthz"),
+    )
+}
+
+/// Install A (the fixture) and B (a code change), activate A.
+fn two_releases(host: &Host) -> ((String, String), (String, String)) {
+    let a = host.install_head();
+    host.app.write("mysite/extra.py", "X = 2\n");
+    host.app.commit("release B");
+    let b = host.install_head();
+    host.ok(&["activate", &a.0]);
+    (a, b)
+}
+
+#[test]
+fn gunicorn_under_load_through_20_switches_drops_nothing() {
+    let host = Host::new();
+    let (a, b) = two_releases(&host);
+    // gthread workers keep connections alive, so both client kinds are real.
+    let g = Gunicorn::start(&host.root, &host.run, &["--worker-class", "gthread", "--threads", "4"]);
+    host.write_config(&web_config(&g, "hup", ""));
+    assert_eq!(g.get("/healthz").1, a.1);
+
+    let load = Load::start(g.port, 6, Duration::from_millis(30));
+    let started = Instant::now();
+    let mut switch_times = Vec::new();
+    for round in 0..10 {
+        let t = Instant::now();
+        host.ok(&["activate", &b.0]);
+        switch_times.push(t.elapsed());
+        // activate returns once the health check saw B; every request now hits B.
+        assert_eq!(g.get("/healthz").1, b.1, "round {round}: B not serving after activate");
+        let t = Instant::now();
+        host.ok(&["rollback"]);
+        switch_times.push(t.elapsed());
+        assert_eq!(g.get("/healthz").1, a.1, "round {round}: A not serving after rollback");
+    }
+    let elapsed = started.elapsed();
+    let report = load.stop();
+    let total = report.ok + report.server_errors + report.other_status + report.connection_errors;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    switch_times.sort();
+    eprintln!(
+        "hup under load: {total} requests in {:.1}s ({rate:.0}/s), ok {}, 5xx {}, other {}, connection errors {}, keep-alive retries {}; switch (activate→serving) median {:?} max {:?}; bodies {:?}",
+        elapsed.as_secs_f64(),
+        report.ok,
+        report.server_errors,
+        report.other_status,
+        report.connection_errors,
+        report.retried,
+        switch_times[switch_times.len() / 2],
+        switch_times.last().unwrap(),
+        report.bodies
+    );
+    assert!(rate >= 50.0, "load too light: {rate:.0} requests/s");
+    assert_eq!(report.connection_errors, 0, "{:?}", report.errors);
+    assert_eq!(report.server_errors, 0, "{:?}", report.errors);
+    assert_eq!(report.other_status, 0, "{:?}", report.errors);
+    assert!(report.bodies.contains_key(&a.1) && report.bodies.contains_key(&b.1));
+    assert_eq!(report.bodies.len(), 2, "unexpected bodies: {:?}", report.bodies);
+
+    let activations = host.journal().iter().filter(|e| e["event"] == "activated").count();
+    assert!(activations >= 11, "journal has {activations} activations");
+}
+
+#[test]
+fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
+    let host = Host::new();
+    let a = host.install_head();
+    // Release C pins another gunicorn: only a new interpreter can pick it up.
+    let reqs = std::fs::read_to_string(host.app.path("requirements.txt")).unwrap();
+    host.app
+        .write("requirements.txt", &reqs.replace("gunicorn==23.0.0", "gunicorn==22.0.0"));
+    host.app.commit("gunicorn 22");
+    let c = host.install_head();
+    host.ok(&["activate", &a.0]);
+
+    let g = Gunicorn::start(&host.root, &host.run, &[]);
+    let info = |g: &Gunicorn| -> Value { serde_json::from_str(&g.get("/info").1).unwrap() };
+    assert_eq!(info(&g)["gunicorn"], "23.0.0");
+
+    // hup: new code, but the master's interpreter (with gunicorn 23 imported) stays.
+    host.write_config(&web_config(&g, "hup", ""));
+    host.ok(&["activate", &c.0]);
+    let after_hup = info(&g);
+    assert_eq!(after_hup["release"], c.1.as_str());
+    assert_eq!(after_hup["gunicorn"], "23.0.0", "HUP cannot load another gunicorn");
+    let status = host.status();
+    let web = &status["services"][0];
+    assert_eq!(web["name"], "web");
+    assert_eq!(web["stale"], true, "status must flag the old master: {status}");
+    let text = stdout(&host.ok(&["status"]));
+    assert!(text.contains("gunicorn-upgrade"), "status should say how to fix it:\n{text}");
+
+    // gunicorn-upgrade: a new master from C's venv takes over the socket.
+    host.write_config(&web_config(&g, "gunicorn-upgrade", ""));
+    let old_master = std::fs::read_to_string(&g.pidfile).unwrap();
+    host.ok(&["rollback"]);
+    assert_eq!(info(&g)["release"], a.1.as_str());
+    let t = Instant::now();
+    host.ok(&["activate", &c.0]);
+    eprintln!("gunicorn-upgrade: activate→serving {:?}", t.elapsed());
+    let after_upgrade = info(&g);
+    assert_eq!(after_upgrade["release"], c.1.as_str());
+    assert_eq!(after_upgrade["gunicorn"], "22.0.0", "the new venv must serve");
+    assert_ne!(std::fs::read_to_string(&g.pidfile).unwrap(), old_master);
+    let status = host.status();
+    assert_eq!(status["services"][0]["stale"], false, "{status}");
+    assert_eq!(status["services"][0]["alive"], true, "{status}");
+}
+
+#[test]
+fn a_release_that_fails_to_import_is_stopped_by_check_or_rolled_back() {
+    let host = Host::new();
+    let a = host.install_head();
+    host.app.write(
+        "mysite/wsgi.py",
+        "import this_module_does_not_exist_anywhere  # a broken release\n",
+    );
+    host.app.commit("broken");
+    let (broken, _) = host.install_head();
+    host.ok(&["activate", &a.0]);
+    let g = Gunicorn::start(&host.root, &host.run, &[]);
+
+    // 1. The check hook stops it before anything changes.
+    host.write_config(&web_config(
+        &g,
+        "gunicorn-upgrade",
+        "\n[hooks]\ncheck = \"venv/bin/python -c 'import mysite.wsgi'\"\n",
+    ));
+    let err = fails_with(&host.run(&["activate", &broken]), 1);
+    assert!(err.contains("check") && err.contains("this_module_does_not_exist_anywhere"), "{err}");
+    assert_eq!(host.current(), a.0);
+    assert_eq!(host.journal().last().unwrap()["event"], "failed");
+
+    // 2. Without the check, the new master cannot boot its workers: the tool
+    //    switches back by itself while the old master never stops serving.
+    host.write_config(&web_config(&g, "gunicorn-upgrade", ""));
+    let load = Load::start(g.port, 4, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let out = host.run(&["activate", &broken]);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    let err = fails_with(&out, 3);
+    assert!(err.contains(&a.0) && err.to_lowercase().contains("live again"), "{err}");
+    assert_eq!(host.current(), a.0);
+    let last = host.journal().last().unwrap().clone();
+    assert_eq!(last["event"], "failed", "{last}");
+    assert!(last["error"].as_str().is_some_and(|e| !e.is_empty()), "{last}");
+    eprintln!(
+        "broken release under load: ok {}, 5xx {}, connection errors {}",
+        report.ok, report.server_errors, report.connection_errors
+    );
+    assert!(report.ok > 20);
+    assert_eq!(report.connection_errors + report.server_errors + report.other_status, 0, "{:?}", report.errors);
+    assert_eq!(g.get("/healthz").1, a.0[..12]);
+}
+
+#[test]
+fn celery_worker_moves_to_the_new_release_and_finishes_its_running_task() {
+    let host = Host::new();
+    let (a, b) = two_releases(&host);
+    let redis = Redis::start(&host.run);
+    let worker = Celery::start(&host.root, &host.run, &redis.url());
+    host.write_config(&format!(
+        "[[service]]\nname = \"worker\"\npidfile = \"{}\"\nreload = \"hup\"\ntimeout = \"120s\"\n",
+        worker.pidfile.display()
+    ));
+    let whoami = || -> Value {
+        let child = send_task(&host.root, &redis.url(), "t.whoami.delay()", true).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(whoami()["release"], a.1.as_str());
+
+    // A long task is running when the reload starts.
+    let slow = send_task(&host.root, &redis.url(), "t.slow.delay(6)", true).unwrap();
+    wait_for("the slow task to start", Duration::from_secs(30), || {
+        worker.group.log_text().contains("mysite.tasks.slow")
+    });
+    let t = Instant::now();
+    host.ok(&["activate", &b.0]);
+    eprintln!("celery hup: activate→confirmed {:?}", t.elapsed());
+    let slow_out = slow.wait_with_output().unwrap();
+    assert!(slow_out.status.success(), "{}", stderr(&slow_out));
+    let slow_result: Value = serde_json::from_slice(&slow_out.stdout).unwrap();
+    assert_eq!(slow_result, a.1.as_str(), "the running task finished on the old release");
+    let after = whoami();
+    assert_eq!(after["release"], b.1.as_str(), "a task sent after the activation runs on B");
+    assert!(after["executable"].as_str().unwrap().ends_with("current/venv/bin/python"));
+
+    let status = host.status();
+    let svc = &status["services"][0];
+    assert_eq!(svc["alive"], true, "{status}");
+    assert_eq!(svc["stale"], false, "{status}");
+}
+
+#[test]
+fn notify_posts_the_event_and_a_dead_url_does_not_fail_the_deploy() {
+    let host = Host::new();
+    let (_a, b) = two_releases(&host);
+    let sink = Sink::start();
+    host.write_config(&format!("[hooks]\nnotify = \"{}\"\n", sink.url()));
+    host.ok(&["activate", &b.0]);
+    wait_for("the notification", Duration::from_secs(10), || {
+        !sink.bodies.lock().unwrap().is_empty()
+    });
+    let event: Value = serde_json::from_str(&sink.bodies.lock().unwrap()[0]).unwrap();
+    assert_eq!(event["event"], "activated");
+    assert_eq!(event["release"], b.0.as_str());
+
+    host.write_config(&format!("[hooks]\nnotify = \"http://127.0.0.1:{}/gone\"\n", free_port()));
+    let out = host.ok(&["rollback"]);
+    assert!(stderr(&out).contains("notify"), "{}", stderr(&out));
+}
+
+#[test]
+fn pidfile_problems_are_refused_before_anything_changes() {
+    let host = Host::new();
+    let (a, b) = two_releases(&host);
+    let service = |pidfile: &Path, extra: &str| {
+        format!(
+            "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"hup\"\n{extra}",
+            pidfile.display()
+        )
+    };
+    // Missing pidfile.
+    let missing = host.run.join("nope.pid");
+    host.write_config(&service(&missing, ""));
+    let err = fails_with(&host.run(&["activate", &b.0]), 1);
+    assert!(err.contains("nope.pid") && err.contains("does not exist"), "{err}");
+    assert_eq!(host.current(), a.0);
+
+    // A pidfile naming a dead process.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = host.run.join("stale.pid");
+    std::fs::write(&stale, format!("{dead_pid}\n")).unwrap();
+    host.write_config(&service(&stale, ""));
+    let err = fails_with(&host.run(&["activate", &b.0]), 1);
+    assert!(err.contains("stale.pid") && err.contains("not running"), "{err}");
+    assert_eq!(host.current(), a.0);
+
+    // A pidfile naming an unrelated live process.
+    let mut other = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let unrelated = host.run.join("unrelated.pid");
+    std::fs::write(&unrelated, format!("{}\n", other.id())).unwrap();
+    host.write_config(&service(&unrelated, ""));
+    let err = fails_with(&host.run(&["activate", &b.0]), 1);
+    other.kill().unwrap();
+    other.wait().unwrap();
+    assert!(err.contains("sleep 60") && err.contains("stale"), "{err}");
+    assert_eq!(host.current(), a.0);
+
+    // required = false: the service is down, the deploy goes on and says so.
+    host.write_config(&service(&missing, "required = false\n"));
+    let out = host.ok(&["activate", &b.0]);
+    assert!(stderr(&out).contains("web"), "{}", stderr(&out));
+    assert_eq!(host.current(), b.0);
+}
