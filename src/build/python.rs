@@ -10,7 +10,13 @@ use crate::manifest::PythonInfo;
 
 const PROBE: &str = r#"
 import json, platform, sys, sysconfig
+try:
+    from importlib.metadata import version
+    pip = version("pip")
+except Exception:
+    pip = None
 print(json.dumps({
+    "pip": pip,
     "implementation": sys.implementation.name,
     "version": platform.python_version(),
     "abi": "cp%d%d" % sys.version_info[:2] if sys.implementation.name == "cpython"
@@ -22,6 +28,7 @@ print(json.dumps({
 
 #[derive(Debug, Clone, Deserialize)]
 struct Probe {
+    pip: Option<String>,
     implementation: String,
     version: String,
     abi: String,
@@ -96,21 +103,12 @@ pub fn find_interpreter(python: &str) -> Result<Interpreter> {
     }
     let probe: Probe = serde_json::from_slice(&out.stdout)
         .map_err(|_| not_found(": it did not answer like a Python 3 interpreter".into()))?;
-    let pip = Command::new(&probe.executable)
-        .args(["-m", "pip", "--version"])
-        .stdin(Stdio::null())
-        .output()?;
-    if !pip.status.success() {
+    let Some(pip_version) = probe.pip else {
         return Err(Error::failed(format!(
             "Python interpreter {} has no pip, which builds the wheels\n  fix: `{} -m ensurepip`, or install python3-pip",
             probe.executable, probe.executable
         )));
-    }
-    let pip_version = String::from_utf8_lossy(&pip.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("unknown")
-        .to_string();
+    };
     Ok(Interpreter {
         executable: PathBuf::from(probe.executable),
         implementation: probe.implementation,
