@@ -309,7 +309,10 @@ pub fn open(path: &Path) -> Result<(Format, Box<dyn Read>)> {
 
 /// Recognise the compression of a buffered stream by its first bytes and wrap
 /// it in the matching decoder. `path` names the artifact in errors.
-pub fn decompress<'a, R: io::BufRead + 'a>(path: &Path, mut reader: R) -> Result<(Format, Box<dyn Read + 'a>)> {
+pub fn decompress<'a, R: io::BufRead + 'a>(
+    path: &Path,
+    mut reader: R,
+) -> Result<(Format, Box<dyn Read + 'a>)> {
     let magic = reader.fill_buf()?.get(..4).map(<[u8]>::to_vec);
     let not_artifact = |reason: &str| Error::NotAnArtifact {
         path: path.to_path_buf(),
@@ -334,7 +337,10 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> std::result::Result<S
         let (digest, name) = line
             .split_once(' ')
             .ok_or_else(|| format!("line {line:?} is not `<sha256>  <file name>`"))?;
-        let name = name.strip_prefix(' ').or_else(|| name.strip_prefix('*')).unwrap_or(name);
+        let name = name
+            .strip_prefix(' ')
+            .or_else(|| name.strip_prefix('*'))
+            .unwrap_or(name);
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("{digest:?} is not a sha256 (64 hex digits)"));
         }
@@ -343,7 +349,10 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> std::result::Result<S
         }
         names.push(name.to_string());
     }
-    Err(format!("it lists no digest for {file_name} (it names: {})", names.join(", ")))
+    Err(format!(
+        "it lists no digest for {file_name} (it names: {})",
+        names.join(", ")
+    ))
 }
 
 /// Read the manifest from the first member of an open archive.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::build::BuildFlags;
 
@@ -39,4 +39,60 @@ pub enum Command {
         /// The .tar.zst or .tar.gz artifact.
         artifact: PathBuf,
     },
+    #[command(flatten)]
+    Host(HostCommand),
+}
+
+/// The host-side commands (docs/host.md). All need --root or $RELEASE_ROOT.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Verify an artifact and install it into releases/<id>, read-only (host side).
+    Install(InstallArgs),
+    /// Switch `current` to an installed release (ID: unique prefix of a release id or commit).
+    Activate {
+        /// Release id or commit, or a unique prefix of one.
+        id: String,
+    },
+    /// Install an artifact (or reuse it when installed), activate it and prune, under one lock.
+    Deploy(InstallArgs),
+    /// Switch back to the release that was live before the current one (by the journal).
+    Rollback {
+        /// Go to this release instead (id or commit prefix).
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+    },
+    /// List installed releases, newest install first, with their state.
+    List,
+    /// Show the current release, since when and by whom.
+    Status,
+    /// Remove old releases; keeps the newest, the current, the rollback target and any in use.
+    Prune {
+        /// How many of the newest installs to keep (default: `keep` in release.toml, else 5).
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash an installed release (default: the current one) against its manifest.
+    Verify {
+        /// Release id or commit prefix; default: the current release.
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The .tar.zst or .tar.gz artifact written by `release build`.
+    pub artifact: PathBuf,
+    /// Expected sha256 of the artifact file (also checked: ARTIFACT.sha256 beside it).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Re-point the venv to this interpreter (same version and ABI as the build's);
+    /// with --rebuild-venv, the interpreter to rebuild with.
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Recreate the venv offline from the release's wheels/ with this host's python3.
+    #[arg(long)]
+    pub rebuild_venv: bool,
 }

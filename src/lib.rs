@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 pub mod exit_codes;
 pub mod fsutil;
+pub mod host;
 pub mod inspect;
 pub mod manifest;
 pub mod output;
@@ -55,6 +56,9 @@ fn dispatch(cli: &Cli, printer: &Printer) -> Result<ExitCode> {
         Command::Inspect { artifact } => {
             let inspection = inspect::inspect(artifact)?;
             printer.data(&inspection, || inspection.human());
+        }
+        Command::Host(command) => {
+            return host::run(command, cli.root.as_deref(), cli.wait, printer);
         }
     }
     Ok(ExitCode::Success)

@@ -1,0 +1,225 @@
+//! `release activate ID` and `release rollback [--to ID]`: one pipeline.
+//!
+//! 1. **preflight** — the target is installed and complete; if it is already
+//!    current, say so and stop.
+//! 2. **check** — the `check` hook runs inside the target release; failure
+//!    journals `failed` and stops with nothing changed (exit 1).
+//! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
+//!    `current`, fsync the root; journal `activated` (or `rolled_back`).
+//! 4. **reload + health** — [`services::reload_and_check`], the seam for
+//!    `[[service]]` and `[health]`. On failure: switch back, reload the old
+//!    release, journal `failed` with `reverted`, exit 3.
+//! 5. **after** — `after_activate` / `notify` hooks go here (not run yet).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::host::config::HostConfig;
+use crate::host::hooks;
+use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::layout::{Current, Host};
+use crate::host::lock::Lock;
+use crate::host::releases::{self, Installed};
+use crate::host::services;
+use crate::host::state::ReleaseHistory;
+use crate::output::Printer;
+
+/// Why `current` moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Activate,
+    Rollback,
+}
+
+/// What `release activate --json` (and rollback) prints.
+#[derive(Debug, Serialize)]
+pub struct ActivateReport {
+    pub id: String,
+    pub commit: String,
+    /// The release that was current before.
+    pub from: Option<String>,
+    /// `activated` or `rolled_back` (the journal event written).
+    pub event: &'static str,
+    pub already_current: bool,
+    pub seconds: f64,
+}
+
+impl ActivateReport {
+    pub fn human(&self) -> String {
+        format!("{}\n", self.id)
+    }
+}
+
+pub fn activate(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    target: &Installed,
+    switch: Switch,
+    printer: &Printer,
+) -> Result<ActivateReport> {
+    let started = Instant::now();
+    let journal = Journal::new(&host.journal);
+    let (kind, event_name) = match switch {
+        Switch::Activate => (EventKind::Activated, "activated"),
+        Switch::Rollback => (EventKind::RolledBack, "rolled_back"),
+    };
+
+    // 1. preflight
+    let summary = target.require_complete()?;
+    let current = host.current()?;
+    let from = current.id().map(str::to_string);
+    let report = |already_current: bool| ActivateReport {
+        id: target.name.clone(),
+        commit: summary.commit.clone(),
+        from: from.clone(),
+        event: event_name,
+        already_current,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if from.as_deref() == Some(target.name.as_str()) {
+        printer.progress(&format!(
+            "{} is already current; nothing changed",
+            target.name
+        ));
+        return Ok(report(true));
+    }
+    if let Current::Foreign(link) = &current {
+        printer.warn(&format!(
+            "{} points to {} (not a release under releases/); it will be replaced",
+            host.current.display(),
+            link.display()
+        ));
+    }
+
+    // 2. check, inside the new release, before anything changes
+    if let Some(check) = &config.hooks.check {
+        printer.progress(&format!("check ({}): {check}", target.name));
+        if let Err(failure) = hooks::run(check, &target.dir, &target.name) {
+            let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
+            event.step = Some("check".into());
+            event.error = Some(format!("check hook `{check}` failed ({})", failure.status));
+            journal.append(lock, &event)?;
+            let still = from
+                .as_deref()
+                .map(|f| format!("{f} is still current"))
+                .unwrap_or_else(|| "no release is current".into());
+            return Err(Error::failed(format!(
+                "the check hook `{check}` failed in {} ({}); nothing changed, {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {}/app to see why (PATH={}/venv/bin:$PATH), or change [hooks] check in {}",
+                target.name,
+                failure.status,
+                failure.tail,
+                target.dir.display(),
+                target.dir.display(),
+                host.config.display()
+            )));
+        }
+    }
+
+    // 3. switch
+    host.switch_current(lock, &target.name)?;
+    let event = Event::new(kind, &target.name, from.as_deref());
+    journal.append(lock, &event)?;
+    printer.progress(&format!(
+        "{} {} (was {})",
+        if switch == Switch::Activate {
+            "activated"
+        } else {
+            "rolled back to"
+        },
+        target.name,
+        from.as_deref().unwrap_or("none")
+    ));
+
+    // 4. reload services + health check; on failure switch back (exit 3)
+    if let Err(failure) = services::reload_and_check(config, &target.name, printer) {
+        let restored = match &from {
+            Some(previous) => {
+                host.switch_current(lock, previous)?;
+                let again = services::reload_and_check(config, previous, printer);
+                match again {
+                    Ok(()) => format!("switched current back: {previous} is live again"),
+                    Err(f) => format!(
+                        "switched current back to {previous}, but reloading it failed too ({}: {})",
+                        f.step, f.reason
+                    ),
+                }
+            }
+            None => {
+                let _ = fs_err::remove_file(&host.current);
+                crate::fsutil::fsync_dir(&host.root)?;
+                "removed current again (there was no previous release)".to_string()
+            }
+        };
+        let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
+        event.step = Some(failure.step.into());
+        event.error = Some(failure.reason.clone());
+        event.reverted = true;
+        journal.append(lock, &event)?;
+        return Err(Error::ActivationFailed {
+            release: target.name.clone(),
+            reason: format!("{} failed: {}", failure.step, failure.reason),
+            restored,
+            fix: "see `release status` and the service logs; the release is marked rolled back"
+                .into(),
+        });
+    }
+
+    // 5. after_activate / notify: parsed, run by a later version.
+    if config.hooks.after_activate.is_some() || config.hooks.notify.is_some() {
+        printer.warn("[hooks] after_activate / notify are not run by this version");
+    }
+    Ok(report(false))
+}
+
+/// `release rollback [--to ID]`: back to the release that was live before the
+/// current one according to the journal (skipping rolled-back releases).
+pub fn rollback(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    to: Option<&str>,
+    printer: &Printer,
+) -> Result<ActivateReport> {
+    let list = releases::installed(host)?;
+    let current = host.current()?;
+    let Current::Release(current_id) = &current else {
+        return Err(Error::failed(format!(
+            "no release is current under {} ({}), so there is nothing to roll back\n  fix: activate one with `release activate ID` (see `release list`)",
+            host.root.display(),
+            match &current {
+                Current::Foreign(t) => format!("current points to {}", t.display()),
+                _ => "current does not exist".into(),
+            }
+        )));
+    };
+    let target = match to {
+        Some(query) => releases::resolve(host, &list, query)?,
+        None => {
+            let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
+            let Some(target) = history.rollback_target(Some(current_id)) else {
+                return Err(Error::failed(format!(
+                    "nothing to roll back to from {current_id}: {} records no earlier live release that was not rolled back; nothing changed\n  fix: pick one with `release rollback --to ID` or `release activate ID` (see `release list`)",
+                    host.journal.display()
+                )));
+            };
+            match list.iter().find(|r| r.name == target) {
+                Some(release) => release,
+                None => {
+                    return Err(Error::failed(format!(
+                        "the release before {current_id} was {target}, which is no longer installed (pruned or removed); nothing changed\n  fix: pick an installed one with `release rollback --to ID` (see `release list`), or install its artifact again"
+                    )))
+                }
+            }
+        }
+    };
+    if let Err(why) = &target.summary {
+        return Err(Error::failed(format!(
+            "rollback target {} is incomplete ({why}); nothing changed\n  fix: pick another with `release rollback --to ID`, or install its artifact again",
+            target.name
+        )));
+    }
+    activate(host, lock, config, target, Switch::Rollback, printer)
+}

@@ -1,0 +1,220 @@
+//! `<root>/release.toml`: host settings. Optional; every key has a default.
+//!
+//! ```toml
+//! keep = 5                                  # releases `prune` keeps (plus current + rollback target)
+//! shared = ["app/media", "app/.env"]        # release path -> <root>/shared/<same path>
+//! [[service]]                               # parsed (crate::reload's types); acted on by a later version
+//! name = "web"
+//! pidfile = "/run/mysite/gunicorn.pid"
+//! reload = "gunicorn-upgrade"               # hup | gunicorn-upgrade | systemd:UNIT | supervisor:PROG | command:CMD
+//! timeout = "60s"
+//! required = true
+//! [health]                                  # parsed; checked by a later version
+//! url = "http://127.0.0.1:8000/healthz"
+//! expect = "{release}"
+//! timeout = "30s"
+//! [hooks]
+//! check = "python -c 'import mysite.wsgi'"  # run in the new release's app/ before the switch
+//! after_activate = "..."                    # parsed; run by a later version
+//! notify = "https://example.invalid/deploys"
+//! ```
+
+use std::path::Path;
+
+use fs_err as fs;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::manifest;
+pub use crate::reload::{HealthConfig, ServiceConfig, Strategy as ReloadStrategy};
+
+pub const DEFAULT_KEEP: usize = 5;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// How many of the newest installs `prune` keeps.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Release paths replaced by links into `<root>/shared/`.
+    #[serde(default)]
+    pub shared: Vec<String>,
+    /// Services reloaded after a switch (`[[service]]`).
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+    /// The health check after a reload.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+fn default_keep() -> usize {
+    DEFAULT_KEEP
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            keep: DEFAULT_KEEP,
+            shared: Vec::new(),
+            services: Vec::new(),
+            health: None,
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Shell command run inside the new release before the switch; failure aborts.
+    pub check: Option<String>,
+    /// Shell command run after a successful activation.
+    pub after_activate: Option<String>,
+    /// URL the journal event is POSTed to after an activation (never fatal).
+    pub notify: Option<String>,
+}
+
+impl HostConfig {
+    /// Read `release.toml`; its absence means the defaults.
+    pub fn load(path: &Path) -> Result<HostConfig> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let bad = |message: String| {
+            Error::failed(format!(
+                "{}: {message}\n  fix: correct the file (docs/host.md lists every key)",
+                path.display()
+            ))
+        };
+        let config: HostConfig = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (i, path) in self.shared.iter().enumerate() {
+            manifest::check_path(path).map_err(|why| format!("shared path {path:?}: {why}"))?;
+            if !path.contains('/') {
+                return Err(format!(
+                    "shared path {path:?} would replace a whole top-level directory; name a path inside it, like \"app/media\""
+                ));
+            }
+            for other in &self.shared[..i] {
+                if other == path
+                    || path.starts_with(&format!("{other}/"))
+                    || other.starts_with(&format!("{path}/"))
+                {
+                    return Err(format!("shared paths {other:?} and {path:?} overlap"));
+                }
+            }
+        }
+        let mut names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
+            return Err(format!("two [[service]] tables are named {:?}", pair[0]));
+        }
+        Ok(())
+    }
+
+    /// The relative target of the link at release path `path` (inside
+    /// `releases/<id>/`) to `<root>/shared/<path>`.
+    pub fn shared_link_target(path: &str) -> String {
+        // From releases/<id>/<dirs of path>/ back up to the root.
+        let depth = 2 + path.matches('/').count();
+        format!("{}shared/{path}", "../".repeat(depth))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HostConfig, String> {
+        let config: HostConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_design_sketch_parses() {
+        let config = parse(
+            r#"
+keep = 3
+shared = ["app/media", "app/.env"]
+[[service]]
+name = "web"
+pidfile = "/run/mysite/gunicorn.pid"
+reload = "gunicorn-upgrade"
+[[service]]
+name = "worker"
+pidfile = "/run/mysite/celery.pid"
+reload = "hup"
+[[service]]
+name = "beat"
+reload = "systemd:celerybeat.service"
+[health]
+url = "http://127.0.0.1:8000/healthz"
+expect = "{release}"
+timeout = "30s"
+[hooks]
+check = "python -c 'import mysite.wsgi'"
+after_activate = "true"
+notify = "https://example.invalid/deploys"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.keep, 3);
+        assert_eq!(config.services[0].reload, ReloadStrategy::GunicornUpgrade);
+        assert_eq!(
+            config.services[2].reload,
+            ReloadStrategy::Systemd("celerybeat.service".into())
+        );
+        assert_eq!(
+            config.health.unwrap().timeout(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            config.hooks.check.as_deref(),
+            Some("python -c 'import mysite.wsgi'")
+        );
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        let empty = parse("").unwrap();
+        assert_eq!(
+            (empty.keep, empty.shared.len(), empty.services.len()),
+            (5, 0, 0)
+        );
+        assert!(parse("kep = 3").unwrap_err().contains("unknown field"));
+        assert!(parse("shared = [\"app\"]")
+            .unwrap_err()
+            .contains("top-level"));
+        assert!(parse("shared = [\"../etc\"]").is_err());
+        assert!(parse("shared = [\"app/m\", \"app/m/x\"]")
+            .unwrap_err()
+            .contains("overlap"));
+        assert!(parse("[[service]]\nname = \"w\"\nreload = \"usr1\"")
+            .unwrap_err()
+            .contains("unknown reload"));
+        assert!(parse("[[service]]\nname = \"w\"\nreload = \"hup\"\n[[service]]\nname = \"w\"\nreload = \"hup\"")
+            .unwrap_err()
+            .contains("two [[service]]"));
+    }
+
+    #[test]
+    fn shared_link_targets_climb_to_the_root() {
+        assert_eq!(
+            HostConfig::shared_link_target("app/media"),
+            "../../../shared/app/media"
+        );
+        assert_eq!(
+            HostConfig::shared_link_target("app/a/b"),
+            "../../../../shared/app/a/b"
+        );
+    }
+}

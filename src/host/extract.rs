@@ -1,0 +1,321 @@
+//! Unpack an artifact's members into a fresh directory, checking every one
+//! against the manifest and the safety rules of DESIGN.md §4. The `tar`
+//! crate only parses; every rule is enforced here, before anything is written:
+//!
+//! * paths: no absolute paths, `..`, control characters, empty or `.`
+//!   components, nothing outside app/, venv/, wheels/, static/;
+//! * types: regular files, directories and symlinks only (no devices, fifos,
+//!   hard links or sparse files); no setuid, setgid or sticky bits;
+//! * every member is in the manifest, once, with the manifest's type, mode,
+//!   size, sha256 (hashed while streaming) or link target, and every manifest
+//!   entry is in the archive;
+//! * symlinks stay inside the release, except the venv's links to the
+//!   interpreter the manifest records;
+//! * nothing is written through a symlink: a member's parent must be a
+//!   directory this extraction created, and files are created with
+//!   `O_CREAT|O_EXCL|O_NOFOLLOW`.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::archive::HashingReader;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::manifest::{self, EntryType, Manifest};
+
+/// Files are copied through a buffer of this size.
+const COPY_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Extracted {
+    /// Regular files written.
+    pub files: u64,
+    /// Bytes of regular files written.
+    pub bytes: u64,
+    /// Every directory created, parents before children.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.
+pub fn installed_mode(kind: EntryType, manifest_mode: u32) -> u32 {
+    match kind {
+        EntryType::Dir => 0o555,
+        EntryType::File if manifest_mode & 0o111 != 0 => 0o555,
+        EntryType::File => 0o444,
+        EntryType::Symlink => 0o777,
+    }
+}
+
+pub struct Extractor<'a> {
+    artifact: &'a Path,
+    manifest: &'a Manifest,
+    dest: &'a Path,
+    seen: Vec<bool>,
+    buffer: Vec<u8>,
+    out: Extracted,
+}
+
+impl<'a> Extractor<'a> {
+    pub fn new(artifact: &'a Path, manifest: &'a Manifest, dest: &'a Path) -> Self {
+        Extractor {
+            artifact,
+            manifest,
+            dest,
+            seen: vec![false; manifest.files.len()],
+            buffer: vec![0; COPY_BUFFER],
+            out: Extracted::default(),
+        }
+    }
+
+    fn refuse(&self, entry: &str, rule: impl Into<String>) -> Error {
+        Error::UnsafeEntry {
+            artifact: self.artifact.to_path_buf(),
+            entry: entry.escape_debug().to_string(),
+            rule: rule.into(),
+        }
+    }
+
+    /// Unpack every remaining member of `entries` (the manifest already read),
+    /// then check that nothing in the manifest was missing.
+    pub fn run<R: Read>(mut self, entries: tar::Entries<'_, R>) -> Result<Extracted> {
+        let mut last = String::from("release.json");
+        for entry in entries {
+            let entry = entry.map_err(|e| self.corrupt(&last, &e))?;
+            last = self.one(entry)?;
+        }
+        if let Some(i) = self.seen.iter().position(|s| !s) {
+            let missing = self.seen.iter().filter(|s| !**s).count();
+            let path = self.manifest.files[i].path.clone();
+            let more = if missing > 1 {
+                format!(" ({} manifest entries are missing in all)", missing)
+            } else {
+                String::new()
+            };
+            return Err(self.refuse(
+                &path,
+                format!("listed in the manifest but missing from the archive{more}"),
+            ));
+        }
+        Ok(self.out)
+    }
+
+    fn corrupt(&self, after: &str, err: &std::io::Error) -> Error {
+        Error::failed(format!(
+            "{}: the archive is corrupt or truncated after member `{}`: {err}\n  nothing was installed; fix: copy the artifact again and compare it with its .sha256",
+            self.artifact.display(),
+            after.escape_debug()
+        ))
+    }
+
+    /// Check and unpack one member; returns its path.
+    fn one<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<String> {
+        let raw = entry.path_bytes().into_owned();
+        let lossy = String::from_utf8_lossy(&raw).into_owned();
+        let Ok(name) = std::str::from_utf8(&raw) else {
+            return Err(self.refuse(&lossy, "path is not UTF-8"));
+        };
+        let header_type = entry.header().entry_type();
+        let path = if header_type.is_dir() {
+            name.strip_suffix('/').unwrap_or(name)
+        } else {
+            name
+        };
+        self.check_path(path)?;
+
+        let kind = if header_type.is_file() || header_type.is_contiguous() {
+            EntryType::File
+        } else if header_type.is_dir() {
+            EntryType::Dir
+        } else if header_type.is_symlink() {
+            EntryType::Symlink
+        } else {
+            let what = if header_type.is_hard_link() {
+                "a hard link (artifacts have none; the manifest cannot describe one)".to_string()
+            } else if header_type.is_character_special() || header_type.is_block_special() {
+                "a device node".to_string()
+            } else if header_type.is_fifo() {
+                "a fifo".to_string()
+            } else if header_type.is_gnu_sparse() {
+                "a sparse file".to_string()
+            } else {
+                format!(
+                    "an unsupported member type ({:?})",
+                    header_type.as_byte() as char
+                )
+            };
+            return Err(self.refuse(
+                path,
+                format!("is {what}; only files, directories and symlinks are allowed"),
+            ));
+        };
+        let mode = entry
+            .header()
+            .mode()
+            .map_err(|e| self.refuse(path, format!("unreadable mode: {e}")))?;
+        if mode & 0o7000 != 0 {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "has the setuid, setgid or sticky bit (mode {:04o})",
+                    mode & 0o7777
+                ),
+            ));
+        }
+
+        let Ok(index) = self
+            .manifest
+            .files
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+        else {
+            return Err(self.refuse(path, "is not in the manifest"));
+        };
+        if self.seen[index] {
+            return Err(self.refuse(path, "appears twice in the archive (duplicate path)"));
+        }
+        let expected = &self.manifest.files[index];
+        if expected.kind != kind {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "is a {kind} in the archive but a {} in the manifest",
+                    expected.kind
+                ),
+            ));
+        }
+        if kind != EntryType::Symlink && mode & 0o777 != expected.mode {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "has mode {:04o}, the manifest says {:04o}",
+                    mode & 0o777,
+                    expected.mode
+                ),
+            ));
+        }
+        self.check_parent(path)?;
+        let target_path = self.dest.join(path);
+
+        match kind {
+            EntryType::Dir => {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&target_path)
+                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                self.out.dirs.push(target_path);
+            }
+            EntryType::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                let Ok(link) = String::from_utf8(link) else {
+                    return Err(self.refuse(path, "symlink target is not UTF-8"));
+                };
+                let want = expected.target.as_deref().unwrap_or_default();
+                if link != want {
+                    return Err(self.refuse(
+                        path,
+                        format!("symlink points to {link:?}, the manifest says {want:?}"),
+                    ));
+                }
+                let interpreter_link =
+                    path.starts_with("venv/bin/") && link == self.manifest.python.base_executable;
+                if !interpreter_link && !manifest::symlink_stays_inside(path, &link) {
+                    return Err(self.refuse(
+                        path,
+                        format!("symlink to {link:?} leaves the release (only venv/bin links to the manifest's interpreter may)"),
+                    ));
+                }
+                std::os::unix::fs::symlink(&link, &target_path)
+                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+            }
+            EntryType::File => {
+                let want_size = expected.size();
+                let size = entry.size();
+                if size > want_size {
+                    return Err(self.refuse(
+                        path,
+                        format!("is {size} bytes, beyond the {want_size} bytes the manifest lists"),
+                    ));
+                }
+                if size != want_size {
+                    return Err(self.refuse(
+                        path,
+                        format!("is {size} bytes, the manifest lists {want_size}"),
+                    ));
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(installed_mode(kind, expected.mode))
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&target_path)
+                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                let mut reader = HashingReader::new(&mut entry, want_size);
+                loop {
+                    let n = match reader.read(&mut self.buffer) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(self.corrupt(path, &e)),
+                    };
+                    file.write_all(&self.buffer[..n])
+                        .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                }
+                let read = reader.bytes_read();
+                let digest = reader.digest();
+                if read != want_size {
+                    return Err(
+                        self.refuse(path, format!("ended after {read} of {want_size} bytes"))
+                    );
+                }
+                let want = expected.sha256.as_deref().unwrap_or_default();
+                if digest != want {
+                    return Err(self.refuse(
+                        path,
+                        format!("content differs from the manifest (sha256 {digest}, the manifest says {want})"),
+                    ));
+                }
+                self.out.files += 1;
+                self.out.bytes += read;
+            }
+        }
+        self.seen[index] = true;
+        Ok(path.to_string())
+    }
+
+    fn check_path(&self, path: &str) -> Result<()> {
+        if path.starts_with('/') {
+            return Err(self.refuse(path, "absolute path"));
+        }
+        if path.chars().any(char::is_control) {
+            return Err(self.refuse(path, "control character in the path"));
+        }
+        if path.split('/').any(|c| c == "..") {
+            return Err(self.refuse(path, "`..` component in the path"));
+        }
+        manifest::check_path(path).map_err(|why| self.refuse(path, why))
+    }
+
+    /// A member's parent must be a directory member already unpacked (or the
+    /// release root): then no path is ever resolved through a symlink.
+    fn check_parent(&self, path: &str) -> Result<()> {
+        let Some((parent, _)) = path.rsplit_once('/') else {
+            return Ok(());
+        };
+        let ok = self
+            .manifest
+            .files
+            .binary_search_by(|e| e.path.as_str().cmp(parent))
+            .is_ok_and(|i| self.seen[i] && self.manifest.files[i].kind == EntryType::Dir);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.refuse(
+                path,
+                format!("its parent `{parent}` is not a directory unpacked before it"),
+            ))
+        }
+    }
+}

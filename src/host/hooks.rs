@@ -1,0 +1,53 @@
+//! Hooks from `[hooks]` in release.toml, run with `/bin/sh -c` inside a
+//! release: cwd `<release>/app`, `PATH` starting with `<release>/venv/bin`,
+//! `VIRTUAL_ENV`, `RELEASE_ID` and `RELEASE_DIR` set.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::error::tail;
+
+/// How a hook failed: its exit status and the last lines of its output.
+#[derive(Debug)]
+pub struct HookFailure {
+    pub status: String,
+    pub tail: String,
+}
+
+pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), HookFailure> {
+    let venv = release_dir.join("venv");
+    let mut paths = vec![venv.join("bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    let path = std::env::join_paths(paths).unwrap_or_default();
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(release_dir.join("app"))
+        .env("PATH", path)
+        .env("VIRTUAL_ENV", &venv)
+        .env("RELEASE_ID", release_id)
+        .env("RELEASE_DIR", release_dir)
+        .env_remove("PYTHONHOME")
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            return Err(HookFailure {
+                status: "could not start /bin/sh".into(),
+                tail: format!("    {e}"),
+            })
+        }
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(HookFailure {
+        status: out.status.to_string(),
+        tail: tail(&text, 20),
+    })
+}

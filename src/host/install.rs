@@ -1,0 +1,552 @@
+//! `release install ARTIFACT`: verify, check, unpack into
+//! `releases/.incoming-*`, link shared paths, make read-only and durable,
+//! rename into `releases/<id>`, journal. Any failure removes the incoming
+//! directory and changes nothing else.
+
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fs_err as fs;
+use serde::Serialize;
+
+use crate::archive::{self, HashingReader};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::host::config::HostConfig;
+use crate::host::extract::{installed_mode, Extractor};
+use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::layout::{random_suffix, remove_tree, Host, INCOMING_PREFIX};
+use crate::host::lock::Lock;
+use crate::host::python;
+use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
+use crate::host::release_id::{rfc3339, ReleaseId};
+use crate::host::releases::{self, Installed};
+use crate::host::verify;
+use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
+use crate::output::Printer;
+
+/// Room kept free beyond the release's own size.
+const SPACE_MARGIN: u64 = 32 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    pub artifact: PathBuf,
+    /// Expected sha256 of the artifact file (`--sha256`).
+    pub sha256: Option<String>,
+    /// Re-point the venv to this interpreter (`--python`).
+    pub python: Option<PathBuf>,
+    /// Recreate the venv from `wheels/` (`--rebuild-venv`).
+    pub rebuild_venv: bool,
+}
+
+/// What `release install --json` prints.
+#[derive(Debug, Serialize)]
+pub struct InstallReport {
+    pub id: String,
+    pub commit: String,
+    pub path: PathBuf,
+    /// Entries in the manifest.
+    pub files: u64,
+    /// Bytes of regular files.
+    pub bytes: u64,
+    pub seconds: f64,
+    pub already_installed: bool,
+}
+
+/// The interpreter the venv will use.
+enum VenvPlan {
+    /// As built: the manifest's base interpreter is here and matches.
+    AsBuilt,
+    /// `--python PATH`: re-point the venv's links and pyvenv.cfg.
+    Repoint(PathBuf),
+    /// `--rebuild-venv`: recreate the venv with this interpreter.
+    Rebuild(PathBuf),
+}
+
+/// A directory under `releases/` that is removed on drop unless kept.
+struct Incoming {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Incoming {
+    fn create(host: &Host) -> Result<Incoming> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = host
+            .releases
+            .join(format!("{INCOMING_PREFIX}{}", random_suffix()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| fsutil::fs_err_io(e, &path))?;
+        Ok(Incoming { path, keep: false })
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = remove_tree(&self.path);
+        }
+    }
+}
+
+/// Paths created outside the release (shared targets), removed on drop
+/// unless the install went through.
+#[derive(Default)]
+struct CreatedOutside {
+    paths: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for CreatedOutside {
+    fn drop(&mut self) {
+        if !self.keep {
+            for p in self.paths.iter().rev() {
+                let _ = remove_tree(p);
+            }
+        }
+    }
+}
+
+/// The digests the artifact must have: `--sha256` and/or `<artifact>.sha256`.
+fn expected_digests(options: &InstallOptions) -> Result<Vec<(String, String)>> {
+    let artifact = &options.artifact;
+    let mut digests = Vec::new();
+    if let Some(hex) = &options.sha256 {
+        let hex = hex.trim().to_ascii_lowercase();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Usage(format!(
+                "--sha256 {hex:?} is not a sha256 (64 hex digits)"
+            )));
+        }
+        digests.push(("--sha256".to_string(), hex));
+    }
+    let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
+    if sidecar.is_file() {
+        let name = artifact
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = fs::read_to_string(&sidecar)?;
+        let hex = archive::parse_checksum_file(&text, &name).map_err(|why| {
+            Error::failed(format!(
+                "{}: {why}\n  fix: regenerate it (`sha256sum {name} > {name}.sha256`) or remove it and pass --sha256",
+                sidecar.display()
+            ))
+        })?;
+        digests.push((sidecar.display().to_string(), hex));
+    }
+    Ok(digests)
+}
+
+/// An installed release with the same content that still verifies.
+fn find_installed(
+    host: &Host,
+    manifest: &Manifest,
+    printer: &Printer,
+) -> Result<Option<Installed>> {
+    for release in releases::installed(host)? {
+        let same = release
+            .summary
+            .as_ref()
+            .is_ok_and(|s| s.commit == manifest.commit && s.tree_sha256 == manifest.tree_sha256);
+        if !same {
+            continue;
+        }
+        let report = verify::verify(&release)?;
+        if report.ok {
+            return Ok(Some(release));
+        }
+        printer.warn(&format!(
+            "release {} has this commit but has drifted ({} problem(s); see `release verify {}`); installing a fresh copy",
+            release.name,
+            report.problems.len(),
+            release.name
+        ));
+    }
+    Ok(None)
+}
+
+fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> {
+    if options.rebuild_venv {
+        let python = options
+            .python
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let found = python::HostPython::probe(&python).map_err(|why| {
+            Error::failed(format!(
+                "--rebuild-venv: the interpreter {}: {why}\n  fix: pass --python PATH naming a {} interpreter",
+                python.display(),
+                python::describe_need(&manifest.python)
+            ))
+        })?;
+        return Ok(VenvPlan::Rebuild(PathBuf::from(found.executable)));
+    }
+    if let Some(python) = &options.python {
+        return Ok(VenvPlan::Repoint(python::check_replacement(
+            python, manifest,
+        )?));
+    }
+    python::check_base_interpreter(manifest)?;
+    Ok(VenvPlan::AsBuilt)
+}
+
+/// Refuse when the filesystem of `releases/` cannot hold the release.
+fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
+    const BLOCK: u64 = 4096;
+    let mut need = SPACE_MARGIN;
+    for e in &manifest.files {
+        let blocks = match e.kind {
+            EntryType::File => e.size().div_ceil(BLOCK).max(1),
+            EntryType::Dir => 1,
+            EntryType::Symlink => 0,
+        };
+        let mut bytes = blocks * BLOCK;
+        if rebuild && e.path.starts_with("venv/") {
+            bytes *= 2;
+        }
+        need += bytes;
+    }
+    let stat = rustix::fs::statvfs(&host.releases)
+        .map_err(|e| fsutil::fs_err_io(e.into(), &host.releases))?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let mib = |b: u64| b.div_ceil(1024 * 1024);
+    if available < need {
+        return Err(Error::failed(format!(
+            "not enough free space for release {} under {}: it needs about {} MiB, {} MiB are available\n  fix: free space, e.g. remove old releases with `release prune --keep N`",
+            manifest.release,
+            host.releases.display(),
+            mib(need),
+            mib(available)
+        )));
+    }
+    let inodes = manifest.file_count + 1024;
+    if stat.f_files > 0 && stat.f_favail < inodes {
+        return Err(Error::failed(format!(
+            "not enough free inodes for release {} under {}: it needs {}, {} are free\n  fix: remove old releases with `release prune --keep N`",
+            manifest.release,
+            host.releases.display(),
+            inodes,
+            stat.f_favail
+        )));
+    }
+    Ok(())
+}
+
+/// A fresh release id for `commit12`, now (one second later if taken).
+fn new_id(host: &Host, commit12: &str) -> ReleaseId {
+    let mut now = chrono::Utc::now();
+    loop {
+        let id = ReleaseId::new(commit12, now);
+        if fs::symlink_metadata(host.release_dir(&id.to_string())).is_err() {
+            return id;
+        }
+        now += chrono::Duration::seconds(1);
+    }
+}
+
+/// Replace each `shared` path of the release by a relative link to
+/// `<root>/shared/<path>`; a missing shared target is created: a copy of the
+/// release's file when it has one there, else an empty directory.
+fn link_shared(
+    host: &Host,
+    release: &Path,
+    config: &HostConfig,
+    record: &mut InstallRecord,
+    created: &mut CreatedOutside,
+) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for path in &config.shared {
+        // The parents inside the release must be real directories.
+        let mut parent_rel = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !parent_rel.is_empty() {
+                parent_rel.push('/');
+            }
+            parent_rel.push_str(part);
+            let dir = release.join(&parent_rel);
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::failed(format!(
+                        "shared path {path:?} (release.toml): `{parent_rel}` in the release is not a directory, so {path} cannot be linked\n  fix: change `shared` in {}",
+                        host.config.display()
+                    )))
+                }
+                Err(_) => {
+                    std::fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&dir)
+                        .map_err(|e| fsutil::fs_err_io(e, &dir))?;
+                    record.set_entry(Entry::dir(parent_rel.clone()));
+                }
+            }
+        }
+        let in_release = release.join(path);
+        let existing = fs::symlink_metadata(&in_release).ok();
+        let shared_target = host.shared.join(path);
+        if fs::symlink_metadata(&shared_target).is_err() {
+            let parent = shared_target.parent().expect("shared paths have a parent");
+            let mut first_missing = None;
+            for dir in parent.ancestors() {
+                if dir.exists() || dir == host.root {
+                    break;
+                }
+                first_missing = Some(dir.to_path_buf());
+            }
+            fs::create_dir_all(parent)?;
+            match &existing {
+                Some(meta) if meta.is_file() => {
+                    fs::copy(&in_release, &shared_target)?;
+                    fsutil::set_mode(&shared_target, 0o644)?;
+                }
+                _ => {
+                    fs::create_dir(&shared_target)?;
+                    fsutil::set_mode(&shared_target, 0o755)?;
+                }
+            }
+            created
+                .paths
+                .push(first_missing.unwrap_or_else(|| shared_target.clone()));
+        }
+        if let Some(meta) = existing {
+            if meta.is_dir() {
+                remove_tree(&in_release)?;
+            } else {
+                fs::remove_file(&in_release)?;
+            }
+        }
+        let target = HostConfig::shared_link_target(path);
+        std::os::unix::fs::symlink(&target, &in_release)
+            .map_err(|e| fsutil::fs_err_io(e, &in_release))?;
+        record.shared.push(SharedLink {
+            path: path.clone(),
+            target,
+        });
+    }
+    Ok(())
+}
+
+/// Files 0444/0555, directories 0555, without following symlinks.
+fn make_read_only(release: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = Vec::new();
+    for item in walkdir::WalkDir::new(release).follow_links(false) {
+        let item = item.map_err(|e| io::Error::other(format!("{}: {e}", release.display())))?;
+        let kind = item.file_type();
+        if kind.is_dir() {
+            dirs.push(item.path().to_path_buf());
+        } else if kind.is_file() {
+            let mode = item
+                .metadata()
+                .map_err(|e| io::Error::other(e.to_string()))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            let want = installed_mode(EntryType::File, mode);
+            if mode != want {
+                fsutil::set_mode(item.path(), want)?;
+            }
+        }
+    }
+    // Children first, so a directory stays writable while its entries change.
+    for dir in dirs.iter().rev() {
+        fsutil::set_mode(dir, 0o555)?;
+    }
+    Ok(())
+}
+
+/// Install the artifact; `lock` proves the root's lock is held.
+pub fn install(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    options: &InstallOptions,
+    printer: &Printer,
+) -> Result<InstallReport> {
+    let started = Instant::now();
+    let artifact = &options.artifact;
+    let digests = expected_digests(options)?;
+    if digests.is_empty() {
+        printer.warn(&format!(
+            "no {}.sha256 beside the artifact and no --sha256: the artifact file itself is not verified (every member is still checked against its manifest)",
+            artifact.display()
+        ));
+    }
+    // Creation with the modes we ask for, whatever the caller's umask.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+
+    let mut raw = HashingReader::new(fs::File::open(artifact)?, u64::MAX);
+    enum Stage {
+        Existing(Manifest, Box<Installed>),
+        Unpacked {
+            manifest: Manifest,
+            json: Vec<u8>,
+            incoming: Incoming,
+            plan: VenvPlan,
+        },
+    }
+    let stage = {
+        let buffered = BufReader::with_capacity(1 << 20, &mut raw);
+        let (_format, decoder) = archive::decompress(artifact, buffered)?;
+        let mut archive = tar::Archive::new(decoder);
+        let mut entries = archive.entries()?;
+        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        printer.progress(&format!(
+            "installing {} {} (commit {})",
+            manifest.app, manifest.release, manifest.commit
+        ));
+        if let Some(existing) = find_installed(host, &manifest, printer)? {
+            Stage::Existing(manifest, Box::new(existing))
+        } else {
+            let plan = plan_venv(options, &manifest)?;
+            check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
+            let incoming = Incoming::create(host)?;
+            Extractor::new(artifact, &manifest, &incoming.path).run(entries)?;
+            Stage::Unpacked {
+                manifest,
+                json,
+                incoming,
+                plan,
+            }
+        }
+    };
+    // Hash the rest of the file (the compressed stream's tail), then compare.
+    io::copy(&mut raw, &mut io::sink()).map_err(|e| fsutil::fs_err_io(e, artifact))?;
+    let digest = raw.digest();
+    for (source, want) in &digests {
+        if &digest != want {
+            return Err(Error::failed(format!(
+                "{}: sha256 is {digest}, but {source} says {want}\n  nothing was installed; fix: copy the artifact again (it is corrupt or not the one meant), or correct the expected digest",
+                artifact.display()
+            )));
+        }
+    }
+
+    let (manifest, json, mut incoming, plan) = match stage {
+        Stage::Existing(manifest, existing) => {
+            printer.progress(&format!(
+                "{} is already installed as {} and verifies; nothing changed",
+                manifest.release, existing.name
+            ));
+            if options.python.is_some() || options.rebuild_venv {
+                printer.warn(
+                    "--python / --rebuild-venv were not applied: the release was already installed",
+                );
+            }
+            return Ok(InstallReport {
+                id: existing.name.clone(),
+                commit: manifest.commit,
+                path: existing.dir,
+                files: manifest.file_count,
+                bytes: manifest.bytes,
+                seconds: started.elapsed().as_secs_f64(),
+                already_installed: true,
+            });
+        }
+        Stage::Unpacked {
+            manifest,
+            json,
+            incoming,
+            plan,
+        } => (manifest, json, incoming, plan),
+    };
+
+    let dir = incoming.path.clone();
+    let id = new_id(host, &manifest.release);
+    let id_text = id.to_string();
+    let mut record = InstallRecord {
+        installed_at: id.installed_rfc3339(),
+        user: crate::host::journal::current_user(),
+        artifact_sha256: digest,
+        ..InstallRecord::default()
+    };
+    python::write_new_file(&dir.join(MANIFEST_NAME), &json, 0o444)?;
+    match &plan {
+        VenvPlan::AsBuilt => {}
+        VenvPlan::Repoint(python) => {
+            printer.progress(&format!("re-pointing the venv to {}", python.display()));
+            for entry in python::repoint(&dir, &manifest, python)? {
+                record.set_entry(entry);
+            }
+            record.python = Some(python.to_string_lossy().into_owned());
+        }
+        VenvPlan::Rebuild(python) => {
+            printer.progress(&format!(
+                "recreating the venv from wheels/ with {} (offline)",
+                python.display()
+            ));
+            python::rebuild_venv(&dir, python)?;
+            record.replaced.push("venv".into());
+            for entry in crate::build::scan_tree(&dir.join("venv"), "venv")? {
+                record.set_entry(entry);
+            }
+            record.python = Some(python.to_string_lossy().into_owned());
+            record.venv_rebuilt = true;
+        }
+    }
+    let mut created = CreatedOutside::default();
+    link_shared(host, &dir, config, &mut record, &mut created)?;
+    python::write_new_file(
+        &dir.join(RECORD_NAME),
+        &serde_json::to_vec_pretty(&record).expect("record serialises"),
+        0o444,
+    )?;
+    make_read_only(&dir)?;
+
+    // Durable before it becomes visible: one syncfs for the whole tree.
+    let handle = fs::File::open(&dir)?;
+    rustix::fs::syncfs(&handle).map_err(|e| fsutil::fs_err_io(e.into(), &dir))?;
+    drop(handle);
+    let final_dir = host.release_dir(&id_text);
+    fs::rename(&dir, &final_dir)?;
+    incoming.keep = true;
+    created.keep = true;
+    fsutil::fsync_dir(&host.releases)?;
+
+    let mut event = Event::new(EventKind::Installed, &id_text, None);
+    event.at = rfc3339(id.installed);
+    event.commit = Some(manifest.commit.clone());
+    event.python = record.python.clone();
+    event.venv_rebuilt = record.venv_rebuilt;
+    Journal::new(&host.journal).append(lock, &event)?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    printer.progress(&format!("installed {id_text} in {seconds:.2}s"));
+    Ok(InstallReport {
+        id: id_text,
+        commit: manifest.commit,
+        path: final_dir,
+        files: manifest.file_count,
+        bytes: manifest.bytes,
+        seconds,
+        already_installed: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::archive::parse_checksum_file;
+
+    #[test]
+    fn checksum_files_in_sha256sum_format() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            parse_checksum_file(&format!("{hex}  a.tar.zst\n"), "a.tar.zst").unwrap(),
+            hex
+        );
+        assert_eq!(
+            parse_checksum_file(&format!("{hex} *dir/a.tar.zst\n"), "a.tar.zst").unwrap(),
+            hex
+        );
+        assert!(
+            parse_checksum_file(&format!("{hex}  b.tar.zst\n"), "a.tar.zst")
+                .unwrap_err()
+                .contains("no digest for a.tar.zst")
+        );
+        assert!(parse_checksum_file("xyz  a.tar.zst\n", "a.tar.zst").is_err());
+    }
+}

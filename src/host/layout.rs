@@ -1,0 +1,270 @@
+//! The host root and its fixed layout (DESIGN.md §2), with the safety checks a
+//! root must pass before anything reads or writes it.
+//!
+//! ```text
+//! <root>/release.toml   current -> releases/<id>   releases/<id>/   releases/.incoming-*/
+//! <root>/shared/        history.jsonl              .lock
+//! ```
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::host::lock::Lock;
+use crate::host::release_id::ReleaseId;
+use crate::output::Printer;
+
+/// Name prefixes of the temporary entries a killed command can leave behind.
+pub const INCOMING_PREFIX: &str = ".incoming-";
+pub const REMOVING_PREFIX: &str = ".removing-";
+pub const CURRENT_TMP_PREFIX: &str = "current.tmp-";
+
+/// The paths of one host root.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub root: PathBuf,
+    pub releases: PathBuf,
+    pub current: PathBuf,
+    pub shared: PathBuf,
+    pub journal: PathBuf,
+    pub lock: PathBuf,
+    pub config: PathBuf,
+}
+
+/// What `current` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// No `current` yet: nothing was ever activated.
+    None,
+    /// `current -> releases/<id>`.
+    Release(String),
+    /// A symlink somewhere else (changed by hand).
+    Foreign(PathBuf),
+}
+
+impl Current {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Current::Release(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl Host {
+    /// The root from `--root` / `$RELEASE_ROOT` (clap reads both).
+    pub fn at(root: Option<&Path>) -> Result<Host> {
+        let Some(root) = root else {
+            return Err(Error::Usage(
+                "no host root given\n  fix: pass --root DIR (e.g. --root /srv/mysite) or set RELEASE_ROOT".into(),
+            ));
+        };
+        let root = std::path::absolute(root).map_err(|e| fsutil::fs_err_io(e, root))?;
+        Ok(Host {
+            releases: root.join("releases"),
+            current: root.join("current"),
+            shared: root.join("shared"),
+            journal: root.join("history.jsonl"),
+            lock: root.join(".lock"),
+            config: root.join("release.toml"),
+            root,
+        })
+    }
+
+    /// Check an existing root (read-only commands and all but the first install).
+    pub fn check_exists(&self) -> Result<()> {
+        match fs::symlink_metadata(&self.root) {
+            Ok(_) => self.check_safe(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::failed(format!(
+                "host root {} does not exist\n  fix: check --root / RELEASE_ROOT, or install a first release with `release install ARTIFACT --root {}`",
+                self.root.display(),
+                self.root.display()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Create the root (0755) and `releases/` when missing, then check them.
+    pub fn create(&self) -> Result<()> {
+        for dir in [&self.root, &self.releases] {
+            if fs::symlink_metadata(dir).is_err() {
+                fs::create_dir_all(dir)?;
+                fsutil::set_mode(dir, 0o755)?;
+                if let Some(parent) = dir.parent() {
+                    fsutil::fsync_dir(parent)?;
+                }
+            }
+        }
+        self.check_safe()
+    }
+
+    /// Refuse a root, `releases/` or `current` another user could swap under us.
+    pub fn check_safe(&self) -> Result<()> {
+        for dir in [&self.root, &self.releases] {
+            let meta = match fs::symlink_metadata(dir) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != &self.root => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if meta.file_type().is_symlink() {
+                let real = std::fs::canonicalize(dir)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "the directory it points to".into());
+                return Err(Error::failed(format!(
+                    "{} is a symlink; release refuses a host root or releases/ that is a symlink, because the directory it points to could be swapped under a running deploy\n  fix: pass the real directory (--root {real}), or replace the link with a directory",
+                    dir.display()
+                )));
+            }
+            if !meta.is_dir() {
+                return Err(Error::failed(format!(
+                    "{} is not a directory\n  fix: move it away; release manages this path",
+                    dir.display()
+                )));
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o022 != 0 {
+                return Err(Error::failed(format!(
+                    "{} is writable by group or others (mode {:04o}); anyone who can write there can replace a release\n  fix: chmod go-w {}",
+                    dir.display(),
+                    mode & 0o7777,
+                    dir.display()
+                )));
+            }
+            let uid = rustix::process::geteuid().as_raw();
+            if meta.uid() != uid && meta.uid() != 0 {
+                return Err(Error::failed(format!(
+                    "{} belongs to uid {}, not to you (uid {uid}) or root\n  fix: run release as its owner, or chown it",
+                    dir.display(),
+                    meta.uid()
+                )));
+            }
+        }
+        match fs::symlink_metadata(&self.current) {
+            Ok(meta) if !meta.file_type().is_symlink() => Err(Error::failed(format!(
+                "{} is a {}, not a symlink; release manages `current` as a symlink to releases/<id>\n  fix: move it away (mv {0} {0}.old), then activate a release",
+                self.current.display(),
+                if meta.is_dir() { "directory" } else { "file" },
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where `current` points.
+    pub fn current(&self) -> Result<Current> {
+        let target = match fs::read_link(&self.current) {
+            Ok(target) => target,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Current::None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut parts = target.components();
+        let is_release = matches!(
+            (parts.next(), parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(r)), Some(std::path::Component::Normal(_)), None)
+                if r == "releases"
+        );
+        let name = target.file_name().and_then(|n| n.to_str());
+        match name {
+            Some(name) if is_release && ReleaseId::parse(name).is_some() => {
+                Ok(Current::Release(name.to_string()))
+            }
+            _ => Ok(Current::Foreign(target)),
+        }
+    }
+
+    pub fn release_dir(&self, id: &str) -> PathBuf {
+        self.releases.join(id)
+    }
+
+    /// Point `current` at `releases/<id>` atomically: a new symlink under a
+    /// temporary name in the root, `rename(2)`d over `current` (never
+    /// unlink + symlink, which leaves a moment without `current`), then the root
+    /// directory is fsynced so the switch survives a crash.
+    pub fn switch_current(&self, _lock: &Lock, id: &str) -> Result<()> {
+        let tmp = self
+            .root
+            .join(format!("{CURRENT_TMP_PREFIX}{}", random_suffix()));
+        let target = Path::new("releases").join(id);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| fsutil::fs_err_io(e, &tmp))?;
+        if let Err(e) = fs::rename(&tmp, &self.current) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        fsutil::fsync_dir(&self.root)
+    }
+
+    /// Remove what a killed command left: `releases/.incoming-*`,
+    /// `releases/.removing-*` and `current.tmp-*`. Only under the lock, so
+    /// nothing in progress is touched.
+    pub fn remove_leftovers(&self, _lock: &Lock, printer: &Printer) -> Result<()> {
+        if let Ok(entries) = fs::read_dir(&self.releases) {
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(INCOMING_PREFIX) || name.starts_with(REMOVING_PREFIX) {
+                    printer.progress(&format!(
+                        "removing {} (left by an interrupted command)",
+                        entry.path().display()
+                    ));
+                    remove_tree(&entry.path())?;
+                }
+            }
+        }
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(CURRENT_TMP_PREFIX) && entry.file_type()?.is_symlink() {
+                printer.progress(&format!(
+                    "removing {} (left by an interrupted activation)",
+                    entry.path().display()
+                ));
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A short random hex string for temporary names (the lock already makes
+/// them unique; this only avoids clashing with a stale leftover).
+pub fn random_suffix() -> String {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:016x}", seed.hash_one((nanos, std::process::id())))
+}
+
+/// Remove a directory tree that may be read-only (installed releases are):
+/// give every directory u+w first, then remove it all. Does not follow symlinks.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.is_dir() {
+        fs::remove_file(path)?;
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(path).follow_links(false) {
+        let entry = entry.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        if entry.file_type().is_dir() {
+            let mode = entry
+                .metadata()
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o700 != 0o700 {
+                fsutil::set_mode(entry.path(), (mode | 0o700) & 0o7777)?;
+            }
+        }
+    }
+    fs::remove_dir_all(path)?;
+    Ok(())
+}

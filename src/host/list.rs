@@ -1,0 +1,296 @@
+//! `release list` and `release status`: read-only views built from the
+//! release directories (each one's `release.json` header, never its tree), the
+//! `current` link and one read of the journal.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::host::config::HostConfig;
+use crate::host::journal::Journal;
+use crate::host::layout::{Current, Host};
+use crate::host::releases;
+use crate::host::services::{self, ServiceStatus};
+use crate::host::state::ReleaseHistory;
+use crate::output::Printer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// `current` points at it.
+    Current,
+    /// `rollback` (without --to) would go to it.
+    RollbackTarget,
+    /// Left by a rollback (or a reverted activation); skipped by `rollback`.
+    RolledBack,
+    /// Anything else, including never activated.
+    Inactive,
+    /// No readable `release.json`: cannot be activated.
+    Incomplete,
+}
+
+impl State {
+    fn label(self) -> &'static str {
+        match self {
+            State::Current => "current",
+            State::RollbackTarget => "rollback-target",
+            State::RolledBack => "rolled-back",
+            State::Inactive => "inactive",
+            State::Incomplete => "incomplete",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub id: String,
+    pub commit: String,
+    pub installed_at: String,
+    pub last_activated_at: Option<String>,
+    pub activated_by: Option<String>,
+    /// Bytes of regular files, from the manifest.
+    pub bytes: u64,
+    pub state: State,
+}
+
+fn warn_about_journal(host: &Host, printer: &Printer, history: &crate::host::journal::History) {
+    if !history.bad_lines.is_empty() {
+        printer.warn(&format!(
+            "{}: ignored line(s) {:?} that are not journal events",
+            host.journal.display(),
+            history.bad_lines
+        ));
+    }
+}
+
+pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
+    let installed = releases::installed(host)?;
+    let current = host.current()?;
+    let journal = Journal::new(&host.journal).read()?;
+    warn_about_journal(host, printer, &journal);
+    let history = ReleaseHistory::from_events(&journal.events);
+    let target = history.rollback_target(current.id());
+    Ok(installed
+        .into_iter()
+        .map(|r| {
+            let state = if current.id() == Some(r.name.as_str()) {
+                State::Current
+            } else if !r.is_complete() {
+                State::Incomplete
+            } else if target == Some(r.name.as_str()) {
+                State::RollbackTarget
+            } else if history.is_rolled_back(&r.name) {
+                State::RolledBack
+            } else {
+                State::Inactive
+            };
+            let activation = history.last_activation(&r.name);
+            Row {
+                commit: r.commit().to_string(),
+                installed_at: r.id.installed_rfc3339(),
+                last_activated_at: activation.map(|a| a.at.clone()),
+                activated_by: activation.map(|a| a.user.clone()),
+                bytes: r.summary.as_ref().map_or(0, |s| s.bytes),
+                state,
+                id: r.name,
+            }
+        })
+        .collect())
+}
+
+/// Sizes as `66.6M`: short, and readable in a table.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// An aligned table, no colour needed.
+pub fn table(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return "no releases installed\n".into();
+    }
+    let header = [
+        "ID",
+        "COMMIT",
+        "INSTALLED",
+        "ACTIVATED",
+        "BY",
+        "SIZE",
+        "STATE",
+    ];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.commit.chars().take(12).collect(),
+                r.installed_at.clone(),
+                r.last_activated_at.clone().unwrap_or_else(|| "-".into()),
+                r.activated_by.clone().unwrap_or_else(|| "-".into()),
+                human_size(r.bytes),
+                r.state.label().to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                text.push_str(cell);
+            } else if i == 5 {
+                // Sizes right-aligned.
+                text.push_str(&format!("{cell:>w$}  "));
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        text.push('\n');
+        text
+    };
+    let mut text = line(&header.map(String::from));
+    for row in &cells {
+        text.push_str(&line(row));
+    }
+    text
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub root: PathBuf,
+    /// The current release id, or null.
+    pub current: Option<String>,
+    pub commit: Option<String>,
+    /// When it was last activated (from the journal) and by whom.
+    pub since: Option<String>,
+    pub by: Option<String>,
+    pub path: Option<PathBuf>,
+    pub rollback_target: Option<String>,
+    pub releases: usize,
+    /// Each configured service (filled in when services are reloaded).
+    pub services: Vec<ServiceStatus>,
+}
+
+impl Status {
+    pub fn human(&self) -> String {
+        let Some(current) = &self.current else {
+            return format!(
+                "no release is current under {} ({} installed)\n",
+                self.root.display(),
+                self.releases
+            );
+        };
+        let mut text = format!("current   {current}\n");
+        if let Some(commit) = &self.commit {
+            text.push_str(&format!("commit    {commit}\n"));
+        }
+        text.push_str(&format!(
+            "since     {} by {}\n",
+            self.since.as_deref().unwrap_or("(not in the journal)"),
+            self.by.as_deref().unwrap_or("?")
+        ));
+        if let Some(path) = &self.path {
+            text.push_str(&format!("path      {}\n", path.display()));
+        }
+        text.push_str(&format!(
+            "rollback  {}\n",
+            self.rollback_target.as_deref().unwrap_or("(none)")
+        ));
+        text
+    }
+}
+
+pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Status> {
+    let installed = releases::installed(host)?;
+    let current = host.current()?;
+    let journal = Journal::new(&host.journal).read()?;
+    warn_about_journal(host, printer, &journal);
+    let history = ReleaseHistory::from_events(&journal.events);
+    if let Current::Foreign(link) = &current {
+        printer.warn(&format!(
+            "{} points to {}, which is not a release under releases/",
+            host.current.display(),
+            link.display()
+        ));
+    }
+    let id = current.id();
+    let release = id.and_then(|id| installed.iter().find(|r| r.name == id));
+    if id.is_some() && release.is_none() {
+        printer.warn(&format!(
+            "{} points to a release that is not installed (dangling link)",
+            host.current.display()
+        ));
+    }
+    let activation = id.and_then(|id| history.last_activation(id));
+    Ok(Status {
+        root: host.root.clone(),
+        current: id.map(str::to_string),
+        commit: release.map(|r| r.commit().to_string()),
+        since: activation.map(|a| a.at.clone()),
+        by: activation.map(|a| a.user.clone()),
+        path: release.map(|r| r.dir.clone()),
+        rollback_target: history.rollback_target(id).map(str::to_string),
+        releases: installed.len(),
+        services: services::statuses(config),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(66_619_006), "63.5M");
+    }
+
+    #[test]
+    fn the_table_is_aligned() {
+        let rows = vec![
+            Row {
+                id: "aaaaaaaaaaaa-20260101T000000Z".into(),
+                commit: "a".repeat(40),
+                installed_at: "2026-01-01T00:00:00Z".into(),
+                last_activated_at: None,
+                activated_by: None,
+                bytes: 1,
+                state: State::Inactive,
+            },
+            Row {
+                id: "bbbbbbbbbbbb-20260101T000001Z".into(),
+                commit: "b".repeat(40),
+                installed_at: "2026-01-01T00:00:01Z".into(),
+                last_activated_at: Some("2026-01-01T00:00:02Z".into()),
+                activated_by: Some("deploy".into()),
+                bytes: 66_619_006,
+                state: State::Current,
+            },
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        let col = |line: &str| {
+            line.find("STATE")
+                .or_else(|| line.rfind("inactive"))
+                .or_else(|| line.rfind("current"))
+        };
+        assert_eq!(col(lines[0]), col(lines[1]));
+        assert_eq!(col(lines[1]), col(lines[2]));
+    }
+}

@@ -1,0 +1,197 @@
+//! The host side: install artifacts into `releases/<id>`, switch `current`
+//! atomically, roll back by the journal, list, prune and verify (DESIGN.md §2,
+//! docs/host.md).
+//!
+//! Modules follow the data flow: `layout` (the root and its checks) → `lock`
+//! → `install` (with `extract`, `python`, `record`) → `activate` (with
+//! `hooks`, `services`) → `journal` / `state` (what happened, what is live)
+//! → `list`, `prune`, `verify`.
+//!
+//! Mutating commands (install, activate, deploy, rollback, prune) hold the
+//! root's lock for their whole run and first remove what a killed command left
+//! behind; read-only commands (list, status, verify) take no lock.
+
+pub mod activate;
+pub mod config;
+pub mod extract;
+pub mod hooks;
+pub mod install;
+pub mod journal;
+pub mod layout;
+pub mod list;
+pub mod lock;
+pub mod procscan;
+pub mod prune;
+pub mod python;
+pub mod record;
+pub mod release_id;
+pub mod releases;
+pub mod services;
+pub mod state;
+pub mod verify;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cli::{HostCommand, InstallArgs};
+use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
+use crate::output::Printer;
+
+use self::activate::Switch;
+use self::config::HostConfig;
+use self::install::InstallOptions;
+use self::layout::Host;
+use self::lock::Lock;
+
+impl InstallArgs {
+    fn options(&self) -> InstallOptions {
+        InstallOptions {
+            artifact: self.artifact.clone(),
+            sha256: self.sha256.clone(),
+            python: self.python.clone(),
+            rebuild_venv: self.rebuild_venv,
+        }
+    }
+}
+
+/// What `release deploy --json` prints: the three steps' reports.
+#[derive(Debug, Serialize)]
+pub struct DeployReport {
+    pub install: install::InstallReport,
+    pub activate: activate::ActivateReport,
+    pub prune: prune::PruneReport,
+}
+
+/// An open root for a mutating command: checked, configured, locked, and
+/// cleaned of what an interrupted command left.
+struct Session {
+    host: Host,
+    config: HostConfig,
+    lock: Lock,
+}
+
+impl Session {
+    fn open(host: Host, create: bool, wait: Option<f64>, printer: &Printer) -> Result<Session> {
+        if create {
+            host.create()?;
+        } else {
+            host.check_exists()?;
+        }
+        let config = HostConfig::load(&host.config)?;
+        let lock = Lock::acquire(&host, wait, printer)?;
+        host.remove_leftovers(&lock, printer)?;
+        Ok(Session { host, config, lock })
+    }
+}
+
+/// Run one host command.
+pub fn run(
+    command: &HostCommand,
+    root: Option<&Path>,
+    wait: Option<f64>,
+    printer: &Printer,
+) -> Result<ExitCode> {
+    let host = Host::at(root)?;
+    match command {
+        HostCommand::Install(args) => {
+            let s = Session::open(host, true, wait, printer)?;
+            let report = install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
+            printer.data(&report, || format!("{}\n", report.id));
+        }
+        HostCommand::Activate { id } => {
+            let s = Session::open(host, false, wait, printer)?;
+            let list = releases::installed(&s.host)?;
+            let target = releases::resolve(&s.host, &list, id)?;
+            let report = activate::activate(
+                &s.host,
+                &s.lock,
+                &s.config,
+                target,
+                Switch::Activate,
+                printer,
+            )?;
+            printer.data(&report, || report.human());
+        }
+        HostCommand::Deploy(args) => {
+            let s = Session::open(host, true, wait, printer)?;
+            let installed =
+                install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
+            let list = releases::installed(&s.host)?;
+            let target = releases::resolve(&s.host, &list, &installed.id)?;
+            let activated = activate::activate(
+                &s.host,
+                &s.lock,
+                &s.config,
+                target,
+                Switch::Activate,
+                printer,
+            )?;
+            let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
+            let report = DeployReport {
+                install: installed,
+                activate: activated,
+                prune: pruned,
+            };
+            printer.data(&report, || format!("{}\n", report.activate.id));
+        }
+        HostCommand::Rollback { to } => {
+            let s = Session::open(host, false, wait, printer)?;
+            let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
+            printer.data(&report, || report.human());
+        }
+        HostCommand::List => {
+            host.check_exists()?;
+            let rows = list::list(&host, printer)?;
+            printer.data(&rows, || list::table(&rows));
+        }
+        HostCommand::Status => {
+            host.check_exists()?;
+            let config = HostConfig::load(&host.config)?;
+            let status = list::status(&host, &config, printer)?;
+            printer.data(&status, || status.human());
+        }
+        HostCommand::Prune { keep, dry_run } => {
+            if *dry_run {
+                host.check_exists()?;
+                let config = HostConfig::load(&host.config)?;
+                let report = prune::dry_run(&host, keep.unwrap_or(config.keep))?;
+                printer.data(&report, || report.human());
+            } else {
+                let s = Session::open(host, false, wait, printer)?;
+                let report =
+                    prune::prune(&s.host, &s.lock, keep.unwrap_or(s.config.keep), printer)?;
+                printer.data(&report, || report.human());
+            }
+        }
+        HostCommand::Verify { id } => {
+            host.check_exists()?;
+            let list = releases::installed(&host)?;
+            let target = match id {
+                Some(id) => releases::resolve(&host, &list, id)?,
+                None => {
+                    let current = host.current()?;
+                    let Some(current) = current.id() else {
+                        return Err(Error::failed(format!(
+                            "no release is current under {}\n  fix: name one: `release verify ID` (see `release list`)",
+                            host.root.display()
+                        )));
+                    };
+                    releases::resolve(&host, &list, current)?
+                }
+            };
+            let report = verify::verify(target)?;
+            printer.data(&report, || report.human());
+            if !report.ok {
+                eprintln!(
+                    "error: release {} differs from its manifest ({} problem(s))\n  fix: find out who changed it; then install its artifact again (a fresh copy) and activate that",
+                    report.id,
+                    report.problems.len()
+                );
+                return Ok(ExitCode::Failed);
+            }
+        }
+    }
+    Ok(ExitCode::Success)
+}

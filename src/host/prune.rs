@@ -1,0 +1,127 @@
+//! `release prune [--keep N] [--dry-run]`: remove old releases. Kept: the N
+//! newest installs, the current release, the rollback target, and any release
+//! a running process still uses (`/proc`).
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::fsutil;
+use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::layout::{random_suffix, remove_tree, Host, REMOVING_PREFIX};
+use crate::host::lock::Lock;
+use crate::host::procscan;
+use crate::host::releases::{self, Installed};
+use crate::host::state::ReleaseHistory;
+use crate::output::Printer;
+
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub keep: usize,
+    pub dry_run: bool,
+    /// Removed (or, with --dry-run, to be removed), oldest last.
+    pub removed: Vec<String>,
+    /// Kept, with why.
+    pub kept: Vec<Kept>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Kept {
+    pub id: String,
+    pub reason: String,
+}
+
+impl PruneReport {
+    pub fn human(&self) -> String {
+        let mut text = String::new();
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for id in &self.removed {
+            text.push_str(&format!("{verb} {id}\n"));
+        }
+        for k in &self.kept {
+            text.push_str(&format!("kept    {}  ({})\n", k.id, k.reason));
+        }
+        text
+    }
+}
+
+/// Decide what goes; nothing is changed.
+fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
+    let list = releases::installed(host)?;
+    let current = host.current()?;
+    let current_id = current.id().map(str::to_string);
+    let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
+    let target = history
+        .rollback_target(current_id.as_deref())
+        .map(str::to_string);
+    let in_use = procscan::releases_in_use(&host.releases);
+    let mut remove = Vec::new();
+    let mut kept = Vec::new();
+    for (i, release) in list.into_iter().enumerate() {
+        let mut reasons = Vec::new();
+        if current_id.as_deref() == Some(release.name.as_str()) {
+            reasons.push("current".to_string());
+        }
+        if target.as_deref() == Some(release.name.as_str()) {
+            reasons.push("rollback target".to_string());
+        }
+        if i < keep {
+            reasons.push(format!("one of the {keep} newest"));
+        }
+        if let Some(pids) = in_use.get(&release.name) {
+            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+            reasons.push(format!("in use by pid {}", pids.join(", ")));
+        }
+        if reasons.is_empty() {
+            remove.push(release);
+        } else {
+            kept.push(Kept {
+                id: release.name,
+                reason: reasons.join(", "),
+            });
+        }
+    }
+    Ok((remove, kept))
+}
+
+/// What would go, without the lock.
+pub fn dry_run(host: &Host, keep: usize) -> Result<PruneReport> {
+    let (remove, kept) = plan(host, keep)?;
+    Ok(PruneReport {
+        keep,
+        dry_run: true,
+        removed: remove.into_iter().map(|r| r.name).collect(),
+        kept,
+    })
+}
+
+/// Remove old releases under the lock. Each goes in one rename to
+/// `releases/.removing-*` first, so a half-deleted release never looks
+/// installed; a leftover is finished by the next mutating command.
+pub fn prune(host: &Host, lock: &Lock, keep: usize, printer: &Printer) -> Result<PruneReport> {
+    let (remove, kept) = plan(host, keep)?;
+    let journal = Journal::new(&host.journal);
+    let mut removed = Vec::new();
+    for release in remove {
+        let trash = host.releases.join(format!(
+            "{REMOVING_PREFIX}{}-{}",
+            release.name,
+            random_suffix()
+        ));
+        fs_err::rename(&release.dir, &trash)?;
+        fsutil::fsync_dir(&host.releases)?;
+        journal.append(lock, &Event::new(EventKind::Pruned, &release.name, None))?;
+        remove_tree(&trash)?;
+        printer.progress(&format!("removed {}", release.name));
+        removed.push(release.name);
+    }
+    Ok(PruneReport {
+        keep,
+        dry_run: false,
+        removed,
+        kept,
+    })
+}

@@ -1,0 +1,339 @@
+//! The host's interpreter for a release's venv: check that the one the venv
+//! links to is there and matches, re-point the venv to another matching one
+//! (`--python PATH`), or recreate the venv from the release's wheels
+//! (`--rebuild-venv`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use fs_err as fs;
+use serde::Deserialize;
+
+use crate::error::{tail, Error, Result};
+use crate::manifest::{Entry, EntryType, Manifest, PythonInfo};
+
+const PROBE: &str = r#"
+import json, platform, sys, sysconfig
+print(json.dumps({
+    "implementation": sys.implementation.name,
+    "version": platform.python_version(),
+    "abi": "cp%d%d" % sys.version_info[:2] if sys.implementation.name == "cpython"
+           else sys.implementation.cache_tag,
+    "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+    "executable": sys.executable,
+}))
+"#;
+
+/// What an interpreter says it is.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostPython {
+    pub implementation: String,
+    pub version: String,
+    pub abi: String,
+    pub platform: String,
+    pub executable: String,
+}
+
+impl HostPython {
+    /// Run `python` and ask it. `Err` says why it cannot be used.
+    pub fn probe(python: &Path) -> std::result::Result<HostPython, String> {
+        let out = Command::new(python)
+            .args(["-I", "-c", PROBE])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run it ({e})"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "it failed to run:\n{}",
+                tail(&String::from_utf8_lossy(&out.stderr), 5)
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|_| "it did not answer like a Python 3 interpreter".to_string())
+    }
+
+    /// Whether a venv built for `need` runs on this interpreter: same
+    /// implementation, ABI, platform and `X.Y` version (patch releases of one
+    /// `X.Y` are ABI-compatible).
+    pub fn mismatch(&self, need: &PythonInfo) -> Option<String> {
+        let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+        let mut differences = Vec::new();
+        if self.implementation != need.implementation {
+            differences.push(format!("implementation {}", self.implementation));
+        }
+        if minor(&self.version) != minor(&need.version) {
+            differences.push(format!("version {}", self.version));
+        }
+        if self.abi != need.abi {
+            differences.push(format!("ABI {}", self.abi));
+        }
+        if self.platform != need.platform {
+            differences.push(format!("platform {}", self.platform));
+        }
+        (!differences.is_empty()).then(|| differences.join(", "))
+    }
+}
+
+/// `CPython 3.11 (cp311, linux_x86_64)`.
+pub fn describe_need(need: &PythonInfo) -> String {
+    let minor: Vec<&str> = need.version.split('.').take(2).collect();
+    format!(
+        "{} {} ({}, {})",
+        need.implementation,
+        minor.join("."),
+        need.abi,
+        need.platform
+    )
+}
+
+/// Check that the interpreter the manifest's venv links to exists on this
+/// host and matches; the error names what is needed and the two ways out.
+pub fn check_base_interpreter(manifest: &Manifest) -> Result<()> {
+    let need = &manifest.python;
+    let base = Path::new(&need.base_executable);
+    let problem = match HostPython::probe(base) {
+        Ok(found) => match found.mismatch(need) {
+            None => return Ok(()),
+            Some(diff) => format!("{} is {diff}", base.display()),
+        },
+        Err(_) if !base.exists() => format!("{} does not exist on this host", base.display()),
+        Err(why) => format!("{}: {why}", base.display()),
+    };
+    Err(Error::failed(format!(
+        "release {} needs {} at {}, but {problem}\n  fix: install that interpreter there, or pass --python PATH naming a matching {} interpreter on this host (the venv is re-pointed to it), or --rebuild-venv to recreate the venv offline from the release's wheels",
+        manifest.release,
+        describe_need(need),
+        need.base_executable,
+        describe_need(need),
+    )))
+}
+
+/// Check `python` against the manifest for `--python PATH`; its absolute path.
+pub fn check_replacement(python: &Path, manifest: &Manifest) -> Result<PathBuf> {
+    let need = &manifest.python;
+    let absolute = std::path::absolute(python)?;
+    let found = HostPython::probe(&absolute).map_err(|why| {
+        Error::failed(format!(
+            "--python {}: {why}\n  fix: pass the path of a {} interpreter",
+            python.display(),
+            describe_need(need)
+        ))
+    })?;
+    if let Some(diff) = found.mismatch(need) {
+        return Err(Error::failed(format!(
+            "--python {} is {diff}, but release {} needs {}\n  fix: pass a matching interpreter, or use --rebuild-venv to recreate the venv from the release's wheels",
+            python.display(),
+            manifest.release,
+            describe_need(need)
+        )));
+    }
+    Ok(absolute)
+}
+
+/// Re-point the venv at `release_dir/venv` to `python`: every `venv/bin` link
+/// to the manifest's base interpreter, and `home` (and `executable`) in
+/// `pyvenv.cfg`. Returns the entries as they now are.
+pub fn repoint(release_dir: &Path, manifest: &Manifest, python: &Path) -> Result<Vec<Entry>> {
+    let mut changed = Vec::new();
+    let target = python.to_string_lossy().into_owned();
+    for e in &manifest.files {
+        let is_base_link = e.kind == EntryType::Symlink
+            && e.path.starts_with("venv/bin/")
+            && e.target.as_deref() == Some(manifest.python.base_executable.as_str());
+        if is_base_link {
+            let path = release_dir.join(&e.path);
+            fs::remove_file(&path)?;
+            std::os::unix::fs::symlink(python, &path)
+                .map_err(|err| crate::fsutil::fs_err_io(err, &path))?;
+            changed.push(Entry::symlink(e.path.clone(), target.clone()));
+        }
+    }
+    let cfg_path = release_dir.join("venv/pyvenv.cfg");
+    let text = fs::read_to_string(&cfg_path)?;
+    let home = python
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| match line.split_once('=').map(|(k, _)| k.trim()) {
+            Some("home") => format!("home = {home}"),
+            Some("executable") => format!("executable = {target}"),
+            _ => line.to_string(),
+        })
+        .collect();
+    let new_text = lines.join("\n") + "\n";
+    fs::remove_file(&cfg_path)?;
+    write_new_file(&cfg_path, new_text.as_bytes(), 0o444)?;
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(new_text.as_bytes()));
+    changed.push(Entry::file(
+        "venv/pyvenv.cfg".into(),
+        false,
+        new_text.len() as u64,
+        digest,
+    ));
+    Ok(changed)
+}
+
+/// Create a file that must not exist yet (never through a symlink).
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    file.write_all(bytes)?;
+    Ok(())
+}
+
+/// `name==version` for every wheel file in `wheels`.
+fn wheel_pins(wheels: &Path) -> Result<Vec<String>> {
+    let mut pins = Vec::new();
+    for entry in fs::read_dir(wheels)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".whl") else {
+            continue;
+        };
+        let mut parts = stem.split('-');
+        match (parts.next(), parts.next()) {
+            (Some(dist), Some(version)) if !dist.is_empty() && !version.is_empty() => {
+                pins.push(format!("{dist}=={version}"));
+            }
+            _ => {
+                return Err(Error::failed(format!(
+                    "{}: not a wheel file name (`name-version-...whl`)",
+                    wheels.join(&name).display()
+                )))
+            }
+        }
+    }
+    pins.sort();
+    Ok(pins)
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .map_err(|e| Error::failed(format!("cannot run {what} ({line}): {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(Error::ToolFailed {
+        tool: what.to_string(),
+        command: line,
+        status: out.status.to_string(),
+        tail: tail(&text, 15),
+    })
+}
+
+/// Recreate `release_dir/venv` from `release_dir/wheels` with `python`,
+/// offline, then make it relocatable like the build does and byte-compile it.
+pub fn rebuild_venv(release_dir: &Path, python: &Path) -> Result<()> {
+    let venv = release_dir.join("venv");
+    let wheels = release_dir.join("wheels");
+    if venv.exists() {
+        crate::host::layout::remove_tree(&venv)?;
+    }
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "venv", "--without-pip"]).arg(&venv);
+    run(cmd, "python -m venv")?;
+    let pins = wheel_pins(&wheels)?;
+    if !pins.is_empty() {
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "pip", "--python"])
+            .arg(venv.join("bin/python"))
+            .args([
+                "install",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--no-cache-dir",
+                "--no-warn-script-location",
+                "--progress-bar",
+                "off",
+                "--find-links",
+            ])
+            .arg(&wheels)
+            .args(&pins);
+        run(cmd, "pip install")?;
+    }
+    crate::build::relocate::relocate(&venv)?;
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args([
+        "-m",
+        "compileall",
+        "-q",
+        "-q",
+        "-j",
+        "0",
+        "--invalidation-mode",
+        "checked-hash",
+        "-s",
+    ])
+    .arg(release_dir)
+    .arg(venv.join("lib"));
+    cmd.env_remove("PYTHONDONTWRITEBYTECODE");
+    // Like the build: a file that does not compile simply gets no pyc.
+    let _ = cmd.stdin(Stdio::null()).output();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need() -> PythonInfo {
+        PythonInfo {
+            implementation: "cpython".into(),
+            version: "3.11.7".into(),
+            abi: "cp311".into(),
+            platform: "linux_x86_64".into(),
+            base_executable: "/usr/bin/python3.11".into(),
+        }
+    }
+
+    fn found(version: &str, abi: &str) -> HostPython {
+        HostPython {
+            implementation: "cpython".into(),
+            version: version.into(),
+            abi: abi.into(),
+            platform: "linux_x86_64".into(),
+            executable: "/x".into(),
+        }
+    }
+
+    #[test]
+    fn patch_versions_match_minor_versions_do_not() {
+        assert_eq!(found("3.11.9", "cp311").mismatch(&need()), None);
+        assert_eq!(
+            found("3.12.1", "cp312").mismatch(&need()).unwrap(),
+            "version 3.12.1, ABI cp312"
+        );
+        assert_eq!(describe_need(&need()), "cpython 3.11 (cp311, linux_x86_64)");
+    }
+
+    #[test]
+    fn pins_come_from_wheel_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "Django-5.2.19-py3-none-any.whl",
+            "greeting-1.0-py3-none-any.whl",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(
+            wheel_pins(dir.path()).unwrap(),
+            vec!["Django==5.2.19", "greeting==1.0"]
+        );
+    }
+}

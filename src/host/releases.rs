@@ -1,0 +1,159 @@
+//! The installed releases: `releases/<id>/` directories with their manifest
+//! summaries, newest install first, and resolving a user's ID prefix.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use crate::error::{Error, Result};
+use crate::host::layout::Host;
+use crate::host::release_id::ReleaseId;
+use crate::manifest::{Summary, MANIFEST_NAME};
+
+/// How much of `release.json` is read to find its header.
+const SUMMARY_PREFIX: u64 = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub id: ReleaseId,
+    pub name: String,
+    pub dir: PathBuf,
+    /// The manifest header, or why the release is incomplete.
+    pub summary: std::result::Result<Summary, String>,
+}
+
+impl Installed {
+    pub fn is_complete(&self) -> bool {
+        self.summary.is_ok()
+    }
+
+    pub fn commit(&self) -> &str {
+        match &self.summary {
+            Ok(s) => &s.commit,
+            Err(_) => &self.id.commit12,
+        }
+    }
+
+    /// Fail unless the release has a readable manifest.
+    pub fn require_complete(&self) -> Result<&Summary> {
+        self.summary.as_ref().map_err(|why| {
+            Error::failed(format!(
+                "release {} at {} is incomplete: {why}\n  fix: install its artifact again (`release install ARTIFACT`), and remove this directory with `release prune` or by hand",
+                self.name,
+                self.dir.display()
+            ))
+        })
+    }
+}
+
+/// Read the header of `<dir>/release.json`.
+pub fn read_summary(dir: &Path) -> std::result::Result<Summary, String> {
+    let path = dir.join(MANIFEST_NAME);
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut prefix = Vec::with_capacity(SUMMARY_PREFIX as usize);
+    (&mut file)
+        .take(SUMMARY_PREFIX)
+        .read_to_end(&mut prefix)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let summary = Summary::parse(&prefix, || {
+        let mut rest = prefix.clone();
+        file.read_to_end(&mut rest)?;
+        Ok(rest)
+    })
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !name.starts_with(&summary.release) {
+        return Err(format!(
+            "{} is the manifest of {}, not of this directory",
+            path.display(),
+            summary.release
+        ));
+    }
+    Ok(summary)
+}
+
+/// Every installed release, newest install first. Names that are not release
+/// ids (and the hidden temporary directories) are ignored.
+pub fn installed(host: &Host) -> Result<Vec<Installed>> {
+    let mut list = Vec::new();
+    let entries = match fs::read_dir(&host.releases) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(list),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = ReleaseId::parse(&name) else {
+            continue;
+        };
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let dir = entry.path();
+        list.push(Installed {
+            summary: read_summary(&dir),
+            id,
+            name,
+            dir,
+        });
+    }
+    list.sort_by(|a, b| {
+        b.id.installed
+            .cmp(&a.id.installed)
+            .then(b.name.cmp(&a.name))
+    });
+    Ok(list)
+}
+
+/// The release a user means by `query`: an exact id, or a unique prefix of an
+/// id or of a full commit hash. Unknown and ambiguous queries list candidates.
+pub fn resolve<'a>(host: &Host, list: &'a [Installed], query: &str) -> Result<&'a Installed> {
+    let query = query.trim();
+    if query.is_empty() {
+        return Err(Error::Usage("empty release ID".into()));
+    }
+    if let Some(exact) = list.iter().find(|r| r.name == query) {
+        return Ok(exact);
+    }
+    let matches: Vec<&Installed> = list
+        .iter()
+        .filter(|r| r.name.starts_with(query) || r.commit().starts_with(query))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => {
+            let shown: Vec<String> = list.iter().take(10).map(describe).collect();
+            let candidates = if shown.is_empty() {
+                "  (no releases are installed)".to_string()
+            } else {
+                let more = if list.len() > shown.len() {
+                    format!(
+                        "\n  ... and {} more (release list)",
+                        list.len() - shown.len()
+                    )
+                } else {
+                    String::new()
+                };
+                format!("  installed:\n{}{more}", shown.join("\n"))
+            };
+            Err(Error::failed(format!(
+                "no installed release matches `{query}` under {}\n{candidates}\n  fix: pass a prefix of one of these ids or commits",
+                host.releases.display()
+            )))
+        }
+        many => Err(Error::failed(format!(
+            "`{query}` is ambiguous: it matches {} releases:\n{}\n  fix: pass more of the id",
+            many.len(),
+            many.iter()
+                .map(|r| describe(r))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))),
+    }
+}
+
+fn describe(r: &Installed) -> String {
+    format!("    {}  (commit {})", r.name, r.commit())
+}

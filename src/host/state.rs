@@ -1,0 +1,154 @@
+//! What the journal says about releases: which were live in which order, which
+//! were rolled back, when each was last activated and by whom — and from that,
+//! the rollback target.
+//!
+//! Rules (docs/host.md):
+//! * every `activated` or `rolled_back` event makes its release live;
+//! * `rolled_back` marks the release it left (`from`) as rolled back, and a
+//!   `failed` event with `reverted` marks the release that failed;
+//! * a release that becomes live again loses its mark (`activate C` clears C);
+//! * the rollback target is the most recently live release that is not the
+//!   current one and not marked rolled back.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::host::journal::{Event, EventKind};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub at: String,
+    pub user: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ReleaseHistory {
+    /// Releases in the order they became live (with repeats).
+    live: Vec<String>,
+    rolled_back: HashSet<String>,
+    last_activation: HashMap<String, Activation>,
+}
+
+impl ReleaseHistory {
+    pub fn from_events(events: &[Event]) -> ReleaseHistory {
+        let mut h = ReleaseHistory::default();
+        for e in events {
+            match e.event {
+                EventKind::Activated | EventKind::RolledBack => {
+                    h.make_live(&e.release);
+                    h.last_activation.insert(
+                        e.release.clone(),
+                        Activation {
+                            at: e.at.clone(),
+                            user: e.user.clone(),
+                        },
+                    );
+                    if e.event == EventKind::RolledBack {
+                        if let Some(from) = &e.from {
+                            if from != &e.release {
+                                h.rolled_back.insert(from.clone());
+                            }
+                        }
+                    }
+                }
+                EventKind::Failed if e.reverted => {
+                    h.rolled_back.insert(e.release.clone());
+                    if let Some(from) = &e.from {
+                        h.make_live(from);
+                    }
+                }
+                _ => {}
+            }
+        }
+        h
+    }
+
+    fn make_live(&mut self, id: &str) {
+        self.rolled_back.remove(id);
+        self.live.push(id.to_string());
+    }
+
+    pub fn is_rolled_back(&self, id: &str) -> bool {
+        self.rolled_back.contains(id)
+    }
+
+    pub fn last_activation(&self, id: &str) -> Option<&Activation> {
+        self.last_activation.get(id)
+    }
+
+    /// The release `rollback` goes to from `current`: the most recently live
+    /// one that is neither `current` nor rolled back. Whether it is still
+    /// installed is for the caller to check (and refuse if not).
+    pub fn rollback_target(&self, current: Option<&str>) -> Option<&str> {
+        self.live
+            .iter()
+            .rev()
+            .map(String::as_str)
+            .find(|id| Some(*id) != current && !self.rolled_back.contains(*id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, release: &str, from: Option<&str>) -> Event {
+        let mut e = Event::new(kind, release, from);
+        e.at = "t".into();
+        e
+    }
+
+    #[test]
+    fn two_rollbacks_go_two_steps_back_and_activate_clears_the_mark() {
+        use EventKind::*;
+        let mut events = vec![
+            ev(Activated, "A", None),
+            ev(Activated, "B", Some("A")),
+            ev(Activated, "C", Some("B")),
+        ];
+        let h = ReleaseHistory::from_events(&events);
+        assert_eq!(h.rollback_target(Some("C")), Some("B"));
+
+        events.push(ev(RolledBack, "B", Some("C")));
+        let h = ReleaseHistory::from_events(&events);
+        assert!(h.is_rolled_back("C"));
+        assert_eq!(h.rollback_target(Some("B")), Some("A"));
+
+        events.push(ev(RolledBack, "A", Some("B")));
+        let h = ReleaseHistory::from_events(&events);
+        assert_eq!(h.rollback_target(Some("A")), None);
+
+        events.push(ev(Activated, "C", Some("A")));
+        let h = ReleaseHistory::from_events(&events);
+        assert!(!h.is_rolled_back("C"));
+        assert!(h.is_rolled_back("B"));
+        assert_eq!(h.rollback_target(Some("C")), Some("A"));
+    }
+
+    #[test]
+    fn a_reverted_failure_marks_the_release_and_restores_the_old_one() {
+        use EventKind::*;
+        let mut failed = ev(Failed, "B", Some("A"));
+        failed.reverted = true;
+        let events = vec![
+            ev(Activated, "A", None),
+            ev(Activated, "B", Some("A")),
+            failed,
+        ];
+        let h = ReleaseHistory::from_events(&events);
+        assert!(h.is_rolled_back("B"));
+        assert_eq!(h.rollback_target(Some("A")), None);
+    }
+
+    #[test]
+    fn check_failures_change_nothing() {
+        use EventKind::*;
+        let events = vec![
+            ev(Activated, "A", None),
+            ev(Failed, "B", Some("A")),
+            ev(Activated, "C", Some("A")),
+        ];
+        let h = ReleaseHistory::from_events(&events);
+        assert!(!h.is_rolled_back("B"));
+        assert_eq!(h.rollback_target(Some("C")), Some("A"));
+    }
+}
