@@ -1,0 +1,614 @@
+//! Side-by-side benchmarks of `release` against what a user would do instead.
+//!
+//!     cargo bench --bench deploy            # everything (a few minutes)
+//!     cargo bench --bench deploy -- quick   # fewer runs
+//!
+//! Every comparison runs both sides in this process, on this machine, several
+//! times, and reports the medians and their ratio. The table is printed and
+//! written to benches/RESULTS.md with the machine it ran on.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_release");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let runs = if quick { 3 } else { 5 };
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-') && a != "quick")
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    let work = tempfile::Builder::new()
+        .prefix("release-bench-")
+        .tempdir()
+        .unwrap();
+    let b = Bench::new(work.path());
+    let mut rows = Vec::new();
+    if wanted("build") {
+        rows.extend(b.build_rows(runs));
+    }
+    if wanted("install") {
+        rows.extend(b.install_rows(runs));
+    }
+    if wanted("activate") || wanted("list") {
+        rows.extend(b.activate_and_list_rows(runs));
+    }
+    if wanted("large") {
+        rows.extend(b.large_rows(runs.min(3)));
+    }
+    let table = render(&rows);
+    println!("{table}");
+    if only.is_empty() {
+        let path = Path::new(REPO).join("benches/RESULTS.md");
+        std::fs::write(&path, results_md(&table, quick)).unwrap();
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+/// One line of the table.
+struct Row {
+    what: String,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    met: bool,
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| comparison | release | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.what,
+            r.ours,
+            r.baseline,
+            r.ratio,
+            r.target,
+            if r.met { "yes" } else { "**no**" }
+        )
+        .unwrap();
+    }
+    out
+}
+
+fn results_md(table: &str, quick: bool) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.to_string()))
+        .unwrap_or_default();
+    format!(
+        "# Benchmark results\n\nProduced by `cargo bench --bench deploy{}` on {} UTC.\n\nMachine: {cpu}, {cores} cores, {mem}; {}.\n\nEach cell is the median of several runs of both sides in the same process; ratio = release / baseline (lower is better for times and sizes).\n\n{table}\nHow each baseline runs is described in `benches/deploy.rs`.\n",
+        if quick { " -- quick" } else { "" },
+        chrono::Utc::now().format("%Y-%m-%d %H:%M"),
+        String::from_utf8_lossy(&Command::new("uname").arg("-sr").output().unwrap().stdout).trim()
+    )
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+fn secs(d: f64) -> String {
+    if d < 0.1 {
+        format!("{:.1} ms", d * 1000.0)
+    } else {
+        format!("{d:.2} s")
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn timed(cmd: &mut Command) -> f64 {
+    let t = Instant::now();
+    run(cmd);
+    t.elapsed().as_secs_f64()
+}
+
+fn sh(script: &str, cwd: &Path) -> Command {
+    let mut c = Command::new("bash");
+    c.args(["-euo", "pipefail", "-c", script]).current_dir(cwd);
+    c
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=b", "-c", "user.email=b@example.invalid"])
+        .args(args)
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z"));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// Bytes of disk a directory uses (`du -s --block-size=1`).
+fn disk_usage(paths: &[&Path]) -> Vec<u64> {
+    let out = run(Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .args(paths));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+struct Bench {
+    work: PathBuf,
+    wheelhouse: PathBuf,
+    app: PathBuf,
+}
+
+impl Bench {
+    fn new(work: &Path) -> Bench {
+        let wheelhouse = Path::new(REPO).join("target/wheelhouse");
+        run(Command::new(Path::new(REPO).join("scripts/wheelhouse")).arg(&wheelhouse));
+        let app = work.join("mysite");
+        copy_tree(&Path::new(REPO).join("fixtures/mysite"), &app);
+        git(&app, &["init", "-q"]);
+        git(&app, &["add", "-A"]);
+        git(&app, &["commit", "-qm", "bench"]);
+        Bench {
+            work: work.to_path_buf(),
+            wheelhouse,
+            app,
+        }
+    }
+
+    fn release_build(&self, out: &Path, cache: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(&self.app)
+            .args([
+                "build",
+                "-q",
+                "--installer",
+                "pip",
+                "--no-index",
+                "--find-links",
+            ])
+            .arg(&self.wheelhouse)
+            .arg("--out")
+            .arg(out)
+            .arg("--cache-dir")
+            .arg(cache);
+        c
+    }
+
+    /// The platter-style pipeline a user would script: wheels, venv, install
+    /// from the wheels, the same static step, one tarball.
+    fn platter(&self, out: &Path, pip_cache: &Path) -> Command {
+        let script = format!(
+            r#"
+            rm -rf "{out}" && mkdir -p "{out}"
+            export PIP_CACHE_DIR="{cache}" PIP_DISABLE_PIP_VERSION_CHECK=1
+            python3 -m pip wheel -q -r requirements.txt -w "{out}/wheels" --no-index --find-links "{wh}"
+            python3 -m venv "{out}/venv"
+            "{out}/venv/bin/pip" install -q --no-index --find-links "{out}/wheels" -r requirements.txt
+            STATIC_ROOT="{out}/static" "{out}/venv/bin/python" manage.py collectstatic --noinput -v0
+            git archive HEAD | tar -x -C "{out}" --one-top-level=app
+            tar czf "{out}.tar.gz" -C "{out}" app venv wheels static
+            "#,
+            out = out.display(),
+            cache = pip_cache.display(),
+            wh = self.wheelhouse.display()
+        );
+        sh(&script, &self.app)
+    }
+
+    fn build_rows(&self, runs: usize) -> Vec<Row> {
+        let w = self.work.join("build");
+        // Cold: empty caches on both sides.
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for i in 0..runs.min(3) {
+            ours.push(timed(&mut self.release_build(
+                &w.join(format!("o{i}")),
+                &w.join(format!("cache{i}")),
+            )));
+            base.push(timed(&mut self.platter(
+                &w.join(format!("p{i}")),
+                &w.join(format!("pipcache{i}")),
+            )));
+        }
+        let (cold_o, cold_b) = (median(ours), median(base));
+        // Warm: caches present (ours: the venv cache; baseline: pip's cache).
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            ours.push(timed(
+                &mut self.release_build(&w.join(format!("wo{i}")), &w.join("cache0")),
+            ));
+            base.push(timed(
+                &mut self.platter(&w.join(format!("wp{i}")), &w.join("pipcache0")),
+            ));
+        }
+        let (warm_o, warm_b) = (median(ours), median(base));
+        // Size: our default artifact against tar czf of the same tree.
+        let artifact = std::fs::read_dir(w.join("wo0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+            .unwrap();
+        let tree = w.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&artifact)
+            .arg("-C")
+            .arg(&tree));
+        let czf = w.join("tree.tar.gz");
+        run(&mut sh(
+            &format!("tar czf {} -C {} .", czf.display(), tree.display()),
+            &w,
+        ));
+        let (zst, gz) = (
+            std::fs::metadata(&artifact).unwrap().len(),
+            std::fs::metadata(&czf).unwrap().len(),
+        );
+        vec![
+            Row {
+                what: "`release build`, cold (empty cache, wheels from a local wheelhouse) vs pip wheel → venv → pip install → collectstatic → tar czf".into(),
+                ours: secs(cold_o),
+                baseline: secs(cold_b),
+                ratio: format!("{:.2}× ({:.1}× faster)", cold_o / cold_b, cold_b / cold_o),
+                target: "≥ 2× faster".into(),
+                met: cold_b / cold_o >= 2.0,
+            },
+            Row {
+                what: "`release build`, warm (requirements unchanged) vs the same pipeline with pip's cache warm".into(),
+                ours: secs(warm_o),
+                baseline: secs(warm_b),
+                ratio: format!("{:.2}× ({:.1}× faster)", warm_o / warm_b, warm_b / warm_o),
+                target: "≥ 10× faster".into(),
+                met: warm_b / warm_o >= 10.0,
+            },
+            Row {
+                what: "artifact size, default format (.tar.zst) vs `tar czf` of the same tree".into(),
+                ours: mb(zst),
+                baseline: mb(gz),
+                ratio: format!("{:.2}×", zst as f64 / gz as f64),
+                target: "≤ 0.8×".into(),
+                met: (zst as f64 / gz as f64) <= 0.8,
+            },
+        ]
+    }
+
+    /// Two artifacts of the fixture: A, and B = A plus a code change.
+    fn two_artifacts(&self) -> (PathBuf, PathBuf) {
+        let out = self.work.join("artifacts");
+        let cache = self.work.join("build/cache0");
+        let find = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+                .unwrap()
+        };
+        if !out.join("a").exists() {
+            run(&mut self.release_build(&out.join("a"), &cache));
+            std::fs::write(self.app.join("mysite/bench_change.py"), "CHANGED = True\n").unwrap();
+            git(&self.app, &["add", "-A"]);
+            git(&self.app, &["commit", "-qm", "change"]);
+            run(&mut self.release_build(&out.join("b"), &cache));
+        }
+        (find(&out.join("a")), find(&out.join("b")))
+    }
+
+    fn install(&self, root: &Path, artifact: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--root")
+            .arg(root)
+            .args(["install", "-q"])
+            .arg(artifact);
+        c
+    }
+
+    fn install_rows(&self, runs: usize) -> Vec<Row> {
+        let (a, b) = self.two_artifacts();
+        let w = self.work.join("install");
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let root = w.join(format!("root{i}"));
+            ours.push(timed(&mut self.install(&root, &a)));
+            let dir = w.join(format!("tar{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            base.push(timed(
+                Command::new("tar")
+                    .arg("--zstd")
+                    .arg("-xf")
+                    .arg(&a)
+                    .arg("-C")
+                    .arg(&dir),
+            ));
+        }
+        let (full_o, full_b) = (median(ours), median(base));
+
+        // B next to A (shares every unchanged file) vs B into an empty root.
+        let (mut next, mut fresh, mut usage) = (Vec::new(), Vec::new(), 0);
+        for i in 0..runs {
+            let root = w.join(format!("pair{i}"));
+            run(&mut self.install(&root, &a));
+            next.push(timed(&mut self.install(&root, &b)));
+            let lone = w.join(format!("lone{i}"));
+            fresh.push(timed(&mut self.install(&lone, &b)));
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("releases"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect();
+            dirs.sort();
+            let a_dir = dirs
+                .iter()
+                .find(|d| !d.to_string_lossy().contains(&release_of(&b)))
+                .unwrap();
+            let b_dir = dirs
+                .iter()
+                .find(|d| d.to_string_lossy().contains(&release_of(&b)))
+                .unwrap();
+            // du counts a hardlinked file once: B's figure is what B adds.
+            usage = disk_usage(&[a_dir, b_dir])[1];
+        }
+        let (next_o, fresh_o) = (median(next), median(fresh));
+        vec![
+            Row {
+                what: "`release install` with full verification vs `tar --zstd -xf` (no verification), mysite artifact".into(),
+                ours: secs(full_o),
+                baseline: secs(full_b),
+                ratio: format!("{:.2}×", full_o / full_b),
+                target: "≤ 1.0×".into(),
+                met: full_o / full_b <= 1.0,
+            },
+            Row {
+                what: "install of a release whose dependencies did not change, next to the previous one, vs full extraction of it".into(),
+                ours: format!("{} ({} of new disk)", secs(next_o), mb(usage)),
+                baseline: secs(fresh_o),
+                ratio: format!("{:.2}× ({:.1}× faster)", next_o / fresh_o, fresh_o / next_o),
+                target: "≥ 5× faster; disk ≈ changed bytes".into(),
+                met: fresh_o / next_o >= 5.0,
+            },
+        ]
+    }
+
+    fn activate_and_list_rows(&self, runs: usize) -> Vec<Row> {
+        let (a, b) = self.two_artifacts();
+        let root = self.work.join("activate");
+        run(&mut self.install(&root, &a));
+        run(&mut self.install(&root, &b));
+        let ids = [release_of(&a), release_of(&b)];
+        let mut times = Vec::new();
+        for i in 0..(runs * 10) {
+            times.push(timed(Command::new(BIN).arg("--root").arg(&root).args([
+                "activate",
+                "-q",
+                &ids[i % 2],
+            ])));
+        }
+        let activate = median(times);
+
+        // 500 installed releases: copies of one release tree are cheap with
+        // hardlinks (`cp -al`), and `list` must not walk them anyway.
+        let many = self.work.join("many");
+        run(&mut self.install(&many, &a));
+        let releases = many.join("releases");
+        let first = std::fs::read_dir(&releases)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .unwrap();
+        let name = first.file_name().unwrap().to_string_lossy().into_owned();
+        let (commit12, _) = name.split_once('-').unwrap();
+        let mut journal = std::fs::read_to_string(many.join("history.jsonl")).unwrap();
+        let line = journal.lines().next().unwrap().to_string();
+        for i in 1..500 {
+            let id = format!(
+                "{commit12}-20260101T{:02}{:02}{:02}Z",
+                i / 3600,
+                (i / 60) % 60,
+                i % 60
+            );
+            run(Command::new("cp")
+                .arg("-al")
+                .arg(&first)
+                .arg(releases.join(&id)));
+            journal.push_str(&line.replace(&name, &id));
+            journal.push('\n');
+        }
+        std::fs::write(many.join("history.jsonl"), journal).unwrap();
+        let mut times = Vec::new();
+        for _ in 0..(runs * 4) {
+            times.push(timed(
+                Command::new(BIN)
+                    .arg("--root")
+                    .arg(&many)
+                    .args(["list", "--json"])
+                    .stdout(Stdio::null()),
+            ));
+        }
+        let list = median(times);
+        vec![
+            Row {
+                what: "`release activate`, no services (switch + journal + fsync)".into(),
+                ours: secs(activate),
+                baseline: "—".into(),
+                ratio: "—".into(),
+                target: "median < 5 ms".into(),
+                met: activate < 0.005,
+            },
+            Row {
+                what: "`release list` with 500 installed releases".into(),
+                ours: secs(list),
+                baseline: "—".into(),
+                ratio: "—".into(),
+                target: "< 50 ms".into(),
+                met: list < 0.05,
+            },
+        ]
+    }
+
+    /// A synthetic app of about 200 MB in 20,000 files of mixed sizes.
+    fn large_rows(&self, runs: usize) -> Vec<Row> {
+        let src = self.work.join("large");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut total = 0u64;
+        for i in 0..20_000u64 {
+            // Mostly small files, some large: 1 KB .. 1 MB, skewed small.
+            let size = match next() % 100 {
+                0..=69 => 512 + next() % 4096,
+                70..=94 => 8192 + next() % 32768,
+                _ => 65536 + next() % 1_000_000,
+            };
+            let dir = src.join(format!("pkg{:03}", i % 400));
+            std::fs::create_dir_all(&dir).unwrap();
+            // Half compressible text, half random bytes.
+            let bytes: Vec<u8> = if i % 2 == 0 {
+                (0..size)
+                    .map(|j| {
+                        b"def function_name(argument):\n    return argument\n"[(j % 48) as usize]
+                    })
+                    .collect()
+            } else {
+                (0..size).map(|_| next() as u8).collect()
+            };
+            total += size;
+            std::fs::write(dir.join(format!("f{i}.dat")), bytes).unwrap();
+        }
+        std::fs::write(src.join("requirements.txt"), "").unwrap();
+        git(&src, &["init", "-q"]);
+        git(&src, &["add", "-A"]);
+        git(&src, &["commit", "-qm", "large"]);
+        let out = self.work.join("large-out");
+        let mut c = Command::new(BIN);
+        c.current_dir(&src)
+            .args([
+                "build",
+                "-q",
+                "--installer",
+                "pip",
+                "--no-index",
+                "--name",
+                "large",
+                "--out",
+            ])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(self.work.join("large-cache"));
+        run(&mut c);
+        let artifact = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+            .unwrap();
+        let (mut ours, mut base, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let root = self.work.join(format!("large-root{i}"));
+            let t = Instant::now();
+            let peak = peak_rss_kb(&mut self.install(&root, &artifact));
+            ours.push(t.elapsed().as_secs_f64());
+            rss.push(peak as f64);
+            let dir = self.work.join(format!("large-tar{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            base.push(timed(
+                Command::new("tar")
+                    .arg("--zstd")
+                    .arg("-xf")
+                    .arg(&artifact)
+                    .arg("-C")
+                    .arg(&dir),
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let (o, b, r) = (median(ours), median(base), median(rss));
+        vec![
+            Row {
+                what: format!("`release install` vs `tar --zstd -xf`, synthetic artifact ({} in 20,000 files)", mb(total)),
+                ours: secs(o),
+                baseline: secs(b),
+                ratio: format!("{:.2}×", o / b),
+                target: "≤ 1.0×".into(),
+                met: o / b <= 1.0,
+            },
+            Row {
+                what: "peak RSS of `release install`, synthetic artifact".into(),
+                ours: format!("{:.1} MB", r / 1024.0),
+                baseline: "—".into(),
+                ratio: "—".into(),
+                target: "< 64 MB".into(),
+                met: r / 1024.0 < 64.0,
+            },
+        ]
+    }
+}
+
+/// The release id prefix (commit12) in an artifact's file name.
+fn release_of(artifact: &Path) -> String {
+    let name = artifact.file_name().unwrap().to_string_lossy().into_owned();
+    let stem = name.trim_end_matches(".tar.zst");
+    stem.rsplit('-').next().unwrap().to_string()
+}
+
+/// Run a command and sample its peak resident set (VmHWM) until it exits.
+fn peak_rss_kb(cmd: &mut Command) -> u64 {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{cmd:?} failed");
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
