@@ -217,7 +217,7 @@ impl Bench {
             export PIP_CACHE_DIR="{cache}" PIP_DISABLE_PIP_VERSION_CHECK=1
             python3 -m pip wheel -q -r requirements.txt -w "{out}/wheels" --no-index --find-links "{wh}"
             python3 -m venv "{out}/venv"
-            "{out}/venv/bin/pip" install -q --no-index --find-links "{out}/wheels" -r requirements.txt
+            "{out}/venv/bin/pip" install -q --no-index --find-links "{out}/wheels" --find-links "{wh}" -r requirements.txt
             STATIC_ROOT="{out}/static" "{out}/venv/bin/python" manage.py collectstatic --noinput -v0
             git archive HEAD | tar -x -C "{out}" --one-top-level=app
             tar czf "{out}.tar.gz" -C "{out}" app venv wheels static
