@@ -10,10 +10,15 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES};
 
-/// zstd level of artifacts: much smaller than gzip -6 and still fast with
-/// several worker threads. The multi-threaded zstd format is identical whatever
-/// the number of workers, so this does not affect reproducibility.
-const ZSTD_LEVEL: i32 = 12;
+/// zstd level of artifacts. Measured on the mysite fixture (75 MB of tar):
+/// level 9 gives 0.83x the size of gzip -6 at twice gzip's speed on one core
+/// (and faster with workers); level 12 gains 1% for twice the time, level 17
+/// reaches 0.79x at ten times the time. About half of an artifact is the
+/// wheels, zip files no compressor shrinks; the rest comes to 0.73x of gzip.
+/// The default window (no long-distance matching) keeps the decoder's memory
+/// at a few MB, which keeps `install` small. Multi-threaded zstd writes the
+/// same bytes whatever the number of workers, so reproducibility holds.
+const ZSTD_LEVEL: i32 = 9;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -194,8 +199,6 @@ impl ArtifactWriter {
                 let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 enc.multithread(threads as u32)?;
-                enc.long_distance_matching(true)?;
-                enc.window_log(26)?;
                 enc.include_checksum(true)?;
                 Compressor::Zst(enc)
             }
