@@ -89,6 +89,10 @@ impl Host {
 
     /// Create the root (0755) and `releases/` when missing, then check them.
     pub fn create(&self) -> Result<()> {
+        // Never create anything inside a root that fails the checks.
+        if fs::symlink_metadata(&self.root).is_ok() {
+            self.check_safe()?;
+        }
         for dir in [&self.root, &self.releases] {
             if fs::symlink_metadata(dir).is_err() {
                 fs::create_dir_all(dir)?;

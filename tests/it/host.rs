@@ -1,0 +1,1305 @@
+//! The host side against real artifacts of the fixture app: install, activate,
+//! rollback, list, status, prune, verify, the lock and the journal.
+//!
+//! Two artifacts are built once for the whole run (A: the fixture, B: one more
+//! commit); C and D are B's tree under other commits (the host does not care
+//! where a commit came from), and the refused artifacts are A rewritten member
+//! by member with the `tar` crate.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use release::manifest::{tree_digest, Entry, Manifest};
+
+use crate::common::*;
+
+const COMMIT_C: &str = "cafe0000000000000000000000000000000000c0";
+const COMMIT_D: &str = "cafe1111111111111111111111111111111111d0";
+
+struct Artifacts {
+    a: PathBuf,
+    b: PathBuf,
+    c: PathBuf,
+    d: PathBuf,
+    commit_a: String,
+    commit_b: String,
+    /// What `venv/bin/python3` links to in A.
+    base_executable: String,
+}
+
+/// The artifacts every test shares, built once (offline, from the shared cache).
+fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let out = Path::new(REPO).join("target/host-it");
+        let app = App::new();
+        let a = app.build_ok(&out, &[]);
+        let commit_a = app.head();
+        app.write("mysite/extra.py", "X = 1\n");
+        let commit_b = app.commit("two");
+        let b = app.build_ok(&out, &[]);
+        let members = Members::read(&b);
+        let c = members
+            .with_commit(COMMIT_C)
+            .write(&out.join("mysite-cafe00000000.tar.zst"));
+        let d = members
+            .with_commit(COMMIT_D)
+            .write(&out.join("mysite-cafe11111111.tar.zst"));
+        let inspect = json_ok(
+            &release()
+                .args(["--json", "inspect"])
+                .arg(&a)
+                .output()
+                .unwrap(),
+        );
+        let base_executable = inspect["python"]["base_executable"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Artifacts {
+            a,
+            b,
+            c,
+            d,
+            commit_a,
+            commit_b,
+            base_executable,
+        }
+    })
+}
+
+/// The members of an artifact, to be edited and written back.
+#[derive(Clone)]
+struct Members(Vec<Member>);
+
+#[derive(Clone)]
+struct Member {
+    header: tar::Header,
+    path: String,
+    link: Option<String>,
+    data: Vec<u8>,
+}
+
+impl Members {
+    fn read(artifact: &Path) -> Members {
+        let file = std::fs::File::open(artifact).unwrap();
+        let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
+        let mut members = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            members.push(Member {
+                header: entry.header().clone(),
+                path: String::from_utf8(entry.path_bytes().into_owned()).unwrap(),
+                link: entry
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8(l.into_owned()).unwrap()),
+                data,
+            });
+        }
+        Members(members)
+    }
+
+    fn manifest(&self) -> Manifest {
+        Manifest::from_json(&self.0[0].data).unwrap()
+    }
+
+    fn set_manifest(&mut self, mut m: Manifest) {
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        m.file_count = m.files.len() as u64;
+        m.bytes = m.files.iter().map(Entry::size).sum();
+        m.tree_sha256 = tree_digest(&m.files);
+        m.validate().unwrap();
+        self.0[0].data = m.to_json_bytes();
+    }
+
+    fn with_commit(&self, commit: &str) -> Members {
+        let mut copy = self.clone();
+        let mut m = copy.manifest();
+        m.commit = commit.into();
+        m.release = commit[..12].into();
+        copy.set_manifest(m);
+        copy
+    }
+
+    fn index(&self, path: &str) -> usize {
+        self.0
+            .iter()
+            .position(|m| m.path.trim_end_matches('/') == path)
+            .unwrap_or_else(|| panic!("no member {path}"))
+    }
+
+    /// Put `member` right after the member `after`.
+    fn insert_after(&mut self, after: &str, member: Member) {
+        let i = self.index(after);
+        self.0.insert(i + 1, member);
+    }
+
+    /// End the archive a few members after `path`: the refusal must come at
+    /// that member, before the rest would be read (keeps the variants small).
+    fn end_soon_after(&mut self, path: &str) {
+        let i = self.index(path);
+        self.0.truncate(i + 20);
+    }
+
+    fn member(&mut self, path: &str) -> &mut Member {
+        self.0
+            .iter_mut()
+            .find(|m| m.path.trim_end_matches('/') == path)
+            .unwrap_or_else(|| panic!("no member {path}"))
+    }
+
+    /// Write a zstd artifact (fast level) and its `.sha256`.
+    fn write(&self, path: &Path) -> PathBuf {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let file = std::fs::File::create(&tmp).unwrap();
+        let mut builder = tar::Builder::new(zstd::Encoder::new(file, 1).unwrap());
+        for m in &self.0 {
+            let mut header = m.header.clone();
+            if header.entry_type().is_symlink() {
+                builder
+                    .append_link(&mut header, &m.path, m.link.as_deref().unwrap())
+                    .unwrap();
+            } else if m.path.contains("..") || m.path.starts_with('/') {
+                // Paths the tar crate refuses to write: set the raw name bytes.
+                let name = &mut header.as_old_mut().name;
+                name.fill(0);
+                name[..m.path.len()].copy_from_slice(m.path.as_bytes());
+                header.set_size(m.data.len() as u64);
+                header.set_cksum();
+                builder.append(&header, &m.data[..]).unwrap();
+            } else {
+                header.set_size(m.data.len() as u64);
+                builder
+                    .append_data(&mut header, &m.path, &m.data[..])
+                    .unwrap();
+            }
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+        let digest = hex::encode(Sha256::digest(std::fs::read(path).unwrap()));
+        let name = path.file_name().unwrap().to_string_lossy();
+        std::fs::write(
+            format!("{}.sha256", path.display()),
+            format!("{digest}  {name}\n"),
+        )
+        .unwrap();
+        path.to_path_buf()
+    }
+}
+
+fn file_header(mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    h
+}
+
+/// A host root in a fresh temporary directory (created by the first install).
+struct Root {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Root {
+    fn new() -> Root {
+        let tmp = tempfile::Builder::new()
+            .prefix("release-host-")
+            .tempdir()
+            .unwrap();
+        let path = tmp.path().join("srv/mysite");
+        Root { _tmp: tmp, path }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = release();
+        cmd.arg("--root").arg(&self.path).args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "release {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        json_ok(&self.run(&all))
+    }
+
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        fails_with(&self.run(args), code)
+    }
+
+    fn install(&self, artifact: &Path) -> String {
+        let report = self.json(&["install", artifact.to_str().unwrap()]);
+        report["id"].as_str().unwrap().to_string()
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.path.join("release.toml"), text).unwrap();
+    }
+
+    fn current(&self) -> Option<String> {
+        std::fs::read_link(self.path.join("current"))
+            .ok()
+            .map(|l| l.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    /// (id, state) newest install first, from `list --json`.
+    fn states(&self) -> Vec<(String, String)> {
+        self.json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn state_of(&self, id: &str) -> String {
+        self.states()
+            .into_iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("{id} not listed"))
+    }
+
+    /// Every journal line, each of which must parse.
+    fn journal(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.path.join("history.jsonl")).unwrap_or_default();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "journal ends mid-line"
+        );
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad journal line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Everything in releases/, hidden entries included.
+    fn release_dirs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path.join("releases"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn install_activate_rollback_and_the_states_list_shows() {
+    let art = artifacts();
+    let root = Root::new();
+    let missing = root.fails(&["list"], 1);
+    assert!(missing.contains("does not exist"), "{missing}");
+
+    let a = root.json(&["install", art.a.to_str().unwrap()]);
+    assert_eq!(a["already_installed"], false);
+    assert_eq!(a["commit"], art.commit_a.as_str());
+    let id_a = a["id"].as_str().unwrap().to_string();
+    assert!(
+        id_a.starts_with(&art.commit_a[..12]) && id_a.ends_with('Z') && id_a.len() == 29,
+        "{id_a}"
+    );
+    assert!(a["files"].as_u64().unwrap() > 1000 && a["bytes"].as_u64().unwrap() > 1_000_000);
+    assert_eq!(mode_of(&root.path), 0o755);
+    let id_b = root.install(&art.b);
+
+    // Installing again changes nothing.
+    let journal_before = root.journal().len();
+    let again = root.json(&["install", art.a.to_str().unwrap()]);
+    assert_eq!(again["already_installed"], true);
+    assert_eq!(again["id"], id_a.as_str());
+    assert_eq!(root.journal().len(), journal_before);
+    let mut both = vec![id_a.clone(), id_b.clone()];
+    both.sort();
+    assert_eq!(root.release_dirs(), both);
+
+    // Newest install first, nothing activated yet.
+    assert_eq!(
+        root.states(),
+        vec![
+            (id_b.clone(), "inactive".into()),
+            (id_a.clone(), "inactive".into())
+        ]
+    );
+    let rows = root.json(&["list"]);
+    assert_eq!(rows[0]["commit"], art.commit_b.as_str());
+    assert_eq!(rows[1]["commit"], art.commit_a.as_str());
+    assert_eq!(rows[1]["last_activated_at"], Value::Null);
+    assert!(rows[1]["installed_at"].as_str().unwrap().ends_with('Z'));
+
+    // Activate by a commit prefix, then by a release id prefix.
+    assert_eq!(
+        stdout(&root.ok(&["activate", &art.commit_a[..8]])).trim(),
+        id_a
+    );
+    assert_eq!(root.current().as_deref(), Some(id_a.as_str()));
+    assert_eq!(
+        std::fs::read_link(root.path.join("current")).unwrap(),
+        Path::new("releases").join(&id_a)
+    );
+    let already = root.ok(&["activate", &id_a]);
+    assert!(
+        stderr(&already).contains("already current"),
+        "{}",
+        stderr(&already)
+    );
+    root.ok(&["activate", &id_b[..16]]);
+    assert_eq!(root.state_of(&id_b), "current");
+    assert_eq!(root.state_of(&id_a), "rollback-target");
+    let rows = root.json(&["list"]);
+    assert!(rows[0]["last_activated_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(!rows[0]["activated_by"].as_str().unwrap().is_empty());
+    assert_eq!(rows[1]["bytes"], a["bytes"]);
+
+    // rollback → A; B is marked rolled back.
+    let back = root.json(&["rollback"]);
+    assert_eq!(back["id"], id_a.as_str());
+    assert_eq!(back["from"], id_b.as_str());
+    assert_eq!(root.current().as_deref(), Some(id_a.as_str()));
+    assert_eq!(root.state_of(&id_a), "current");
+    assert_eq!(root.state_of(&id_b), "rolled-back");
+    let last = root.journal().last().unwrap().clone();
+    assert_eq!(last["event"], "rolled_back");
+    assert_eq!(last["release"], id_a.as_str());
+    assert_eq!(last["from"], id_b.as_str());
+
+    // rollback again: B was rolled back, nothing else was live: refused.
+    let err = root.fails(&["rollback"], 1);
+    assert!(
+        err.contains("nothing to roll back") && err.contains("--to"),
+        "{err}"
+    );
+    assert_eq!(root.current().as_deref(), Some(id_a.as_str()));
+
+    // --to: explicit target; the release left (A) is now the rolled-back one.
+    root.ok(&["rollback", "--to", &id_b[..12]]);
+    assert_eq!(root.current().as_deref(), Some(id_b.as_str()));
+    assert_eq!(root.state_of(&id_b), "current");
+    assert_eq!(root.state_of(&id_a), "rolled-back");
+
+    // An explicit activate clears the mark.
+    root.ok(&["activate", &id_a]);
+    assert_eq!(root.state_of(&id_a), "current");
+    assert_eq!(root.state_of(&id_b), "rollback-target");
+
+    // Human list: an aligned table.
+    let table = stdout(&root.ok(&["list"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("STATE"),
+        "{table}"
+    );
+    let state_col = lines[0].find("STATE").unwrap();
+    assert_eq!(&lines[1][state_col..], "rollback-target", "{table}");
+    assert_eq!(&lines[2][state_col..], "current", "{table}");
+
+    // status
+    let status = root.json(&["status"]);
+    assert_eq!(status["current"], id_a.as_str());
+    assert_eq!(status["commit"], art.commit_a.as_str());
+    assert!(status["since"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(status["services"], serde_json::json!([]));
+    assert!(stdout(&root.ok(&["status"])).contains(&id_a));
+
+    // Every event has the documented fields.
+    for e in root.journal() {
+        for key in ["event", "release", "at", "user", "host"] {
+            assert!(e[key].is_string(), "{key} missing in {e}");
+        }
+        assert!(e.get("from").is_some(), "{e}");
+    }
+}
+
+#[test]
+fn two_rollbacks_go_two_steps_back_and_ids_must_be_unique() {
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    let b = root.install(&art.b);
+    let c = root.install(&art.c);
+    let d = root.install(&art.d);
+    for id in [&a, &b, &c] {
+        root.ok(&["activate", id]);
+    }
+    root.ok(&["rollback"]);
+    assert_eq!(root.current().as_deref(), Some(b.as_str()));
+    assert_eq!(root.state_of(&c), "rolled-back");
+    assert_eq!(root.state_of(&a), "rollback-target");
+    root.ok(&["rollback"]);
+    assert_eq!(root.current().as_deref(), Some(a.as_str()));
+    assert_eq!(root.state_of(&b), "rolled-back");
+    assert_eq!(root.state_of(&c), "rolled-back");
+    assert_eq!(root.state_of(&d), "inactive");
+    root.fails(&["rollback"], 1);
+    root.ok(&["activate", &c]);
+    assert_eq!(root.state_of(&c), "current");
+    assert_eq!(root.state_of(&a), "rollback-target");
+    assert_eq!(root.state_of(&b), "rolled-back");
+
+    // C and D share the commit prefix "cafe": ambiguous; "nope" is unknown.
+    let err = root.fails(&["activate", "cafe"], 1);
+    assert!(
+        err.contains("ambiguous") && err.contains(&c) && err.contains(&d),
+        "{err}"
+    );
+    let err = root.fails(&["activate", "nope"], 1);
+    assert!(
+        err.contains("no installed release matches") && err.contains(&a),
+        "{err}"
+    );
+    assert_eq!(root.current().as_deref(), Some(c.as_str()));
+
+    // A rollback target that is gone is refused, nothing changes.
+    let gone = root.path.join("releases").join(&a);
+    Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&gone)
+        .status()
+        .unwrap();
+    std::fs::remove_dir_all(&gone).unwrap();
+    let err = root.fails(&["rollback"], 1);
+    assert!(
+        err.contains(&a) && err.contains("no longer installed"),
+        "{err}"
+    );
+    assert_eq!(root.current().as_deref(), Some(c.as_str()));
+}
+
+#[test]
+fn the_installed_release_runs_and_is_read_only() {
+    let art = artifacts();
+    let root = Root::new();
+    let report = root.json(&["deploy", art.a.to_str().unwrap()]);
+    let id = report["activate"]["id"].as_str().unwrap().to_string();
+    assert_eq!(report["install"]["id"], id.as_str());
+    assert_eq!(root.current().as_deref(), Some(id.as_str()));
+
+    let current = root.path.join("current");
+    let out = Command::new(current.join("venv/bin/python"))
+        .args(["-c", "import django, mysite, mysite.release_info as r; print(django.get_version(), r.RELEASE_ID)"])
+        .current_dir(current.join("app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("5.2.19 {}", &art.commit_a[..12])
+    );
+    let out = Command::new(current.join("venv/bin/gunicorn"))
+        .arg("--version")
+        .current_dir(current.join("app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("gunicorn (version 23.0.0)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let dir = root.path.join("releases").join(&id);
+    assert_eq!(mode_of(&dir), 0o555);
+    assert_eq!(mode_of(&dir.join("app")), 0o555);
+    assert_eq!(mode_of(&dir.join("app/mysite/settings.py")), 0o444);
+    assert_eq!(mode_of(&dir.join("app/manage.py")), 0o555);
+    assert_eq!(mode_of(&dir.join("release.json")), 0o444);
+    assert_eq!(mode_of(&dir.join("venv/bin/gunicorn")), 0o555);
+    assert_eq!(
+        std::fs::read_link(dir.join("venv/bin/python3")).unwrap(),
+        Path::new(&art.base_executable)
+    );
+    let verify = root.json(&["verify"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(verify["id"], id.as_str());
+
+    let events: Vec<String> = root
+        .journal()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, vec!["installed", "activated"]);
+    assert_eq!(root.journal()[0]["commit"], art.commit_a.as_str());
+    // deploy of the same artifact again: reuse, already current, nothing pruned.
+    let again = root.json(&["deploy", art.a.to_str().unwrap()]);
+    assert_eq!(again["install"]["already_installed"], true);
+    assert_eq!(again["activate"]["already_current"], true);
+    assert_eq!(root.journal().len(), 2);
+}
+
+#[test]
+fn an_observer_never_sees_current_missing_or_incomplete() {
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    let b = root.install(&art.b);
+    root.ok(&["activate", &a]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let observer = {
+        let (stop, reads, base) = (stop.clone(), reads.clone(), root.path.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let current = base.join("current");
+            while !stop.load(Ordering::Relaxed) {
+                let target = std::fs::read_link(&current).map_err(|e| format!("readlink: {e}"))?;
+                let name = target.file_name().unwrap().to_string_lossy().into_owned();
+                if target != Path::new("releases").join(&name) {
+                    return Err(format!("current -> {}", target.display()));
+                }
+                let manifest = base.join(&target).join("release.json");
+                let meta = std::fs::metadata(&manifest)
+                    .map_err(|e| format!("{}: {e}", manifest.display()))?;
+                if meta.len() == 0 {
+                    return Err(format!("{} is empty", manifest.display()));
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    let started = Instant::now();
+    for i in 0..200 {
+        let id = if i % 2 == 0 { &b } else { &a };
+        root.ok(&["-q", "activate", id]);
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    observer
+        .join()
+        .unwrap()
+        .expect("the observer saw a broken current");
+    let reads = reads.load(Ordering::Relaxed);
+    eprintln!(
+        "200 activations in {:.2}s ({:.1} ms each), {reads} observer reads",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 5.0
+    );
+    assert!(reads > 200, "the observer barely ran ({reads} reads)");
+    assert_eq!(root.current().as_deref(), Some(a.as_str()));
+    assert_eq!(root.journal().len(), 2 + 1 + 200);
+    assert!(!std::fs::read_dir(&root.path).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("current.tmp-")));
+}
+
+/// `install` of `artifact` fails with exit 1, its error contains every
+/// needle, and nothing is left in releases/ (nor does current move).
+fn refused(root: &Root, artifact: &Path, extra: &[&str], needles: &[&str]) {
+    let before = root.release_dirs();
+    let current = root.current();
+    let mut args = vec!["install", artifact.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let err = root.fails(&args, 1);
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    assert_eq!(root.release_dirs(), before, "install left something behind");
+    assert_eq!(root.current(), current);
+}
+
+#[test]
+fn corrupt_or_unsafe_artifacts_are_refused_and_leave_nothing() {
+    let art = artifacts();
+    let root = Root::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Members::read(&art.a);
+    let variant = |name: &str, edit: &dyn Fn(&mut Members)| {
+        let mut m = a.clone();
+        edit(&mut m);
+        m.write(&dir.path().join(format!("{name}.tar.zst")))
+    };
+
+    // A wrong --sha256 (the .sha256 beside it is right).
+    refused(
+        &root,
+        &art.a,
+        &["--sha256", &"0".repeat(64)],
+        &["sha256", "--sha256", "nothing was installed"],
+    );
+    // A stale .sha256 beside the artifact.
+    let copy = dir.path().join("copy.tar.zst");
+    std::fs::copy(&art.a, &copy).unwrap();
+    std::fs::write(
+        dir.path().join("copy.tar.zst.sha256"),
+        format!("{}  copy.tar.zst\n", "1".repeat(64)),
+    )
+    .unwrap();
+    refused(&root, &copy, &[], &["copy.tar.zst.sha256", "1111"]);
+    assert!(!root.path.join("releases").read_dir().unwrap().any(|_| true));
+
+    // One flipped byte in one file, manifest kept.
+    let flipped = variant("flipped", &|m| {
+        m.member("app/mysite/settings.py").data[10] ^= 0x01;
+        m.end_soon_after("app/mysite/settings.py");
+    });
+    refused(
+        &root,
+        &flipped,
+        &[],
+        &[
+            "app/mysite/settings.py",
+            "content differs from the manifest",
+        ],
+    );
+
+    // An entry that is not in the manifest.
+    let bad_file = |path: &str, data: &[u8]| Member {
+        header: file_header(0o644),
+        path: path.into(),
+        link: None,
+        data: data.to_vec(),
+    };
+    let extra = variant("extra", &|m| {
+        m.insert_after("app", bad_file("app/evil.py", b"import os\n"));
+        m.end_soon_after("app/evil.py");
+    });
+    refused(&root, &extra, &[], &["app/evil.py", "not in the manifest"]);
+
+    // A manifest entry missing from the archive (and the archive ends early,
+    // so many more are missing).
+    let missing = variant("missing", &|m| {
+        m.0.retain(|x| x.path != "app/manage.py");
+        m.end_soon_after("app/mysite/settings.py");
+    });
+    refused(
+        &root,
+        &missing,
+        &[],
+        &[
+            "app/manage.py",
+            "missing from the archive",
+            "missing in all",
+        ],
+    );
+
+    // The same path twice.
+    let twice = variant("twice", &|m| {
+        let again = m.member("app/manage.py").clone();
+        m.insert_after("app/manage.py", again);
+        m.end_soon_after("app/manage.py");
+    });
+    refused(&root, &twice, &[], &["app/manage.py", "twice"]);
+
+    // A setuid bit.
+    let setuid = variant("setuid", &|m| {
+        m.member("app/manage.py").header.set_mode(0o4755);
+        m.end_soon_after("app/manage.py");
+    });
+    refused(&root, &setuid, &[], &["app/manage.py", "setuid"]);
+
+    // A size beyond the manifest (content longer than listed).
+    let longer = variant("longer", &|m| {
+        m.member("app/manage.py").data.push(b'\n');
+        m.end_soon_after("app/manage.py");
+    });
+    refused(&root, &longer, &[], &["app/manage.py", "beyond"]);
+
+    // `..` and an absolute path, written raw.
+    let dotdot = variant("dotdot", &|m| {
+        m.insert_after("app", bad_file("app/../../../../tmp/evil", b"x"));
+        m.end_soon_after("app");
+    });
+    refused(&root, &dotdot, &[], &["app/../../../../tmp/evil", "`..`"]);
+    let absolute = variant("absolute", &|m| {
+        m.insert_after("app", bad_file("/tmp/evil", b"x"));
+        m.end_soon_after("app");
+    });
+    refused(&root, &absolute, &[], &["/tmp/evil", "absolute path"]);
+
+    // A device node.
+    let device = variant("device", &|m| {
+        let mut dev = bad_file("app/dev", b"");
+        dev.header.set_entry_type(tar::EntryType::Char);
+        m.insert_after("app", dev);
+        m.end_soon_after("app");
+    });
+    refused(&root, &device, &[], &["app/dev", "device"]);
+
+    // A symlink out of the release, listed in a (valid) manifest too.
+    let escape = variant("escape", &|m| {
+        let mut manifest = m.manifest();
+        manifest.files.push(Entry::symlink(
+            "app/passwd".into(),
+            "../../../etc/passwd".into(),
+        ));
+        m.set_manifest(manifest);
+        let mut link = bad_file("app/passwd", b"");
+        link.header.set_entry_type(tar::EntryType::Symlink);
+        link.header.set_mode(0o777);
+        link.link = Some("../../../etc/passwd".into());
+        m.insert_after("app", link);
+        m.end_soon_after("app/passwd");
+    });
+    refused(&root, &escape, &[], &["app/passwd", "leaves the release"]);
+
+    // Not an artifact at all.
+    let junk = dir.path().join("junk.tar.zst");
+    std::fs::write(&junk, b"hello, this is not zstd").unwrap();
+    refused(&root, &junk, &[], &["not a release artifact"]);
+
+    // And the real one still installs into the same root.
+    root.install(&art.a);
+    assert_eq!(root.release_dirs().len(), 1);
+}
+
+#[test]
+fn prune_keeps_the_newest_the_current_the_rollback_target_and_releases_in_use() {
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    let b = root.install(&art.b);
+    let c = root.install(&art.c);
+    let d = root.install(&art.d);
+    root.ok(&["activate", &b]);
+    root.ok(&["activate", &a]);
+    // current A (oldest), rollback target B, newest D; C is none of these.
+
+    let dry = root.json(&["prune", "--keep", "1", "--dry-run"]);
+    assert_eq!(dry["removed"], serde_json::json!([c.clone()]));
+    assert_eq!(root.release_dirs().len(), 4);
+
+    // A process working in C keeps it.
+    let mut user = Command::new("sleep")
+        .arg("60")
+        .current_dir(root.path.join("releases").join(&c).join("app"))
+        .spawn()
+        .unwrap();
+    let report = root.json(&["prune", "--keep", "1"]);
+    assert_eq!(report["removed"], serde_json::json!([]));
+    let kept_c = report["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == c.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        kept_c["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("in use by pid {}", user.id())),
+        "{kept_c}"
+    );
+    user.kill().unwrap();
+    user.wait().unwrap();
+
+    let report = root.json(&["prune", "--keep", "1"]);
+    assert_eq!(report["removed"], serde_json::json!([c.clone()]));
+    assert_eq!(root.release_dirs(), {
+        let mut v = vec![a.clone(), b.clone(), d.clone()];
+        v.sort();
+        v
+    });
+    let reasons: Vec<(String, String)> = report["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap().into(),
+                k["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.contains(&(a.clone(), "current".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&(b.clone(), "rollback target".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&(d.clone(), "one of the 1 newest".into())),
+        "{reasons:?}"
+    );
+    let last = root.journal().last().unwrap().clone();
+    assert_eq!(last["event"], "pruned");
+    assert_eq!(last["release"], c.as_str());
+    // The journal-based rollback still works after pruning.
+    root.ok(&["rollback"]);
+    assert_eq!(root.current().as_deref(), Some(b.as_str()));
+
+    // keep from release.toml
+    // keep from release.toml; A was left by the rollback, so no target remains.
+    root.write_config("keep = 0\n");
+    let report = root.json(&["prune"]);
+    assert_eq!(report["keep"], 0);
+    assert_eq!(report["removed"], serde_json::json!([d.clone(), a.clone()]));
+    assert_eq!(root.release_dirs(), vec![b.clone()]);
+}
+
+#[test]
+fn verify_reports_drift_but_not_shared_links_or_a_repointed_interpreter() {
+    let art = artifacts();
+    let root = Root::new();
+    std::fs::create_dir_all(&root.path).unwrap();
+    root.write_config("shared = [\"app/media\", \"app/mysite/settings.py\"]\n");
+    // The same interpreter under another path: the venv is re-pointed to it.
+    let real_python = std::fs::canonicalize(&art.base_executable).unwrap();
+    assert_ne!(real_python, Path::new(&art.base_executable));
+    let report = root.json(&[
+        "install",
+        art.a.to_str().unwrap(),
+        "--python",
+        real_python.to_str().unwrap(),
+    ]);
+    let id = report["id"].as_str().unwrap().to_string();
+    root.ok(&["activate", &id]);
+    let dir = root.path.join("releases").join(&id);
+
+    // Shared: relative links into <root>/shared; a file is seeded from the release.
+    assert_eq!(
+        std::fs::read_link(dir.join("app/media")).unwrap(),
+        Path::new("../../../shared/app/media")
+    );
+    assert!(root.path.join("shared/app/media").is_dir());
+    assert!(
+        std::fs::read_to_string(root.path.join("shared/app/mysite/settings.py"))
+            .unwrap()
+            .contains("INSTALLED_APPS")
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("venv/bin/python3")).unwrap(),
+        real_python
+    );
+    let cfg = std::fs::read_to_string(dir.join("venv/pyvenv.cfg")).unwrap();
+    assert!(
+        cfg.contains(&format!(
+            "home = {}",
+            real_python.parent().unwrap().display()
+        )),
+        "{cfg}"
+    );
+    let out = Command::new(root.path.join("current/venv/bin/python"))
+        .args(["-c", "import django, mysite.settings"])
+        .current_dir(root.path.join("current/app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.journal()[0]["python"], real_python.to_str().unwrap());
+    let clean = root.json(&["verify", &id]);
+    assert_eq!(clean["ok"], true, "{clean}");
+
+    // Now change things behind release's back.
+    let manage = dir.join("app/manage.py");
+    Command::new("chmod")
+        .arg("u+w")
+        .arg(&manage)
+        .status()
+        .unwrap();
+    std::fs::write(&manage, "print('changed')\n").unwrap();
+    let static_dir = dir.join("app/mysite");
+    Command::new("chmod")
+        .arg("u+w")
+        .arg(&static_dir)
+        .status()
+        .unwrap();
+    std::fs::remove_file(static_dir.join("urls.py")).unwrap();
+    std::fs::write(static_dir.join("backdoor.py"), "x = 1\n").unwrap();
+
+    let out = root.run(&["--json", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let problems: Vec<(String, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().into(),
+                p["problem"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let has = |path: &str, word: &str| {
+        problems
+            .iter()
+            .any(|(p, what)| p == path && what.contains(word))
+    };
+    assert!(has("app/manage.py", "content changed"), "{problems:?}");
+    assert!(
+        has("app/manage.py", "mode 0755, expected 0555"),
+        "{problems:?}"
+    );
+    assert!(
+        has("app/mysite", "mode 0755, expected 0555"),
+        "{problems:?}"
+    );
+    assert!(has("app/mysite/urls.py", "missing"), "{problems:?}");
+    assert!(has("app/mysite/backdoor.py", "extra file"), "{problems:?}");
+    assert_eq!(problems.len(), 5, "{problems:?}");
+    let human = root.run(&["verify"]);
+    assert!(
+        stdout(&human).contains("app/manage.py: content changed"),
+        "{}",
+        stdout(&human)
+    );
+    assert!(
+        stderr(&human).contains("differs from its manifest"),
+        "{}",
+        stderr(&human)
+    );
+
+    // A drifted copy is not "already installed": a fresh copy is installed.
+    let fresh = root.json(&[
+        "install",
+        art.a.to_str().unwrap(),
+        "--python",
+        real_python.to_str().unwrap(),
+    ]);
+    assert_eq!(fresh["already_installed"], false);
+    assert_ne!(fresh["id"], id.as_str());
+}
+
+#[test]
+fn the_interpreter_is_checked_and_can_be_replaced_or_rebuilt() {
+    let art = artifacts();
+    let root = Root::new();
+    let dir = tempfile::tempdir().unwrap();
+    // B, but built (so it says) with an interpreter this host does not have.
+    let mut m = Members::read(&art.b);
+    let mut manifest = m.manifest();
+    let gone = "/opt/nowhere/bin/python3";
+    manifest.python.base_executable = gone.into();
+    for e in manifest.files.iter_mut() {
+        if e.target.as_deref() == Some(art.base_executable.as_str()) {
+            e.target = Some(gone.into());
+        }
+    }
+    m.set_manifest(manifest);
+    for member in m.0.iter_mut() {
+        if member.link.as_deref() == Some(art.base_executable.as_str()) {
+            member.link = Some(gone.into());
+        }
+    }
+    let elsewhere = m.write(&dir.path().join("elsewhere.tar.zst"));
+    let err = root.fails(&["install", elsewhere.to_str().unwrap()], 1);
+    for needle in [
+        gone,
+        "does not exist",
+        "cpython 3.11",
+        "--python PATH",
+        "--rebuild-venv",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    assert!(root.release_dirs().is_empty());
+
+    // A mismatching --python is refused.
+    let others = ["python3.13", "python3.12", "python3.10", "python3.9"];
+    let runs = |p: &&&str| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(other) = others.iter().find(runs) {
+        let err = root.fails(
+            &["install", elsewhere.to_str().unwrap(), "--python", other],
+            1,
+        );
+        assert!(err.contains("needs cpython 3.11"), "{err}");
+    }
+
+    // --rebuild-venv: a new venv from the release's wheels, offline, relocatable.
+    let report = root.json(&[
+        "install",
+        elsewhere.to_str().unwrap(),
+        "--rebuild-venv",
+        "--python",
+        &art.base_executable,
+    ]);
+    let id = report["id"].as_str().unwrap().to_string();
+    root.ok(&["activate", &id]);
+    let current = root.path.join("current");
+    let out = Command::new(current.join("venv/bin/python"))
+        .args([
+            "-c",
+            "import sys, django, mysite, celery; print(sys.prefix)",
+        ])
+        .current_dir(current.join("app"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), current.join("venv").to_str().unwrap());
+    let out = Command::new(current.join("venv/bin/gunicorn"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("23.0.0"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let head = std::fs::read_to_string(current.join("venv/bin/gunicorn")).unwrap();
+    assert!(head.starts_with("#!/bin/sh\n"), "not relocatable: {head}");
+    assert_eq!(root.json(&["verify"])["ok"], true);
+    let installed = root.journal()[0].clone();
+    assert_eq!(installed["venv_rebuilt"], true, "{installed}");
+}
+
+#[test]
+fn the_check_hook_runs_in_the_new_release_and_stops_a_bad_one() {
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    let b = root.install(&art.b);
+    root.ok(&["activate", &a]);
+    root.write_config(
+        "[hooks]\ncheck = \"echo checking $RELEASE_ID in $(pwd); python -c 'import mysite.wsgi' && test \\\"$VIRTUAL_ENV\\\" = \\\"$RELEASE_DIR/venv\\\" && exit 7\"\n",
+    );
+    let err = root.fails(&["activate", &b], 1);
+    let b_app = root.path.join("releases").join(&b).join("app");
+    assert!(
+        err.contains(&format!("checking {b} in {}", b_app.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("exit status: 7") && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert_eq!(root.current().as_deref(), Some(a.as_str()));
+    let last = root.journal().last().unwrap().clone();
+    assert_eq!(last["event"], "failed");
+    assert_eq!(last["release"], b.as_str());
+    assert_eq!(last["step"], "check");
+    assert!(
+        last["error"].as_str().unwrap().contains("check hook"),
+        "{last}"
+    );
+    assert_eq!(root.state_of(&b), "inactive");
+
+    root.write_config("[hooks]\ncheck = \"python -c 'import mysite.wsgi, mysite.extra'\"\n");
+    root.ok(&["activate", &b]);
+    assert_eq!(root.current().as_deref(), Some(b.as_str()));
+    let err = root.fails(&["activate", &a], 1);
+    assert!(err.contains("No module named 'mysite.extra'"), "{err}");
+    assert_eq!(root.current().as_deref(), Some(b.as_str()));
+
+    root.write_config("kep = 3\n");
+    let err = root.fails(&["activate", &a], 1);
+    assert!(
+        err.contains("release.toml") && err.contains("unknown field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn concurrent_commands_wait_or_exit_4_and_the_journal_stays_whole() {
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    let b = root.install(&art.b);
+    root.ok(&["activate", &a]);
+    // A slow check keeps the first activation holding the lock.
+    root.write_config("[hooks]\ncheck = \"sleep 1.5\"\n");
+    let mut slow = root
+        .cmd(&["activate", &b])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = root.path.join(".lock");
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == slow.id().to_string())
+    });
+    let err = root.fails(&["activate", &a], 4);
+    assert!(
+        err.contains(&format!("pid {}", slow.id())) && err.contains("--wait"),
+        "{err}"
+    );
+    assert!(err.contains(".lock"), "{err}");
+    let err = root.fails(&["--wait", "0.2", "rollback"], 4);
+    assert!(err.contains("lock"), "{err}");
+    // Read-only commands take no lock.
+    root.ok(&["list"]);
+    root.ok(&["status"]);
+    // --wait: runs once the first one is done.
+    let waited = root.ok(&["--wait", "30", "activate", &a]);
+    assert!(slow.wait().unwrap().success());
+    assert!(
+        stderr(&waited).contains("waiting for the lock"),
+        "{}",
+        stderr(&waited)
+    );
+    assert_eq!(root.current().as_deref(), Some(a.as_str()));
+
+    // Many at once, all waiting: every one succeeds, every line parses.
+    root.write_config("");
+    let children: Vec<_> = (0..12)
+        .map(|i| {
+            let id = if i % 2 == 0 { &b } else { &a };
+            root.cmd(&["-q", "--wait", "60", "activate", id])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let journal = root.journal();
+    let kinds = |k: &str| journal.iter().filter(|e| e["event"] == k).count();
+    assert_eq!(kinds("installed"), 2);
+    assert_eq!(kinds("failed"), 0);
+    assert!(kinds("activated") >= 3);
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "",
+        "the pid stays after unlock"
+    );
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_torn_journal_line_and_leftovers_are_repaired_by_the_next_writer() {
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    let b = root.install(&art.b);
+    root.ok(&["activate", &a]);
+    // A crash mid-append, a half-unpacked install, a half-made switch.
+    let journal = root.path.join("history.jsonl");
+    let whole = std::fs::read_to_string(&journal).unwrap();
+    std::fs::write(&journal, format!("{whole}{{\"event\":\"activated\",\"rele")).unwrap();
+    let incoming = root.path.join("releases/.incoming-dead/app/x");
+    std::fs::create_dir_all(&incoming).unwrap();
+    Command::new("chmod")
+        .args(["-R", "a-w"])
+        .arg(root.path.join("releases/.incoming-dead"))
+        .status()
+        .unwrap();
+    std::os::unix::fs::symlink(format!("releases/{b}"), root.path.join("current.tmp-dead"))
+        .unwrap();
+
+    // Readers cope.
+    assert_eq!(root.state_of(&a), "current");
+    // The next writer cuts the torn line and cleans up.
+    root.ok(&["activate", &b]);
+    let events = root.journal();
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[3]["event"], "activated");
+    assert_eq!(events[3]["from"], a.as_str());
+    assert!(!root.path.join("releases/.incoming-dead").exists());
+    assert!(std::fs::symlink_metadata(root.path.join("current.tmp-dead")).is_err());
+    let mut dirs = vec![a.clone(), b.clone()];
+    dirs.sort();
+    assert_eq!(root.release_dirs(), dirs);
+}
+
+#[test]
+fn unsafe_roots_are_refused_with_the_fix() {
+    let art = artifacts();
+    let out = release().args(["list"]).output().unwrap();
+    let err = fails_with(&out, 2);
+    assert!(
+        err.contains("--root") && err.contains("RELEASE_ROOT"),
+        "{err}"
+    );
+
+    let root = Root::new();
+    std::fs::create_dir_all(&root.path).unwrap();
+    Command::new("chmod")
+        .arg("0777")
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    let err = root.fails(&["install", art.a.to_str().unwrap()], 1);
+    assert!(
+        err.contains("writable by group or others") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    Command::new("chmod")
+        .arg("0755")
+        .arg(&root.path)
+        .status()
+        .unwrap();
+
+    let link = root.path.parent().unwrap().join("link");
+    std::os::unix::fs::symlink(&root.path, &link).unwrap();
+    let out = release()
+        .arg("--root")
+        .arg(&link)
+        .arg("list")
+        .output()
+        .unwrap();
+    let err = fails_with(&out, 1);
+    assert!(
+        err.contains("is a symlink") && err.contains(&format!("--root {}", root.path.display())),
+        "{err}"
+    );
+
+    std::fs::create_dir_all(root.path.join("current")).unwrap();
+    let err = root.fails(&["status"], 1);
+    assert!(err.contains("not a symlink"), "{err}");
+    std::fs::remove_dir(root.path.join("current")).unwrap();
+
+    // RELEASE_ROOT works like --root.
+    let out = release()
+        .env("RELEASE_ROOT", &root.path)
+        .args(["--json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(json_ok(&out), serde_json::json!([]));
+}
