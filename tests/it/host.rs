@@ -1303,3 +1303,67 @@ fn unsafe_roots_are_refused_with_the_fix() {
         .unwrap();
     assert_eq!(json_ok(&out), serde_json::json!([]));
 }
+
+/// The first member of an artifact (its manifest), without reading the rest.
+fn manifest_bytes(artifact: &Path) -> Vec<u8> {
+    let file = std::fs::File::open(artifact).unwrap();
+    let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
+    let mut first = archive.entries().unwrap().next().unwrap().unwrap();
+    let mut bytes = Vec::new();
+    first.read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn list_and_status_stay_fast_with_500_releases() {
+    let art = artifacts();
+    let root = Root::new();
+    let manifest = manifest_bytes(&art.a);
+    let commit12 = &art.commit_a[..12];
+    let releases = root.path.join("releases");
+    std::fs::create_dir_all(&releases).unwrap();
+    let mut journal = String::new();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        let t = start + chrono::Duration::minutes(i);
+        let id = format!("{commit12}-{}", t.format("%Y%m%dT%H%M%SZ"));
+        let dir = releases.join(&id);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("release.json"), &manifest).unwrap();
+        let at = t.format("%Y-%m-%dT%H:%M:%SZ");
+        journal.push_str(&format!(
+            "{{\"event\":\"installed\",\"release\":\"{id}\",\"from\":null,\"at\":\"{at}\",\"user\":\"ci\",\"host\":\"h\"}}\n"
+        ));
+        journal.push_str(&format!(
+            "{{\"event\":\"activated\",\"release\":\"{id}\",\"from\":{},\"at\":\"{at}\",\"user\":\"ci\",\"host\":\"h\"}}\n",
+            ids.last().map_or("null".to_string(), |p| format!("\"{p}\""))
+        ));
+        ids.push(id);
+    }
+    std::fs::write(root.path.join("history.jsonl"), journal).unwrap();
+    std::os::unix::fs::symlink(format!("releases/{}", ids[499]), root.path.join("current"))
+        .unwrap();
+
+    let started = Instant::now();
+    let rows = root.json(&["list"]);
+    let list_time = started.elapsed();
+    let started = Instant::now();
+    let status = root.json(&["status"]);
+    let status_time = started.elapsed();
+    eprintln!("500 releases: list {list_time:?}, status {status_time:?}");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 500);
+    assert_eq!(rows[0]["id"], ids[499].as_str());
+    assert_eq!(rows[0]["state"], "current");
+    assert_eq!(rows[1]["state"], "rollback-target");
+    assert_eq!(rows[2]["state"], "inactive");
+    assert_eq!(rows[499]["bytes"], rows[0]["bytes"]);
+    assert_eq!(status["current"], ids[499].as_str());
+    // Generous for a debug build on a busy machine; it reads 500 small
+    // prefixes and one journal, never a tree.
+    assert!(
+        list_time < Duration::from_secs(3),
+        "list took {list_time:?}"
+    );
+}
