@@ -479,7 +479,15 @@ pub fn install(
                 "recreating the venv from wheels/ with {} (offline)",
                 python.display()
             ));
-            python::rebuild_venv(&dir, python)?;
+            python::rebuild_venv(&dir, python).map_err(|e| {
+                Error::failed(format!(
+                    "recreating the venv of {} with {} failed: {e}\n  nothing was installed; fix: use an interpreter the release's wheels/ fit ({}), or install the one it was built with ({}) and drop --rebuild-venv",
+                    manifest.release,
+                    python.display(),
+                    python::describe_need(&manifest.python),
+                    manifest.python.base_executable
+                ))
+            })?;
             record.replaced.push("venv".into());
             for entry in crate::build::scan_tree(&dir.join("venv"), "venv")? {
                 record.set_entry(entry);
