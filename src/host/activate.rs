@@ -6,10 +6,13 @@
 //!    journals `failed` and stops with nothing changed (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
+//! 2b. **services preflight** — every `[[service]]` pidfile names a live
+//!    process of this app; otherwise stop with nothing changed (exit 1).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
 //!    `[[service]]` and `[health]`. On failure: switch back, reload the old
 //!    release, journal `failed` with `reverted`, exit 3.
-//! 5. **after** — `after_activate` / `notify` hooks go here (not run yet).
+//! 5. **after** — the `after_activate` hook (a failure is a warning: the
+//!    release is live) and `notify` (POST the journal event; never fatal).
 
 use std::time::Instant;
 
@@ -118,6 +121,21 @@ pub fn activate(
         }
     }
 
+    // 2b. every service can be reloaded (live pidfile of this app), before
+    //     anything changes
+    if let Err(failure) = services::preflight(config, host) {
+        let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
+        event.step = Some(failure.step.into());
+        event.error = Some(failure.reason.clone());
+        journal.append(lock, &event)?;
+        hooks::notify(config, &event, printer);
+        return Err(Error::failed(format!(
+            "{}; nothing changed, {} is still current",
+            failure.reason,
+            from.as_deref().unwrap_or("no release")
+        )));
+    }
+
     // 3. switch
     host.switch_current(lock, &target.name)?;
     let event = Event::new(kind, &target.name, from.as_deref());
@@ -134,13 +152,17 @@ pub fn activate(
     ));
 
     // 4. reload services + health check; on failure switch back (exit 3)
-    if let Err(failure) = services::reload_and_check(config, &target.name, printer) {
+    if let Err(failure) = services::reload_and_check(config, host, &target.name, printer) {
+        printer.warn(&format!(
+            "{} failed on {}: {}; switching back",
+            failure.step, target.name, failure.reason
+        ));
         let restored = match &from {
             Some(previous) => {
                 host.switch_current(lock, previous)?;
-                let again = services::reload_and_check(config, previous, printer);
+                let again = services::reload_and_check(config, host, previous, printer);
                 match again {
-                    Ok(()) => format!("switched current back: {previous} is live again"),
+                    Ok(_) => format!("switched current back: {previous} is live again"),
                     Err(f) => format!(
                         "switched current back to {previous}, but reloading it failed too ({}: {})",
                         f.step, f.reason
@@ -158,6 +180,7 @@ pub fn activate(
         event.error = Some(failure.reason.clone());
         event.reverted = true;
         journal.append(lock, &event)?;
+        hooks::notify(config, &event, printer);
         return Err(Error::ActivationFailed {
             release: target.name.clone(),
             reason: format!("{} failed: {}", failure.step, failure.reason),
@@ -167,10 +190,16 @@ pub fn activate(
         });
     }
 
-    // 5. after_activate / notify: parsed, run by a later version.
-    if config.hooks.after_activate.is_some() || config.hooks.notify.is_some() {
-        printer.warn("[hooks] after_activate / notify are not run by this version");
+    // 5. after_activate (a failure is reported, the release stays live) and notify
+    if let Some(after) = &config.hooks.after_activate {
+        if let Err(failure) = hooks::run(after, &target.dir, &target.name) {
+            printer.warn(&format!(
+                "after_activate hook `{after}` failed ({}); {} stays live:\n{}",
+                failure.status, target.name, failure.tail
+            ));
+        }
     }
+    hooks::notify(config, &event, printer);
     Ok(report(false))
 }
 

@@ -51,3 +51,18 @@ pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), Ho
         tail: tail(&text, 20),
     })
 }
+
+/// POST a journal event to `[hooks] notify`; a failure is a warning, never fatal.
+pub fn notify(
+    config: &crate::host::config::HostConfig,
+    event: &crate::host::journal::Event,
+    printer: &crate::output::Printer,
+) {
+    let Some(url) = &config.hooks.notify else {
+        return;
+    };
+    let body = serde_json::to_value(event).unwrap_or_default();
+    if let Err(why) = crate::reload::notify(url, &body) {
+        printer.warn(&format!("{why} (the deploy itself is done)"));
+    }
+}

@@ -212,6 +212,7 @@ impl Status {
             "rollback  {}\n",
             self.rollback_target.as_deref().unwrap_or("(none)")
         ));
+        text.push_str(&services::human(&self.services));
         text
     }
 }
@@ -247,7 +248,14 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
         path: release.map(|r| r.dir.clone()),
         rollback_target: history.rollback_target(id).map(str::to_string),
         releases: installed.len(),
-        services: services::statuses(config),
+        services: services::statuses(
+            config,
+            host,
+            id,
+            activation
+                .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
+                .map(|t| t.timestamp()),
+        ),
     })
 }
 

@@ -1,58 +1,237 @@
 //! Services after a switch: reload each `[[service]]` so its processes move to
 //! the new release, then run the `[health]` check. This is the seam of the
-//! activation pipeline (see `activate.rs`): when [`reload_and_check`] fails,
-//! activation switches `current` back, reloads again, journals `failed` and
-//! exits 3.
+//! activation pipeline (see `activate.rs`): [`preflight`] runs before the
+//! switch (a service that cannot be reloaded stops the activation with nothing
+//! changed); when [`reload_and_check`] fails after the switch, activation
+//! switches `current` back, reloads again, journals `failed` and exits 3.
 //!
-//! This version parses `[[service]]` and `[health]` (the keys are the
-//! contract, see docs/host.md) but does not act on them yet: the reload
-//! strategies of DESIGN.md §2 ("Reloading") come next. Until then it warns
-//! that configured services must be reloaded by hand.
+//! The strategies themselves, and how a reload is confirmed from the
+//! processes, live in `crate::reload`; `status` reads `/proc` through
+//! `crate::procs`.
+
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::host::config::HostConfig;
+use crate::host::layout::Host;
 use crate::output::Printer;
-
-/// One service as `status` reports it (pid, alive, which release its
-/// processes run). Empty until services are reloaded by `release`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub pid: Option<i32>,
-    pub alive: bool,
-    pub releases: Vec<String>,
-}
+use crate::procs::{self, Pid};
+use crate::reload::{self, ReloadOutcome, Running, ServiceConfig, Strategy, Target};
 
 /// Why the services did not come up on the new release.
 #[derive(Debug, Clone)]
 pub struct ReloadFailure {
-    /// `reload` or `health`.
+    /// `preflight`, `reload` or `health`.
     pub step: &'static str,
     pub reason: String,
 }
 
-/// Reload every service onto `release` and wait for the health check.
-pub fn reload_and_check(
-    config: &HostConfig,
-    release: &str,
-    printer: &Printer,
-) -> Result<(), ReloadFailure> {
-    if !config.services.is_empty() || config.health.is_some() {
-        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-        printer.warn(&format!(
-            "[[service]]/[health] in release.toml are not acted on by this version: reload {} yourself so they run {release}",
-            if names.is_empty() {
-                "your services".to_string()
-            } else {
-                names.join(", ")
-            }
-        ));
-    }
-    Ok(())
+fn releases_dir(host: &Host) -> PathBuf {
+    std::fs::canonicalize(&host.releases).unwrap_or_else(|_| host.releases.clone())
 }
 
-/// The services of `status`; empty until reloads are implemented.
-pub fn statuses(_config: &HostConfig) -> Vec<ServiceStatus> {
-    Vec::new()
+/// Before anything changes: every service's pidfile names a live process of
+/// this app (or the service is optional and down).
+pub fn preflight(config: &HostConfig, host: &Host) -> Result<Vec<Option<Running>>, ReloadFailure> {
+    reload::preflight(&config.services, &host.root).map_err(|e| ReloadFailure {
+        step: "preflight",
+        reason: e.to_string(),
+    })
+}
+
+/// Reload every service onto `release` (a directory name under releases/),
+/// each confirmed from its processes, then wait for the health check.
+pub fn reload_and_check(
+    config: &HostConfig,
+    host: &Host,
+    release: &str,
+    printer: &Printer,
+) -> Result<Vec<ReloadOutcome>, ReloadFailure> {
+    let releases_dir = releases_dir(host);
+    let target = Target {
+        root: &host.root,
+        releases_dir: &releases_dir,
+        id: release,
+        release: release.split('-').next().unwrap_or(release),
+    };
+    let running = preflight(config, host)?;
+    let mut outcomes = Vec::new();
+    for (service, running) in config.services.iter().zip(&running) {
+        printer.progress(&format!("reloading {} ({})", service.name, service.reload));
+        let outcome = reload::reload(service, running.as_ref(), &target, config.health.as_ref())
+            .map_err(|e| ReloadFailure {
+                step: "reload",
+                reason: e.to_string(),
+            })?;
+        match &outcome.skipped {
+            Some(why) => printer.warn(&format!("service {} skipped: {why}", service.name)),
+            None => printer.progress(&format!(
+                "  {} on {release} in {:.2}s (pid {}, workers {:?})",
+                service.name,
+                outcome.seconds,
+                outcome.pid.map_or("?".into(), |p| p.to_string()),
+                outcome.workers
+            )),
+        }
+        outcomes.push(outcome);
+    }
+    if let Some(health) = &config.health {
+        printer.progress(&format!("health check {}", health.url));
+        reload::health_check(health, &target).map_err(|reason| ReloadFailure {
+            step: "health",
+            reason,
+        })?;
+    }
+    Ok(outcomes)
+}
+
+/// One process of a service, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessStatus {
+    pub pid: Pid,
+    /// `master` (the pidfile's pid) or `worker` (its children).
+    pub role: &'static str,
+    /// The release its working directory is in.
+    pub release: Option<String>,
+    /// Every release it uses: working directory, executable, mapped files.
+    pub releases: Vec<String>,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: Option<String>,
+}
+
+/// One service as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub reload: String,
+    pub pidfile: Option<PathBuf>,
+    pub pid: Option<Pid>,
+    pub alive: bool,
+    /// Why there is no live pid (missing or stale pidfile).
+    pub problem: Option<String>,
+    pub processes: Vec<ProcessStatus>,
+    /// True when some process still runs an older release.
+    pub stale: bool,
+    /// What is stale and how to fix it.
+    pub notes: Vec<String>,
+}
+
+/// What each configured service's processes really run. `current` is the
+/// current release id, `activated_at` when it became current (epoch seconds).
+pub fn statuses(
+    config: &HostConfig,
+    host: &Host,
+    current: Option<&str>,
+    activated_at: Option<i64>,
+) -> Vec<ServiceStatus> {
+    let releases_dir = releases_dir(host);
+    config
+        .services
+        .iter()
+        .map(|s| service_status(s, &releases_dir, current, activated_at))
+        .collect()
+}
+
+fn service_status(
+    service: &ServiceConfig,
+    releases_dir: &std::path::Path,
+    current: Option<&str>,
+    activated_at: Option<i64>,
+) -> ServiceStatus {
+    let mut status = ServiceStatus {
+        name: service.name.clone(),
+        reload: service.reload.to_string(),
+        pidfile: service.pidfile.clone(),
+        pid: None,
+        alive: false,
+        problem: None,
+        processes: Vec::new(),
+        stale: false,
+        notes: Vec::new(),
+    };
+    let Some(pidfile) = &service.pidfile else {
+        status.problem = Some("no pidfile configured; its processes cannot be inspected".into());
+        return status;
+    };
+    let pid = match procs::read_pidfile(pidfile) {
+        Ok(pid) => pid,
+        Err(problem) => {
+            status.problem = Some(format!("pidfile {} {problem}", pidfile.display()));
+            return status;
+        }
+    };
+    status.pid = Some(pid);
+    status.alive = true;
+    let mut pids = vec![(pid, "master")];
+    pids.extend(procs::children(pid).into_iter().map(|k| (k, "worker")));
+    for (pid, role) in pids {
+        let used = procs::releases_used(pid, releases_dir);
+        let started = procs::start_time(pid);
+        let process = ProcessStatus {
+            pid,
+            role,
+            release: used.cwd_release.clone(),
+            releases: used.all().into_iter().collect(),
+            started_at: started
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        };
+        if let Some(current) = current {
+            let old: Vec<&String> = process.releases.iter().filter(|r| r.as_str() != current).collect();
+            if !old.is_empty() {
+                status.stale = true;
+                status.notes.push(format!(
+                    "{role} {pid} still runs {} (current is {current})",
+                    old.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            // A gunicorn master keeps the interpreter and everything it imported
+            // (gunicorn itself, its dependencies, a preloaded app) across HUP.
+            let gunicorn_master = role == "master" && procs::cmdline(pid).contains("gunicorn");
+            if gunicorn_master && started.zip(activated_at).is_some_and(|(s, a)| s < a) {
+                status.stale = true;
+                status.notes.push(format!(
+                    "master {pid} started before {current} was activated: its interpreter and imported packages are from an older release (HUP does not renew them); use reload = \"gunicorn-upgrade\" or restart it"
+                ));
+            }
+        }
+        status.processes.push(process);
+    }
+    if service.reload == Strategy::Hup && status.processes.iter().all(|p| p.release.is_none()) {
+        status.notes.push(
+            "no process works inside a release: start it with --chdir/--workdir through current so reloads can be confirmed".into(),
+        );
+    }
+    status
+}
+
+/// Human lines for `release status`.
+pub fn human(services: &[ServiceStatus]) -> String {
+    let mut text = String::new();
+    for s in services {
+        let head = match (s.pid, &s.problem) {
+            (Some(pid), _) => format!("pid {pid}, alive"),
+            (None, Some(problem)) => problem.clone(),
+            (None, None) => "not running".into(),
+        };
+        text.push_str(&format!(
+            "service   {} ({}): {head}{}\n",
+            s.name,
+            s.reload,
+            if s.stale { "  STALE" } else { "" }
+        ));
+        for p in &s.processes {
+            text.push_str(&format!(
+                "          {:<6} {:>7}  {}\n",
+                p.role,
+                p.pid,
+                p.release.as_deref().unwrap_or("(working directory not in a release)")
+            ));
+        }
+        for note in &s.notes {
+            text.push_str(&format!("          ! {note}\n"));
+        }
+    }
+    text
 }

@@ -4,3 +4,5 @@
 mod build;
 mod common;
 mod host;
+mod reload;
+mod services;

@@ -326,7 +326,7 @@ fn client(
     while !stop.load(Ordering::SeqCst) {
         sent.fetch_add(1, Ordering::Relaxed);
         let reused = conn.is_some();
-        let mut attempt = |conn: &mut Option<Conn>| -> std::io::Result<(u16, String)> {
+        let attempt = |conn: &mut Option<Conn>| -> std::io::Result<(u16, String)> {
             if conn.is_none() {
                 *conn = Some(connect()?);
             }
