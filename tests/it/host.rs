@@ -512,6 +512,24 @@ fn two_rollbacks_go_two_steps_back_and_ids_must_be_unique() {
         "{err}"
     );
     assert_eq!(root.current().as_deref(), Some(c.as_str()));
+
+    // An incomplete release (its manifest gone) is listed as such and refused.
+    let broken = root.path.join("releases").join(&d);
+    Command::new("chmod")
+        .arg("u+w")
+        .arg(&broken)
+        .status()
+        .unwrap();
+    std::fs::remove_file(broken.join("release.json")).unwrap();
+    assert_eq!(root.state_of(&d), "incomplete");
+    let err = root.fails(&["rollback", "--to", &d], 1);
+    assert!(err.contains(&d) && err.contains("incomplete"), "{err}");
+    let err = root.fails(&["activate", &d], 1);
+    assert!(
+        err.contains("incomplete") && err.contains("install its artifact again"),
+        "{err}"
+    );
+    assert_eq!(root.current().as_deref(), Some(c.as_str()));
 }
 
 #[test]
@@ -788,9 +806,22 @@ fn corrupt_or_unsafe_artifacts_are_refused_and_leave_nothing() {
     std::fs::write(&junk, b"hello, this is not zstd").unwrap();
     refused(&root, &junk, &[], &["not a release artifact"]);
 
-    // And the real one still installs into the same root.
-    root.install(&art.a);
-    assert_eq!(root.release_dirs().len(), 1);
+    // And the real content still installs into the same root, here from a
+    // gzip artifact (the same tar, recompressed) when the tools are around.
+    let gz = dir.path().join("mysite.tar.gz");
+    let recompressed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | gzip -1 > '{}'",
+            art.a.display(),
+            gz.display()
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    let id = root.install(if recompressed { &gz } else { &art.a });
+    assert_eq!(root.release_dirs(), vec![id.clone()]);
+    root.ok(&["activate", &id]);
+    assert_eq!(root.json(&["verify"])["ok"], true);
 }
 
 #[test]
