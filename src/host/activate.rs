@@ -4,10 +4,10 @@
 //!    current, say so and stop.
 //! 2. **check** — the `check` hook runs inside the target release; failure
 //!    journals `failed` and stops with nothing changed (exit 1).
+//!    **services preflight** — every `[[service]]` pidfile names a live
+//!    process of this app; otherwise stop with nothing changed (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
-//! 2b. **services preflight** — every `[[service]]` pidfile names a live
-//!    process of this app; otherwise stop with nothing changed (exit 1).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
 //!    `[[service]]` and `[health]`. On failure: switch back, reload the old
 //!    release, journal `failed` with `reverted`, exit 3.

@@ -178,12 +178,19 @@ fn service_status(
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         };
         if let Some(current) = current {
-            let old: Vec<&String> = process.releases.iter().filter(|r| r.as_str() != current).collect();
+            let old: Vec<&String> = process
+                .releases
+                .iter()
+                .filter(|r| r.as_str() != current)
+                .collect();
             if !old.is_empty() {
                 status.stale = true;
                 status.notes.push(format!(
                     "{role} {pid} still runs {} (current is {current})",
-                    old.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    old.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             // A gunicorn master keeps the interpreter and everything it imported
@@ -226,7 +233,9 @@ pub fn human(services: &[ServiceStatus]) -> String {
                 "          {:<6} {:>7}  {}\n",
                 p.role,
                 p.pid,
-                p.release.as_deref().unwrap_or("(working directory not in a release)")
+                p.release
+                    .as_deref()
+                    .unwrap_or("(working directory not in a release)")
             ));
         }
         for note in &s.notes {
