@@ -3,20 +3,20 @@
 //! ```toml
 //! keep = 5                                  # releases `prune` keeps (plus current + rollback target)
 //! shared = ["app/media", "app/.env"]        # release path -> <root>/shared/<same path>
-//! [[service]]                               # parsed (crate::reload's types); acted on by a later version
+//! [[service]]                               # crate::reload's types; reloaded after the switch
 //! name = "web"
 //! pidfile = "/run/mysite/gunicorn.pid"
 //! reload = "gunicorn-upgrade"               # hup | gunicorn-upgrade | systemd:UNIT | supervisor:PROG | command:CMD
 //! timeout = "60s"
 //! required = true
-//! [health]                                  # parsed; checked by a later version
+//! [health]                                  # polled after the reloads
 //! url = "http://127.0.0.1:8000/healthz"
 //! expect = "{release}"
 //! timeout = "30s"
 //! [hooks]
 //! check = "python -c 'import mysite.wsgi'"  # run in the new release's app/ before the switch
-//! after_activate = "..."                    # parsed; run by a later version
-//! notify = "https://example.invalid/deploys"
+//! after_activate = "..."                    # after the switch; a failure only warns
+//! notify = "https://example.invalid/deploys" # POST of the journal event; never fatal
 //! ```
 
 use std::path::Path;
