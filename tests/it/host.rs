@@ -1248,8 +1248,36 @@ fn a_torn_journal_line_and_leftovers_are_repaired_by_the_next_writer() {
     let art = artifacts();
     let root = Root::new();
     let a = root.install(&art.a);
-    let b = root.install(&art.b);
     root.ok(&["activate", &a]);
+    // An install killed mid-way leaves its incoming directory and nothing else.
+    let mut killed = root
+        .cmd(&["install", art.c.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let releases = root.path.join("releases");
+    wait_until(Duration::from_secs(60), || {
+        std::fs::read_dir(&releases).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".incoming-")
+        })
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(root.release_dirs().len(), 2, "{:?}", root.release_dirs());
+    assert_eq!(root.current().as_deref(), Some(a.as_str()));
+    assert_eq!(root.state_of(&a), "current");
+    // The next mutating command removes it (and installs cleanly).
+    let b = root.install(&art.b);
+    assert!(
+        !root.release_dirs().iter().any(|d| d.starts_with('.')),
+        "{:?}",
+        root.release_dirs()
+    );
+
     // A crash mid-append, a half-unpacked install, a half-made switch.
     let journal = root.path.join("history.jsonl");
     let whole = std::fs::read_to_string(&journal).unwrap();
