@@ -17,7 +17,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::archive::HashingReader;
 use crate::error::{Error, Result};
@@ -33,8 +33,6 @@ pub struct Extracted {
     pub files: u64,
     /// Bytes of regular files written.
     pub bytes: u64,
-    /// Every directory created, parents before children.
-    pub dirs: Vec<PathBuf>,
 }
 
 /// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.
@@ -202,7 +200,6 @@ impl<'a> Extractor<'a> {
                     .mode(0o755)
                     .create(&target_path)
                     .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
-                self.out.dirs.push(target_path);
             }
             EntryType::Symlink => {
                 let link = entry

@@ -405,7 +405,13 @@ pub fn install(
             let plan = plan_venv(options, &manifest)?;
             check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
             let incoming = Incoming::create(host)?;
-            Extractor::new(artifact, &manifest, &incoming.path).run(entries)?;
+            let unpacked = Extractor::new(artifact, &manifest, &incoming.path).run(entries)?;
+            if printer.verbose > 0 {
+                printer.progress(&format!(
+                    "unpacked {} files ({} bytes), every one checked against the manifest",
+                    unpacked.files, unpacked.bytes
+                ));
+            }
             Stage::Unpacked {
                 manifest,
                 json,
