@@ -1,6 +1,8 @@
 //! Hooks from `[hooks]` in release.toml, run with `/bin/sh -c` inside a
-//! release: cwd `<release>/app`, `PATH` starting with `<release>/venv/bin`,
-//! `VIRTUAL_ENV`, `RELEASE_ID` and `RELEASE_DIR` set.
+//! release: cwd `<release>` (so the design's `venv/bin/python -c 'import
+//! mysite.wsgi'` works as written), `PYTHONPATH` starting with `<release>/app`
+//! (the app imports as it does under gunicorn --chdir), `PATH` starting with
+//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID` and `RELEASE_DIR` set.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,11 +23,17 @@ pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), Ho
         paths.extend(std::env::split_paths(&path));
     }
     let path = std::env::join_paths(paths).unwrap_or_default();
+    let mut python_path = vec![release_dir.join("app")];
+    if let Some(existing) = std::env::var_os("PYTHONPATH") {
+        python_path.extend(std::env::split_paths(&existing));
+    }
+    let python_path = std::env::join_paths(python_path).unwrap_or_default();
     let out = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
-        .current_dir(release_dir.join("app"))
+        .current_dir(release_dir)
         .env("PATH", path)
+        .env("PYTHONPATH", python_path)
         .env("VIRTUAL_ENV", &venv)
         .env("RELEASE_ID", release_id)
         .env("RELEASE_DIR", release_dir)

@@ -397,10 +397,11 @@ impl Celery {
         let pidfile = run_dir.join("celery.pid");
         let app = root.join("current/app");
         let mut cmd = Command::new(root.join("current/venv/bin/celery"));
-        cmd.args(["-A", "mysite", "worker", "--loglevel", "info", "-c", "1"])
-            .args(["--without-mingle", "--without-gossip", "--without-heartbeat"])
-            .arg("--workdir")
+        // --workdir is one of celery's global options: before the subcommand.
+        cmd.arg("--workdir")
             .arg(&app)
+            .args(["-A", "mysite", "worker", "--loglevel", "info", "-c", "1"])
+            .args(["--without-mingle", "--without-gossip", "--without-heartbeat"])
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--hostname")
