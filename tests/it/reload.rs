@@ -28,7 +28,11 @@ impl Host {
     /// Build the app's HEAD and install it; returns (release dir id, commit12).
     fn install_head(&self) -> (String, String) {
         let artifact = self.app.build_ok(&self.app.tmp.path().join("dist"), &[]);
-        let out = self.cmd(&["install", "--json"]).arg(&artifact).output().unwrap();
+        let out = self
+            .cmd(&["install", "--json"])
+            .arg(&artifact)
+            .output()
+            .unwrap();
         let report = json_ok(&out);
         (
             report["id"].as_str().unwrap().to_string(),
@@ -120,12 +124,20 @@ fn gunicorn_under_load_through_20_switches_drops_nothing() {
         host.ok(&["activate", &b.0]);
         switch_times.push(t.elapsed());
         // activate returns once the health check saw B; every request now hits B.
-        assert_eq!(g.get("/healthz").1, b.1, "round {round}: B not serving after activate");
+        assert_eq!(
+            g.get("/healthz").1,
+            b.1,
+            "round {round}: B not serving after activate"
+        );
         std::thread::sleep(Duration::from_millis(300));
         let t = Instant::now();
         host.ok(&["rollback"]);
         switch_times.push(t.elapsed());
-        assert_eq!(g.get("/healthz").1, a.1, "round {round}: A not serving after rollback");
+        assert_eq!(
+            g.get("/healthz").1,
+            a.1,
+            "round {round}: A not serving after rollback"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let elapsed = started.elapsed();
@@ -151,9 +163,18 @@ fn gunicorn_under_load_through_20_switches_drops_nothing() {
     assert_eq!(report.server_errors, 0, "{:?}", report.errors);
     assert_eq!(report.other_status, 0, "{:?}", report.errors);
     assert!(report.bodies.contains_key(&a.1) && report.bodies.contains_key(&b.1));
-    assert_eq!(report.bodies.len(), 2, "unexpected bodies: {:?}", report.bodies);
+    assert_eq!(
+        report.bodies.len(),
+        2,
+        "unexpected bodies: {:?}",
+        report.bodies
+    );
 
-    let activations = host.journal().iter().filter(|e| e["event"] == "activated").count();
+    let activations = host
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "activated")
+        .count();
     assert!(activations >= 11, "journal has {activations} activations");
 }
 
@@ -163,8 +184,10 @@ fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
     let a = host.install_head();
     // Release C pins another gunicorn: only a new interpreter can pick it up.
     let reqs = std::fs::read_to_string(host.app.path("requirements.txt")).unwrap();
-    host.app
-        .write("requirements.txt", &reqs.replace("gunicorn==23.0.0", "gunicorn==22.0.0"));
+    host.app.write(
+        "requirements.txt",
+        &reqs.replace("gunicorn==23.0.0", "gunicorn==22.0.0"),
+    );
     host.app.commit("gunicorn 22");
     let c = host.install_head();
     host.ok(&["activate", &a.0]);
@@ -178,13 +201,22 @@ fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
     host.ok(&["activate", &c.0]);
     let after_hup = info(&g);
     assert_eq!(after_hup["release"], c.1.as_str());
-    assert_eq!(after_hup["gunicorn"], "23.0.0", "HUP cannot load another gunicorn");
+    assert_eq!(
+        after_hup["gunicorn"], "23.0.0",
+        "HUP cannot load another gunicorn"
+    );
     let status = host.status();
     let web = &status["services"][0];
     assert_eq!(web["name"], "web");
-    assert_eq!(web["stale"], true, "status must flag the old master: {status}");
+    assert_eq!(
+        web["stale"], true,
+        "status must flag the old master: {status}"
+    );
     let text = stdout(&host.ok(&["status"]));
-    assert!(text.contains("gunicorn-upgrade"), "status should say how to fix it:\n{text}");
+    assert!(
+        text.contains("gunicorn-upgrade"),
+        "status should say how to fix it:\n{text}"
+    );
 
     // gunicorn-upgrade: a new master from C's venv takes over the socket.
     host.write_config(&web_config(&g, "gunicorn-upgrade", ""));
@@ -196,7 +228,10 @@ fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
     eprintln!("gunicorn-upgrade: activate→serving {:?}", t.elapsed());
     let after_upgrade = info(&g);
     assert_eq!(after_upgrade["release"], c.1.as_str());
-    assert_eq!(after_upgrade["gunicorn"], "22.0.0", "the new venv must serve");
+    assert_eq!(
+        after_upgrade["gunicorn"], "22.0.0",
+        "the new venv must serve"
+    );
     assert_ne!(std::fs::read_to_string(&g.pidfile).unwrap(), old_master);
     let status = host.status();
     assert_eq!(status["services"][0]["stale"], false, "{status}");
@@ -223,7 +258,10 @@ fn a_release_that_fails_to_import_is_stopped_by_check_or_rolled_back() {
         "\n[hooks]\ncheck = \"venv/bin/python -c 'import mysite.wsgi'\"\n",
     ));
     let err = fails_with(&host.run(&["activate", &broken]), 1);
-    assert!(err.contains("check") && err.contains("this_module_does_not_exist_anywhere"), "{err}");
+    assert!(
+        err.contains("check") && err.contains("this_module_does_not_exist_anywhere"),
+        "{err}"
+    );
     assert_eq!(host.current(), a.0);
     assert_eq!(host.journal().last().unwrap()["event"], "failed");
 
@@ -236,17 +274,28 @@ fn a_release_that_fails_to_import_is_stopped_by_check_or_rolled_back() {
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
     let err = fails_with(&out, 3);
-    assert!(err.contains(&a.0) && err.to_lowercase().contains("live again"), "{err}");
+    assert!(
+        err.contains(&a.0) && err.to_lowercase().contains("live again"),
+        "{err}"
+    );
     assert_eq!(host.current(), a.0);
     let last = host.journal().last().unwrap().clone();
     assert_eq!(last["event"], "failed", "{last}");
-    assert!(last["error"].as_str().is_some_and(|e| !e.is_empty()), "{last}");
+    assert!(
+        last["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{last}"
+    );
     eprintln!(
         "broken release under load: ok {}, 5xx {}, connection errors {}",
         report.ok, report.server_errors, report.connection_errors
     );
     assert!(report.ok > 20);
-    assert_eq!(report.connection_errors + report.server_errors + report.other_status, 0, "{:?}", report.errors);
+    assert_eq!(
+        report.connection_errors + report.server_errors + report.other_status,
+        0,
+        "{:?}",
+        report.errors
+    );
     assert_eq!(g.get("/healthz").1, a.0[..12]);
 }
 
@@ -271,7 +320,7 @@ fn celery_worker_moves_to_the_new_release_and_finishes_its_running_task() {
     // A long task is running when the reload starts.
     let slow = send_task(&host.root, &redis.url(), "t.slow.delay(6)", true).unwrap();
     wait_for("the slow task to start", Duration::from_secs(30), || {
-        worker.group.log_text().contains("mysite.tasks.slow")
+        worker.group.log_text().contains("slow task started")
     });
     let t = Instant::now();
     host.ok(&["activate", &b.0]);
@@ -279,10 +328,24 @@ fn celery_worker_moves_to_the_new_release_and_finishes_its_running_task() {
     let slow_out = slow.wait_with_output().unwrap();
     assert!(slow_out.status.success(), "{}", stderr(&slow_out));
     let slow_result: Value = serde_json::from_slice(&slow_out.stdout).unwrap();
-    assert_eq!(slow_result, a.1.as_str(), "the running task finished on the old release");
+    if slow_result != a.1.as_str() {
+        eprintln!("celery log:\n{}", worker.group.log_text());
+    }
+    assert_eq!(
+        slow_result,
+        a.1.as_str(),
+        "the running task finished on the old release"
+    );
     let after = whoami();
-    assert_eq!(after["release"], b.1.as_str(), "a task sent after the activation runs on B");
-    assert!(after["executable"].as_str().unwrap().ends_with("current/venv/bin/python"));
+    assert_eq!(
+        after["release"],
+        b.1.as_str(),
+        "a task sent after the activation runs on B"
+    );
+    assert!(after["executable"]
+        .as_str()
+        .unwrap()
+        .ends_with("current/venv/bin/python"));
 
     let status = host.status();
     let svc = &status["services"][0];
@@ -304,7 +367,10 @@ fn notify_posts_the_event_and_a_dead_url_does_not_fail_the_deploy() {
     assert_eq!(event["event"], "activated");
     assert_eq!(event["release"], b.0.as_str());
 
-    host.write_config(&format!("[hooks]\nnotify = \"http://127.0.0.1:{}/gone\"\n", free_port()));
+    host.write_config(&format!(
+        "[hooks]\nnotify = \"http://127.0.0.1:{}/gone\"\n",
+        free_port()
+    ));
     let out = host.ok(&["rollback"]);
     assert!(stderr(&out).contains("notify"), "{}", stderr(&out));
 }
@@ -323,7 +389,10 @@ fn pidfile_problems_are_refused_before_anything_changes() {
     let missing = host.run.join("nope.pid");
     host.write_config(&service(&missing, ""));
     let err = fails_with(&host.run(&["activate", &b.0]), 1);
-    assert!(err.contains("nope.pid") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("nope.pid") && err.contains("does not exist"),
+        "{err}"
+    );
     assert_eq!(host.current(), a.0);
 
     // A pidfile naming a dead process.
@@ -334,11 +403,17 @@ fn pidfile_problems_are_refused_before_anything_changes() {
     std::fs::write(&stale, format!("{dead_pid}\n")).unwrap();
     host.write_config(&service(&stale, ""));
     let err = fails_with(&host.run(&["activate", &b.0]), 1);
-    assert!(err.contains("stale.pid") && err.contains("not running"), "{err}");
+    assert!(
+        err.contains("stale.pid") && err.contains("not running"),
+        "{err}"
+    );
     assert_eq!(host.current(), a.0);
 
     // A pidfile naming an unrelated live process.
-    let mut other = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let unrelated = host.run.join("unrelated.pid");
     std::fs::write(&unrelated, format!("{}\n", other.id())).unwrap();
     host.write_config(&service(&unrelated, ""));

@@ -181,7 +181,8 @@ pub fn get(port: u16, path: &str, _keep: bool) -> std::io::Result<(u16, String)>
     let mut conn = Conn {
         reader: BufReader::new(stream),
     };
-    conn.request(path, false).map(|(status, body, _)| (status, body))
+    conn.request(path, false)
+        .map(|(status, body, _)| (status, body))
 }
 
 struct Conn {
@@ -193,9 +194,8 @@ impl Conn {
     /// `keep_alive` false the request asks the server to close.
     fn request(&mut self, path: &str, keep_alive: bool) -> std::io::Result<(u16, String, bool)> {
         let connection = if keep_alive { "keep-alive" } else { "close" };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\n\r\n"
-        );
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\n\r\n");
         self.reader.get_mut().write_all(req.as_bytes())?;
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
@@ -238,7 +238,10 @@ impl Conn {
             }
         }
         if close {
-            self.reader.get_mut().shutdown(std::net::Shutdown::Both).ok();
+            self.reader
+                .get_mut()
+                .shutdown(std::net::Shutdown::Both)
+                .ok();
         }
         Ok((status, String::from_utf8_lossy(&body).into_owned(), close))
     }
@@ -361,7 +364,10 @@ fn client(
             Ok((status, body)) if status >= 500 => {
                 report.server_errors += 1;
                 if report.errors.len() < 20 {
-                    report.errors.push(format!("{status}: {}", body.chars().take(200).collect::<String>()));
+                    report.errors.push(format!(
+                        "{status}: {}",
+                        body.chars().take(200).collect::<String>()
+                    ));
                 }
             }
             Ok((status, _)) => {
@@ -401,7 +407,11 @@ impl Celery {
         cmd.arg("--workdir")
             .arg(&app)
             .args(["-A", "mysite", "worker", "--loglevel", "info", "-c", "1"])
-            .args(["--without-mingle", "--without-gossip", "--without-heartbeat"])
+            .args([
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+            ])
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--hostname")
@@ -474,11 +484,13 @@ impl Sink {
                         }
                         let mut body = vec![0; length];
                         if reader.read_exact(&mut body).is_ok() {
-                            b.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                            b.lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&body).into_owned());
                         }
-                        let _ = reader.get_mut().write_all(
-                            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
-                        );
+                        let _ = reader
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
                     }
                     Err(_) => sleep(Duration::from_millis(20)),
                 }
