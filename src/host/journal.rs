@@ -94,13 +94,25 @@ impl Event {
     }
 }
 
-/// Who runs this command: the user behind sudo, else `$USER`, else the uid.
+/// Who runs this command: the user behind sudo, else `$USER`, else the name
+/// of the uid in /etc/passwd, else the uid.
 pub fn current_user() -> String {
-    ["SUDO_USER", "USER"]
+    ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .filter_map(|v| std::env::var(v).ok())
         .find(|u| !u.is_empty())
-        .unwrap_or_else(|| rustix::process::getuid().as_raw().to_string())
+        .unwrap_or_else(|| {
+            let uid = rustix::process::getuid().as_raw().to_string();
+            std::fs::read_to_string("/etc/passwd")
+                .ok()
+                .and_then(|passwd| {
+                    passwd.lines().find_map(|line| {
+                        let fields: Vec<&str> = line.split(':').collect();
+                        (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_string())
+                    })
+                })
+                .unwrap_or(uid)
+        })
 }
 
 pub fn host_name() -> String {

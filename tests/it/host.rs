@@ -1134,9 +1134,10 @@ fn the_check_hook_runs_in_the_new_release_and_stops_a_bad_one() {
         "[hooks]\ncheck = \"echo checking $RELEASE_ID in $(pwd); python -c 'import mysite.wsgi' && test \\\"$VIRTUAL_ENV\\\" = \\\"$RELEASE_DIR/venv\\\" && exit 7\"\n",
     );
     let err = root.fails(&["activate", &b], 1);
-    let b_app = root.path.join("releases").join(&b).join("app");
+    // The hook runs in the release root (app/ is on PYTHONPATH).
+    let b_dir = root.path.join("releases").join(&b);
     assert!(
-        err.contains(&format!("checking {b} in {}", b_app.display())),
+        err.contains(&format!("checking {b} in {}", b_dir.display())),
         "{err}"
     );
     assert!(

@@ -3,6 +3,7 @@
 
 mod build;
 mod common;
+mod demo;
 mod host;
 mod reload;
 mod services;
