@@ -190,8 +190,8 @@ pub fn pids_using(dir: &Path) -> Vec<Pid> {
     users
 }
 
-/// Seconds since the epoch at which `pid` started.
-pub fn start_time(pid: Pid) -> Option<i64> {
+/// Seconds since the epoch at which `pid` started (to the clock tick).
+pub fn start_time(pid: Pid) -> Option<f64> {
     let ticks = stat(pid)?.starttime;
     let hz = rustix::param::clock_ticks_per_second();
     let uptime: f64 = fs::read_to_string("/proc/uptime")
@@ -200,8 +200,8 @@ pub fn start_time(pid: Pid) -> Option<i64> {
         .next()?
         .parse()
         .ok()?;
-    let now = chrono::Utc::now().timestamp() as f64;
-    Some((now - uptime + ticks as f64 / hz as f64).round() as i64)
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    Some(now - uptime + ticks as f64 / hz as f64)
 }
 
 /// Send a signal by number; `false` when the process does not exist.

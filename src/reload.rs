@@ -546,9 +546,9 @@ fn gunicorn_upgrade(
 /// A gunicorn worker has booted when it has been alive for a moment: a worker
 /// whose app fails to import exits at once, and its master then halts.
 fn workers_booted(kids: &[Pid]) -> bool {
-    let now = chrono::Utc::now().timestamp();
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     kids.iter()
-        .all(|k| procs::start_time(*k).is_some_and(|t| now - t >= 1))
+        .all(|k| procs::start_time(*k).is_some_and(|t| now - t >= 1.0))
 }
 
 /// Poll the health URL until its body contains the expected text.

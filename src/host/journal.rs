@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::fsutil;
 use crate::host::lock::Lock;
-use crate::host::release_id::rfc3339;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,7 +80,8 @@ impl Event {
             event,
             release: release.to_string(),
             from: from.map(str::to_string),
-            at: rfc3339(chrono::Utc::now()),
+            // Milliseconds: `status` compares process start times with it.
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             user: current_user(),
             host: host_name(),
             error: None,

@@ -254,7 +254,7 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
             id,
             activation
                 .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
-                .map(|t| t.timestamp()),
+                .map(|t| t.timestamp_millis() as f64 / 1000.0),
         ),
     })
 }

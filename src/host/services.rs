@@ -123,7 +123,7 @@ pub fn statuses(
     config: &HostConfig,
     host: &Host,
     current: Option<&str>,
-    activated_at: Option<i64>,
+    activated_at: Option<f64>,
 ) -> Vec<ServiceStatus> {
     let releases_dir = releases_dir(host);
     config
@@ -137,7 +137,7 @@ fn service_status(
     service: &ServiceConfig,
     releases_dir: &std::path::Path,
     current: Option<&str>,
-    activated_at: Option<i64>,
+    activated_at: Option<f64>,
 ) -> ServiceStatus {
     let mut status = ServiceStatus {
         name: service.name.clone(),
@@ -174,7 +174,7 @@ fn service_status(
             release: used.cwd_release.clone(),
             releases: used.all().into_iter().collect(),
             started_at: started
-                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .and_then(|t| chrono::DateTime::from_timestamp_millis((t * 1000.0) as i64))
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         };
         if let Some(current) = current {
@@ -196,7 +196,8 @@ fn service_status(
             // A gunicorn master keeps the interpreter and everything it imported
             // (gunicorn itself, its dependencies, a preloaded app) across HUP.
             let gunicorn_master = role == "master" && procs::cmdline(pid).contains("gunicorn");
-            if gunicorn_master && started.zip(activated_at).is_some_and(|(s, a)| s < a) {
+            // (Start times are known to a clock tick; allow for it.)
+            if gunicorn_master && started.zip(activated_at).is_some_and(|(s, a)| s < a - 0.05) {
                 status.stale = true;
                 status.notes.push(format!(
                     "master {pid} started before {current} was activated: its interpreter and imported packages are from an older release (HUP does not renew them); use reload = \"gunicorn-upgrade\" or restart it"
