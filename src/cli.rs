@@ -41,6 +41,10 @@ pub enum Command {
     },
     #[command(flatten)]
     Host(HostCommand),
+    /// Print a shell completion script: `release completions bash > /etc/bash_completion.d/release`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from this command line: `release man > release.1`.
+    Man,
 }
 
 /// The host-side commands (docs/host.md). All need --root or $RELEASE_ROOT.

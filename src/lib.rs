@@ -17,7 +17,7 @@ pub mod reload;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exit_codes::ExitCode;
 use crate::output::Printer;
 
@@ -60,11 +60,14 @@ fn dispatch(cli: &Cli, printer: &Printer) -> Result<ExitCode> {
         Command::Host(command) => {
             return host::run(command, cli.root.as_deref(), cli.wait, printer);
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "release", &mut std::io::stdout());
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+        }
     }
     Ok(ExitCode::Success)
-}
-
-#[allow(dead_code)]
-fn usage(message: impl Into<String>) -> Error {
-    Error::Usage(message.into())
 }

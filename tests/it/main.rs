@@ -2,6 +2,7 @@
 //! pip/uv, tar archives and (for the host side) real processes.
 
 mod build;
+mod cli;
 mod common;
 mod demo;
 mod host;
