@@ -160,36 +160,6 @@ impl ProcessReleases {
     }
 }
 
-/// Every pid whose cwd, executable or maps lie under `dir` (best effort: the
-/// processes of other users are skipped when /proc hides them).
-pub fn pids_using(dir: &Path) -> Vec<Pid> {
-    let mut users = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return users;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<Pid>().ok())
-        else {
-            continue;
-        };
-        let under = |p: Option<PathBuf>| p.is_some_and(|p| p.starts_with(dir));
-        let uses = under(std::fs::read_link(format!("/proc/{pid}/cwd")).ok())
-            || under(std::fs::read_link(format!("/proc/{pid}/exe")).ok())
-            || std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
-                maps.lines()
-                    .filter_map(|l| l.split_whitespace().nth(5))
-                    .any(|p| Path::new(p).starts_with(dir))
-            });
-        if uses {
-            users.push(pid);
-        }
-    }
-    users
-}
-
 /// Seconds since the epoch at which `pid` started (to the clock tick).
 pub fn start_time(pid: Pid) -> Option<f64> {
     let ticks = stat(pid)?.starttime;

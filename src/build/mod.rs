@@ -6,7 +6,7 @@
 //! the deterministic archive.
 
 mod git;
-mod python;
+pub(crate) mod python;
 pub(crate) mod relocate;
 mod settings;
 

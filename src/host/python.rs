@@ -189,102 +189,23 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// `name==version` for every wheel file in `wheels`.
-fn wheel_pins(wheels: &Path) -> Result<Vec<String>> {
-    let mut pins = Vec::new();
-    for entry in fs::read_dir(wheels)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".whl") else {
-            continue;
-        };
-        let mut parts = stem.split('-');
-        match (parts.next(), parts.next()) {
-            (Some(dist), Some(version)) if !dist.is_empty() && !version.is_empty() => {
-                pins.push(format!("{dist}=={version}"));
-            }
-            _ => {
-                return Err(Error::failed(format!(
-                    "{}: not a wheel file name (`name-version-...whl`)",
-                    wheels.join(&name).display()
-                )))
-            }
-        }
-    }
-    pins.sort();
-    Ok(pins)
-}
-
-fn run(mut cmd: Command, what: &str) -> Result<()> {
-    let line = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .map_err(|e| Error::failed(format!("cannot run {what} ({line}): {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Err(Error::ToolFailed {
-        tool: what.to_string(),
-        command: line,
-        status: out.status.to_string(),
-        tail: tail(&text, 15),
-    })
-}
-
 /// Recreate `release_dir/venv` from `release_dir/wheels` with `python`,
 /// offline, then make it relocatable like the build does and byte-compile it.
 pub fn rebuild_venv(release_dir: &Path, python: &Path) -> Result<()> {
+    use crate::build::python as build;
     let venv = release_dir.join("venv");
-    let wheels = release_dir.join("wheels");
     if venv.exists() {
         crate::host::layout::remove_tree(&venv)?;
     }
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "venv", "--without-pip"]).arg(&venv);
-    run(cmd, "python -m venv")?;
-    let pins = wheel_pins(&wheels)?;
-    if !pins.is_empty() {
-        let mut cmd = Command::new(python);
-        cmd.args(["-m", "pip", "--python"])
-            .arg(venv.join("bin/python"))
-            .args([
-                "install",
-                "--no-index",
-                "--no-deps",
-                "--no-compile",
-                "--no-cache-dir",
-                "--no-warn-script-location",
-                "--progress-bar",
-                "off",
-                "--find-links",
-            ])
-            .arg(&wheels)
-            .args(&pins);
-        run(cmd, "pip install")?;
-    }
+    let interpreter = build::find_interpreter(&python.to_string_lossy())?;
+    let pip = build::Installer::Pip {
+        version: interpreter.pip_version.clone(),
+    };
+    // Nothing is built from source here (the wheels are all there), so the
+    // epoch only fills SOURCE_DATE_EPOCH.
+    build::create_venv(&pip, &interpreter, &venv, &release_dir.join("wheels"), 0)?;
     crate::build::relocate::relocate(&venv)?;
-    let mut cmd = Command::new(venv.join("bin/python"));
-    cmd.args([
-        "-m",
-        "compileall",
-        "-q",
-        "-q",
-        "-j",
-        "0",
-        "--invalidation-mode",
-        "checked-hash",
-        "-s",
-    ])
-    .arg(release_dir)
-    .arg(venv.join("lib"));
-    cmd.env_remove("PYTHONDONTWRITEBYTECODE");
-    // Like the build: a file that does not compile simply gets no pyc.
-    let _ = cmd.stdin(Stdio::null()).output();
-    Ok(())
+    build::compile(&venv, release_dir, &[venv.join("lib")], 0)
 }
 
 #[cfg(test)]
@@ -319,21 +240,5 @@ mod tests {
             "version 3.12.1, ABI cp312"
         );
         assert_eq!(describe_need(&need()), "cpython 3.11 (cp311, linux_x86_64)");
-    }
-
-    #[test]
-    fn pins_come_from_wheel_names() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in [
-            "Django-5.2.19-py3-none-any.whl",
-            "greeting-1.0-py3-none-any.whl",
-            "notes.txt",
-        ] {
-            std::fs::write(dir.path().join(name), "").unwrap();
-        }
-        assert_eq!(
-            wheel_pins(dir.path()).unwrap(),
-            vec!["Django==5.2.19", "greeting==1.0"]
-        );
     }
 }
