@@ -50,6 +50,8 @@ pub enum Command {
 /// The host-side commands (docs/host.md). All need --root or $RELEASE_ROOT.
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
+    /// Create the host layout (root, releases/, shared/) with safe permissions and a commented release.toml.
+    Init,
     /// Verify an artifact and install it into releases/<id>, read-only (host side).
     Install(InstallArgs),
     /// Switch `current` to an installed release (ID: unique prefix of a release id or commit).

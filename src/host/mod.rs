@@ -15,6 +15,7 @@ pub mod activate;
 pub mod config;
 pub mod extract;
 pub mod hooks;
+mod init;
 pub mod install;
 pub mod journal;
 pub mod layout;
@@ -139,6 +140,10 @@ pub fn run(
         HostCommand::Rollback { to } => {
             let s = Session::open(host, false, wait, printer)?;
             let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
+            printer.data(&report, || report.human());
+        }
+        HostCommand::Init => {
+            let report = init::init(&host)?;
             printer.data(&report, || report.human());
         }
         HostCommand::List => {

@@ -65,3 +65,66 @@ fn help_lists_every_command_and_usage_errors_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn init_writes_the_layout_and_a_commented_config_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv/mysite");
+    let out = release()
+        .arg("--root")
+        .arg(&root)
+        .args(["init", "--json"])
+        .output()
+        .unwrap();
+    let report = json_ok(&out);
+    assert_eq!(report["config_written"], true);
+    for dir in ["", "releases", "shared"] {
+        let mode = std::fs::metadata(root.join(dir))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o755, "{dir:?}");
+    }
+    let text = std::fs::read_to_string(root.join("release.toml")).unwrap();
+    for key in [
+        "keep",
+        "shared",
+        "[[service]]",
+        "pidfile",
+        "reload",
+        "timeout",
+        "required",
+        "[health]",
+        "expect",
+        "check",
+        "after_activate",
+        "notify",
+    ] {
+        assert!(text.contains(key), "release.toml lacks {key}");
+    }
+    // The commented file is a valid, empty configuration: list works.
+    let out = release()
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_ok(&out), serde_json::json!([]));
+    // A second init keeps the operator's edits.
+    std::fs::write(root.join("release.toml"), "keep = 2\n").unwrap();
+    let report = json_ok(
+        &release()
+            .arg("--root")
+            .arg(&root)
+            .args(["init", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(report["config_written"], false);
+    assert_eq!(
+        std::fs::read_to_string(root.join("release.toml")).unwrap(),
+        "keep = 2\n"
+    );
+}
