@@ -20,6 +20,35 @@ impl Printer {
         }
     }
 
+    /// A progress bar on stderr over `len` steps; hidden unless stderr is a
+    /// terminal and neither -q nor --json is given, so it never mixes with data.
+    pub fn bar(&self, len: u64, message: &str) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(len);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>12} [{bar:32}] {pos}/{len} {elapsed}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(message.to_string());
+        bar
+    }
+
+    /// A spinner on stderr for a wait of unknown length (same rules as [`Printer::bar`]).
+    pub fn spinner(&self, message: &str) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message(message.to_string());
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        spinner
+    }
+
     /// A warning on stderr: always shown (also with --json, where stdout stays JSON).
     pub fn warn(&self, message: &str) {
         eprintln!("warning: {message}");

@@ -187,7 +187,9 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
     let mut writer = ArtifactWriter::new(file, settings.format, commit.epoch)?;
     writer.append_manifest(&manifest.to_json_bytes())?;
+    let bar = printer.bar(manifest.files.len() as u64, "archiving");
     for entry in &manifest.files {
+        bar.inc(1);
         let source_path = match entry.path.split_once('/') {
             Some(("app", rest)) => app_dir.join(rest),
             Some(("static", rest)) => static_dir.join(rest),
@@ -197,6 +199,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         };
         writer.append(entry, &source_path)?;
     }
+    bar.finish_and_clear();
     let written = writer.finish()?;
     fsutil::set_mode(&tmp_path, 0o644)?;
     written.file.sync_all()?;

@@ -52,6 +52,7 @@ pub struct Extractor<'a> {
     seen: Vec<bool>,
     buffer: Vec<u8>,
     out: Extracted,
+    progress: indicatif::ProgressBar,
 }
 
 impl<'a> Extractor<'a> {
@@ -63,7 +64,14 @@ impl<'a> Extractor<'a> {
             seen: vec![false; manifest.files.len()],
             buffer: vec![0; COPY_BUFFER],
             out: Extracted::default(),
+            progress: indicatif::ProgressBar::hidden(),
         }
+    }
+
+    /// Show progress per archive member on `bar`.
+    pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = bar;
+        self
     }
 
     fn refuse(&self, entry: &str, rule: impl Into<String>) -> Error {
@@ -81,7 +89,9 @@ impl<'a> Extractor<'a> {
         for entry in entries {
             let entry = entry.map_err(|e| self.corrupt(&last, &e))?;
             last = self.one(entry)?;
+            self.progress.inc(1);
         }
+        self.progress.finish_and_clear();
         if let Some(i) = self.seen.iter().position(|s| !s) {
             let missing = self.seen.iter().filter(|s| !**s).count();
             let path = self.manifest.files[i].path.clone();

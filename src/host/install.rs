@@ -405,7 +405,9 @@ pub fn install(
             let plan = plan_venv(options, &manifest)?;
             check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
             let incoming = Incoming::create(host)?;
-            let unpacked = Extractor::new(artifact, &manifest, &incoming.path).run(entries)?;
+            let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
+                .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
+                .run(entries)?;
             if printer.verbose > 0 {
                 printer.progress(&format!(
                     "unpacked {} files ({} bytes), every one checked against the manifest",

@@ -59,11 +59,13 @@ pub fn reload_and_check(
     let mut outcomes = Vec::new();
     for (service, running) in config.services.iter().zip(&running) {
         printer.progress(&format!("reloading {} ({})", service.name, service.reload));
-        let outcome = reload::reload(service, running.as_ref(), &target, config.health.as_ref())
-            .map_err(|e| ReloadFailure {
-                step: "reload",
-                reason: e.to_string(),
-            })?;
+        let spinner = printer.spinner(&format!("waiting for {} to show {release}", service.name));
+        let outcome = reload::reload(service, running.as_ref(), &target, config.health.as_ref());
+        spinner.finish_and_clear();
+        let outcome = outcome.map_err(|e| ReloadFailure {
+            step: "reload",
+            reason: e.to_string(),
+        })?;
         match &outcome.skipped {
             Some(why) => printer.warn(&format!("service {} skipped: {why}", service.name)),
             None => printer.progress(&format!(

@@ -128,3 +128,56 @@ fn init_writes_the_layout_and_a_commented_config_once() {
         "keep = 2\n"
     );
 }
+
+#[test]
+fn progress_goes_to_a_terminal_on_stderr_and_never_to_stdout() {
+    let app = App::new();
+    let artifact = app.build_ok(&app.tmp.path().join("dist"), &[]);
+    let root = app.tmp.path().join("root");
+    let out_file = app.tmp.path().join("stdout.txt");
+    let typescript = app.tmp.path().join("terminal.txt");
+    // `script` gives the command a terminal; stdout alone is redirected to a file.
+    let command = format!(
+        "'{}' --root '{}' install '{}' > '{}'",
+        BIN,
+        root.display(),
+        artifact.display(),
+        out_file.display()
+    );
+    let status = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command])
+        .arg(&typescript)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = std::fs::read_to_string(&out_file).unwrap();
+    let lines: Vec<&str> = data.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "stdout must hold only the release id: {data:?}"
+    );
+    assert!(lines[0].starts_with(&app.head()[..12]), "{data:?}");
+    assert!(
+        !data.contains('\u{1b}') && !data.contains("installing"),
+        "{data:?}"
+    );
+    let terminal = std::fs::read_to_string(&typescript).unwrap();
+    assert!(
+        terminal.contains("installing"),
+        "no progress on the terminal: {terminal:?}"
+    );
+
+    // Without a terminal (as here), stderr gets messages but no bar drawing.
+    let out = release()
+        .arg("--root")
+        .arg(app.tmp.path().join("root2"))
+        .arg("install")
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!stderr(&out).contains('\u{1b}'), "{}", stderr(&out));
+}
