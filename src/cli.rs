@@ -26,6 +26,9 @@ pub struct Cli {
     /// Wait up to SECS for another command's lock on the root instead of exiting 4.
     #[arg(long, global = true, value_name = "SECS")]
     pub wait: Option<f64>,
+    /// Colour in human output: auto = when stdout is a terminal and NO_COLOR is unset.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -101,4 +104,27 @@ pub struct InstallArgs {
     /// Recreate the venv offline from the release's wheels/ with this host's python3.
     #[arg(long)]
     pub rebuild_venv: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour stdout: `always`/`never` win; `auto` colours a
+    /// terminal unless NO_COLOR is set to anything non-empty.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }

@@ -28,6 +28,7 @@ pub fn run() -> ExitCode {
         json: cli.json,
         quiet: cli.quiet,
         verbose: cli.verbose,
+        color: cli.color.enabled(),
     };
     match dispatch(&cli, &printer) {
         Ok(code) => code,

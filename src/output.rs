@@ -10,6 +10,31 @@ pub struct Printer {
     pub json: bool,
     pub quiet: bool,
     pub verbose: u8,
+    /// Colour human output (--color, NO_COLOR); never used for JSON.
+    pub color: bool,
+}
+
+/// Styles for [`Printer::paint`]; the text reads the same without them.
+#[derive(Debug, Clone, Copy)]
+pub enum Style {
+    Good,
+    Note,
+    Warn,
+    Bad,
+}
+
+/// Wrap `text` in an ANSI colour when `color` is on.
+pub fn paint(color: bool, style: Style, text: &str) -> String {
+    if !color {
+        return text.to_string();
+    }
+    let code = match style {
+        Style::Good => "1;32",
+        Style::Note => "36",
+        Style::Warn => "33",
+        Style::Bad => "1;31",
+    };
+    format!("\u{1b}[{code}m{text}\u{1b}[0m")
 }
 
 impl Printer {

@@ -13,7 +13,7 @@ use crate::host::layout::{Current, Host};
 use crate::host::releases;
 use crate::host::services::{self, ServiceStatus};
 use crate::host::state::ReleaseHistory;
-use crate::output::Printer;
+use crate::output::{paint, Printer, Style};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -116,7 +116,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 /// An aligned table, no colour needed.
-pub fn table(rows: &[Row]) -> String {
+pub fn table(rows: &[Row], color: bool) -> String {
     if rows.is_empty() {
         return "no releases installed\n".into();
     }
@@ -153,7 +153,19 @@ pub fn table(rows: &[Row]) -> String {
         let mut text = String::new();
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
             if i + 1 == row.len() {
-                text.push_str(cell);
+                // The last column is not padded, so colour cannot upset alignment.
+                let style = match cell.as_str() {
+                    "current" => Some(Style::Good),
+                    "rollback-target" => Some(Style::Note),
+                    "rolled-back" => Some(Style::Warn),
+                    _ => None,
+                };
+                match style {
+                    Some(style) if color && i > 0 && cell != "STATE" => {
+                        text.push_str(&paint(true, style, cell))
+                    }
+                    _ => text.push_str(cell),
+                }
             } else if i == 5 {
                 // Sizes right-aligned.
                 text.push_str(&format!("{cell:>w$}  "));
@@ -188,7 +200,7 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn human(&self) -> String {
+    pub fn human(&self, color: bool) -> String {
         let Some(current) = &self.current else {
             return format!(
                 "no release is current under {} ({} installed)\n",
@@ -212,7 +224,7 @@ impl Status {
             "rollback  {}\n",
             self.rollback_target.as_deref().unwrap_or("(none)")
         ));
-        text.push_str(&services::human(&self.services));
+        text.push_str(&services::human(&self.services, color));
         text
     }
 }
@@ -291,7 +303,16 @@ mod tests {
                 state: State::Current,
             },
         ];
-        let text = table(&rows);
+        let text = table(&rows, false);
+        // With colour only the last column gains escapes; the rest is identical.
+        let coloured = table(&rows, true);
+        assert!(coloured.contains("\u{1b}[1;32mcurrent\u{1b}[0m"));
+        assert_eq!(
+            coloured
+                .replace("\u{1b}[1;32m", "")
+                .replace("\u{1b}[0m", ""),
+            text
+        );
         let lines: Vec<&str> = text.lines().collect();
         let col = |line: &str| {
             line.find("STATE")

@@ -149,13 +149,13 @@ pub fn run(
         HostCommand::List => {
             host.check_exists()?;
             let rows = list::list(&host, printer)?;
-            printer.data(&rows, || list::table(&rows));
+            printer.data(&rows, || list::table(&rows, printer.color));
         }
         HostCommand::Status => {
             host.check_exists()?;
             let config = HostConfig::load(&host.config)?;
             let status = list::status(&host, &config, printer)?;
-            printer.data(&status, || status.human());
+            printer.data(&status, || status.human(printer.color));
         }
         HostCommand::Prune { keep, dry_run } => {
             if *dry_run {

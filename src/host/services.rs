@@ -217,7 +217,7 @@ fn service_status(
 }
 
 /// Human lines for `release status`.
-pub fn human(services: &[ServiceStatus]) -> String {
+pub fn human(services: &[ServiceStatus], color: bool) -> String {
     let mut text = String::new();
     for s in services {
         let head = match (s.pid, &s.problem) {
@@ -229,7 +229,14 @@ pub fn human(services: &[ServiceStatus]) -> String {
             "service   {} ({}): {head}{}\n",
             s.name,
             s.reload,
-            if s.stale { "  STALE" } else { "" }
+            if s.stale {
+                format!(
+                    "  {}",
+                    crate::output::paint(color, crate::output::Style::Bad, "STALE")
+                )
+            } else {
+                String::new()
+            }
         ));
         for p in &s.processes {
             text.push_str(&format!(

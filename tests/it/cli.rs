@@ -181,3 +181,104 @@ fn progress_goes_to_a_terminal_on_stderr_and_never_to_stdout() {
     assert!(out.status.success());
     assert!(!stderr(&out).contains('\u{1b}'), "{}", stderr(&out));
 }
+
+/// Compare with a stored snapshot; `UPDATE_SNAPSHOTS=1` rewrites it.
+fn snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(REPO)
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_SNAPSHOTS=1", path.display()));
+    assert_eq!(
+        actual, expected,
+        "{name} changed: review, then UPDATE_SNAPSHOTS=1"
+    );
+}
+
+fn keys(value: &serde_json::Value) -> Vec<String> {
+    value.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn help_and_json_shapes_match_their_snapshots_and_colour_follows_the_flag() {
+    let help = stdout(
+        &release()
+            .env("COLUMNS", "100")
+            .arg("--help")
+            .output()
+            .unwrap(),
+    );
+    snapshot("help.txt", &help);
+    let build_help = stdout(
+        &release()
+            .env("COLUMNS", "100")
+            .args(["build", "--help"])
+            .output()
+            .unwrap(),
+    );
+    snapshot("build-help.txt", &build_help);
+
+    let app = App::new();
+    let artifact = app.build_ok(&app.tmp.path().join("dist"), &[]);
+    let root = app.tmp.path().join("root");
+    let r = |args: &[&str]| {
+        release()
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let installed = json_ok(&r(&["install", "--json", artifact.to_str().unwrap()]));
+    let id = installed["id"].as_str().unwrap().to_string();
+    let activated = json_ok(&r(&["activate", "--json", &id]));
+    let list = json_ok(&r(&["list", "--json"]));
+    let status = json_ok(&r(&["status", "--json"]));
+    let verify = json_ok(&r(&["verify", "--json"]));
+    let inspect = json_ok(
+        &release()
+            .args(["inspect", "--json"])
+            .arg(&artifact)
+            .output()
+            .unwrap(),
+    );
+    let shapes = format!(
+        "install: {:?}\nactivate: {:?}\nlist[]: {:?}\nstatus: {:?}\nverify: {:?}\ninspect: {:?}\n",
+        keys(&installed),
+        keys(&activated),
+        keys(&list[0]),
+        keys(&status),
+        keys(&verify),
+        keys(&inspect)
+    );
+    snapshot("json-shapes.txt", &shapes);
+
+    // Human list: an aligned table, coloured only when asked.
+    let plain = stdout(&r(&["list"]));
+    assert!(plain.starts_with("ID ") && plain.contains("current") && !plain.contains('\u{1b}'));
+    let coloured = stdout(&r(&["list", "--color", "always"]));
+    assert!(
+        coloured.contains("\u{1b}[1;32mcurrent\u{1b}[0m"),
+        "{coloured}"
+    );
+    let never = stdout(
+        &release()
+            .env("NO_COLOR", "1")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "--color", "auto"])
+            .output()
+            .unwrap(),
+    );
+    assert!(!never.contains('\u{1b}'));
+
+    // Errors under --json are JSON on stderr with the exit code's meaning.
+    let out = r(&["activate", "--json", "nosuchrelease"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_str(stderr(&out).trim()).unwrap();
+    assert_eq!(err["exit_code"], 1);
+    assert!(err["error"].as_str().unwrap().contains("nosuchrelease"));
+}
