@@ -290,24 +290,8 @@ impl ArtifactWriter {
 
 /// Open an artifact and return its format and a decompressing reader.
 pub fn open(path: &Path) -> Result<(Format, Box<dyn Read>)> {
-    let mut file = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
-    let magic = {
-        use std::io::BufRead;
-        file.fill_buf()?.get(..4).map(<[u8]>::to_vec)
-    };
-    let not_artifact = |reason: &str| Error::NotAnArtifact {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
-    let Some(magic) = magic else {
-        return Err(not_artifact("shorter than any compressed archive"));
-    };
-    let format = Format::sniff(&magic).ok_or_else(|| not_artifact("not zstd or gzip data"))?;
-    let reader: Box<dyn Read> = match format {
-        Format::Zst => Box::new(zstd::Decoder::with_buffer(file)?),
-        Format::Gz => Box::new(flate2::bufread::GzDecoder::new(file)),
-    };
-    Ok((format, reader))
+    let file = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
+    decompress(path, file)
 }
 
 /// Recognise the compression of a buffered stream by its first bytes and wrap

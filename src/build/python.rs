@@ -26,14 +26,37 @@ print(json.dumps({
 }))
 "#;
 
+/// What an interpreter says it is: one short Python run, shared by the build
+/// (which needs pip) and the host's interpreter checks (which do not).
 #[derive(Debug, Clone, Deserialize)]
-struct Probe {
-    pip: Option<String>,
-    implementation: String,
-    version: String,
-    abi: String,
-    platform: String,
-    executable: String,
+pub struct Probe {
+    /// pip's version, when pip is importable.
+    pub pip: Option<String>,
+    pub implementation: String,
+    pub version: String,
+    pub abi: String,
+    pub platform: String,
+    pub executable: String,
+}
+
+impl Probe {
+    /// Run `python` (a name on PATH or a path) and ask it; `Err` says why it
+    /// cannot be used, as a phrase ("cannot run it (...)").
+    pub fn run(python: &std::ffi::OsStr) -> std::result::Result<Probe, String> {
+        let out = Command::new(python)
+            .args(["-c", PROBE])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run it ({e})"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "it failed to run:\n{}",
+                tail(&String::from_utf8_lossy(&out.stderr), 5)
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|_| "it did not answer like a Python 3 interpreter".to_string())
+    }
 }
 
 /// Which tool installs the venv.
@@ -90,19 +113,7 @@ pub fn find_interpreter(python: &str) -> Result<Interpreter> {
         python: python.to_string(),
         detail,
     };
-    let out = Command::new(python)
-        .args(["-c", PROBE])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| not_found(format!(" ({e})")))?;
-    if !out.status.success() {
-        return Err(not_found(format!(
-            ": it failed to run:\n{}",
-            tail(&String::from_utf8_lossy(&out.stderr), 5)
-        )));
-    }
-    let probe: Probe = serde_json::from_slice(&out.stdout)
-        .map_err(|_| not_found(": it did not answer like a Python 3 interpreter".into()))?;
+    let probe = Probe::run(python.as_ref()).map_err(|why| not_found(format!(": {why}")))?;
     let Some(pip_version) = probe.pip else {
         return Err(Error::failed(format!(
             "Python interpreter {} has no pip, which builds the wheels\n  fix: `{} -m ensurepip`, or install python3-pip",

@@ -175,7 +175,7 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
             .python
             .clone()
             .unwrap_or_else(|| PathBuf::from("python3"));
-        let found = python::HostPython::probe(&python).map_err(|why| {
+        let found = python::HostPython::run(python.as_os_str()).map_err(|why| {
             Error::failed(format!(
                 "--rebuild-venv: the interpreter {}: {why}\n  fix: pass --python PATH naming a {} interpreter",
                 python.display(),

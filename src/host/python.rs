@@ -4,54 +4,16 @@
 //! (`--rebuild-venv`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use fs_err as fs;
-use serde::Deserialize;
 
-use crate::error::{tail, Error, Result};
+use crate::error::{Error, Result};
 use crate::manifest::{Entry, EntryType, Manifest, PythonInfo};
 
-const PROBE: &str = r#"
-import json, platform, sys, sysconfig
-print(json.dumps({
-    "implementation": sys.implementation.name,
-    "version": platform.python_version(),
-    "abi": "cp%d%d" % sys.version_info[:2] if sys.implementation.name == "cpython"
-           else sys.implementation.cache_tag,
-    "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
-    "executable": sys.executable,
-}))
-"#;
-
-/// What an interpreter says it is.
-#[derive(Debug, Clone, Deserialize)]
-pub struct HostPython {
-    pub implementation: String,
-    pub version: String,
-    pub abi: String,
-    pub platform: String,
-    pub executable: String,
-}
+/// What an interpreter says it is (the build's probe; pip is not needed here).
+pub use crate::build::python::Probe as HostPython;
 
 impl HostPython {
-    /// Run `python` and ask it. `Err` says why it cannot be used.
-    pub fn probe(python: &Path) -> std::result::Result<HostPython, String> {
-        let out = Command::new(python)
-            .args(["-I", "-c", PROBE])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run it ({e})"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "it failed to run:\n{}",
-                tail(&String::from_utf8_lossy(&out.stderr), 5)
-            ));
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|_| "it did not answer like a Python 3 interpreter".to_string())
-    }
-
     /// Whether a venv built for `need` runs on this interpreter: same
     /// implementation, ABI, platform and `X.Y` version (patch releases of one
     /// `X.Y` are ABI-compatible).
@@ -91,7 +53,7 @@ pub fn describe_need(need: &PythonInfo) -> String {
 pub fn check_base_interpreter(manifest: &Manifest) -> Result<()> {
     let need = &manifest.python;
     let base = Path::new(&need.base_executable);
-    let problem = match HostPython::probe(base) {
+    let problem = match HostPython::run(base.as_os_str()) {
         Ok(found) => match found.mismatch(need) {
             None => return Ok(()),
             Some(diff) => format!("{} is {diff}", base.display()),
@@ -112,7 +74,7 @@ pub fn check_base_interpreter(manifest: &Manifest) -> Result<()> {
 pub fn check_replacement(python: &Path, manifest: &Manifest) -> Result<PathBuf> {
     let need = &manifest.python;
     let absolute = std::path::absolute(python)?;
-    let found = HostPython::probe(&absolute).map_err(|why| {
+    let found = HostPython::run(absolute.as_os_str()).map_err(|why| {
         Error::failed(format!(
             "--python {}: {why}\n  fix: pass the path of a {} interpreter",
             python.display(),
@@ -224,6 +186,7 @@ mod tests {
 
     fn found(version: &str, abi: &str) -> HostPython {
         HostPython {
+            pip: None,
             implementation: "cpython".into(),
             version: version.into(),
             abi: abi.into(),
