@@ -399,8 +399,7 @@ fn confirm_in_place(
     loop {
         if !procs::alive(pid) {
             return Err(format!(
-                "pid {pid} exited during the reload (see the service's log); {}",
-                "the previous release will be restored"
+                "pid {pid} exited during the reload (see the service's log)"
             ));
         }
         let kids = procs::children(pid);
