@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod build;
 pub mod cli;
+pub mod crashpoint;
 pub mod error;
 pub mod exit_codes;
 pub mod fsutil;

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::crashpoint::crashpoint;
 use crate::error::{Error, Result};
 use crate::host::config::HostConfig;
 use crate::host::hooks;
@@ -68,6 +69,12 @@ pub fn activate(
     let (kind, event_name) = match switch {
         Switch::Activate => (EventKind::Activated, "activated"),
         Switch::Rollback => (EventKind::RolledBack, "rolled_back"),
+    };
+
+    // Crash point names for this kind of switch.
+    let point = |activate: &'static str, rollback: &'static str| match switch {
+        Switch::Activate => activate,
+        Switch::Rollback => rollback,
     };
 
     // 1. preflight
@@ -135,11 +142,21 @@ pub fn activate(
             from.as_deref().unwrap_or("no release")
         )));
     }
+    crashpoint(point("activate:checked", "rollback:checked"));
 
     // 3. switch
-    host.switch_current(lock, &target.name)?;
+    host.switch_current_at(
+        lock,
+        &target.name,
+        Some(match switch {
+            Switch::Activate => ("activate:tmp-link", "activate:renamed"),
+            Switch::Rollback => ("rollback:tmp-link", "rollback:renamed"),
+        }),
+    )?;
+    crashpoint(point("activate:fsynced", "rollback:fsynced"));
     let event = Event::new(kind, &target.name, from.as_deref());
     journal.append(lock, &event)?;
+    crashpoint(point("activate:journaled", "rollback:journaled"));
     printer.progress(&format!(
         "{} {} (was {})",
         if switch == Switch::Activate {
@@ -189,6 +206,7 @@ pub fn activate(
                 .into(),
         });
     }
+    crashpoint(point("activate:reloaded", "rollback:reloaded"));
 
     // 5. after_activate (a failure is reported, the release stays live) and notify
     if let Some(after) = &config.hooks.after_activate {

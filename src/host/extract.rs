@@ -90,6 +90,9 @@ impl<'a> Extractor<'a> {
             let entry = entry.map_err(|e| self.corrupt(&last, &e))?;
             last = self.one(entry)?;
             self.progress.inc(1);
+            if self.out.files == 100 {
+                crate::crashpoint::crashpoint("install:mid-extract");
+            }
         }
         self.progress.finish_and_clear();
         if let Some(i) = self.seen.iter().position(|s| !s) {

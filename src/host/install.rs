@@ -11,6 +11,7 @@ use fs_err as fs;
 use serde::Serialize;
 
 use crate::archive::{self, HashingReader};
+use crate::crashpoint::crashpoint;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::host::config::HostConfig;
@@ -399,15 +400,18 @@ pub fn install(
             "installing {} {} (commit {})",
             manifest.app, manifest.release, manifest.commit
         ));
+        crashpoint("install:manifest-read");
         if let Some(existing) = find_installed(host, &manifest, printer)? {
             Stage::Existing(manifest, Box::new(existing))
         } else {
             let plan = plan_venv(options, &manifest)?;
             check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
             let incoming = Incoming::create(host)?;
+            crashpoint("install:incoming-created");
             let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
                 .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
                 .run(entries)?;
+            crashpoint("install:extracted");
             if printer.verbose > 0 {
                 printer.progress(&format!(
                     "unpacked {} files ({} bytes), every one checked against the manifest",
@@ -506,21 +510,25 @@ pub fn install(
     }
     let mut created = CreatedOutside::default();
     link_shared(host, &dir, config, &mut record, &mut created)?;
+    crashpoint("install:shared-linked");
     python::write_new_file(
         &dir.join(RECORD_NAME),
         &serde_json::to_vec_pretty(&record).expect("record serialises"),
         0o444,
     )?;
     make_read_only(&dir)?;
+    crashpoint("install:read-only");
 
     // Durable before it becomes visible: one syncfs for the whole tree.
     let handle = fs::File::open(&dir)?;
     rustix::fs::syncfs(&handle).map_err(|e| fsutil::fs_err_io(e.into(), &dir))?;
     drop(handle);
+    crashpoint("install:synced");
     let final_dir = host.release_dir(&id_text);
     fs::rename(&dir, &final_dir)?;
     incoming.keep = true;
     created.keep = true;
+    crashpoint("install:renamed");
     fsutil::fsync_dir(&host.releases)?;
 
     let mut event = Event::new(EventKind::Installed, &id_text, None);
@@ -529,6 +537,7 @@ pub fn install(
     event.python = record.python.clone();
     event.venv_rebuilt = record.venv_rebuilt;
     Journal::new(&host.journal).append(lock, &event)?;
+    crashpoint("install:journaled");
 
     let seconds = started.elapsed().as_secs_f64();
     printer.progress(&format!("installed {id_text} in {seconds:.2}s"));

@@ -167,6 +167,12 @@ impl Journal {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&self.path)?;
         repair_torn_tail(&mut file)?;
+        if crate::crashpoint::armed("journal:torn") {
+            // Half the line reaches the disk, then the writer dies.
+            file.write_all(&line[..line.len() / 2])?;
+            file.sync_data()?;
+            crate::crashpoint::crashpoint("journal:torn");
+        }
         file.write_all(&line)?;
         file.sync_data()?;
         if created {

@@ -188,15 +188,32 @@ impl Host {
     /// temporary name in the root, `rename(2)`d over `current` (never
     /// unlink + symlink, which leaves a moment without `current`), then the root
     /// directory is fsynced so the switch survives a crash.
-    pub fn switch_current(&self, _lock: &Lock, id: &str) -> Result<()> {
+    pub fn switch_current(&self, lock: &Lock, id: &str) -> Result<()> {
+        self.switch_current_at(lock, id, None)
+    }
+
+    /// [`Host::switch_current`] with crash points (src/crashpoint.rs) after
+    /// the temporary link is made and after the rename.
+    pub fn switch_current_at(
+        &self,
+        _lock: &Lock,
+        id: &str,
+        crash: Option<(&'static str, &'static str)>,
+    ) -> Result<()> {
         let tmp = self
             .root
             .join(format!("{CURRENT_TMP_PREFIX}{}", random_suffix()));
         let target = Path::new("releases").join(id);
         std::os::unix::fs::symlink(&target, &tmp).map_err(|e| fsutil::fs_err_io(e, &tmp))?;
+        if let Some((tmp_link, _)) = crash {
+            crate::crashpoint::crashpoint(tmp_link);
+        }
         if let Err(e) = fs::rename(&tmp, &self.current) {
             let _ = fs::remove_file(&tmp);
             return Err(e.into());
+        }
+        if let Some((_, renamed)) = crash {
+            crate::crashpoint::crashpoint(renamed);
         }
         fsutil::fsync_dir(&self.root)
     }
