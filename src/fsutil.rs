@@ -5,7 +5,7 @@ use std::path::Path;
 
 use fs_err as fs;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// fsync a directory so that renames and creations inside it survive power loss.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -45,4 +45,33 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// Say plainly that a filesystem filled up: an `ENOSPC` (or `EDQUOT`) while
+/// installing into `dir` becomes an error naming the filesystem, the file,
+/// what the release needs (`need`: the release and its bytes; `None` once
+/// the release is in place, or before anything was written), what is free
+/// now, and the fix. Other errors pass through.
+pub fn explain_full_disk(err: Error, dir: &Path, need: Option<(String, u64)>) -> Error {
+    use std::io::ErrorKind;
+    let (Error::Io(io), Some((release, bytes))) = (&err, need) else {
+        return err;
+    };
+    if !matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        return err;
+    }
+    let mib = |b: u64| b.div_ceil(1024 * 1024);
+    let needs = format!("release {release} needs about {} MiB", mib(bytes));
+    let free = rustix::fs::statvfs(dir)
+        .map(|s| {
+            format!(
+                "{} MiB are free now",
+                mib(s.f_bavail.saturating_mul(s.f_frsize))
+            )
+        })
+        .unwrap_or_else(|_| "free space unknown".to_string());
+    Error::failed(format!(
+        "the filesystem of {} is full ({io}): {needs}, {free}; the partial copy was removed and nothing was installed\n  fix: free space on that filesystem, e.g. remove old releases with `release prune --keep N`, then install again",
+        dir.display()
+    ))
 }

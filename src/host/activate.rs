@@ -80,7 +80,20 @@ pub fn activate(
     // 1. preflight
     let summary = target.require_complete()?;
     let current = host.current()?;
-    let from = current.id().map(str::to_string);
+    // Where we come from is what the journal last recorded as live. It
+    // differs from `current` only when a command died after switching
+    // `current` but before journaling it (so before any reload): that switch
+    // did not finish, and running the command again finishes it.
+    let recorded = ReleaseHistory::from_events(&journal.read()?.events)
+        .live_now()
+        .map(str::to_string);
+    let linked = current.id() == Some(target.name.as_str());
+    let from = match (recorded.clone(), linked) {
+        (Some(r), _) if r != target.name => Some(r),
+        // The first switch of this root was never journaled.
+        (None, true) => None,
+        _ => current.id().map(str::to_string),
+    };
     let report = |already_current: bool| ActivateReport {
         id: target.name.clone(),
         commit: summary.commit.clone(),
@@ -89,12 +102,28 @@ pub fn activate(
         already_current,
         seconds: started.elapsed().as_secs_f64(),
     };
-    if from.as_deref() == Some(target.name.as_str()) {
+    if linked && recorded.as_deref() == Some(target.name.as_str()) {
         printer.progress(&format!(
             "{} is already current; nothing changed",
             target.name
         ));
         return Ok(report(true));
+    }
+    if linked {
+        printer.warn(&format!(
+            "{} already points to {}, but {} does not record that switch (a command was interrupted after it); finishing it",
+            host.current.display(),
+            target.name,
+            host.journal.display()
+        ));
+    } else if let (Some(link), Some(recorded)) = (current.id(), recorded.as_deref()) {
+        if link != recorded {
+            printer.warn(&format!(
+                "{} points to {link}, but {} last recorded {recorded} as live (an interrupted switch, or a change by hand); switching from {recorded}",
+                host.current.display(),
+                host.journal.display()
+            ));
+        }
     }
     if let Current::Foreign(link) = &current {
         printer.warn(&format!(
@@ -246,6 +275,10 @@ pub fn rollback(
         Some(query) => releases::resolve(host, &list, query)?,
         None => {
             let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
+            // From what the journal last recorded as live: after a rollback
+            // killed between its switch and its journal line, running it
+            // again finishes that rollback instead of going back again.
+            let current_id = history.live_now().unwrap_or(current_id);
             let Some(target) = history.rollback_target(Some(current_id)) else {
                 return Err(Error::failed(format!(
                     "nothing to roll back to from {current_id}: {} records no earlier live release that was not rolled back; nothing changed\n  fix: pick one with `release rollback --to ID` or `release activate ID` (see `release list`)",

@@ -194,8 +194,9 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
     Ok(VenvPlan::AsBuilt)
 }
 
-/// Refuse when the filesystem of `releases/` cannot hold the release.
-fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
+/// Refuse when the filesystem of `releases/` cannot hold the release;
+/// returns the bytes it needs.
+fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<u64> {
     const BLOCK: u64 = 4096;
     let mut need = SPACE_MARGIN;
     for e in &manifest.files {
@@ -233,7 +234,7 @@ fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
             stat.f_favail
         )));
     }
-    Ok(())
+    Ok(need)
 }
 
 /// A fresh release id for `commit12`, now (one second later if taken).
@@ -368,6 +369,20 @@ pub fn install(
     options: &InstallOptions,
     printer: &Printer,
 ) -> Result<InstallReport> {
+    let mut need = None;
+    install_steps(host, lock, config, options, printer, &mut need)
+        .map_err(|e| fsutil::explain_full_disk(e, &host.releases, need))
+}
+
+/// `need`: the release and the bytes it needs, once the space was checked.
+fn install_steps(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    options: &InstallOptions,
+    printer: &Printer,
+    need: &mut Option<(String, u64)>,
+) -> Result<InstallReport> {
     let started = Instant::now();
     let artifact = &options.artifact;
     let digests = expected_digests(options)?;
@@ -405,7 +420,8 @@ pub fn install(
             Stage::Existing(manifest, Box::new(existing))
         } else {
             let plan = plan_venv(options, &manifest)?;
-            check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
+            let bytes = check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
+            *need = Some((manifest.release.clone(), bytes));
             let incoming = Incoming::create(host)?;
             crashpoint("install:incoming-created");
             let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
@@ -444,6 +460,7 @@ pub fn install(
                 "{} is already installed as {} and verifies; nothing changed",
                 manifest.release, existing.name
             ));
+            journal_if_missing(host, lock, &existing, &manifest, printer)?;
             if options.python.is_some() || options.rebuild_venv {
                 printer.warn(
                     "--python / --rebuild-venv were not applied: the release was already installed",
@@ -528,6 +545,7 @@ pub fn install(
     fs::rename(&dir, &final_dir)?;
     incoming.keep = true;
     created.keep = true;
+    *need = None;
     crashpoint("install:renamed");
     fsutil::fsync_dir(&host.releases)?;
 
@@ -550,6 +568,38 @@ pub fn install(
         seconds,
         already_installed: false,
     })
+}
+
+/// An install killed after its rename but before its journal line left a
+/// complete release without an `installed` event: write it now, once.
+fn journal_if_missing(
+    host: &Host,
+    lock: &Lock,
+    release: &Installed,
+    manifest: &Manifest,
+    printer: &Printer,
+) -> Result<()> {
+    let journal = Journal::new(&host.journal);
+    let known = journal
+        .read()?
+        .events
+        .iter()
+        .any(|e| e.event == EventKind::Installed && e.release == release.name);
+    if known {
+        return Ok(());
+    }
+    let record = InstallRecord::read(&release.dir).unwrap_or_default();
+    let mut event = Event::new(EventKind::Installed, &release.name, None);
+    event.at = rfc3339(release.id.installed);
+    event.commit = Some(manifest.commit.clone());
+    event.python = record.python;
+    event.venv_rebuilt = record.venv_rebuilt;
+    journal.append(lock, &event)?;
+    printer.progress(&format!(
+        "journaled the install of {} (the command that installed it was interrupted before it could)",
+        release.name
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct ReleaseHistory {
     live: Vec<String>,
     rolled_back: HashSet<String>,
     last_activation: HashMap<String, Activation>,
+    /// The release the journal's last switch left live.
+    live_now: Option<String>,
 }
 
 impl ReleaseHistory {
@@ -35,6 +37,7 @@ impl ReleaseHistory {
             match e.event {
                 EventKind::Activated | EventKind::RolledBack => {
                     h.make_live(&e.release);
+                    h.live_now = Some(e.release.clone());
                     h.last_activation.insert(
                         e.release.clone(),
                         Activation {
@@ -55,6 +58,7 @@ impl ReleaseHistory {
                     if let Some(from) = &e.from {
                         h.make_live(from);
                     }
+                    h.live_now = e.from.clone();
                 }
                 _ => {}
             }
@@ -65,6 +69,14 @@ impl ReleaseHistory {
     fn make_live(&mut self, id: &str) {
         self.rolled_back.remove(id);
         self.live.push(id.to_string());
+    }
+
+    /// The release the journal says is live: the last switch's target (or,
+    /// after a reverted failure, the release switched back to). It differs
+    /// from `current` only when a command died between switching `current`
+    /// and journaling it, or when `current` was changed by hand.
+    pub fn live_now(&self) -> Option<&str> {
+        self.live_now.as_deref()
     }
 
     pub fn is_rolled_back(&self, id: &str) -> bool {
@@ -137,6 +149,29 @@ mod tests {
         let h = ReleaseHistory::from_events(&events);
         assert!(h.is_rolled_back("B"));
         assert_eq!(h.rollback_target(Some("A")), None);
+        assert_eq!(h.live_now(), Some("A"));
+    }
+
+    #[test]
+    fn live_now_is_the_last_switch_and_ignores_everything_else() {
+        use EventKind::*;
+        assert_eq!(ReleaseHistory::from_events(&[]).live_now(), None);
+        let mut events = vec![
+            ev(Installed, "A", None),
+            ev(Activated, "A", None),
+            ev(Installed, "B", None),
+            ev(Activated, "B", Some("A")),
+            ev(RolledBack, "A", Some("B")),
+        ];
+        assert_eq!(ReleaseHistory::from_events(&events).live_now(), Some("A"));
+        events.push(ev(Failed, "C", Some("A")));
+        events.push(ev(Pruned, "B", None));
+        assert_eq!(ReleaseHistory::from_events(&events).live_now(), Some("A"));
+        // A first activation that failed and was reverted leaves nothing live.
+        let mut failed = ev(Failed, "A", None);
+        failed.reverted = true;
+        let events = vec![ev(Activated, "A", None), failed];
+        assert_eq!(ReleaseHistory::from_events(&events).live_now(), None);
     }
 
     #[test]

@@ -23,10 +23,10 @@ use crate::common::*;
 const COMMIT_C: &str = "cafe0000000000000000000000000000000000c0";
 const COMMIT_D: &str = "cafe1111111111111111111111111111111111d0";
 
-struct Artifacts {
-    a: PathBuf,
-    b: PathBuf,
-    c: PathBuf,
+pub(crate) struct Artifacts {
+    pub(crate) a: PathBuf,
+    pub(crate) b: PathBuf,
+    pub(crate) c: PathBuf,
     d: PathBuf,
     commit_a: String,
     commit_b: String,
@@ -34,8 +34,9 @@ struct Artifacts {
     base_executable: String,
 }
 
-/// The artifacts every test shares, built once (offline, from the shared cache).
-fn artifacts() -> &'static Artifacts {
+/// The artifacts every test shares, built once (offline, from the shared
+/// cache); tests/it/faults.rs uses them too.
+pub(crate) fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
         let out = Path::new(REPO).join("target/host-it");

@@ -5,6 +5,7 @@ mod build;
 mod cli;
 mod common;
 mod demo;
+mod faults;
 mod host;
 mod reload;
 mod services;
