@@ -174,14 +174,12 @@ pub fn activate(
     crashpoint(point("activate:checked", "rollback:checked"));
 
     // 3. switch
-    host.switch_current_at(
-        lock,
-        &target.name,
-        Some(match switch {
-            Switch::Activate => ("activate:tmp-link", "activate:renamed"),
-            Switch::Rollback => ("rollback:tmp-link", "rollback:renamed"),
-        }),
-    )?;
+    let crash = match switch {
+        _ if !cfg!(feature = "crashpoints") => None,
+        Switch::Activate => Some(("activate:tmp-link", "activate:renamed")),
+        Switch::Rollback => Some(("rollback:tmp-link", "rollback:renamed")),
+    };
+    host.switch_current_at(lock, &target.name, crash)?;
     crashpoint(point("activate:fsynced", "rollback:fsynced"));
     let event = Event::new(kind, &target.name, from.as_deref());
     journal.append(lock, &event)?;

@@ -601,6 +601,21 @@ fn the_space_check_refuses_a_release_that_cannot_fit_and_writes_nothing() {
     assert_eq!(tmpfs.free(), free, "something was written");
 }
 
+/// SIGKILLs a process when the test panics.
+#[cfg(feature = "crashpoints")]
+struct KillOnPanic(u32);
+
+#[cfg(feature = "crashpoints")]
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 /// The state letter of a process in /proc/PID/stat (`T` when stopped).
 #[cfg(feature = "crashpoints")]
 fn proc_state(pid: u32) -> Option<char> {
@@ -635,6 +650,9 @@ fn a_disk_that_fills_during_an_install_fails_clearly_and_changes_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A stopped install must not outlive a failed assertion (nor keep the
+    // tmpfs busy): this guard drops before the tmpfs guard.
+    let _reaper = KillOnPanic(child.id());
     let until = Instant::now() + std::time::Duration::from_secs(120);
     while proc_state(child.id()) != Some('T') {
         if let Some(status) = child.try_wait().unwrap() {
