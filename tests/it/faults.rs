@@ -38,6 +38,26 @@ impl Root {
         }
     }
 
+    /// In /dev/shm when there is one: the crash test installs dozens of
+    /// releases, and each install's syncfs on a disk shared with other work
+    /// can take seconds. A SIGKILL leaves the same state on any filesystem,
+    /// and the lock does not care either.
+    fn in_memory() -> Root {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return Root::new();
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("release-faults-")
+            .tempdir_in(shm)
+            .unwrap();
+        let path = tmp.path().join("srv/mysite");
+        Root {
+            _tmp: Some(tmp),
+            path,
+        }
+    }
+
     fn at(path: PathBuf) -> Root {
         Root { _tmp: None, path }
     }
@@ -162,25 +182,6 @@ impl Root {
 
 #[cfg(feature = "crashpoints")]
 impl Root {
-    /// In /dev/shm when there is one: the crash test installs dozens of
-    /// releases, and each install's syncfs on a disk shared with other work
-    /// can take seconds. A SIGKILL leaves the same state on any filesystem.
-    fn in_memory() -> Root {
-        let shm = Path::new("/dev/shm");
-        if !shm.is_dir() {
-            return Root::new();
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("release-faults-")
-            .tempdir_in(shm)
-            .unwrap();
-        let path = tmp.path().join("srv/mysite");
-        Root {
-            _tmp: Some(tmp),
-            path,
-        }
-    }
-
     fn state_of(&self, id: &str) -> String {
         self.json(&["list"])
             .as_array()
@@ -769,7 +770,7 @@ fn race_round(root: &Root, ids: &[String; 3], round: usize, wait: bool) -> Vec<O
 #[test]
 fn eight_racing_switches_serialize_and_the_journal_tells_the_truth() {
     let art = artifacts();
-    let root = Root::new();
+    let root = Root::in_memory();
     let ids = [
         root.install(&art.a),
         root.install(&art.b),
