@@ -32,6 +32,63 @@ use crate::manifest::{self, Entry, EntryType, Manifest};
 /// Files are copied through a buffer of this size.
 const COPY_BUFFER: usize = 256 * 1024;
 
+/// Start writing back to disk after every this many bytes unpacked.
+const WRITEBACK_EVERY: u64 = 16 * 1024 * 1024;
+
+/// Starts the disk writes of what was unpacked so far while unpacking goes
+/// on: a thread calls `syncfs(2)` each time another [`WRITEBACK_EVERY`]
+/// bytes were written, so the `syncfs` that makes the release durable before
+/// its rename finds little left to do. Signals that come while a sync runs
+/// are dropped (the running one covers them).
+struct Writeback {
+    signal: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    since: u64,
+}
+
+impl Writeback {
+    fn start(dir: &Path) -> Writeback {
+        let Ok(handle) = std::fs::File::open(dir) else {
+            return Writeback {
+                signal: None,
+                thread: None,
+                since: 0,
+            };
+        };
+        let (signal, signals) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::spawn(move || {
+            for () in signals {
+                // Only a head start: the final syncfs reports errors.
+                let _ = rustix::fs::syncfs(&handle);
+            }
+        });
+        Writeback {
+            signal: Some(signal),
+            thread: Some(thread),
+            since: 0,
+        }
+    }
+
+    fn wrote(&mut self, bytes: u64) {
+        self.since += bytes;
+        if self.since >= WRITEBACK_EVERY {
+            self.since = 0;
+            if let Some(signal) = &self.signal {
+                let _ = signal.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.signal = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Extracted {
     /// Regular files written.
@@ -109,11 +166,15 @@ impl<'a> Extractor<'a> {
     /// then check that nothing in the manifest was missing.
     pub fn run<R: Read>(mut self, entries: tar::Entries<'_, R>) -> Result<Extracted> {
         let mut last = String::from("release.json");
+        let mut writeback = Writeback::start(self.dest);
         for entry in entries {
             let entry = entry.map_err(|e| self.corrupt(&last, &e))?;
+            let before = self.out.bytes;
             last = self.one(entry)?;
+            writeback.wrote(self.out.bytes - before);
             self.progress.inc(1);
         }
+        drop(writeback);
         self.progress.finish_and_clear();
         if let Some(i) = self.seen.iter().position(|s| !s) {
             let missing = self.seen.iter().filter(|s| !**s).count();
