@@ -14,6 +14,10 @@
 //! * nothing is written through a symlink: a member's parent must be a
 //!   directory this extraction created, and files are created with
 //!   `O_CREAT|O_EXCL|O_NOFOLLOW`.
+//!
+//! With a [`Reuse`] plan, a file identical to the live release's is
+//! hard-linked from it instead of written (see `reuse.rs`); its member is
+//! still read and checked like any other, so the same artifacts are refused.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -22,10 +26,68 @@ use std::path::Path;
 use crate::archive::HashingReader;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::manifest::{self, EntryType, Manifest};
+use crate::host::reuse::Reuse;
+use crate::manifest::{self, Entry, EntryType, Manifest};
 
 /// Files are copied through a buffer of this size.
 const COPY_BUFFER: usize = 256 * 1024;
+
+/// Start writing back to disk after every this many bytes unpacked.
+const WRITEBACK_EVERY: u64 = 16 * 1024 * 1024;
+
+/// Starts the disk writes of what was unpacked so far while unpacking goes
+/// on: a thread calls `syncfs(2)` each time another [`WRITEBACK_EVERY`]
+/// bytes were written, so the `syncfs` that makes the release durable before
+/// its rename finds little left to do. Signals that come while a sync runs
+/// are dropped (the running one covers them).
+struct Writeback {
+    signal: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    since: u64,
+}
+
+impl Writeback {
+    fn start(dir: &Path) -> Writeback {
+        let Ok(handle) = std::fs::File::open(dir) else {
+            return Writeback {
+                signal: None,
+                thread: None,
+                since: 0,
+            };
+        };
+        let (signal, signals) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::spawn(move || {
+            for () in signals {
+                // Only a head start: the final syncfs reports errors.
+                let _ = rustix::fs::syncfs(&handle);
+            }
+        });
+        Writeback {
+            signal: Some(signal),
+            thread: Some(thread),
+            since: 0,
+        }
+    }
+
+    fn wrote(&mut self, bytes: u64) {
+        self.since += bytes;
+        if self.since >= WRITEBACK_EVERY {
+            self.since = 0;
+            if let Some(signal) = &self.signal {
+                let _ = signal.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.signal = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Extracted {
@@ -33,6 +95,12 @@ pub struct Extracted {
     pub files: u64,
     /// Bytes of regular files written.
     pub bytes: u64,
+    /// Files hard-linked from the release being reused.
+    pub linked: u64,
+    /// Bytes of those files.
+    pub linked_bytes: u64,
+    /// Indices of the manifest's directories, in the order they were created.
+    pub dirs: Vec<usize>,
 }
 
 /// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.
@@ -53,6 +121,7 @@ pub struct Extractor<'a> {
     buffer: Vec<u8>,
     out: Extracted,
     progress: indicatif::ProgressBar,
+    reuse: Option<&'a Reuse>,
 }
 
 impl<'a> Extractor<'a> {
@@ -65,7 +134,18 @@ impl<'a> Extractor<'a> {
             buffer: vec![0; COPY_BUFFER],
             out: Extracted::default(),
             progress: indicatif::ProgressBar::hidden(),
+            reuse: None,
         }
+    }
+
+    /// Link the files `reuse` can supply instead of writing them.
+    pub fn with_reuse(mut self, reuse: Option<&'a Reuse>) -> Self {
+        self.reuse = reuse;
+        self
+    }
+
+    fn linkable(&self, index: usize) -> bool {
+        self.reuse.is_some_and(|r| r.linkable[index])
     }
 
     /// Show progress per archive member on `bar`.
@@ -86,14 +166,18 @@ impl<'a> Extractor<'a> {
     /// then check that nothing in the manifest was missing.
     pub fn run<R: Read>(mut self, entries: tar::Entries<'_, R>) -> Result<Extracted> {
         let mut last = String::from("release.json");
+        let mut writeback = Writeback::start(self.dest);
         for entry in entries {
             let entry = entry.map_err(|e| self.corrupt(&last, &e))?;
+            let before = self.out.bytes;
             last = self.one(entry)?;
+            writeback.wrote(self.out.bytes - before);
             self.progress.inc(1);
-            if self.out.files == 100 {
+            if self.out.files + self.out.linked == 100 {
                 crate::crashpoint::crashpoint("install:mid-extract");
             }
         }
+        drop(writeback);
         self.progress.finish_and_clear();
         if let Some(i) = self.seen.iter().position(|s| !s) {
             let missing = self.seen.iter().filter(|s| !**s).count();
@@ -205,15 +289,9 @@ impl<'a> Extractor<'a> {
             ));
         }
         self.check_parent(path)?;
-        let target_path = self.dest.join(path);
 
         match kind {
-            EntryType::Dir => {
-                std::fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&target_path)
-                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
-            }
+            EntryType::Dir => self.make_dir(path, index)?,
             EntryType::Symlink => {
                 let link = entry
                     .link_name_bytes()
@@ -222,23 +300,7 @@ impl<'a> Extractor<'a> {
                 let Ok(link) = String::from_utf8(link) else {
                     return Err(self.refuse(path, "symlink target is not UTF-8"));
                 };
-                let want = expected.target.as_deref().unwrap_or_default();
-                if link != want {
-                    return Err(self.refuse(
-                        path,
-                        format!("symlink points to {link:?}, the manifest says {want:?}"),
-                    ));
-                }
-                let interpreter_link =
-                    path.starts_with("venv/bin/") && link == self.manifest.python.base_executable;
-                if !interpreter_link && !manifest::symlink_stays_inside(path, &link) {
-                    return Err(self.refuse(
-                        path,
-                        format!("symlink to {link:?} leaves the release (only venv/bin links to the manifest's interpreter may)"),
-                    ));
-                }
-                std::os::unix::fs::symlink(&link, &target_path)
-                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                self.make_symlink(path, &link, expected)?;
             }
             EntryType::File => {
                 let want_size = expected.size();
@@ -255,44 +317,117 @@ impl<'a> Extractor<'a> {
                         format!("is {size} bytes, the manifest lists {want_size}"),
                     ));
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(installed_mode(kind, expected.mode))
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&target_path)
-                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
-                let mut reader = HashingReader::new(&mut entry, want_size);
-                loop {
-                    let n = match reader.read(&mut self.buffer) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(self.corrupt(path, &e)),
-                    };
-                    file.write_all(&self.buffer[..n])
+                if self.linkable(index) {
+                    // Checked like any member, though its bytes are not used.
+                    self.copy_checked(&mut entry, path, expected, &mut std::io::sink())?;
+                    self.link_file(path, expected)?;
+                } else {
+                    let target_path = self.dest.join(path);
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(installed_mode(kind, expected.mode))
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                        .open(&target_path)
                         .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                    let read = self.copy_checked(&mut entry, path, expected, &mut file)?;
+                    self.out.files += 1;
+                    self.out.bytes += read;
                 }
-                let read = reader.bytes_read();
-                let digest = reader.digest();
-                if read != want_size {
-                    return Err(
-                        self.refuse(path, format!("ended after {read} of {want_size} bytes"))
-                    );
-                }
-                let want = expected.sha256.as_deref().unwrap_or_default();
-                if digest != want {
-                    return Err(self.refuse(
-                        path,
-                        format!("content differs from the manifest (sha256 {digest}, the manifest says {want})"),
-                    ));
-                }
-                self.out.files += 1;
-                self.out.bytes += read;
             }
         }
         self.seen[index] = true;
         Ok(path.to_string())
+    }
+
+    /// Copy a member's data to `out`, hashing it, and check it is the
+    /// manifest's content. Returns the bytes copied.
+    fn copy_checked<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &str,
+        expected: &Entry,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let want_size = expected.size();
+        let target_path = self.dest.join(path);
+        let mut reader = HashingReader::new(entry, want_size);
+        loop {
+            let n = match reader.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.corrupt(path, &e)),
+            };
+            out.write_all(&self.buffer[..n])
+                .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        }
+        let read = reader.bytes_read();
+        let digest = reader.digest();
+        if read != want_size {
+            return Err(self.refuse(path, format!("ended after {read} of {want_size} bytes")));
+        }
+        let want = expected.sha256.as_deref().unwrap_or_default();
+        if digest != want {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "content differs from the manifest (sha256 {digest}, the manifest says {want})"
+                ),
+            ));
+        }
+        Ok(read)
+    }
+
+    fn make_dir(&mut self, path: &str, index: usize) -> Result<()> {
+        let target_path = self.dest.join(path);
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&target_path)
+            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        self.out.dirs.push(index);
+        Ok(())
+    }
+
+    fn make_symlink(&self, path: &str, link: &str, expected: &Entry) -> Result<()> {
+        let want = expected.target.as_deref().unwrap_or_default();
+        if link != want {
+            return Err(self.refuse(
+                path,
+                format!("symlink points to {link:?}, the manifest says {want:?}"),
+            ));
+        }
+        let interpreter_link =
+            path.starts_with("venv/bin/") && link == self.manifest.python.base_executable;
+        if !interpreter_link && !manifest::symlink_stays_inside(path, link) {
+            return Err(self.refuse(
+                path,
+                format!("symlink to {link:?} leaves the release (only venv/bin links to the manifest's interpreter may)"),
+            ));
+        }
+        let target_path = self.dest.join(path);
+        std::os::unix::fs::symlink(link, &target_path)
+            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        Ok(())
+    }
+
+    /// Hard-link the reused release's copy of a file (checked by the plan).
+    fn link_file(&mut self, path: &str, expected: &Entry) -> Result<()> {
+        let reuse = self.reuse.expect("linkable implies a reuse plan");
+        let from = reuse.dir.join(path);
+        let target_path = self.dest.join(path);
+        std::fs::hard_link(&from, &target_path).map_err(|e| {
+            fsutil::fs_err_io(
+                std::io::Error::new(
+                    e.kind(),
+                    format!("linking from release {}: {e}", reuse.name),
+                ),
+                &target_path,
+            )
+        })?;
+        self.out.linked += 1;
+        self.out.linked_bytes += expected.size();
+        Ok(())
     }
 
     fn check_path(&self, path: &str) -> Result<()> {

@@ -641,9 +641,11 @@ fn a_disk_that_fills_during_an_install_fails_clearly_and_changes_nothing() {
     // How the disk fills up after the space check, deterministically: the
     // install stops itself (SIGSTOP at the `install:incoming-created` point,
     // right after the statvfs check passed and the incoming directory was
-    // made); another writer then takes all but 4 MiB of the filesystem, as a
-    // growing log file would; SIGCONT lets the install go on, and unpacking
-    // B's ~64 MiB hits ENOSPC.
+    // made); another writer then fills the filesystem to the last page, as a
+    // growing log file would; SIGCONT lets the install go on, and the first
+    // file it writes hits ENOSPC. (To the last page, because most of B is
+    // hard-linked from the live A and needs no room: only what changed is
+    // written.)
     let mut child = root
         .cmd(&["install", art.b.to_str().unwrap()])
         .env("RELEASE_STOPPOINT", "install:incoming-created")
@@ -668,12 +670,15 @@ fn a_disk_that_fills_during_an_install_fails_clearly_and_changes_nothing() {
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&ballast).unwrap();
-        let chunk = vec![0u8; MIB as usize];
-        while tmpfs.free() > 5 * MIB {
-            file.write_all(&chunk).unwrap();
-        }
+        let chunk = vec![0u8; 64 * 1024];
+        let full = loop {
+            if let Err(e) = file.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(full.raw_os_error(), Some(28), "{full}");
     }
-    assert!(tmpfs.free() < 64 * MIB);
+    assert_eq!(tmpfs.free(), 0);
     let cont = Command::new("kill")
         .args(["-CONT", &child.id().to_string()])
         .status()
