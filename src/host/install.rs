@@ -194,28 +194,47 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
 }
 
 /// Refuse when the filesystem of `releases/` cannot hold the release.
-fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
+fn check_space(host: &Host, artifact: &Path, manifest: &Manifest, rebuild: bool) -> Result<()> {
     const BLOCK: u64 = 4096;
     let mut need = SPACE_MARGIN;
     for e in &manifest.files {
+        // Saturating: a hostile manifest may declare sizes near 2^64.
         let blocks = match e.kind {
             EntryType::File => e.size().div_ceil(BLOCK).max(1),
             EntryType::Dir => 1,
             EntryType::Symlink => 0,
         };
-        let mut bytes = blocks * BLOCK;
+        let mut bytes = blocks.saturating_mul(BLOCK);
         if rebuild && e.path.starts_with("venv/") {
-            bytes *= 2;
+            bytes = bytes.saturating_mul(2);
         }
-        need += bytes;
+        need = need.saturating_add(bytes);
     }
     let stat = rustix::fs::statvfs(&host.releases)
         .map_err(|e| fsutil::fs_err_io(e.into(), &host.releases))?;
     let available = stat.f_bavail.saturating_mul(stat.f_frsize);
     let mib = |b: u64| b.div_ceil(1024 * 1024);
     if available < need {
+        let largest = manifest
+            .files
+            .iter()
+            .max_by_key(|e| e.size())
+            .map(|e| {
+                format!(
+                    " (its largest file, `{}`, is {} MiB)",
+                    e.path.escape_debug(),
+                    mib(e.size())
+                )
+            })
+            .unwrap_or_default();
+        let fix = if need > stat.f_blocks.saturating_mul(stat.f_frsize) {
+            "the manifest declares more than the whole filesystem holds: do not trust this artifact; rebuild it with `release build`"
+        } else {
+            "free space, e.g. remove old releases with `release prune --keep N`"
+        };
         return Err(Error::failed(format!(
-            "not enough free space for release {} under {}: it needs about {} MiB, {} MiB are available\n  fix: free space, e.g. remove old releases with `release prune --keep N`",
+            "{}: not enough free space for release {} under {}: it needs about {} MiB{largest}, {} MiB are available\n  nothing was installed; fix: {fix}",
+            artifact.display(),
             manifest.release,
             host.releases.display(),
             mib(need),
@@ -393,7 +412,7 @@ pub fn install(
         let buffered = BufReader::with_capacity(1 << 20, &mut raw);
         let (_format, decoder) = archive::decompress(artifact, buffered)?;
         let mut archive = tar::Archive::new(decoder);
-        let mut entries = archive.entries()?;
+        let mut entries = archive::raw_entries(&mut archive)?;
         let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
         printer.progress(&format!(
             "installing {} {} (commit {})",
@@ -403,7 +422,12 @@ pub fn install(
             Stage::Existing(manifest, Box::new(existing))
         } else {
             let plan = plan_venv(options, &manifest)?;
-            check_space(host, &manifest, matches!(plan, VenvPlan::Rebuild(_)))?;
+            check_space(
+                host,
+                artifact,
+                &manifest,
+                matches!(plan, VenvPlan::Rebuild(_)),
+            )?;
             let incoming = Incoming::create(host)?;
             let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
                 .with_progress(printer.bar(manifest.files.len() as u64, "installing"))

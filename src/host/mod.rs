@@ -80,6 +80,7 @@ impl Session {
         } else {
             host.check_exists()?;
         }
+        host.check_current_is_ours()?;
         let config = HostConfig::load(&host.config)?;
         let lock = Lock::acquire(&host, wait, printer)?;
         host.remove_leftovers(&lock, printer)?;
@@ -95,6 +96,9 @@ pub fn run(
     printer: &Printer,
 ) -> Result<ExitCode> {
     let host = Host::at(root)?;
+    // The root's own files (journal, lock, shared targets) are created 0644 /
+    // 0755 whatever the caller's umask: check_safe refuses them group-writable.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     match command {
         HostCommand::Install(args) => {
             let s = Session::open(host, true, wait, printer)?;
