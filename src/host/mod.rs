@@ -181,6 +181,14 @@ pub fn run(
                 Some(id) => releases::resolve(&host, &list, id)?,
                 None => {
                     let current = host.current()?;
+                    if let layout::Current::Foreign(target) = &current {
+                        return Err(Error::failed(format!(
+                            "{} points to {}, not to a release under {}; verify does not follow it\n  fix: name a release: `release verify ID` (see `release list`)",
+                            host.current.display(),
+                            target.display(),
+                            host.releases.display()
+                        )));
+                    }
                     let Some(current) = current.id() else {
                         return Err(Error::failed(format!(
                             "no release is current under {}\n  fix: name one: `release verify ID` (see `release list`)",

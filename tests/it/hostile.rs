@@ -1413,6 +1413,17 @@ fn hygiene_cases(site: &Site) -> Vec<Hygiene> {
         &["{root}/current points to ../outside"],
     );
     add(
+        "current planted: verify does not follow it",
+        replace_current(Box::new(|p| symlink(Path::new("../outside"), p))),
+        &["verify"],
+        1,
+        &[
+            "{root}/current points to ../outside",
+            "does not follow",
+            "release verify ID",
+        ],
+    );
+    add(
         "shared/ is a symlink",
         link_out("shared"),
         &["install", "{art}"],
