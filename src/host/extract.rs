@@ -251,7 +251,11 @@ impl<'a> Extractor<'a> {
                 if link != want {
                     return Err(self.refuse(
                         path,
-                        format!("symlink points to {link:?}, the manifest says {want:?}"),
+                        format!(
+                            "symlink points to \"{}\", the manifest says \"{}\"",
+                            shorten(&link),
+                            shorten(want)
+                        ),
                     ));
                 }
                 let interpreter_link =
@@ -259,7 +263,7 @@ impl<'a> Extractor<'a> {
                 if !interpreter_link && !manifest::symlink_stays_inside(path, &link) {
                     return Err(self.refuse(
                         path,
-                        format!("symlink to {link:?} leaves the release (only venv/bin links to the manifest's interpreter may)"),
+                        format!("symlink to \"{}\" leaves the release (only venv/bin links to the manifest's interpreter may)", shorten(&link)),
                     ));
                 }
                 std::os::unix::fs::symlink(&link, &target_path)
