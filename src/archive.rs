@@ -298,22 +298,157 @@ pub fn open(path: &Path) -> Result<(Format, Box<dyn Read>)> {
 /// it in the matching decoder. `path` names the artifact in errors.
 pub fn decompress<'a, R: io::BufRead + 'a>(
     path: &Path,
-    mut reader: R,
+    reader: R,
 ) -> Result<(Format, Box<dyn Read + 'a>)> {
-    let magic = reader.fill_buf()?.get(..4).map(<[u8]>::to_vec);
-    let not_artifact = |reason: &str| Error::NotAnArtifact {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
-    let Some(magic) = magic else {
-        return Err(not_artifact("shorter than any compressed archive"));
-    };
-    let format = Format::sniff(&magic).ok_or_else(|| not_artifact("not zstd or gzip data"))?;
-    let decoder: Box<dyn Read + 'a> = match format {
-        Format::Zst => Box::new(zstd::Decoder::with_buffer(reader)?),
-        Format::Gz => Box::new(flate2::bufread::GzDecoder::new(reader)),
-    };
-    Ok((format, decoder))
+    let (format, decoder) = Decoder::new(path, reader)?;
+    Ok((format, Box::new(decoder)))
+}
+
+/// A zstd or gzip decoder over a buffered reader.
+pub enum Decoder<R: io::BufRead> {
+    Zst(zstd::Decoder<'static, R>),
+    Gz(flate2::bufread::GzDecoder<R>),
+}
+
+impl<R: io::BufRead> Decoder<R> {
+    /// Sniff the format from the first bytes; `path` names the artifact in errors.
+    pub fn new(path: &Path, mut reader: R) -> Result<(Format, Decoder<R>)> {
+        let magic = reader.fill_buf()?.get(..4).map(<[u8]>::to_vec);
+        let not_artifact = |reason: &str| Error::NotAnArtifact {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
+        let Some(magic) = magic else {
+            return Err(not_artifact("shorter than any compressed archive"));
+        };
+        let format = Format::sniff(&magic).ok_or_else(|| not_artifact("not zstd or gzip data"))?;
+        let decoder = match format {
+            Format::Zst => Decoder::Zst(zstd::Decoder::with_buffer(reader)?),
+            Format::Gz => Decoder::Gz(flate2::bufread::GzDecoder::new(reader)),
+        };
+        Ok((format, decoder))
+    }
+
+    /// The reader underneath, positioned wherever decoding stopped.
+    pub fn into_inner(self) -> R {
+        match self {
+            Decoder::Zst(d) => d.finish(),
+            Decoder::Gz(d) => d.into_inner(),
+        }
+    }
+}
+
+impl<R: io::BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Zst(d) => d.read(buf),
+            Decoder::Gz(d) => d.read(buf),
+        }
+    }
+}
+
+/// Decompressed data is handed over in chunks of this size.
+const CHUNK: usize = 256 * 1024;
+
+/// An artifact decompressed on a background thread, so that decompression
+/// runs beside whatever consumes the stream (hashing and writing files on
+/// install). The thread also hashes every byte of the artifact file, the
+/// compressed tail after the tar stream included: [`Background::finish`]
+/// returns the file's sha256. Memory stays bounded: at most a few chunks are
+/// in flight.
+pub struct Background {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+    worker: Option<std::thread::JoinHandle<io::Result<String>>>,
+}
+
+impl Background {
+    pub fn open(path: &Path) -> Result<(Format, Background)> {
+        let raw = HashingReader::new(fs::File::open(path)?, u64::MAX);
+        let (format, mut decoder) = Decoder::new(path, BufReader::with_capacity(1 << 20, raw))?;
+        let (send, chunks) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+        let worker = std::thread::spawn(move || -> io::Result<String> {
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match decoder.read(&mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let what = e.to_string();
+                            let _ = send.send(Err(e));
+                            return Err(io::Error::other(what));
+                        }
+                    }
+                }
+                if filled == 0 {
+                    break;
+                }
+                chunk.truncate(filled);
+                if send.send(Ok(chunk)).is_err() {
+                    // The reader is gone (it failed); stop quietly.
+                    return Err(io::Error::other("the artifact was not read to the end"));
+                }
+            }
+            drop(send);
+            // The bytes the buffer read ahead were hashed already; hash the rest.
+            let mut raw = decoder.into_inner().into_inner();
+            io::copy(&mut raw, &mut io::sink())?;
+            Ok(raw.digest())
+        });
+        Ok((
+            format,
+            Background {
+                chunks,
+                chunk: Vec::new(),
+                pos: 0,
+                done: false,
+                worker: Some(worker),
+            },
+        ))
+    }
+
+    /// Read (and drop) whatever the tar reader left, wait for the thread and
+    /// return the sha256 of the whole artifact file.
+    pub fn finish(mut self) -> io::Result<String> {
+        io::copy(&mut self, &mut io::sink())?;
+        let worker = self.worker.take().expect("finish is called once");
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")))
+    }
+}
+
+impl Read for Background {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Parse a `.sha256` file in `sha256sum --check` format and return the digest

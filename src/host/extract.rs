@@ -17,6 +17,10 @@
 //! * the archive is read in the `tar` crate's raw mode: GNU long names and
 //!   PAX headers are read here within `archive::MAX_EXTENSION_BYTES`, never
 //!   whole into memory whatever size they declare.
+//!
+//! With a [`Reuse`] plan, a file identical to the live release's is
+//! hard-linked from it instead of written (see `reuse.rs`); its member is
+//! still read and checked like any other, so the same artifacts are refused.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -25,7 +29,8 @@ use std::path::Path;
 use crate::archive::{Extensions, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::manifest::{self, EntryType, Manifest};
+use crate::host::reuse::Reuse;
+use crate::manifest::{self, Entry, EntryType, Manifest};
 
 /// Files are copied through a buffer of this size.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -36,6 +41,12 @@ pub struct Extracted {
     pub files: u64,
     /// Bytes of regular files written.
     pub bytes: u64,
+    /// Files hard-linked from the release being reused.
+    pub linked: u64,
+    /// Bytes of those files.
+    pub linked_bytes: u64,
+    /// Indices of the manifest's directories, in the order they were created.
+    pub dirs: Vec<usize>,
 }
 
 /// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.
@@ -56,6 +67,7 @@ pub struct Extractor<'a> {
     buffer: Vec<u8>,
     out: Extracted,
     progress: indicatif::ProgressBar,
+    reuse: Option<&'a Reuse>,
 }
 
 impl<'a> Extractor<'a> {
@@ -68,7 +80,18 @@ impl<'a> Extractor<'a> {
             buffer: vec![0; COPY_BUFFER],
             out: Extracted::default(),
             progress: indicatif::ProgressBar::hidden(),
+            reuse: None,
         }
+    }
+
+    /// Link the files `reuse` can supply instead of writing them.
+    pub fn with_reuse(mut self, reuse: Option<&'a Reuse>) -> Self {
+        self.reuse = reuse;
+        self
+    }
+
+    fn linkable(&self, index: usize) -> bool {
+        self.reuse.is_some_and(|r| r.linkable[index])
     }
 
     /// Show progress per archive member on `bar`.
@@ -230,15 +253,9 @@ impl<'a> Extractor<'a> {
             ));
         }
         self.check_parent(path)?;
-        let target_path = self.dest.join(path);
 
         match kind {
-            EntryType::Dir => {
-                std::fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&target_path)
-                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
-            }
+            EntryType::Dir => self.make_dir(path, index)?,
             EntryType::Symlink => {
                 let link = names
                     .link
@@ -247,27 +264,7 @@ impl<'a> Extractor<'a> {
                 let Ok(link) = String::from_utf8(link) else {
                     return Err(self.refuse(path, "symlink target is not UTF-8"));
                 };
-                let want = expected.target.as_deref().unwrap_or_default();
-                if link != want {
-                    return Err(self.refuse(
-                        path,
-                        format!(
-                            "symlink points to \"{}\", the manifest says \"{}\"",
-                            shorten(&link),
-                            shorten(want)
-                        ),
-                    ));
-                }
-                let interpreter_link =
-                    path.starts_with("venv/bin/") && link == self.manifest.python.base_executable;
-                if !interpreter_link && !manifest::symlink_stays_inside(path, &link) {
-                    return Err(self.refuse(
-                        path,
-                        format!("symlink to \"{}\" leaves the release (only venv/bin links to the manifest's interpreter may)", shorten(&link)),
-                    ));
-                }
-                std::os::unix::fs::symlink(&link, &target_path)
-                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                self.make_symlink(path, &link, expected)?;
             }
             EntryType::File => {
                 let want_size = expected.size();
@@ -284,47 +281,124 @@ impl<'a> Extractor<'a> {
                         format!("is {size} bytes, the manifest lists {want_size}"),
                     ));
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(installed_mode(kind, expected.mode))
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&target_path)
-                    .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
-                let mut reader = HashingReader::new(&mut entry, want_size);
-                loop {
-                    let n = match reader.read(&mut self.buffer) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(self.corrupt(path, &e)),
-                    };
-                    file.write_all(&self.buffer[..n])
+                if self.linkable(index) {
+                    // Checked like any member, though its bytes are not used.
+                    self.copy_checked(&mut entry, path, expected, &mut std::io::sink())?;
+                    self.link_file(path, expected)?;
+                } else {
+                    let target_path = self.dest.join(path);
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(installed_mode(kind, expected.mode))
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                        .open(&target_path)
                         .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+                    let read = self.copy_checked(&mut entry, path, expected, &mut file)?;
+                    self.out.files += 1;
+                    self.out.bytes += read;
                 }
-                let read = reader.bytes_read();
-                let digest = reader.digest();
-                if read != want_size {
-                    return Err(self.refuse(
-                        path,
-                        format!(
-                            "ended after {read} of {want_size} bytes: the archive is truncated"
-                        ),
-                    ));
-                }
-                let want = expected.sha256.as_deref().unwrap_or_default();
-                if digest != want {
-                    return Err(self.refuse(
-                        path,
-                        format!("content differs from the manifest (sha256 {digest}, the manifest says {want})"),
-                    ));
-                }
-                self.out.files += 1;
-                self.out.bytes += read;
             }
         }
         self.seen[index] = true;
         Ok(path.to_string())
+    }
+
+    /// Copy a member's data to `out`, hashing it, and check it is the
+    /// manifest's content. Returns the bytes copied.
+    fn copy_checked<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &str,
+        expected: &Entry,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let want_size = expected.size();
+        let target_path = self.dest.join(path);
+        let mut reader = HashingReader::new(entry, want_size);
+        loop {
+            let n = match reader.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.corrupt(path, &e)),
+            };
+            out.write_all(&self.buffer[..n])
+                .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        }
+        let read = reader.bytes_read();
+        let digest = reader.digest();
+        if read != want_size {
+            return Err(self.refuse(
+                path,
+                format!("ended after {read} of {want_size} bytes: the archive is truncated"),
+            ));
+        }
+        let want = expected.sha256.as_deref().unwrap_or_default();
+        if digest != want {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "content differs from the manifest (sha256 {digest}, the manifest says {want})"
+                ),
+            ));
+        }
+        Ok(read)
+    }
+
+    fn make_dir(&mut self, path: &str, index: usize) -> Result<()> {
+        let target_path = self.dest.join(path);
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&target_path)
+            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        self.out.dirs.push(index);
+        Ok(())
+    }
+
+    fn make_symlink(&self, path: &str, link: &str, expected: &Entry) -> Result<()> {
+        let want = expected.target.as_deref().unwrap_or_default();
+        if link != want {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "symlink points to \"{}\", the manifest says \"{}\"",
+                    shorten(link),
+                    shorten(want)
+                ),
+            ));
+        }
+        let interpreter_link =
+            path.starts_with("venv/bin/") && link == self.manifest.python.base_executable;
+        if !interpreter_link && !manifest::symlink_stays_inside(path, link) {
+            return Err(self.refuse(
+                path,
+                format!("symlink to \"{}\" leaves the release (only venv/bin links to the manifest's interpreter may)", shorten(link)),
+            ));
+        }
+        let target_path = self.dest.join(path);
+        std::os::unix::fs::symlink(link, &target_path)
+            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        Ok(())
+    }
+
+    /// Hard-link the reused release's copy of a file (checked by the plan).
+    fn link_file(&mut self, path: &str, expected: &Entry) -> Result<()> {
+        let reuse = self.reuse.expect("linkable implies a reuse plan");
+        let from = reuse.dir.join(path);
+        let target_path = self.dest.join(path);
+        std::fs::hard_link(&from, &target_path).map_err(|e| {
+            fsutil::fs_err_io(
+                std::io::Error::new(
+                    e.kind(),
+                    format!("linking from release {}: {e}", reuse.name),
+                ),
+                &target_path,
+            )
+        })?;
+        self.out.linked += 1;
+        self.out.linked_bytes += expected.size();
+        Ok(())
     }
 
     fn check_path(&self, path: &str) -> Result<()> {

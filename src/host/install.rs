@@ -3,18 +3,18 @@
 //! rename into `releases/<id>`, journal. Any failure removes the incoming
 //! directory and changes nothing else.
 
-use std::io::{self, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fs_err as fs;
 use serde::Serialize;
 
-use crate::archive::{self, HashingReader};
+use crate::archive;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::host::config::HostConfig;
-use crate::host::extract::{installed_mode, Extractor};
+use crate::host::extract::{installed_mode, Extracted, Extractor};
 use crate::host::journal::{Event, EventKind, Journal};
 use crate::host::layout::{random_suffix, remove_tree, Host, INCOMING_PREFIX};
 use crate::host::lock::Lock;
@@ -22,6 +22,7 @@ use crate::host::python;
 use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
 use crate::host::release_id::{rfc3339, ReleaseId};
 use crate::host::releases::{self, Installed};
+use crate::host::reuse::Reuse;
 use crate::host::verify;
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
 use crate::output::Printer;
@@ -52,6 +53,11 @@ pub struct InstallReport {
     pub bytes: u64,
     pub seconds: f64,
     pub already_installed: bool,
+    /// The installed release identical files were hard-linked from.
+    pub linked_from: Option<String>,
+    /// Files hard-linked from it instead of written, and their bytes.
+    pub linked_files: u64,
+    pub linked_bytes: u64,
 }
 
 /// The interpreter the venv will use.
@@ -189,17 +195,45 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
             python, manifest,
         )?));
     }
-    python::check_base_interpreter(manifest)?;
+    if !Path::new(&manifest.python.base_executable).exists() {
+        // Missing: say so now, before anything is unpacked.
+        python::check_base_interpreter(manifest)?;
+    }
+    // It exists: asking it what it is takes a process start, which runs
+    // beside the unpacking (see `install`).
     Ok(VenvPlan::AsBuilt)
 }
 
+/// Check the manifest's interpreter on a thread; join before the rename.
+fn check_interpreter_beside(
+    plan: &VenvPlan,
+    manifest: &Manifest,
+) -> Option<std::thread::JoinHandle<Result<()>>> {
+    let VenvPlan::AsBuilt = plan else {
+        return None;
+    };
+    let release = manifest.release.clone();
+    let need = manifest.python.clone();
+    Some(std::thread::spawn(move || {
+        python::check_base_interpreter_for(&release, &need)
+    }))
+}
+
 /// Refuse when the filesystem of `releases/` cannot hold the release.
-fn check_space(host: &Host, artifact: &Path, manifest: &Manifest, rebuild: bool) -> Result<()> {
+fn check_space(
+    host: &Host,
+    artifact: &Path,
+    manifest: &Manifest,
+    reuse: Option<&Reuse>,
+    rebuild: bool,
+) -> Result<()> {
     const BLOCK: u64 = 4096;
     let mut need = SPACE_MARGIN;
-    for e in &manifest.files {
+    for (i, e) in manifest.files.iter().enumerate() {
         // Saturating: a hostile manifest may declare sizes near 2^64.
         let blocks = match e.kind {
+            // A linked file takes a directory entry, no blocks.
+            EntryType::File if reuse.is_some_and(|r| r.linkable[i]) => 0,
             EntryType::File => e.size().div_ceil(BLOCK).max(1),
             EntryType::Dir => 1,
             EntryType::Symlink => 0,
@@ -241,7 +275,7 @@ fn check_space(host: &Host, artifact: &Path, manifest: &Manifest, rebuild: bool)
             mib(available)
         )));
     }
-    let inodes = manifest.file_count + 1024;
+    let inodes = manifest.file_count - reuse.map_or(0, |r| r.files) + 1024;
     if stat.f_files > 0 && stat.f_favail < inodes {
         return Err(Error::failed(format!(
             "not enough free inodes for release {} under {}: it needs {}, {} are free\n  fix: remove old releases with `release prune --keep N`",
@@ -349,29 +383,52 @@ fn link_shared(
     Ok(())
 }
 
-/// Files 0444/0555, directories 0555, without following symlinks.
-fn make_read_only(release: &Path) -> Result<()> {
+/// Make the release read-only: directories 0555, files 0444/0555. Files
+/// unpacked from the artifact were created with their final mode, so only
+/// the directories change, children first so each stays writable while its
+/// entries change; a venv recreated by `--rebuild-venv` is walked whole.
+fn make_read_only(
+    release: &Path,
+    manifest: &Manifest,
+    unpacked_dirs: &[usize],
+    record: &InstallRecord,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mut dirs = Vec::new();
-    for item in walkdir::WalkDir::new(release).follow_links(false) {
-        let item = item.map_err(|e| io::Error::other(format!("{}: {e}", release.display())))?;
-        let kind = item.file_type();
-        if kind.is_dir() {
-            dirs.push(item.path().to_path_buf());
-        } else if kind.is_file() {
-            let mode = item
-                .metadata()
-                .map_err(|e| io::Error::other(e.to_string()))?
-                .permissions()
-                .mode()
-                & 0o7777;
-            let want = installed_mode(EntryType::File, mode);
-            if mode != want {
-                fsutil::set_mode(item.path(), want)?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let rebuilt = |path: &str| record.venv_rebuilt && (path == "venv" || path.starts_with("venv/"));
+    for &i in unpacked_dirs {
+        let path = &manifest.files[i].path;
+        if !rebuilt(path) {
+            dirs.push(release.join(path));
+        }
+    }
+    for e in &record.entries {
+        if e.kind == EntryType::Dir && !rebuilt(&e.path) {
+            dirs.push(release.join(&e.path));
+        }
+    }
+    if record.venv_rebuilt {
+        for item in walkdir::WalkDir::new(release.join("venv")).follow_links(false) {
+            let item = item.map_err(|e| io::Error::other(format!("{}: {e}", release.display())))?;
+            let kind = item.file_type();
+            if kind.is_dir() {
+                dirs.push(item.path().to_path_buf());
+            } else if kind.is_file() {
+                let mode = item
+                    .metadata()
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                let want = installed_mode(EntryType::File, mode);
+                if mode != want {
+                    fsutil::set_mode(item.path(), want)?;
+                }
             }
         }
     }
-    // Children first, so a directory stays writable while its entries change.
+    dirs.sort();
+    dirs.insert(0, release.to_path_buf());
     for dir in dirs.iter().rev() {
         fsutil::set_mode(dir, 0o555)?;
     }
@@ -398,7 +455,6 @@ pub fn install(
     // Creation with the modes we ask for, whatever the caller's umask.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 
-    let mut raw = HashingReader::new(fs::File::open(artifact)?, u64::MAX);
     enum Stage {
         Existing(Manifest, Box<Installed>),
         Unpacked {
@@ -406,12 +462,14 @@ pub fn install(
             json: Vec<u8>,
             incoming: Incoming,
             plan: VenvPlan,
+            unpacked: Extracted,
+            reuse: Option<Box<Reuse>>,
         },
     }
+    // Decompression runs on its own thread, beside the checks and writes here.
+    let (_format, stream) = archive::Background::open(artifact)?;
+    let mut archive = tar::Archive::new(stream);
     let stage = {
-        let buffered = BufReader::with_capacity(1 << 20, &mut raw);
-        let (_format, decoder) = archive::decompress(artifact, buffered)?;
-        let mut archive = tar::Archive::new(decoder);
         let mut entries = archive::raw_entries(&mut archive)?;
         let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
         printer.progress(&format!(
@@ -422,33 +480,52 @@ pub fn install(
             Stage::Existing(manifest, Box::new(existing))
         } else {
             let plan = plan_venv(options, &manifest)?;
+            let reuse = Reuse::plan(host, &manifest).map(Box::new);
             check_space(
                 host,
                 artifact,
                 &manifest,
+                reuse.as_deref(),
                 matches!(plan, VenvPlan::Rebuild(_)),
             )?;
+            let interpreter = check_interpreter_beside(&plan, &manifest);
             let incoming = Incoming::create(host)?;
             let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
                 .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
+                .with_reuse(reuse.as_deref())
                 .run(entries)?;
+            if let Some(check) = interpreter {
+                check
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::failed("the interpreter check panicked")))?;
+            }
             if printer.verbose > 0 {
                 printer.progress(&format!(
                     "unpacked {} files ({} bytes), every one checked against the manifest",
                     unpacked.files, unpacked.bytes
                 ));
+                if let Some(reuse) = &reuse {
+                    printer.progress(&format!(
+                        "linked {} unchanged files ({} bytes) from release {}",
+                        unpacked.linked, unpacked.linked_bytes, reuse.name
+                    ));
+                }
             }
             Stage::Unpacked {
                 manifest,
                 json,
                 incoming,
                 plan,
+                unpacked,
+                reuse,
             }
         }
     };
-    // Hash the rest of the file (the compressed stream's tail), then compare.
-    io::copy(&mut raw, &mut io::sink()).map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    let digest = raw.digest();
+    // The whole file's sha256, its compressed tail included, then compare.
+    let digest = archive
+        .into_inner()
+        .finish()
+        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
     for (source, want) in &digests {
         if &digest != want {
             return Err(Error::failed(format!(
@@ -458,7 +535,7 @@ pub fn install(
         }
     }
 
-    let (manifest, json, mut incoming, plan) = match stage {
+    let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
         Stage::Existing(manifest, existing) => {
             printer.progress(&format!(
                 "{} is already installed as {} and verifies; nothing changed",
@@ -477,6 +554,9 @@ pub fn install(
                 bytes: manifest.bytes,
                 seconds: started.elapsed().as_secs_f64(),
                 already_installed: true,
+                linked_from: None,
+                linked_files: 0,
+                linked_bytes: 0,
             });
         }
         Stage::Unpacked {
@@ -484,7 +564,9 @@ pub fn install(
             json,
             incoming,
             plan,
-        } => (manifest, json, incoming, plan),
+            unpacked,
+            reuse,
+        } => (manifest, json, incoming, plan, unpacked, reuse),
     };
 
     let dir = incoming.path.clone();
@@ -535,7 +617,7 @@ pub fn install(
         &serde_json::to_vec_pretty(&record).expect("record serialises"),
         0o444,
     )?;
-    make_read_only(&dir)?;
+    make_read_only(&dir, &manifest, &unpacked.dirs, &record)?;
 
     // Durable before it becomes visible: one syncfs for the whole tree.
     let handle = fs::File::open(&dir)?;
@@ -555,7 +637,14 @@ pub fn install(
     Journal::new(&host.journal).append(lock, &event)?;
 
     let seconds = started.elapsed().as_secs_f64();
-    printer.progress(&format!("installed {id_text} in {seconds:.2}s"));
+    let linked = match &reuse {
+        Some(reuse) if unpacked.linked > 0 => format!(
+            " ({} unchanged files linked from {})",
+            unpacked.linked, reuse.name
+        ),
+        _ => String::new(),
+    };
+    printer.progress(&format!("installed {id_text} in {seconds:.2}s{linked}"));
     Ok(InstallReport {
         id: id_text,
         commit: manifest.commit,
@@ -564,6 +653,9 @@ pub fn install(
         bytes: manifest.bytes,
         seconds,
         already_installed: false,
+        linked_from: reuse.map(|r| r.name),
+        linked_files: unpacked.linked,
+        linked_bytes: unpacked.linked_bytes,
     })
 }
 

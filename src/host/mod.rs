@@ -27,6 +27,7 @@ pub mod python;
 pub mod record;
 pub mod release_id;
 pub mod releases;
+pub mod reuse;
 pub mod services;
 pub mod state;
 pub mod verify;

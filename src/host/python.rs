@@ -51,7 +51,11 @@ pub fn describe_need(need: &PythonInfo) -> String {
 /// Check that the interpreter the manifest's venv links to exists on this
 /// host and matches; the error names what is needed and the two ways out.
 pub fn check_base_interpreter(manifest: &Manifest) -> Result<()> {
-    let need = &manifest.python;
+    check_base_interpreter_for(&manifest.release, &manifest.python)
+}
+
+/// [`check_base_interpreter`] from the release id and the manifest's `python`.
+pub fn check_base_interpreter_for(release: &str, need: &PythonInfo) -> Result<()> {
     let base = Path::new(&need.base_executable);
     let problem = match HostPython::run(base.as_os_str()) {
         Ok(found) => match found.mismatch(need) {
@@ -63,7 +67,7 @@ pub fn check_base_interpreter(manifest: &Manifest) -> Result<()> {
     };
     Err(Error::failed(format!(
         "release {} needs {} at {}, but {problem}\n  fix: install that interpreter there, or pass --python PATH naming a matching {} interpreter on this host (the venv is re-pointed to it), or --rebuild-venv to recreate the venv offline from the release's wheels",
-        manifest.release,
+        release,
         describe_need(need),
         need.base_executable,
         describe_need(need),

@@ -1427,3 +1427,111 @@ fn list_and_status_stay_fast_with_500_releases() {
         "list took {list_time:?}"
     );
 }
+
+/// Disk blocks (bytes) used by `dir` beyond what `du` already counted for
+/// `before` (du counts a hard-linked inode once, at its first path).
+fn du_beyond(before: &Path, dir: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(before)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "du failed: {}", stderr(&out));
+    let text = stdout(&out);
+    let last = text.lines().last().unwrap();
+    last.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_install_next_to_the_live_release_links_its_unchanged_files() {
+    use std::os::unix::fs::MetadataExt;
+    let art = artifacts();
+    let root = Root::new();
+    let a = root.install(&art.a);
+    root.ok(&["activate", &a]);
+    let (_, manifest) = release::archive::read_manifest(&art.b).unwrap();
+    let a_dir = root.path.join("releases").join(&a);
+
+    // A file of the live release changed by hand (its mode here) is not
+    // linked from: the new release gets its own, correct copy.
+    let touched = "venv/pyvenv.cfg";
+    std::fs::set_permissions(
+        a_dir.join(touched),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+
+    let report = root.json(&["install", art.b.to_str().unwrap()]);
+    let b = report["id"].as_str().unwrap().to_string();
+    let b_dir = root.path.join("releases").join(&b);
+    assert_eq!(report["linked_from"], a.as_str(), "{report}");
+    let files = manifest
+        .files
+        .iter()
+        .filter(|e| e.kind == release::manifest::EntryType::File)
+        .count() as u64;
+    let linked = report["linked_files"].as_u64().unwrap();
+    // B adds one module (and its pyc) to A and changes nothing else it
+    // ships, so all but a handful of files are links.
+    assert!(
+        linked + 8 >= files && linked < files,
+        "{linked} of {files} files linked"
+    );
+
+    let ino = |dir: &Path, path: &str| std::fs::symlink_metadata(dir.join(path)).unwrap().ino();
+    let first = |prefix: &str| {
+        manifest
+            .files
+            .iter()
+            .find(|e| e.kind == release::manifest::EntryType::File && e.path.starts_with(prefix))
+            .unwrap()
+            .path
+            .clone()
+    };
+    for path in [first("venv/lib/"), first("wheels/"), first("app/")] {
+        assert_eq!(
+            ino(&a_dir, &path),
+            ino(&b_dir, &path),
+            "{path} is not a link"
+        );
+    }
+    assert_ne!(ino(&a_dir, touched), ino(&b_dir, touched));
+    assert!(b_dir.join("app/mysite/extra.py").is_file());
+    assert_eq!(
+        std::fs::symlink_metadata(b_dir.join("app/mysite/extra.py"))
+            .unwrap()
+            .nlink(),
+        1
+    );
+
+    // The new release costs the disk only what changed (directories and a
+    // few small files), not the 60+ MB of the venv and the wheels.
+    let a_bytes = du_beyond(Path::new("/dev/null"), &a_dir);
+    let b_extra = du_beyond(&a_dir, &b_dir);
+    assert!(
+        b_extra * 5 < a_bytes,
+        "release B uses {b_extra} bytes beyond A's {a_bytes}"
+    );
+    assert_eq!(root.json(&["verify", &b])["ok"], true);
+
+    // Links survive the release they came from: prune A away, B still
+    // verifies (its files keep their data), and is read-only as ever.
+    std::fs::set_permissions(
+        a_dir.join(touched),
+        std::os::unix::fs::PermissionsExt::from_mode(0o444),
+    )
+    .unwrap();
+    root.ok(&["activate", &b]);
+    let c = root.install(&art.c);
+    root.ok(&["activate", &c]);
+    let pruned = root.json(&["prune", "--keep", "1"]);
+    assert!(
+        pruned.to_string().contains(&a),
+        "prune did not remove {a}: {pruned}"
+    );
+    assert!(!a_dir.exists());
+    assert_eq!(root.json(&["verify", &b])["ok"], true);
+    assert_eq!(root.json(&["verify", &c])["ok"], true);
+    assert_eq!(mode_of(&b_dir.join(first("venv/lib/"))) & 0o222, 0);
+}
