@@ -521,7 +521,10 @@ impl Extensions {
         } else if kind.is_pax_local_extensions() {
             "a PAX extended header"
         } else if kind.is_pax_global_extensions() {
-            return Err("is a PAX global header; artifacts have none (it would apply to every later member)".into());
+            return Err(
+                "a PAX global header; artifacts have none (it would apply to every later member)"
+                    .into(),
+            );
         } else {
             return Ok(false);
         };

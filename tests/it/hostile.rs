@@ -1013,6 +1013,43 @@ fn cases(outside: &Path) -> Vec<Case> {
         }),
         &["after `", "PAX", "`size`"],
     ));
+    let long_name = |name: &str| {
+        let mut l = M::file("././@LongLink", 0o644, format!("{name}\0").as_bytes());
+        l.kind = T::GNULongName;
+        l
+    };
+    cases.push(case(
+        "two GNU long names for one member",
+        Zst,
+        variant(|m| {
+            insert_after(m, "app", long_name("app/one.py"));
+            m.insert(index(m, "app") + 2, long_name("app/two.py"));
+            m.insert(index(m, "app") + 3, M::file("app/x.py", 0o644, b"x"));
+            end_soon_after(m, "app");
+        }),
+        &["after `app`", "already has a long name"],
+    ));
+    cases.push(case(
+        "a GNU long name with no member after it",
+        Gz,
+        variant(|m| {
+            let i = index(m, "app");
+            m.truncate(i + 1);
+            m.push(long_name("app/x.py"));
+        }),
+        &["after `app`", "no member after it"],
+    ));
+    cases.push(case(
+        "PAX global header",
+        Zst,
+        variant(|m| {
+            let mut g = M::file("pax_global_header", 0o644, &pax_record("comment", b"hi"));
+            g.kind = T::XGlobalHeader;
+            insert_after(m, "app", g);
+            end_soon_after(m, "app");
+        }),
+        &["after `app`", "PAX global header"],
+    ));
     cases
 }
 
