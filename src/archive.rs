@@ -181,8 +181,44 @@ impl<W: Write> Compressor<W> {
 /// Writes a deterministic artifact: every header has mtime = `mtime`, uid/gid 0,
 /// empty owner names and the entry's normalised mode.
 pub struct ArtifactWriter {
-    tar: tar::Builder<Compressor<HashingWriter<BufWriter<fs::File>>>>,
+    tar: tar::Builder<Withhold<Compressor<HashingWriter<BufWriter<fs::File>>>>>,
     mtime: u64,
+}
+
+/// Size of the tar end-of-archive marker: two zero blocks.
+const TAR_END: usize = 1024;
+
+/// Passes writes through, except the last [`TAR_END`] bytes, which it holds
+/// back until told what to do with them: an artifact's tar stream may end in
+/// a second compressed frame (see [`ArtifactWriter::finish_with_tail`]), and
+/// then the first part's end-of-archive marker must not be written.
+struct Withhold<W: Write> {
+    inner: W,
+    held: Vec<u8>,
+}
+
+impl<W: Write> Write for Withhold<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() >= TAR_END {
+            self.inner.write_all(&self.held)?;
+            let (pass, keep) = buf.split_at(buf.len() - TAR_END);
+            self.inner.write_all(pass)?;
+            self.held.clear();
+            self.held.extend_from_slice(keep);
+        } else {
+            self.held.extend_from_slice(buf);
+            if self.held.len() > TAR_END {
+                let excess = self.held.len() - TAR_END;
+                self.inner.write_all(&self.held[..excess])?;
+                self.held.drain(..excess);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 pub struct Written {
@@ -210,7 +246,10 @@ impl ArtifactWriter {
                     .write(sink, flate2::Compression::new(6)),
             ),
         };
-        let mut tar = tar::Builder::new(compressor);
+        let mut tar = tar::Builder::new(Withhold {
+            inner: compressor,
+            held: Vec::with_capacity(2 * TAR_END),
+        });
         tar.mode(tar::HeaderMode::Deterministic);
         tar.follow_symlinks(false);
         Ok(ArtifactWriter {
@@ -276,8 +315,39 @@ impl ArtifactWriter {
     }
 
     pub fn finish(self) -> Result<Written> {
-        let compressor = self.tar.into_inner()?;
-        let hashing = compressor.finish()?;
+        let mut withhold = self.tar.into_inner()?;
+        // The end-of-archive marker: this stream ends here.
+        withhold.inner.write_all(&withhold.held)?;
+        Self::close(withhold.inner, None)
+    }
+
+    /// Finish this part of the tar stream without its end-of-archive marker,
+    /// end its compressed frame, and append `tail`: a complete artifact of
+    /// the same format whose tar stream holds the remaining members (written
+    /// by another [`ArtifactWriter`] and [`finish`](Self::finish)ed). The
+    /// result decompresses as one tar stream: zstd and gzip both read
+    /// concatenated frames as one. This lets the build compress the venv and
+    /// the wheels while the app's files are still being made.
+    pub fn finish_with_tail(self, tail: fs::File) -> Result<Written> {
+        let withhold = self.tar.into_inner()?;
+        if withhold.held != [0u8; TAR_END] {
+            return Err(Error::failed(
+                "internal error: the tar stream did not end in its end-of-archive marker",
+            ));
+        }
+        Self::close(withhold.inner, Some(tail))
+    }
+
+    fn close(
+        compressor: Compressor<HashingWriter<BufWriter<fs::File>>>,
+        tail: Option<fs::File>,
+    ) -> Result<Written> {
+        let mut hashing = compressor.finish()?;
+        if let Some(mut tail) = tail {
+            use std::io::Seek;
+            tail.seek(io::SeekFrom::Start(0))?;
+            io::copy(&mut tail, &mut hashing)?;
+        }
         let (buf, sha256, bytes) = hashing.finish();
         let file = buf.into_inner().map_err(|e| e.into_error())?;
         Ok(Written {
@@ -304,10 +374,11 @@ pub fn decompress<'a, R: io::BufRead + 'a>(
     Ok((format, Box::new(decoder)))
 }
 
-/// A zstd or gzip decoder over a buffered reader.
+/// A zstd or gzip decoder over a buffered reader. Both read every frame
+/// (gzip member) of a stream, one after the other.
 pub enum Decoder<R: io::BufRead> {
     Zst(zstd::Decoder<'static, R>),
-    Gz(flate2::bufread::GzDecoder<R>),
+    Gz(flate2::bufread::MultiGzDecoder<R>),
 }
 
 impl<R: io::BufRead> Decoder<R> {
@@ -324,7 +395,7 @@ impl<R: io::BufRead> Decoder<R> {
         let format = Format::sniff(&magic).ok_or_else(|| not_artifact("not zstd or gzip data"))?;
         let decoder = match format {
             Format::Zst => Decoder::Zst(zstd::Decoder::with_buffer(reader)?),
-            Format::Gz => Decoder::Gz(flate2::bufread::GzDecoder::new(reader)),
+            Format::Gz => Decoder::Gz(flate2::bufread::MultiGzDecoder::new(reader)),
         };
         Ok((format, decoder))
     }

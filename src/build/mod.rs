@@ -55,8 +55,39 @@ struct EnvIndex {
     entries: Vec<Entry>,
 }
 
+/// How long each step took, shown with `-v`.
+struct Steps {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.done.push((step, (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .done
+            .iter()
+            .map(|(step, secs)| format!("{step} {secs:.2}s"))
+            .collect();
+        format!("steps: {}", parts.join(", "))
+    }
+}
+
 pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let started = Instant::now();
+    let mut steps = Steps::new();
     let source = git::Source::open(&flags.source)?;
     let commit = source.commit(flags.commit.as_deref(), flags.allow_dirty)?;
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
@@ -77,6 +108,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     source.export(&commit, &app_dir)?;
     let settings = settings::resolve(flags, &app_dir)?;
     settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
+    steps.done("code");
 
     let requirements = app_dir.join(&settings.requirements);
     if !requirements.is_file() {
@@ -91,6 +123,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let interpreter = python::find_interpreter(&settings.python)?;
     let installer = python::choose_installer(settings.installer, &interpreter)?;
     let requirements_sha256 = requirements_digest(&requirements, &app_dir)?;
+    steps.done("interpreter");
 
     // The venv + wheels, from the cache or built now.
     let key = env_key(&requirements_sha256, &interpreter, &installer);
@@ -114,6 +147,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             &commit,
             &settings,
             &cache_dir,
+            &mut steps,
             printer,
         )?;
     }
@@ -124,24 +158,130 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
                 env_dir.display()
             ))
         })?;
-    let venv = env_dir.join("venv");
-
-    // Static files, then byte-compile the app.
-    let static_dir = work_dir.join("static");
-    if let Some(cmd) = &settings.static_cmd {
-        printer.progress(&format!("static step: {cmd}"));
-        fs::create_dir_all(&static_dir)?;
-        run_static(cmd, &app_dir, &venv, &static_dir, commit.epoch)?;
+    if cached_env {
+        steps.done("env (cached)");
     }
-    python::compile(
-        &venv,
-        work_dir,
-        std::slice::from_ref(&app_dir),
-        commit.epoch,
-    )?;
+
+    // The venv and the wheels end the (sorted) tar stream, and their entries
+    // are known now: for zstd, compress them on a thread of their own, as a
+    // second frame, while the static step and the app's pycs are made. (A
+    // gzip artifact stays one gzip member: some readers stop after the first.)
+    let mut tail_entries = index.entries.clone();
+    tail_entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (manifest, artifact, written) = std::thread::scope(|scope| -> Result<_> {
+        let tail = (settings.format == Format::Zst).then(|| {
+            scope.spawn(|| {
+                write_tail(
+                    &tail_entries,
+                    &env_dir,
+                    work_dir,
+                    settings.format,
+                    commit.epoch,
+                    &stop,
+                )
+            })
+        });
+        let rest = make_rest_and_write(
+            flags,
+            &settings,
+            &commit,
+            &interpreter,
+            &index,
+            requirements_sha256,
+            &app_dir,
+            &env_dir,
+            work_dir,
+            &tail_entries,
+            tail.map(|tail| {
+                move || {
+                    tail.join()
+                        .unwrap_or_else(|_| Err(Error::failed("the archiving thread panicked")))
+                }
+            }),
+            &mut steps,
+            printer,
+        );
+        if rest.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        rest
+    })?;
+    if printer.verbose > 0 {
+        printer.progress(&steps.summary());
+    }
+
+    Ok(BuildReport {
+        artifact,
+        sha256: written.sha256,
+        app: manifest.app,
+        commit: manifest.commit,
+        release: manifest.release,
+        format: settings.format,
+        files: manifest.file_count,
+        bytes: written.bytes,
+        tree_sha256: manifest.tree_sha256,
+        seconds: started.elapsed().as_secs_f64(),
+        cached_env,
+    })
+}
+
+/// Everything after the env: the static step and the app's pycs, the
+/// manifest, and the artifact, whose venv-and-wheels part `join_tail` gives
+/// (or, without it, is written here).
+#[allow(clippy::too_many_arguments)]
+fn make_rest_and_write(
+    flags: &BuildFlags,
+    settings: &settings::Settings,
+    commit: &git::Commit,
+    interpreter: &python::Interpreter,
+    index: &EnvIndex,
+    requirements_sha256: String,
+    app_dir: &Path,
+    env_dir: &Path,
+    work_dir: &Path,
+    tail_entries: &[Entry],
+    join_tail: Option<impl FnOnce() -> Result<fs::File>>,
+    steps: &mut Steps,
+    printer: &Printer,
+) -> Result<(Manifest, PathBuf, archive::Written)> {
+    let venv = &env_dir.join("venv");
+    // Static files, and beside them the app's pycs: the static step runs
+    // with PYTHONDONTWRITEBYTECODE and compileall replaces each pyc
+    // atomically, so neither sees the other half-done.
+    let static_dir = work_dir.join("static");
+    std::thread::scope(|scope| -> Result<()> {
+        let compiling = scope.spawn(|| {
+            python::compile_with(
+                venv,
+                work_dir,
+                &[app_dir.to_path_buf()],
+                commit.epoch,
+                python::Jobs::One,
+            )
+        });
+        let collected = match &settings.static_cmd {
+            Some(cmd) => {
+                printer.progress(&format!("static step: {cmd}"));
+                fs::create_dir_all(&static_dir)
+                    .map_err(Error::from)
+                    .and_then(|()| run_static(cmd, app_dir, venv, &static_dir, commit.epoch))
+            }
+            None => Ok(()),
+        };
+        let compiled = compiling
+            .join()
+            .unwrap_or_else(|_| Err(Error::failed("compileall panicked")));
+        collected.and(compiled)
+    })?;
+    steps.done(if settings.static_cmd.is_some() {
+        "static + compile"
+    } else {
+        "compile"
+    });
 
     // The manifest: every path, sorted.
-    let mut files = scan_tree(&app_dir, "app")?;
+    let mut files = scan_tree(app_dir, "app")?;
     files.extend(index.entries.iter().cloned());
     if settings.static_cmd.is_some() {
         files.extend(scan_tree(&static_dir, "static")?);
@@ -169,6 +309,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         files,
     };
     manifest.validate().map_err(Error::failed)?;
+    steps.done("manifest");
 
     // The archive: written beside its final name, then renamed into place.
     fs::create_dir_all(&flags.out)?;
@@ -179,6 +320,12 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         settings.format.extension()
     ));
     printer.progress(&format!("writing {}", artifact.display()));
+    let split = manifest.files.len() - tail_entries.len();
+    if manifest.files[split..] != *tail_entries {
+        return Err(Error::failed(
+            "internal error: the venv and wheels are not the end of the sorted file list",
+        ));
+    }
     let tmp = tempfile::Builder::new()
         .prefix(".partial-")
         .tempfile_in(&flags.out)
@@ -187,20 +334,35 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
     let mut writer = ArtifactWriter::new(file, settings.format, commit.epoch)?;
     writer.append_manifest(&manifest.to_json_bytes())?;
-    let bar = printer.bar(manifest.files.len() as u64, "archiving");
-    for entry in &manifest.files {
-        bar.inc(1);
+    for entry in &manifest.files[..split] {
         let source_path = match entry.path.split_once('/') {
             Some(("app", rest)) => app_dir.join(rest),
             Some(("static", rest)) => static_dir.join(rest),
-            _ if entry.path == "app" => app_dir.clone(),
+            _ if entry.path == "app" => app_dir.to_path_buf(),
             _ if entry.path == "static" => static_dir.clone(),
-            _ => env_dir.join(&entry.path),
+            _ => {
+                return Err(Error::failed(format!(
+                    "internal error: {} sorts before the venv but is not in app/ or static/",
+                    entry.path
+                )))
+            }
         };
         writer.append(entry, &source_path)?;
     }
-    bar.finish_and_clear();
-    let written = writer.finish()?;
+    let written = match join_tail {
+        Some(join_tail) => {
+            let spinner = printer.spinner("compressing the venv and the wheels");
+            let tail = join_tail()?;
+            spinner.finish_and_clear();
+            writer.finish_with_tail(tail)?
+        }
+        None => {
+            for entry in tail_entries {
+                writer.append(entry, &env_dir.join(&entry.path))?;
+            }
+            writer.finish()?
+        }
+    };
     fsutil::set_mode(&tmp_path, 0o644)?;
     written.file.sync_all()?;
     tmp_path
@@ -208,20 +370,34 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
     archive::write_checksum_file(&artifact, &written.sha256)?;
     fsutil::fsync_dir(&flags.out)?;
+    steps.done("archive");
+    Ok((manifest, artifact, written))
+}
 
-    Ok(BuildReport {
-        artifact,
-        sha256: written.sha256,
-        app: manifest.app,
-        commit: manifest.commit,
-        release: manifest.release,
-        format: settings.format,
-        files: manifest.file_count,
-        bytes: written.bytes,
-        tree_sha256: manifest.tree_sha256,
-        seconds: started.elapsed().as_secs_f64(),
-        cached_env,
-    })
+/// Write the venv's and the wheels' members (sorted, as they end the
+/// artifact) as a complete compressed tar stream into a file in `work_dir`.
+fn write_tail(
+    entries: &[Entry],
+    env_dir: &Path,
+    work_dir: &Path,
+    format: Format,
+    epoch: i64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<fs::File> {
+    let path = work_dir.join("tail.partial");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let mut writer = ArtifactWriter::new(file, format, epoch)?;
+    for entry in entries {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::failed("archiving stopped"));
+        }
+        writer.append(entry, &env_dir.join(&entry.path))?;
+    }
+    Ok(writer.finish()?.file)
 }
 
 /// Build a cache entry: wheels, venv, relocation, pycs, index. Built under a
@@ -238,6 +414,7 @@ fn build_env(
     commit: &git::Commit,
     settings: &settings::Settings,
     cache_dir: &Path,
+    steps: &mut Steps,
     printer: &Printer,
 ) -> Result<()> {
     let envs = env_dir.parent().expect("env dir has a parent");
@@ -268,8 +445,10 @@ fn build_env(
         },
         commit.epoch,
     )?;
+    steps.done("wheels");
     let venv = tmp.path().join("venv");
     python::create_venv(installer, interpreter, &venv, &wheels, commit.epoch)?;
+    steps.done("venv");
     let report = relocate::relocate(&venv)?;
     printer.progress(&format!(
         "made {} console scripts relocatable",
@@ -284,8 +463,10 @@ fn build_env(
     let base_executable = base_interpreter_link(&venv)?;
     let site = venv.join("lib");
     python::compile(&venv, tmp.path(), &[site], commit.epoch)?;
+    steps.done("relocate + compile");
     let mut entries = scan_tree(&venv, "venv")?;
     entries.extend(scan_tree(&wheels, "wheels")?);
+    steps.done("hash env");
     let index = EnvIndex {
         base_executable,
         installer: installer.describe(),

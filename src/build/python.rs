@@ -368,6 +368,26 @@ pub fn create_venv(
 /// file names (`-s strip`). CPython rewrites `co_filename` to the real source
 /// path when it loads a pyc, so tracebacks on the host name the installed files.
 pub fn compile(venv: &Path, strip: &Path, dirs: &[PathBuf], epoch: i64) -> Result<()> {
+    compile_with(venv, strip, dirs, epoch, Jobs::All)
+}
+
+/// How many processes compileall uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jobs {
+    /// One per core: for site-packages (thousands of files).
+    All,
+    /// One: for an app's code, where starting a process pool (about 0.1 s)
+    /// costs more than it saves.
+    One,
+}
+
+pub fn compile_with(
+    venv: &Path,
+    strip: &Path,
+    dirs: &[PathBuf],
+    epoch: i64,
+    jobs: Jobs,
+) -> Result<()> {
     let mut cmd = Command::new(venv.join("bin/python"));
     cmd.args([
         "-m",
@@ -375,7 +395,7 @@ pub fn compile(venv: &Path, strip: &Path, dirs: &[PathBuf], epoch: i64) -> Resul
         "-q",
         "-q",
         "-j",
-        "0",
+        if jobs == Jobs::All { "0" } else { "1" },
         "--invalidation-mode",
         "checked-hash",
         "-s",
