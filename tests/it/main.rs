@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod demo;
 mod host;
+mod hostile;
 mod reload;
 mod services;
