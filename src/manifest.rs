@@ -247,6 +247,12 @@ impl Manifest {
                 self.release
             ));
         }
+        if self.files.len() as u64 > MAX_FILES {
+            return Err(format!(
+                "it lists {} files, more than the {MAX_FILES} a release may have",
+                self.files.len()
+            ));
+        }
         if self.app.is_empty() || !self.app.chars().all(is_name_char) {
             return Err(format!("app name {:?} is not a valid name", self.app));
         }
