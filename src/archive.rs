@@ -548,7 +548,129 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> std::result::Result<S
     ))
 }
 
-/// Read the manifest from the first member of an open archive.
+/// The largest GNU long name, long link name or PAX extended header a member
+/// may carry. A path is at most 4096 bytes (`manifest::check_path`); this
+/// leaves room for any honest header. The `tar` crate reads these headers whole
+/// into memory whatever size they declare (a few compressed bytes can declare
+/// gigabytes), so archives are read in its raw mode ([`raw_entries`]) and the
+/// headers are read here, bounded, by [`Extensions`].
+pub const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
+
+/// The members of an archive as the `tar` crate reads them in raw mode: GNU
+/// long names / long links and PAX headers come as members of their own, for
+/// [`Extensions`] to read within [`MAX_EXTENSION_BYTES`].
+pub fn raw_entries<'a, R: Read>(archive: &'a mut tar::Archive<R>) -> Result<tar::Entries<'a, R>> {
+    Ok(archive.entries()?.raw(true))
+}
+
+/// The long path and link name that extension headers (GNU `L`/`K`, PAX `x`)
+/// give the member that follows them, read with a size limit.
+#[derive(Debug, Default)]
+pub struct Extensions {
+    pub path: Option<Vec<u8>>,
+    pub link: Option<Vec<u8>>,
+    pending: bool,
+}
+
+impl Extensions {
+    /// When `entry` is an extension header, read it and return `Ok(true)`: its
+    /// names apply to the next member. `Ok(false)` for any other member.
+    /// `Err(rule)` refuses the archive: a header larger than
+    /// [`MAX_EXTENSION_BYTES`] (refused before any of it is read), a PAX
+    /// global header, a PAX record other than path, linkpath, times and
+    /// owners (`size` or `GNU.sparse.*` would change how the stream is read),
+    /// or two long names for one member.
+    pub fn absorb<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> std::result::Result<bool, String> {
+        let kind = entry.header().entry_type();
+        let what = if kind.is_gnu_longname() {
+            "a GNU long name"
+        } else if kind.is_gnu_longlink() {
+            "a GNU long link name"
+        } else if kind.is_pax_local_extensions() {
+            "a PAX extended header"
+        } else if kind.is_pax_global_extensions() {
+            return Err(
+                "a PAX global header; artifacts have none (it would apply to every later member)"
+                    .into(),
+            );
+        } else {
+            return Ok(false);
+        };
+        let size = entry
+            .header()
+            .entry_size()
+            .map_err(|e| format!("{what} with an unreadable size: {e}"))?;
+        if size > MAX_EXTENSION_BYTES {
+            return Err(format!(
+                "{what} of {size} bytes, more than the {MAX_EXTENSION_BYTES} allowed (a path is at most 4096 bytes); refused before reading it"
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry.take(size).read_to_end(&mut data).map_err(|e| {
+            format!("{what} cannot be read (the archive is corrupt or truncated): {e}")
+        })?;
+        if data.len() as u64 != size {
+            return Err(format!(
+                "{what} ends after {} of {size} bytes: the archive is truncated",
+                data.len()
+            ));
+        }
+        let twice = || format!("{what} for a member that already has a long name");
+        if kind.is_pax_local_extensions() {
+            for record in tar::PaxExtensions::new(&data) {
+                let record = record.map_err(|e| format!("{what} with a malformed record: {e}"))?;
+                let slot = match record.key_bytes() {
+                    b"path" => &mut self.path,
+                    b"linkpath" => &mut self.link,
+                    b"mtime" | b"atime" | b"ctime" | b"uid" | b"gid" | b"uname" | b"gname" => {
+                        continue
+                    }
+                    key => {
+                        return Err(format!(
+                            "{what} with the record `{}`, which is not supported (only path, linkpath, times and owners; artifacts have no PAX headers at all)",
+                            String::from_utf8_lossy(key).escape_debug()
+                        ))
+                    }
+                };
+                if slot.is_some() {
+                    return Err(twice());
+                }
+                *slot = Some(record.value_bytes().to_vec());
+            }
+        } else {
+            let slot = if kind.is_gnu_longname() {
+                &mut self.path
+            } else {
+                &mut self.link
+            };
+            if slot.is_some() {
+                return Err(twice());
+            }
+            while data.last() == Some(&0) {
+                data.pop();
+            }
+            *slot = Some(data);
+        }
+        self.pending = true;
+        Ok(true)
+    }
+
+    /// The names for the member that follows; clears them.
+    pub fn take(&mut self) -> Extensions {
+        std::mem::take(self)
+    }
+
+    /// Whether an extension header was read and no member has followed it yet.
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+}
+
+/// Read the manifest from the first member of an open archive (entries from
+/// [`raw_entries`]: an extension header first is refused unread).
 pub fn read_manifest_entry<R: Read>(
     path: &Path,
     entries: &mut tar::Entries<'_, R>,
@@ -577,7 +699,7 @@ pub fn read_manifest_entry<R: Read>(
             "{MANIFEST_NAME} declares {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
         )));
     }
-    let mut json = Vec::with_capacity(size as usize);
+    let mut json = Vec::with_capacity(size.min(1 << 20) as usize);
     first
         .take(MAX_MANIFEST_BYTES)
         .read_to_end(&mut json)
@@ -590,7 +712,7 @@ pub fn read_manifest_entry<R: Read>(
 pub fn read_manifest(path: &Path) -> Result<(Format, Manifest)> {
     let (format, reader) = open(path)?;
     let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries()?;
+    let mut entries = raw_entries(&mut archive)?;
     let (manifest, _) = read_manifest_entry(path, &mut entries)?;
     Ok((format, manifest))
 }

@@ -52,7 +52,7 @@ pub enum Error {
     #[error("{path}: not a release artifact: {reason}\n  fix: pass a .tar.zst or .tar.gz written by `release build`")]
     NotAnArtifact { path: PathBuf, reason: String },
 
-    #[error("{path}: bad manifest: {reason}")]
+    #[error("{path}: bad manifest (release.json): {reason}\n  fix: use the artifact as `release build` wrote it (a manifest is never edited by hand), or check where this file came from")]
     BadManifest { path: PathBuf, reason: String },
 
     #[error("{path}: {message}")]

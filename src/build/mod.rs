@@ -308,7 +308,20 @@ fn make_rest_and_write(
         tree_sha256: manifest::tree_digest(&files),
         files,
     };
-    manifest.validate().map_err(Error::failed)?;
+    manifest.validate().map_err(|why| {
+        Error::failed(format!(
+            "the release would not install: {why}\n  fix: leave generated or vendored trees out of the artifact with `exclude` in [tool.release]"
+        ))
+    })?;
+    let manifest_json = manifest.to_json_bytes();
+    if manifest_json.len() as u64 > manifest::MAX_MANIFEST_BYTES {
+        return Err(Error::failed(format!(
+            "the manifest of {} files is {} bytes, more than the {} a host reads\n  fix: leave generated or vendored trees out of the artifact with `exclude` in [tool.release]",
+            manifest.file_count,
+            manifest_json.len(),
+            manifest::MAX_MANIFEST_BYTES
+        )));
+    }
     steps.done("manifest");
 
     // The archive: written beside its final name, then renamed into place.
@@ -333,7 +346,7 @@ fn make_rest_and_write(
     let (tmp_file, tmp_path) = tmp.into_parts();
     let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
     let mut writer = ArtifactWriter::new(file, settings.format, commit.epoch)?;
-    writer.append_manifest(&manifest.to_json_bytes())?;
+    writer.append_manifest(&manifest_json)?;
     for entry in &manifest.files[..split] {
         let source_path = match entry.path.split_once('/') {
             Some(("app", rest)) => app_dir.join(rest),

@@ -13,7 +13,10 @@
 //!   interpreter the manifest records;
 //! * nothing is written through a symlink: a member's parent must be a
 //!   directory this extraction created, and files are created with
-//!   `O_CREAT|O_EXCL|O_NOFOLLOW`.
+//!   `O_CREAT|O_EXCL|O_NOFOLLOW`;
+//! * the archive is read in the `tar` crate's raw mode: GNU long names and
+//!   PAX headers are read here within `archive::MAX_EXTENSION_BYTES`, never
+//!   whole into memory whatever size they declare.
 //!
 //! With a [`Reuse`] plan, a file identical to the live release's is
 //! hard-linked from it instead of written (see `reuse.rs`); its member is
@@ -23,7 +26,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::archive::HashingReader;
+use crate::archive::{Extensions, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::host::reuse::Reuse;
@@ -157,20 +160,28 @@ impl<'a> Extractor<'a> {
     fn refuse(&self, entry: &str, rule: impl Into<String>) -> Error {
         Error::UnsafeEntry {
             artifact: self.artifact.to_path_buf(),
-            entry: entry.escape_debug().to_string(),
+            entry: shorten(entry),
             rule: rule.into(),
         }
     }
 
-    /// Unpack every remaining member of `entries` (the manifest already read),
-    /// then check that nothing in the manifest was missing.
+    /// Unpack every remaining member of `entries` (raw entries, see
+    /// `archive::raw_entries`; the manifest already read), then check that
+    /// nothing in the manifest was missing.
     pub fn run<R: Read>(mut self, entries: tar::Entries<'_, R>) -> Result<Extracted> {
         let mut last = String::from("release.json");
         let mut writeback = Writeback::start(self.dest);
+        let mut names = Extensions::default();
         for entry in entries {
-            let entry = entry.map_err(|e| self.corrupt(&last, &e))?;
+            let mut entry = entry.map_err(|e| self.corrupt(&last, &e))?;
+            if names
+                .absorb(&mut entry)
+                .map_err(|why| self.refuse_after(&last, &why))?
+            {
+                continue;
+            }
             let before = self.out.bytes;
-            last = self.one(entry)?;
+            last = self.one(entry, names.take())?;
             writeback.wrote(self.out.bytes - before);
             self.progress.inc(1);
             if self.out.files + self.out.linked == 100 {
@@ -178,6 +189,12 @@ impl<'a> Extractor<'a> {
             }
         }
         drop(writeback);
+        if names.pending() {
+            return Err(self.refuse_after(
+                &last,
+                "an extension header ends the archive, with no member after it",
+            ));
+        }
         self.progress.finish_and_clear();
         if let Some(i) = self.seen.iter().position(|s| !s) {
             let missing = self.seen.iter().filter(|s| !**s).count();
@@ -195,6 +212,15 @@ impl<'a> Extractor<'a> {
         Ok(self.out)
     }
 
+    /// Refuse at an extension header, which names no member of its own.
+    fn refuse_after(&self, last: &str, why: &str) -> Error {
+        Error::failed(format!(
+            "{}: the member after `{}` refused: {why}\n  nothing was installed; fix: rebuild the artifact with `release build` (never edit an artifact by hand), or check where this file came from",
+            self.artifact.display(),
+            shorten(last)
+        ))
+    }
+
     fn corrupt(&self, after: &str, err: &std::io::Error) -> Error {
         Error::failed(format!(
             "{}: the archive is corrupt or truncated after member `{}`: {err}\n  nothing was installed; fix: copy the artifact again and compare it with its .sha256",
@@ -204,8 +230,10 @@ impl<'a> Extractor<'a> {
     }
 
     /// Check and unpack one member; returns its path.
-    fn one<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<String> {
-        let raw = entry.path_bytes().into_owned();
+    fn one<R: Read>(&mut self, mut entry: tar::Entry<'_, R>, names: Extensions) -> Result<String> {
+        let raw = names
+            .path
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
         let lossy = String::from_utf8_lossy(&raw).into_owned();
         let Ok(name) = std::str::from_utf8(&raw) else {
             return Err(self.refuse(&lossy, "path is not UTF-8"));
@@ -293,9 +321,9 @@ impl<'a> Extractor<'a> {
         match kind {
             EntryType::Dir => self.make_dir(path, index)?,
             EntryType::Symlink => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|l| l.into_owned())
+                let link = names
+                    .link
+                    .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()))
                     .unwrap_or_default();
                 let Ok(link) = String::from_utf8(link) else {
                     return Err(self.refuse(path, "symlink target is not UTF-8"));
@@ -365,7 +393,10 @@ impl<'a> Extractor<'a> {
         let read = reader.bytes_read();
         let digest = reader.digest();
         if read != want_size {
-            return Err(self.refuse(path, format!("ended after {read} of {want_size} bytes")));
+            return Err(self.refuse(
+                path,
+                format!("ended after {read} of {want_size} bytes: the archive is truncated"),
+            ));
         }
         let want = expected.sha256.as_deref().unwrap_or_default();
         if digest != want {
@@ -394,7 +425,11 @@ impl<'a> Extractor<'a> {
         if link != want {
             return Err(self.refuse(
                 path,
-                format!("symlink points to {link:?}, the manifest says {want:?}"),
+                format!(
+                    "symlink points to \"{}\", the manifest says \"{}\"",
+                    shorten(link),
+                    shorten(want)
+                ),
             ));
         }
         let interpreter_link =
@@ -402,7 +437,7 @@ impl<'a> Extractor<'a> {
         if !interpreter_link && !manifest::symlink_stays_inside(path, link) {
             return Err(self.refuse(
                 path,
-                format!("symlink to {link:?} leaves the release (only venv/bin links to the manifest's interpreter may)"),
+                format!("symlink to \"{}\" leaves the release (only venv/bin links to the manifest's interpreter may)", shorten(link)),
             ));
         }
         let target_path = self.dest.join(path);
@@ -463,4 +498,15 @@ impl<'a> Extractor<'a> {
             ))
         }
     }
+}
+
+/// An entry name for a message: escaped, and cut short when it is long (a
+/// hostile name can be 64 KiB).
+fn shorten(entry: &str) -> String {
+    let escaped = entry.escape_debug().to_string();
+    if escaped.chars().count() <= 200 {
+        return escaped;
+    }
+    let head: String = escaped.chars().take(120).collect();
+    format!("{head}… ({} bytes in all)", entry.len())
 }

@@ -224,6 +224,7 @@ fn check_interpreter_beside(
 /// returns the bytes it needs.
 fn check_space(
     host: &Host,
+    artifact: &Path,
     manifest: &Manifest,
     reuse: Option<&Reuse>,
     rebuild: bool,
@@ -231,6 +232,7 @@ fn check_space(
     const BLOCK: u64 = 4096;
     let mut need = SPACE_MARGIN;
     for (i, e) in manifest.files.iter().enumerate() {
+        // Saturating: a hostile manifest may declare sizes near 2^64.
         let blocks = match e.kind {
             // A linked file takes a directory entry, no blocks.
             EntryType::File if reuse.is_some_and(|r| r.linkable[i]) => 0,
@@ -238,19 +240,37 @@ fn check_space(
             EntryType::Dir => 1,
             EntryType::Symlink => 0,
         };
-        let mut bytes = blocks * BLOCK;
+        let mut bytes = blocks.saturating_mul(BLOCK);
         if rebuild && e.path.starts_with("venv/") {
-            bytes *= 2;
+            bytes = bytes.saturating_mul(2);
         }
-        need += bytes;
+        need = need.saturating_add(bytes);
     }
     let stat = rustix::fs::statvfs(&host.releases)
         .map_err(|e| fsutil::fs_err_io(e.into(), &host.releases))?;
     let available = stat.f_bavail.saturating_mul(stat.f_frsize);
     let mib = |b: u64| b.div_ceil(1024 * 1024);
     if available < need {
+        let largest = manifest
+            .files
+            .iter()
+            .max_by_key(|e| e.size())
+            .map(|e| {
+                format!(
+                    " (its largest file, `{}`, is {} MiB)",
+                    e.path.escape_debug(),
+                    mib(e.size())
+                )
+            })
+            .unwrap_or_default();
+        let fix = if need > stat.f_blocks.saturating_mul(stat.f_frsize) {
+            "the manifest declares more than the whole filesystem holds: do not trust this artifact; rebuild it with `release build`"
+        } else {
+            "free space, e.g. remove old releases with `release prune --keep N`"
+        };
         return Err(Error::failed(format!(
-            "not enough free space for release {} under {}: it needs about {} MiB, {} MiB are available\n  fix: free space, e.g. remove old releases with `release prune --keep N`",
+            "{}: not enough free space for release {} under {}: it needs about {} MiB{largest}, {} MiB are available\n  nothing was installed; fix: {fix}",
+            artifact.display(),
             manifest.release,
             host.releases.display(),
             mib(need),
@@ -466,7 +486,7 @@ fn install_steps(
     let (_format, stream) = archive::Background::open(artifact)?;
     let mut archive = tar::Archive::new(stream);
     let stage = {
-        let mut entries = archive.entries()?;
+        let mut entries = archive::raw_entries(&mut archive)?;
         let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
         printer.progress(&format!(
             "installing {} {} (commit {})",
@@ -480,6 +500,7 @@ fn install_steps(
             let reuse = Reuse::plan(host, &manifest).map(Box::new);
             let bytes = check_space(
                 host,
+                artifact,
                 &manifest,
                 reuse.as_deref(),
                 matches!(plan, VenvPlan::Rebuild(_)),

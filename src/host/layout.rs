@@ -105,7 +105,11 @@ impl Host {
         self.check_safe()
     }
 
-    /// Refuse a root, `releases/` or `current` another user could swap under us.
+    /// Refuse a root, `releases/` or `current` another user could swap under
+    /// us, and release's own paths in the root (`shared/`, `release.toml`,
+    /// `history.jsonl`, `.lock`, the entries of `releases/`) when they are
+    /// planted symlinks, of the wrong type, writable by group or others, or
+    /// owned by another user.
     pub fn check_safe(&self) -> Result<()> {
         for dir in [&self.root, &self.releases] {
             let meta = match fs::symlink_metadata(dir) {
@@ -128,24 +132,28 @@ impl Host {
                     dir.display()
                 )));
             }
-            let mode = meta.permissions().mode();
-            if mode & 0o022 != 0 {
-                return Err(Error::failed(format!(
-                    "{} is writable by group or others (mode {:04o}); anyone who can write there can replace a release\n  fix: chmod go-w {}",
-                    dir.display(),
-                    mode & 0o7777,
-                    dir.display()
-                )));
-            }
-            let uid = rustix::process::geteuid().as_raw();
-            if meta.uid() != uid && meta.uid() != 0 {
-                return Err(Error::failed(format!(
-                    "{} belongs to uid {}, not to you (uid {uid}) or root\n  fix: run release as its owner, or chown it",
-                    dir.display(),
-                    meta.uid()
-                )));
-            }
+            check_owner(dir, &meta, "replace a release")?;
         }
+        self.check_own_path(
+            &self.shared,
+            true,
+            "the shared directory",
+            "replace the files every release links to",
+        )?;
+        self.check_own_path(
+            &self.config,
+            false,
+            "its settings",
+            "choose the hooks release runs",
+        )?;
+        self.check_own_path(
+            &self.journal,
+            false,
+            "its journal",
+            "rewrite what rollback goes back to",
+        )?;
+        self.check_own_path(&self.lock, false, "its lock", "fake the lock's holder")?;
+        self.check_release_entries()?;
         match fs::symlink_metadata(&self.current) {
             Ok(meta) if !meta.file_type().is_symlink() => Err(Error::failed(format!(
                 "{} is a {}, not a symlink; release manages `current` as a symlink to releases/<id>\n  fix: move it away (mv {0} {0}.old), then activate a release",
@@ -156,6 +164,80 @@ impl Host {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// One of release's own paths in the root, when it exists: a real
+    /// directory (`dir`) or regular file, not a symlink, not writable by group
+    /// or others, owned by us or root. `what` says what release keeps there,
+    /// `harm` what a writer could do.
+    fn check_own_path(&self, path: &Path, dir: bool, what: &str, harm: &str) -> Result<()> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let p = path.display();
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            let fix = if dir {
+                format!("move the link away and put the real directory in its place (mv {p} {p}.link && mv {target} {p})")
+            } else {
+                format!("replace the link with a copy of the file it points to (cp --remove-destination {target} {p}), or move it away (mv {p} {p}.link)")
+            };
+            return Err(Error::failed(format!(
+                "{p} is a symlink (to {target}); release never uses {what} through a symlink, which could lead anywhere and be swapped at any time\n  fix: {fix}"
+            )));
+        }
+        if (dir && !meta.is_dir()) || (!dir && !meta.is_file()) {
+            return Err(Error::failed(format!(
+                "{p} is not a {}; release keeps {what} there\n  fix: move it away (mv {p} {p}.old)",
+                if dir { "directory" } else { "regular file" }
+            )));
+        }
+        check_owner(path, &meta, harm)
+    }
+
+    /// Every entry of `releases/` that is a symlink is refused: release
+    /// installs each release as a real directory, so a link there was planted
+    /// and could lead `current` (or `activate`) anywhere.
+    fn check_release_entries(&self) -> Result<()> {
+        let entries = match fs::read_dir(&self.releases) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_symlink() {
+                let path = entry.path();
+                let target = fs::read_link(&path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Err(Error::failed(format!(
+                    "{} is a symlink (to {target}); release installs every release as a real directory, so this link was planted and could make a release lead anywhere\n  fix: remove the link (rm {}; what it points to is left alone)",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// For mutating commands: `current` must be missing or point at
+    /// `releases/<id>`. A link elsewhere was not made by release; it is neither
+    /// followed nor replaced (prune and rollback could not tell what is live).
+    pub fn check_current_is_ours(&self) -> Result<()> {
+        if let Current::Foreign(target) = self.current()? {
+            let c = self.current.display();
+            return Err(Error::failed(format!(
+                "{c} points to {}, not to a release under {}; release did not make this link (it was changed by hand or planted) and will neither follow nor replace it\n  fix: see where it leads (ls -l {c}); then move it away (mv {c} {c}.planted) and run `release activate ID` to put a release back live",
+                target.display(),
+                self.releases.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Where `current` points.
@@ -248,6 +330,30 @@ impl Host {
         }
         Ok(())
     }
+}
+
+/// Refuse a path of the root that is writable by group or others, or owned by
+/// another user (not root): such a user could `harm`.
+fn check_owner(path: &Path, meta: &std::fs::Metadata, harm: &str) -> Result<()> {
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(Error::failed(format!(
+            "{} is writable by group or others (mode {:04o}); anyone who can write it can {harm}\n  fix: chmod go-w {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )));
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(Error::failed(format!(
+            "{} belongs to uid {}, not to you (uid {uid}) or root; that user can {harm}\n  fix: run release as its owner, or chown it (chown {uid} {})",
+            path.display(),
+            meta.uid(),
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A short random hex string for temporary names (the lock already makes

@@ -81,6 +81,7 @@ impl Session {
         } else {
             host.check_exists()?;
         }
+        host.check_current_is_ours()?;
         let config = HostConfig::load(&host.config)?;
         let lock = Lock::acquire(&host, wait, printer)?;
         host.remove_leftovers(&lock, printer)?;
@@ -96,6 +97,9 @@ pub fn run(
     printer: &Printer,
 ) -> Result<ExitCode> {
     let host = Host::at(root)?;
+    // The root's own files (journal, lock, shared targets) are created 0644 /
+    // 0755 whatever the caller's umask: check_safe refuses them group-writable.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     match command {
         HostCommand::Install(args) => {
             let s = Session::open(host, true, wait, printer)?;
@@ -178,6 +182,14 @@ pub fn run(
                 Some(id) => releases::resolve(&host, &list, id)?,
                 None => {
                     let current = host.current()?;
+                    if let layout::Current::Foreign(target) = &current {
+                        return Err(Error::failed(format!(
+                            "{} points to {}, not to a release under {}; verify does not follow it\n  fix: name a release: `release verify ID` (see `release list`)",
+                            host.current.display(),
+                            target.display(),
+                            host.releases.display()
+                        )));
+                    }
                     let Some(current) = current.id() else {
                         return Err(Error::failed(format!(
                             "no release is current under {}\n  fix: name one: `release verify ID` (see `release list`)",

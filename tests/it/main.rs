@@ -7,5 +7,6 @@ mod common;
 mod demo;
 mod faults;
 mod host;
+mod hostile;
 mod reload;
 mod services;
