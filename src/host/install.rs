@@ -263,10 +263,14 @@ fn check_space(
                 )
             })
             .unwrap_or_default();
-        let fix = if need > stat.f_blocks.saturating_mul(stat.f_frsize) {
-            "the manifest declares more than the whole filesystem holds: do not trust this artifact; rebuild it with `release build`"
+        let whole = stat.f_blocks.saturating_mul(stat.f_frsize);
+        let fix = if need > whole {
+            format!(
+                "it needs more than the whole filesystem holds ({} MiB), so no prune can make room: give releases/ a larger filesystem; if the release cannot really be this large, do not trust this artifact and rebuild it with `release build`",
+                mib(whole)
+            )
         } else {
-            "free space, e.g. remove old releases with `release prune --keep N`"
+            "free space, e.g. remove old releases with `release prune --keep N`".to_string()
         };
         return Err(Error::failed(format!(
             "{}: not enough free space for release {} under {}: it needs about {} MiB{largest}, {} MiB are available\n  nothing was installed; fix: {fix}",

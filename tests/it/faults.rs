@@ -560,45 +560,92 @@ fn number_after(text: &str, after: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no number after {after:?} in {text}"))
 }
 
-#[test]
-fn the_space_check_refuses_a_release_that_cannot_fit_and_writes_nothing() {
-    let art = artifacts();
-    // The release alone is ~64 MiB of files; 48 MiB cannot hold it.
-    let Some(tmpfs) = Tmpfs::mount(48) else {
-        return;
-    };
-    let root = Root::at(tmpfs.path().join("srv"));
-    let free = tmpfs.free();
-    let err = fails_with(&root.run(&["install", art.a.to_str().unwrap()]), 1);
-    assert!(err.contains("not enough free space"), "{err}");
-    assert!(
-        err.contains(&root.path.join("releases").display().to_string()),
-        "{err}"
-    );
-    assert!(err.contains("release prune --keep N"), "{err}");
-    let needs = number_after(&err, "it needs about ");
-    let available = number_after(&err, " MiB, ");
-    assert!(
-        err.contains(&format!("{available} MiB are available")),
-        "{err}"
-    );
-    assert_eq!(available, free.div_ceil(MIB), "{err}");
-    assert!(needs > 48 && needs > available, "{err}");
-    // Nothing written: the root and releases/ (made before the lock, see
-    // docs/host.md) and the lock file, nothing else.
-    assert!(root.releases().is_empty() && root.leftovers().is_empty());
-    assert_eq!(
-        std::fs::read_dir(root.path.join("releases"))
-            .unwrap()
-            .count(),
-        0
-    );
-    let mut names: Vec<String> = std::fs::read_dir(&root.path)
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, [".lock", "releases"]);
+    names
+}
+
+/// Fill the filesystem of `path` with a new file at `path` until `leave`
+/// bytes are free (to the page when `leave` is 0); returns the error that
+/// stopped it, if any.
+fn fill(path: &Path, leave: u64) -> Option<std::io::Error> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        let s = rustix::fs::statvfs(path).unwrap();
+        if leave > 0 && s.f_bavail * s.f_frsize <= leave {
+            return None;
+        }
+        if let Err(e) = file.write_all(&chunk) {
+            return Some(e);
+        }
+    }
+}
+
+#[test]
+fn the_space_check_refuses_a_release_that_cannot_fit_and_writes_nothing() {
+    let art = artifacts();
+
+    // 1. A filesystem smaller than the release: ~64 MiB of files, 48 MiB.
+    let Some(small) = Tmpfs::mount(48) else {
+        return;
+    };
+    let root = Root::at(small.path().join("srv"));
+    let free = small.free();
+    let err = fails_with(&root.run(&["install", art.a.to_str().unwrap()]), 1);
+    for needle in [
+        "not enough free space".to_string(),
+        root.path.join("releases").display().to_string(),
+        format!("{} MiB are available", free.div_ceil(MIB)),
+        "more than the whole filesystem holds (48 MiB)".into(),
+        "give releases/ a larger filesystem".into(),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} missing from: {err}");
+    }
+    let needs = number_after(&err, "it needs about ");
+    assert!(needs > 48, "{err}");
+    // Nothing written: the root and releases/ (made before the lock, see
+    // docs/host.md) and the lock file, nothing else.
+    assert!(names(&root.path.join("releases")).is_empty());
+    assert_eq!(names(&root.path), [".lock", "releases"]);
+    assert_eq!(small.free(), free, "something was written");
+    drop(small);
+
+    // 2. Room in the filesystem, but not free: A is live and another file
+    //    takes all but 16 MiB. Installing B (which needs its changed files
+    //    plus the 32 MiB margin, the rest is hard-linked from A) is refused
+    //    with the prune fix, and nothing changes.
+    let Some(tmpfs) = Tmpfs::mount(200) else {
+        return;
+    };
+    let root = Root::at(tmpfs.path().join("srv"));
+    let a = root.install(&art.a);
+    root.json(&["activate", &a]);
+    let journal = root.journal_text();
+    assert!(fill(&tmpfs.path().join("ballast"), 16 * MIB).is_none());
+    let free = tmpfs.free();
+    let err = fails_with(&root.run(&["install", art.b.to_str().unwrap()]), 1);
+    for needle in [
+        "not enough free space".to_string(),
+        format!("{} MiB are available", free.div_ceil(MIB)),
+        "nothing was installed".into(),
+        "release prune --keep N".into(),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} missing from: {err}");
+    }
+    let needs = number_after(&err, "it needs about ");
+    assert!(needs > free.div_ceil(MIB) && needs < 200, "{err}");
+    assert_eq!(names(&root.path.join("releases")), std::slice::from_ref(&a));
+    assert!(root.leftovers().is_empty(), "{:?}", root.leftovers());
+    assert_eq!(root.journal_text(), journal);
+    assert_eq!(root.current().as_deref(), Some(a.as_str()));
+    assert!(root.verifies(&a));
     assert_eq!(tmpfs.free(), free, "something was written");
 }
 
@@ -667,17 +714,8 @@ fn a_disk_that_fills_during_an_install_fails_clearly_and_changes_nothing() {
     let before = root.leftovers();
     assert_eq!(before.len(), 1, "{before:?}");
     let ballast = tmpfs.path().join("ballast");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&ballast).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        let full = loop {
-            if let Err(e) = file.write_all(&chunk) {
-                break e;
-            }
-        };
-        assert_eq!(full.raw_os_error(), Some(28), "{full}");
-    }
+    let full = fill(&ballast, 0).expect("the filler stops at ENOSPC");
+    assert_eq!(full.raw_os_error(), Some(28), "{full}");
     assert_eq!(tmpfs.free(), 0);
     let cont = Command::new("kill")
         .args(["-CONT", &child.id().to_string()])
