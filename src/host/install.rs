@@ -193,8 +193,9 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
     Ok(VenvPlan::AsBuilt)
 }
 
-/// Refuse when the filesystem of `releases/` cannot hold the release.
-fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
+/// Bytes of disk a release needs: its files and directories in whole 4 KiB
+/// blocks (the venv twice when it is rebuilt), plus a margin.
+pub fn space_needed(manifest: &Manifest, rebuild: bool) -> u64 {
     const BLOCK: u64 = 4096;
     let mut need = SPACE_MARGIN;
     for e in &manifest.files {
@@ -209,6 +210,12 @@ fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
         }
         need += bytes;
     }
+    need
+}
+
+/// Refuse when the filesystem of `releases/` cannot hold the release.
+fn check_space(host: &Host, manifest: &Manifest, rebuild: bool) -> Result<()> {
+    let need = space_needed(manifest, rebuild);
     let stat = rustix::fs::statvfs(&host.releases)
         .map_err(|e| fsutil::fs_err_io(e.into(), &host.releases))?;
     let available = stat.f_bavail.saturating_mul(stat.f_frsize);
