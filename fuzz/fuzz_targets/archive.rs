@@ -58,6 +58,12 @@ fn run(bytes: &[u8]) {
     let dest = tmp.path().join("dest");
     std::fs::create_dir(&dest).expect("create dest");
     let result = Extractor::new(artifact, &manifest, &dest).run(entries);
+    if verbose() {
+        match &result {
+            Ok(out) => eprintln!("extracted: {} files, {} bytes", out.files, out.bytes),
+            Err(e) => eprintln!("refused: {e}"),
+        }
+    }
 
     let names: Vec<_> = std::fs::read_dir(tmp.path())
         .expect("read tempdir")
@@ -127,6 +133,13 @@ fn run(bytes: &[u8]) {
             );
         }
     }
+}
+
+/// `RELEASE_FUZZ_VERBOSE=1`: say what the extractor did with each input (to
+/// see how far a corpus gets: `fuzz/target/*/release/archive CORPUS/*`).
+fn verbose() -> bool {
+    static VERBOSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VERBOSE.get_or_init(|| std::env::var_os("RELEASE_FUZZ_VERBOSE").is_some())
 }
 
 /// Every path under `root` (relative, `/`-separated) with its type, never

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use release::manifest::{
-    check_path, symlink_stays_inside, tree_digest, EntryType, Manifest, Summary,
+    check_path, symlink_stays_inside, tree_digest, EntryType, Manifest, Summary, FORMAT,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
     }
     // A lenient parse with the summary fields recomputed gets mutated file
     // lists past the digest check, so `validate` sees them.
+    // (`format` is checked by `from_json` before it parses, not by `validate`.)
     if let Ok(mut manifest) = serde_json::from_slice::<Manifest>(data) {
+        manifest.format = FORMAT;
         manifest.file_count = manifest.files.len() as u64;
         manifest.bytes = manifest
             .files

@@ -10,6 +10,8 @@
 //! * bit 2: before compressing, parse the first member as a manifest without
 //!   validating it and recompute `file_count`, `bytes` and `tree_sha256`, so a
 //!   mutated file list still gets past the digest check.
+//! * bit 4: recompute the checksum of every tar header first, so mutated
+//!   headers get past the tar reader's checksum test.
 //! * bit 3: also copy each member's actual size and sha256 (files) or link
 //!   target (symlinks) into its manifest entry first, so mutated contents get
 //!   as far as being written.
@@ -22,6 +24,7 @@ use sha2::{Digest, Sha256};
 pub const MODE_FORMAT_MASK: u8 = 0b11;
 pub const MODE_FIX_SUMMARY: u8 = 0b100;
 pub const MODE_FIX_ENTRIES: u8 = 0b1000;
+pub const MODE_FIX_CHECKSUMS: u8 = 0b1_0000;
 
 /// Turn a fuzz input into the bytes of an artifact file.
 pub fn artifact_bytes(data: &[u8]) -> Option<Vec<u8>> {
@@ -30,11 +33,15 @@ pub fn artifact_bytes(data: &[u8]) -> Option<Vec<u8>> {
     if format == 0 {
         return Some(rest.to_vec());
     }
-    let tar = if mode & (MODE_FIX_SUMMARY | MODE_FIX_ENTRIES) != 0 {
-        fix_up(rest, mode & MODE_FIX_ENTRIES != 0).unwrap_or_else(|| rest.to_vec())
-    } else {
-        rest.to_vec()
-    };
+    let mut tar = rest.to_vec();
+    if mode & MODE_FIX_CHECKSUMS != 0 {
+        fix_checksums(&mut tar);
+    }
+    if mode & (MODE_FIX_SUMMARY | MODE_FIX_ENTRIES) != 0 {
+        if let Some(fixed) = fix_up(&tar, mode & MODE_FIX_ENTRIES != 0) {
+            tar = fixed;
+        }
+    }
     Some(compress(&tar, format == 1))
 }
 
@@ -46,6 +53,33 @@ pub fn compress(tar: &[u8], zstd: bool) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(tar).expect("gzip into memory");
         enc.finish().expect("gzip into memory")
+    }
+}
+
+/// Recompute the checksum of each header of a plain tar stream, walking from
+/// header to header by the sizes they declare; stops at the first block of
+/// zeros or a size it cannot read.
+pub fn fix_checksums(tar: &mut [u8]) {
+    let mut at = 0usize;
+    while let Some(block) = tar.get_mut(at..at + 512) {
+        if block.iter().all(|&b| b == 0) {
+            return;
+        }
+        let mut header = tar::Header::new_old();
+        header.as_mut_bytes().copy_from_slice(block);
+        header.set_cksum();
+        block.copy_from_slice(header.as_bytes());
+        let Ok(size) = header.entry_size() else {
+            return;
+        };
+        let Some(next) = usize::try_from(size)
+            .ok()
+            .and_then(|s| s.checked_next_multiple_of(512))
+            .and_then(|s| s.checked_add(at + 512))
+        else {
+            return;
+        };
+        at = next;
     }
 }
 

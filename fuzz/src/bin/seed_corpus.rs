@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use release::archive::{ArtifactWriter, Format};
 use release::manifest::{tree_digest, Builder, Entry, Manifest, PythonInfo, FORMAT};
-use release_fuzz::{MODE_FIX_ENTRIES, MODE_FIX_SUMMARY};
+use release_fuzz::{MODE_FIX_CHECKSUMS, MODE_FIX_ENTRIES, MODE_FIX_SUMMARY};
 use sha2::{Digest, Sha256};
 
 const INTERPRETER: &str = "/usr/bin/python3";
@@ -81,6 +81,7 @@ fn main() {
                     2,
                     1 | MODE_FIX_SUMMARY,
                     2 | MODE_FIX_SUMMARY | MODE_FIX_ENTRIES,
+                    1 | MODE_FIX_CHECKSUMS | MODE_FIX_SUMMARY | MODE_FIX_ENTRIES,
                 ] {
                     seeds.push((format!("tar-{mode}"), [&[mode], &tar[..]].concat()));
                 }
