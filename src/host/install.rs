@@ -204,11 +204,12 @@ pub fn space_needed(manifest: &Manifest, rebuild: bool) -> u64 {
             EntryType::Dir => 1,
             EntryType::Symlink => 0,
         };
-        let mut bytes = blocks * BLOCK;
+        // Saturating: sizes near u64::MAX must not wrap to a small need.
+        let mut bytes = blocks.saturating_mul(BLOCK);
         if rebuild && e.path.starts_with("venv/") {
-            bytes *= 2;
+            bytes = bytes.saturating_mul(2);
         }
-        need += bytes;
+        need = need.saturating_add(bytes);
     }
     need
 }
@@ -553,6 +554,18 @@ pub fn install(
 #[cfg(test)]
 mod tests {
     use crate::archive::parse_checksum_file;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn space_needed_saturates_instead_of_wrapping() {
+        // A valid manifest listing a file of u64::MAX bytes: the block
+        // rounding overflowed (a panic in debug builds, a tiny need that
+        // passed the free-space check in release builds).
+        let json = br#"{"format":1,"app":"fuzz","commit":"0123456789abcdef0123456789abcdef01234567","release":"0123456789ab","source_date_epoch":0,"dirty":false,"builder":{"tool":"release","version":"0","installer":"pip"},"python":{"implementation":"cpython","version":"3.11.2","abi":"cp311","platform":"linux_x86_64","base_executable":"/usr/bin/python3"},"requirements_sha256":"0000000000000000000000000000000000000000000000000000000000000000","file_count":2,"bytes":18446744073709551615,"tree_sha256":"b286b6e201655a2ee09337341b8a6a797fc390713f4997d2498d3e5c4db438f2","files":[{"path":"app","type":"dir","mode":"0755"},{"path":"app/a","type":"file","mode":"0644","size":18446744073709551615,"sha256":"0000000000000000000000000000000000000000000000000000000000000000"}]}"#;
+        let manifest = Manifest::from_json(json).unwrap();
+        assert_eq!(super::space_needed(&manifest, false), u64::MAX);
+        assert_eq!(super::space_needed(&manifest, true), u64::MAX);
+    }
 
     #[test]
     fn checksum_files_in_sha256sum_format() {
