@@ -95,7 +95,44 @@ fn main() {
         }
         count += 1;
     }
+    regressions(&archive_dir, &manifest_dir, work.path());
     eprintln!("seed corpus of {count} trees written to {}", out.display());
+}
+
+/// Inputs that reproduced the bugs of docs/fuzzing.md: refused now, and a
+/// crash of the target if they are ever accepted again.
+fn regressions(archive_dir: &Path, manifest_dir: &Path, work: &Path) {
+    // A venv/bin link to a relative "interpreter" that leaves the release.
+    let (_, tree) = TREES[2];
+    let escape = "../../../../etc";
+    let mut manifest = manifest_for(tree);
+    manifest.python.base_executable = escape.into();
+    for e in &mut manifest.files {
+        if e.path == "venv/bin/python" {
+            e.target = Some(escape.into());
+        }
+    }
+    manifest.tree_sha256 = tree_digest(&manifest.files);
+    let json = manifest.to_json_bytes();
+    let sources = work.join("venv");
+    let file = work.join("regression-relative-interpreter.tar.zst");
+    let artifact = build(&manifest, &json, &sources, &file, Format::Zst);
+    let name = "regression-relative-interpreter";
+    write(&archive_dir.join(name), &[&[0], &artifact[..]].concat());
+    write(&manifest_dir.join(format!("{name}.json")), &json);
+
+    // A file of u64::MAX bytes: the free-space sum wrapped.
+    let (_, tree) = TREES[1];
+    let mut manifest = manifest_for(tree);
+    for e in &mut manifest.files {
+        if e.size.is_some() {
+            e.size = Some(u64::MAX);
+        }
+    }
+    manifest.bytes = u64::MAX;
+    manifest.tree_sha256 = tree_digest(&manifest.files);
+    let name = "regression-huge-size.json";
+    write(&manifest_dir.join(name), &manifest.to_json_bytes());
 }
 
 fn write(path: &Path, bytes: &[u8]) {
