@@ -256,6 +256,14 @@ impl Manifest {
         if self.app.is_empty() || !self.app.chars().all(is_name_char) {
             return Err(format!("app name {:?} is not a valid name", self.app));
         }
+        // The one link allowed to leave the release points here (DESIGN.md §4):
+        // a relative path would let `venv/bin/*` links escape it.
+        let base = &self.python.base_executable;
+        if !base.starts_with('/') || base.chars().any(char::is_control) {
+            return Err(format!(
+                "python.base_executable {base:?} is not an absolute path"
+            ));
+        }
         if self.file_count != self.files.len() as u64 {
             return Err(format!(
                 "file_count {} does not match the {} entries listed",
@@ -517,6 +525,21 @@ mod tests {
         let compact = serde_json::to_vec(&m).unwrap();
         let summary = Summary::parse(&compact[..10], || Ok(compact.clone())).unwrap();
         assert_eq!(summary.tree_sha256, m.tree_sha256);
+    }
+
+    #[test]
+    fn rejects_a_relative_interpreter_path() {
+        // A venv/bin link to a relative base_executable passed the extractor's
+        // interpreter exception and pointed outside the release (the fuzz
+        // target `archive` checks for it; this is its input's manifest).
+        let json = br#"{"format":1,"app":"fuzz","commit":"0123456789abcdef0123456789abcdef01234567","release":"0123456789ab","source_date_epoch":0,"dirty":false,"builder":{"tool":"release","version":"0","installer":"pip"},"python":{"implementation":"cpython","version":"3.11.2","abi":"cp311","platform":"linux_x86_64","base_executable":"../../../../etc"},"requirements_sha256":"0000000000000000000000000000000000000000000000000000000000000000","file_count":3,"bytes":0,"tree_sha256":"0d0224dcebdb1bdb2c198c21b3906140e01841aa744b97a4ec20f9fac8bf1229","files":[{"path":"venv","type":"dir","mode":"0755"},{"path":"venv/bin","type":"dir","mode":"0755"},{"path":"venv/bin/python","type":"symlink","mode":"0777","target":"../../../../etc"}]}"#;
+        let err = Manifest::from_json(json).unwrap_err();
+        assert!(err.contains("base_executable"), "{err}");
+        let mut m: Manifest = serde_json::from_slice(json).unwrap();
+        m.python.base_executable = "/usr/bin/python3".into();
+        m.files[2].target = Some("/usr/bin/python3".into());
+        m.tree_sha256 = tree_digest(&m.files);
+        assert_eq!(m.validate(), Ok(()));
     }
 
     #[test]

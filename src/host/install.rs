@@ -220,15 +220,14 @@ fn check_interpreter_beside(
     }))
 }
 
-/// Refuse when the filesystem of `releases/` cannot hold the release;
-/// returns the bytes it needs.
-fn check_space(
-    host: &Host,
-    artifact: &Path,
-    manifest: &Manifest,
-    reuse: Option<&Reuse>,
-    rebuild: bool,
-) -> Result<u64> {
+/// Bytes of disk a release needs: its files and directories in whole 4 KiB
+/// blocks (the venv twice when it is rebuilt), plus a margin.
+pub fn space_needed(manifest: &Manifest, rebuild: bool) -> u64 {
+    space_needed_with(manifest, None, rebuild)
+}
+
+/// [`space_needed`] when the files `reuse` supplies are hard-linked.
+fn space_needed_with(manifest: &Manifest, reuse: Option<&Reuse>, rebuild: bool) -> u64 {
     const BLOCK: u64 = 4096;
     let mut need = SPACE_MARGIN;
     for (i, e) in manifest.files.iter().enumerate() {
@@ -246,6 +245,19 @@ fn check_space(
         }
         need = need.saturating_add(bytes);
     }
+    need
+}
+
+/// Refuse when the filesystem of `releases/` cannot hold the release;
+/// returns the bytes it needs.
+fn check_space(
+    host: &Host,
+    artifact: &Path,
+    manifest: &Manifest,
+    reuse: Option<&Reuse>,
+    rebuild: bool,
+) -> Result<u64> {
+    let need = space_needed_with(manifest, reuse, rebuild);
     let stat = rustix::fs::statvfs(&host.releases)
         .map_err(|e| fsutil::fs_err_io(e.into(), &host.releases))?;
     let available = stat.f_bavail.saturating_mul(stat.f_frsize);
@@ -725,6 +737,18 @@ fn journal_if_missing(
 #[cfg(test)]
 mod tests {
     use crate::archive::parse_checksum_file;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn space_needed_saturates_instead_of_wrapping() {
+        // A valid manifest listing a file of u64::MAX bytes: the block
+        // rounding overflowed (a panic in debug builds, a tiny need that
+        // passed the free-space check in release builds).
+        let json = br#"{"format":1,"app":"fuzz","commit":"0123456789abcdef0123456789abcdef01234567","release":"0123456789ab","source_date_epoch":0,"dirty":false,"builder":{"tool":"release","version":"0","installer":"pip"},"python":{"implementation":"cpython","version":"3.11.2","abi":"cp311","platform":"linux_x86_64","base_executable":"/usr/bin/python3"},"requirements_sha256":"0000000000000000000000000000000000000000000000000000000000000000","file_count":2,"bytes":18446744073709551615,"tree_sha256":"b286b6e201655a2ee09337341b8a6a797fc390713f4997d2498d3e5c4db438f2","files":[{"path":"app","type":"dir","mode":"0755"},{"path":"app/a","type":"file","mode":"0644","size":18446744073709551615,"sha256":"0000000000000000000000000000000000000000000000000000000000000000"}]}"#;
+        let manifest = Manifest::from_json(json).unwrap();
+        assert_eq!(super::space_needed(&manifest, false), u64::MAX);
+        assert_eq!(super::space_needed(&manifest, true), u64::MAX);
+    }
 
     #[test]
     fn checksum_files_in_sha256sum_format() {
