@@ -137,6 +137,8 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             installer.describe(),
             cache_dir.display()
         ));
+        // The static step needs the installed venv but not its pycs: it runs
+        // beside the byte-compiling of site-packages.
         build_env(
             &env_dir,
             &interpreter,
@@ -149,8 +151,10 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             &cache_dir,
             &mut steps,
             printer,
+            |venv| run_static_step(&settings, &app_dir, venv, work_dir, commit.epoch, printer),
         )?;
     }
+    let static_done = !cached_env;
     let index: EnvIndex =
         serde_json::from_slice(&fs::read(env_dir.join("index.json"))?).map_err(|e| {
             Error::failed(format!(
@@ -193,6 +197,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             &env_dir,
             work_dir,
             &tail_entries,
+            static_done,
             tail.map(|tail| {
                 move || {
                     tail.join()
@@ -241,6 +246,7 @@ fn make_rest_and_write(
     env_dir: &Path,
     work_dir: &Path,
     tail_entries: &[Entry],
+    static_done: bool,
     join_tail: Option<impl FnOnce() -> Result<fs::File>>,
     steps: &mut Steps,
     printer: &Printer,
@@ -260,14 +266,10 @@ fn make_rest_and_write(
                 python::Jobs::One,
             )
         });
-        let collected = match &settings.static_cmd {
-            Some(cmd) => {
-                printer.progress(&format!("static step: {cmd}"));
-                fs::create_dir_all(&static_dir)
-                    .map_err(Error::from)
-                    .and_then(|()| run_static(cmd, app_dir, venv, &static_dir, commit.epoch))
-            }
-            None => Ok(()),
+        let collected = if static_done {
+            Ok(())
+        } else {
+            run_static_step(settings, app_dir, venv, work_dir, commit.epoch, printer)
         };
         let compiled = compiling
             .join()
@@ -429,6 +431,7 @@ fn build_env(
     cache_dir: &Path,
     steps: &mut Steps,
     printer: &Printer,
+    beside_compile: impl FnOnce(&Path) -> Result<()> + Send,
 ) -> Result<()> {
     let envs = env_dir.parent().expect("env dir has a parent");
     fs::create_dir_all(envs)?;
@@ -475,8 +478,20 @@ fn build_env(
     }
     let base_executable = base_interpreter_link(&venv)?;
     let site = venv.join("lib");
-    python::compile(&venv, tmp.path(), &[site], commit.epoch)?;
-    steps.done("relocate + compile");
+    steps.done("relocate");
+    // checked-hash pycs replace each file atomically, so what runs beside
+    // (the static step, which writes no bytecode) never sees half a pyc.
+    // A failing static step is the app's error, not the env's: the entry is
+    // still finished and kept, and the error reported after that.
+    let beside_result = std::thread::scope(|scope| -> Result<Result<()>> {
+        let beside = scope.spawn(|| beside_compile(&venv));
+        let compiled = python::compile(&venv, tmp.path(), &[site], commit.epoch);
+        let other = beside
+            .join()
+            .unwrap_or_else(|_| Err(Error::failed("the static step panicked")));
+        compiled.map(|()| other)
+    })?;
+    steps.done("compile + static");
     let mut entries = scan_tree(&venv, "venv")?;
     entries.extend(scan_tree(&wheels, "wheels")?);
     steps.done("hash env");
@@ -497,7 +512,7 @@ fn build_env(
             return Err(e.into());
         }
     }
-    Ok(())
+    beside_result
 }
 
 /// The absolute path the venv's `python` links point at, in the end.
@@ -514,6 +529,24 @@ fn base_interpreter_link(venv: &Path) -> Result<String> {
         "{}: cannot find the base interpreter the venv links to",
         venv.join("bin/python").display()
     )))
+}
+
+/// The configured static step, if any, into `<work_dir>/static`.
+fn run_static_step(
+    settings: &settings::Settings,
+    app_dir: &Path,
+    venv: &Path,
+    work_dir: &Path,
+    epoch: i64,
+    printer: &Printer,
+) -> Result<()> {
+    let Some(cmd) = &settings.static_cmd else {
+        return Ok(());
+    };
+    printer.progress(&format!("static step: {cmd}"));
+    let static_dir = work_dir.join("static");
+    fs::create_dir_all(&static_dir)?;
+    run_static(cmd, app_dir, venv, &static_dir, epoch)
 }
 
 fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: i64) -> Result<()> {
