@@ -86,8 +86,12 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        // Forget our pid before the kernel releases the lock on close.
+        // Forget our pid, then unlock explicitly rather than on close: a
+        // child being started by another thread at this moment holds a copy
+        // of the descriptor until its exec closes it, and with it the lock.
+        // Unlocking releases it for every copy.
         let _ = self.file.set_len(0);
+        let _ = rustix::fs::flock(&self.file, FlockOperation::Unlock);
     }
 }
 
