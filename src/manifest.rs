@@ -302,6 +302,17 @@ impl Manifest {
         Ok(())
     }
 
+    /// Set `file_count`, `bytes` and `tree_sha256` from `files` (sizes sum
+    /// saturating), for tools that edit a file list.
+    pub fn recompute_totals(&mut self) {
+        self.file_count = self.files.len() as u64;
+        self.bytes = self
+            .files
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.size()));
+        self.tree_sha256 = tree_digest(&self.files);
+    }
+
     /// Look an entry up by path (the list is sorted).
     pub fn entry(&self, path: &str) -> Option<&Entry> {
         self.files

@@ -18,12 +18,7 @@ fuzz_target!(|data: &[u8]| {
     // (`format` is checked by `from_json` before it parses, not by `validate`.)
     if let Ok(mut manifest) = serde_json::from_slice::<Manifest>(data) {
         manifest.format = FORMAT;
-        manifest.file_count = manifest.files.len() as u64;
-        manifest.bytes = manifest
-            .files
-            .iter()
-            .fold(0u64, |sum, e| sum.saturating_add(e.size()));
-        manifest.tree_sha256 = tree_digest(&manifest.files);
+        manifest.recompute_totals();
         if manifest.validate().is_ok() {
             check_valid(&manifest);
         }

@@ -18,7 +18,7 @@
 
 use std::io::{Read, Write};
 
-use release::manifest::{tree_digest, EntryType, Manifest, MANIFEST_NAME};
+use release::manifest::{EntryType, Manifest, MANIFEST_NAME};
 use sha2::{Digest, Sha256};
 
 pub const MODE_FORMAT_MASK: u8 = 0b11;
@@ -136,12 +136,7 @@ pub fn fix_up(tar: &[u8], entries: bool) -> Option<Vec<u8>> {
         }
     }
 
-    manifest.file_count = manifest.files.len() as u64;
-    manifest.bytes = manifest
-        .files
-        .iter()
-        .fold(0u64, |sum, e| sum.saturating_add(e.size()));
-    manifest.tree_sha256 = tree_digest(&manifest.files);
+    manifest.recompute_totals();
     let json = manifest.to_json_bytes();
 
     let mut header = tar::Header::new_old();

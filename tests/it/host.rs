@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use release::manifest::{tree_digest, Entry, Manifest};
+use release::manifest::{Entry, Manifest};
 
 use crate::common::*;
 
@@ -115,9 +115,7 @@ impl Members {
 
     fn set_manifest(&mut self, mut m: Manifest) {
         m.files.sort_by(|a, b| a.path.cmp(&b.path));
-        m.file_count = m.files.len() as u64;
-        m.bytes = m.files.iter().map(Entry::size).sum();
-        m.tree_sha256 = tree_digest(&m.files);
+        m.recompute_totals();
         m.validate().unwrap();
         self.0[0].data = m.to_json_bytes();
     }

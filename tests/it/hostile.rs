@@ -137,9 +137,7 @@ fn manifest_of(members: &[M]) -> Manifest {
 /// first member.
 fn set_manifest(members: &mut [M], mut m: Manifest) {
     m.files.sort_by(|a, b| a.path.cmp(&b.path));
-    m.file_count = m.files.len() as u64;
-    m.bytes = m.files.iter().map(Entry::size).sum();
-    m.tree_sha256 = tree_digest(&m.files);
+    m.recompute_totals();
     m.validate().unwrap();
     set_manifest_bytes(members, m.to_json_bytes());
 }
