@@ -150,11 +150,11 @@ fn expected_digests(options: &InstallOptions) -> Result<Vec<(String, String)>> {
 
 /// An installed release with the same content that still verifies.
 fn find_installed(
-    host: &Host,
+    installed: &[Installed],
     manifest: &Manifest,
     printer: &Printer,
 ) -> Result<Option<Installed>> {
-    for release in releases::installed(host)? {
+    for release in installed {
         let same = release
             .summary
             .as_ref()
@@ -162,9 +162,9 @@ fn find_installed(
         if !same {
             continue;
         }
-        let report = verify::verify(&release)?;
+        let report = verify::verify(release)?;
         if report.ok {
-            return Ok(Some(release));
+            return Ok(Some(release.clone()));
         }
         printer.warn(&format!(
             "release {} has this commit but has drifted ({} problem(s); see `release verify {}`); installing a fresh copy",
@@ -509,11 +509,13 @@ fn install_steps(
             manifest.app, manifest.release, manifest.commit
         ));
         crashpoint("install:manifest-read");
-        if let Some(existing) = find_installed(host, &manifest, printer)? {
+        // One listing of releases/ for both questions below.
+        let installed = releases::installed(host)?;
+        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
             Stage::Existing(manifest, Box::new(existing))
         } else {
             let plan = plan_venv(options, &manifest)?;
-            let reuse = Reuse::plan(host, &manifest).map(Box::new);
+            let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
             let bytes = check_space(
                 host,
                 artifact,

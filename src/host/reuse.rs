@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use crate::host::extract::installed_mode;
 use crate::host::layout::Host;
 use crate::host::record::InstallRecord;
-use crate::host::releases::{self, Installed};
+use crate::host::releases::Installed;
 use crate::manifest::{EntryType, Manifest, MANIFEST_NAME};
 
 /// The installed release files are linked from, and which of the new
@@ -41,10 +41,9 @@ pub struct Reuse {
 }
 
 impl Reuse {
-    /// Plan the reuse for `manifest`: `None` when no installed release shares
-    /// a file with it (or none is installed).
-    pub fn plan(host: &Host, manifest: &Manifest) -> Option<Reuse> {
-        let list = releases::installed(host).ok()?;
+    /// Plan the reuse for `manifest` from the installed releases `list`:
+    /// `None` when none shares a file with it (or none is installed).
+    pub fn plan(host: &Host, list: &[Installed], manifest: &Manifest) -> Option<Reuse> {
         let current = host.current().ok().and_then(|c| c.id().map(str::to_string));
         let source = list
             .iter()
