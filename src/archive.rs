@@ -117,6 +117,11 @@ impl<R: Read> HashingReader<R> {
     pub fn digest(self) -> String {
         hex::encode(self.hasher.finalize())
     }
+
+    /// The reader underneath and the digest of what was read.
+    pub fn into_parts(self) -> (R, String) {
+        (self.inner, hex::encode(self.hasher.finalize()))
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -421,6 +426,38 @@ impl<R: io::BufRead> Read for Decoder<R> {
 /// Decompressed data is handed over in chunks of this size.
 const CHUNK: usize = 256 * 1024;
 
+/// A check that sees every byte of the artifact file, in order, beside its
+/// sha256 (a signature streamed with an artifact from a URL).
+pub trait Observer: Send {
+    fn update(&mut self, bytes: &[u8]);
+    /// The verdict once every byte was seen; `Err` says why not.
+    fn finish(self: Box<Self>) -> std::result::Result<(), String>;
+}
+
+/// Passes reads through, showing every byte to an [`Observer`].
+struct Observed<R> {
+    inner: R,
+    observer: Option<Box<dyn Observer>>,
+}
+
+impl<R: Read> Read for Observed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(observer) = &mut self.observer {
+            observer.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// What [`Background::finish`] found over the whole artifact file.
+#[derive(Debug)]
+pub struct Finished {
+    pub sha256: String,
+    /// The observer's verdict, when there was one.
+    pub observed: Option<std::result::Result<(), String>>,
+}
+
 /// An artifact decompressed on a background thread, so that decompression
 /// runs beside whatever consumes the stream (hashing and writing files on
 /// install). The thread also hashes every byte of the artifact file, the
@@ -432,15 +469,31 @@ pub struct Background {
     chunk: Vec<u8>,
     pos: usize,
     done: bool,
-    worker: Option<std::thread::JoinHandle<io::Result<String>>>,
+    worker: Option<std::thread::JoinHandle<io::Result<Finished>>>,
 }
 
 impl Background {
     pub fn open(path: &Path) -> Result<(Format, Background)> {
-        let raw = HashingReader::new(fs::File::open(path)?, u64::MAX);
-        let (format, mut decoder) = Decoder::new(path, BufReader::with_capacity(1 << 20, raw))?;
+        Self::start(path, fs::File::open(path)?, None)
+    }
+
+    /// Decompress the artifact `raw` gives (a file, a download), showing its
+    /// bytes to `observer`; `name` names it in errors.
+    pub fn start<R: Read + Send + 'static>(
+        name: &Path,
+        raw: R,
+        observer: Option<Box<dyn Observer>>,
+    ) -> Result<(Format, Background)> {
+        let raw = HashingReader::new(
+            Observed {
+                inner: raw,
+                observer,
+            },
+            u64::MAX,
+        );
+        let (format, mut decoder) = Decoder::new(name, BufReader::with_capacity(1 << 20, raw))?;
         let (send, chunks) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-        let worker = std::thread::spawn(move || -> io::Result<String> {
+        let worker = std::thread::spawn(move || -> io::Result<Finished> {
             loop {
                 let mut chunk = vec![0u8; CHUNK];
                 let mut filled = 0;
@@ -469,7 +522,11 @@ impl Background {
             // The bytes the buffer read ahead were hashed already; hash the rest.
             let mut raw = decoder.into_inner().into_inner();
             io::copy(&mut raw, &mut io::sink())?;
-            Ok(raw.digest())
+            let (observed, sha256) = raw.into_parts();
+            Ok(Finished {
+                sha256,
+                observed: observed.observer.map(|o| o.finish()),
+            })
         });
         Ok((
             format,
@@ -484,8 +541,8 @@ impl Background {
     }
 
     /// Read (and drop) whatever the tar reader left, wait for the thread and
-    /// return the sha256 of the whole artifact file.
-    pub fn finish(mut self) -> io::Result<String> {
+    /// return the sha256 of the whole artifact file (and the observer's verdict).
+    pub fn finish(mut self) -> io::Result<Finished> {
         io::copy(&mut self, &mut io::sink())?;
         let worker = self.worker.take().expect("finish is called once");
         worker

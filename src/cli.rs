@@ -92,11 +92,19 @@ pub enum HostCommand {
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// The .tar.zst or .tar.gz artifact written by `release build`.
+    /// The .tar.zst or .tar.gz artifact written by `release build`: a file, or an
+    /// http(s):// URL streamed straight into the release.
     pub artifact: PathBuf,
     /// Expected sha256 of the artifact file (also checked: ARTIFACT.sha256 beside it).
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+    /// The artifact's minisign signature, a file or URL [default: ARTIFACT.minisig];
+    /// read when release.toml's [trust] requires one.
+    #[arg(long, value_name = "FILE|URL")]
+    pub signature: Option<PathBuf>,
+    /// For a URL: seconds to wait for the connection and between two reads of the body.
+    #[arg(long, value_name = "SECS", value_parser = positive_secs)]
+    pub fetch_timeout: Option<f64>,
     /// Re-point the venv to this interpreter (same version and ABI as the build's);
     /// with --rebuild-venv, the interpreter to rebuild with.
     #[arg(long, value_name = "PATH")]
@@ -104,6 +112,13 @@ pub struct InstallArgs {
     /// Recreate the venv offline from the release's wheels/ with this host's python3.
     #[arg(long)]
     pub rebuild_venv: bool,
+}
+
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err("a positive number of seconds, like 30 or 2.5".into()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::archive::{self, Format};
 use crate::error::Result;
 use crate::manifest::PythonInfo;
+use crate::signature::SignatureInfo;
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
@@ -23,11 +24,23 @@ pub struct Inspection {
     pub files: u64,
     pub bytes: u64,
     pub tree_sha256: String,
+    /// `<artifact>.minisig`, when there is one: the key id that signed it
+    /// (checked against a key by `install` on a host that requires one).
+    pub signature: Option<Signature>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Signature {
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub info: SignatureInfo,
 }
 
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let (format, m) = archive::read_manifest(path)?;
+    let signature = SignatureInfo::beside(path)?.map(|(path, info)| Signature { path, info });
     Ok(Inspection {
+        signature,
         artifact: path.to_path_buf(),
         format,
         app: m.app,
@@ -69,6 +82,14 @@ impl Inspection {
             self.files,
             self.bytes,
             self.tree_sha256,
-        )
+        ) + &match &self.signature {
+            Some(s) => format!(
+                "signed    key id {} ({}, {}; verified by install against [trust])\n",
+                s.info.key_id,
+                if s.info.prehashed { "prehashed" } else { "legacy format" },
+                s.path.display()
+            ),
+            None => "signed    no (no .minisig beside it)\n".to_string(),
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod output;
 pub mod procs;
 pub mod reload;
+pub mod signature;
 
 use clap::Parser;
 

@@ -62,6 +62,25 @@ impl Printer {
         bar
     }
 
+    /// A progress bar of bytes, with rate and ETA, for a download whose
+    /// length is set when known (same rules as [`Printer::bar`]).
+    pub fn download_bar(&self, message: &str) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>12} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(message.to_string());
+        bar
+    }
+
     /// A spinner on stderr for a wait of unknown length (same rules as [`Printer::bar`]).
     pub fn spinner(&self, message: &str) -> indicatif::ProgressBar {
         use std::io::IsTerminal;

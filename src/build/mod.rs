@@ -44,6 +44,11 @@ pub struct BuildReport {
     pub seconds: f64,
     /// Whether the venv and wheels came from the build cache.
     pub cached_env: bool,
+    /// `--sign`: the signature written beside the artifact, and its key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// The contents of one build-cache entry: the venv and the wheels it was
@@ -88,6 +93,12 @@ impl Steps {
 pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let started = Instant::now();
     let mut steps = Steps::new();
+    // The key first: a wrong password fails now, not after the build.
+    let signer = flags
+        .sign
+        .as_deref()
+        .map(crate::signature::Signer::load)
+        .transpose()?;
     let source = git::Source::open(&flags.source)?;
     let commit = source.commit(flags.commit.as_deref(), flags.allow_dirty)?;
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
@@ -212,11 +223,26 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         }
         rest
     })?;
+    let signature = match &signer {
+        Some(signer) => {
+            let path = signer.sign(&artifact)?;
+            printer.progress(&format!(
+                "signed with key id {}: {}",
+                signer.key_id,
+                path.display()
+            ));
+            steps.done("sign");
+            Some(path)
+        }
+        None => None,
+    };
     if printer.verbose > 0 {
         printer.progress(&steps.summary());
     }
 
     Ok(BuildReport {
+        signature,
+        key_id: signer.map(|s| s.key_id.to_string()),
         artifact,
         sha256: written.sha256,
         app: manifest.app,

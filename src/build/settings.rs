@@ -53,6 +53,10 @@ pub struct BuildFlags {
     /// Which tool installs the venv [default: auto = uv when on PATH, else pip].
     #[arg(long, value_enum)]
     pub installer: Option<InstallerChoice>,
+    /// Sign the artifact with this minisign secret key (from `minisign -G`), writing
+    /// ARTIFACT.minisig; a password-protected key reads RELEASE_SIGN_PASSWORD or asks.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 /// `[tool.release]` keys.

@@ -17,6 +17,8 @@
 //! check = "python -c 'import mysite.wsgi'"  # run in the new release's app/ before the switch
 //! after_activate = "..."                    # after the switch; a failure only warns
 //! notify = "https://example.invalid/deploys" # POST of the journal event; never fatal
+//! [trust]
+//! minisign_keys = ["RWQ..."]                # when set, every install needs a signature by one
 //! ```
 
 use std::path::Path;
@@ -47,6 +49,25 @@ pub struct HostConfig {
     pub health: Option<HealthConfig>,
     #[serde(default)]
     pub hooks: Hooks,
+    /// Keys whose signature every install requires (`[trust]`).
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// minisign public keys (the base64 line of a `.pub` file); when any is
+    /// listed, every install needs a valid signature by one of them.
+    #[serde(default)]
+    pub minisign_keys: Vec<String>,
+}
+
+impl TrustConfig {
+    /// The parsed keys (checked when the file is loaded).
+    pub fn keys(&self) -> crate::signature::Trust {
+        crate::signature::Trust::parse(&self.minisign_keys).unwrap_or_default()
+    }
 }
 
 fn default_keep() -> usize {
@@ -61,6 +82,7 @@ impl Default for HostConfig {
             services: Vec::new(),
             health: None,
             hooks: Hooks::default(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -112,6 +134,7 @@ impl HostConfig {
                 }
             }
         }
+        crate::signature::Trust::parse(&self.trust.minisign_keys)?;
         let mut names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {

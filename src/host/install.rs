@@ -24,6 +24,7 @@ use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
 use crate::host::release_id::{rfc3339, ReleaseId};
 use crate::host::releases::{self, Installed};
 use crate::host::reuse::Reuse;
+use crate::host::source;
 use crate::host::verify;
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
 use crate::output::Printer;
@@ -40,6 +41,16 @@ pub struct InstallOptions {
     pub python: Option<PathBuf>,
     /// Recreate the venv from `wheels/` (`--rebuild-venv`).
     pub rebuild_venv: bool,
+    /// Where the signature is, instead of `<artifact>.minisig` (`--signature`).
+    pub signature: Option<PathBuf>,
+    /// Connect and between-bytes timeout for a URL (`--fetch-timeout`).
+    pub fetch_timeout: Option<std::time::Duration>,
+}
+
+impl InstallOptions {
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        self.fetch_timeout.unwrap_or(crate::host::fetch::DEFAULT_TIMEOUT)
+    }
 }
 
 /// What `release install --json` prints.
@@ -59,6 +70,15 @@ pub struct InstallReport {
     /// Files hard-linked from it instead of written, and their bytes.
     pub linked_files: u64,
     pub linked_bytes: u64,
+    /// The key id of the signature checked, when release.toml requires one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// For an artifact from a URL: the URL (credentials redacted) and the
+    /// bytes downloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloaded_bytes: Option<u64>,
 }
 
 /// The interpreter the venv will use.
@@ -115,37 +135,6 @@ impl Drop for CreatedOutside {
             }
         }
     }
-}
-
-/// The digests the artifact must have: `--sha256` and/or `<artifact>.sha256`.
-fn expected_digests(options: &InstallOptions) -> Result<Vec<(String, String)>> {
-    let artifact = &options.artifact;
-    let mut digests = Vec::new();
-    if let Some(hex) = &options.sha256 {
-        let hex = hex.trim().to_ascii_lowercase();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Usage(format!(
-                "--sha256 {hex:?} is not a sha256 (64 hex digits)"
-            )));
-        }
-        digests.push(("--sha256".to_string(), hex));
-    }
-    let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
-    if sidecar.is_file() {
-        let name = artifact
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let text = fs::read_to_string(&sidecar)?;
-        let hex = archive::parse_checksum_file(&text, &name).map_err(|why| {
-            Error::failed(format!(
-                "{}: {why}\n  fix: regenerate it (`sha256sum {name} > {name}.sha256`) or remove it and pass --sha256",
-                sidecar.display()
-            ))
-        })?;
-        digests.push((sidecar.display().to_string(), hex));
-    }
-    Ok(digests)
 }
 
 /// An installed release with the same content that still verifies.
@@ -462,7 +451,11 @@ pub fn install(
     printer: &Printer,
 ) -> Result<InstallReport> {
     let mut need = None;
-    install_steps(host, lock, config, options, printer, &mut need)
+    // The artifact's bytes (a file or a URL) and what they must prove.
+    let source = source::open(options, &config.trust.keys(), printer)?;
+    let failure = source.check.failure();
+    install_steps(host, lock, config, options, source, printer, &mut need)
+        .map_err(|e| failure.explain(e))
         .map_err(|e| fsutil::explain_full_disk(e, &host.releases, need))
 }
 
@@ -472,18 +465,11 @@ fn install_steps(
     lock: &Lock,
     config: &HostConfig,
     options: &InstallOptions,
+    source: source::Source,
     printer: &Printer,
     need: &mut Option<(String, u64)>,
 ) -> Result<InstallReport> {
     let started = Instant::now();
-    let artifact = &options.artifact;
-    let digests = expected_digests(options)?;
-    if digests.is_empty() {
-        printer.warn(&format!(
-            "no {}.sha256 beside the artifact and no --sha256: the artifact file itself is not verified (every member is still checked against its manifest)",
-            artifact.display()
-        ));
-    }
     // Creation with the modes we ask for, whatever the caller's umask.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 
@@ -499,11 +485,17 @@ fn install_steps(
         },
     }
     // Decompression runs on its own thread, beside the checks and writes here.
-    let (_format, stream) = archive::Background::open(artifact)?;
+    let source::Source {
+        name: artifact,
+        stream,
+        check,
+    } = source;
+    let artifact = &artifact;
     let mut archive = tar::Archive::new(stream);
     let stage = {
         let mut entries = archive::raw_entries(&mut archive)?;
         let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        check.manifest_read(&manifest, json.len());
         printer.progress(&format!(
             "installing {} {} (commit {})",
             manifest.app, manifest.release, manifest.commit
@@ -528,7 +520,11 @@ fn install_steps(
             let incoming = Incoming::create(host)?;
             crashpoint("install:incoming-created");
             let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
-                .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
+                .with_progress(if check.shows_download() {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    printer.bar(manifest.files.len() as u64, "installing")
+                })
                 .with_reuse(reuse.as_deref())
                 .run(entries)?;
             if let Some(check) = interpreter {
@@ -559,19 +555,14 @@ fn install_steps(
             }
         }
     };
-    // The whole file's sha256, its compressed tail included, then compare.
-    let digest = archive
+    // The whole file's sha256, its compressed tail included, and the
+    // signature of a URL's body: compared before anything becomes visible.
+    let finished = archive
         .into_inner()
         .finish()
         .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    for (source, want) in &digests {
-        if &digest != want {
-            return Err(Error::failed(format!(
-                "{}: sha256 is {digest}, but {source} says {want}\n  nothing was installed; fix: copy the artifact again (it is corrupt or not the one meant), or correct the expected digest",
-                artifact.display()
-            )));
-        }
-    }
+    let digest = check.verify(finished)?;
+    let signed_by = check.signature.as_ref().map(|s| s.key_id.to_string());
 
     let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
         Stage::Existing(manifest, existing) => {
@@ -596,6 +587,9 @@ fn install_steps(
                 linked_from: None,
                 linked_files: 0,
                 linked_bytes: 0,
+                signed_by,
+                url: check.url.clone(),
+                downloaded_bytes: check.downloaded_bytes(),
             });
         }
         Stage::Unpacked {
@@ -701,6 +695,9 @@ fn install_steps(
         linked_from: reuse.map(|r| r.name),
         linked_files: unpacked.linked,
         linked_bytes: unpacked.linked_bytes,
+        signed_by,
+        url: check.url.clone(),
+        downloaded_bytes: check.downloaded_bytes(),
     })
 }
 

@@ -14,6 +14,7 @@
 pub mod activate;
 pub mod config;
 pub mod extract;
+pub mod fetch;
 pub mod hooks;
 mod init;
 pub mod install;
@@ -29,6 +30,7 @@ pub mod release_id;
 pub mod releases;
 pub mod reuse;
 pub mod services;
+pub mod source;
 pub mod state;
 pub mod verify;
 
@@ -54,6 +56,10 @@ impl InstallArgs {
             sha256: self.sha256.clone(),
             python: self.python.clone(),
             rebuild_venv: self.rebuild_venv,
+            signature: self.signature.clone(),
+            fetch_timeout: self
+                .fetch_timeout
+                .map(std::time::Duration::from_secs_f64),
         }
     }
 }

@@ -10,3 +10,4 @@ mod host;
 mod hostile;
 mod reload;
 mod services;
+mod store;

@@ -1,0 +1,372 @@
+//! Where `install` reads an artifact's bytes from, and what those bytes must
+//! prove: a local file or an `http(s)://` URL ([`fetch`]), its sha256
+//! (`--sha256`, the `.sha256` beside it) and, when `release.toml` lists
+//! `[trust] minisign_keys`, its minisign signature (`--signature`, the
+//! `.minisig` beside it).
+//!
+//! A local file's signature is checked before anything of it is unpacked
+//! (the sha256 of the bytes checked is kept, and the unpacked stream must
+//! have the same). A URL is read once, as it arrives: its sha256 and its
+//! signature are known only at the end of the stream, so the install
+//! unpacks into `releases/.incoming-*` meanwhile and renames nothing into
+//! place until both verified.
+
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use crate::archive::{self, Background, Finished, Observer};
+use crate::error::{Error, Result};
+use crate::host::fetch::{self, Bound, Downloaded, Failure, Fetcher};
+use crate::host::install::InstallOptions;
+use crate::manifest::{EntryType, Manifest};
+use crate::output::Printer;
+use crate::signature::{self, SignatureInfo, StreamCheck, Trust};
+
+/// A `.sha256` sidecar is one short line; a larger one is not one.
+const MAX_CHECKSUM_BYTES: u64 = 64 * 1024;
+
+/// The artifact's bytes, opened, and the checks they must pass.
+pub struct Source {
+    /// How messages name the artifact: its path, or its redacted URL.
+    pub name: PathBuf,
+    pub stream: Background,
+    pub check: SourceCheck,
+}
+
+/// What the whole stream must prove once it was read.
+pub struct SourceCheck {
+    name: PathBuf,
+    /// (where the digest came from, the digest).
+    digests: Vec<(String, String)>,
+    /// A local file's signature: the sha256 of the bytes it was checked over.
+    signed_sha256: Option<String>,
+    /// The signature that was (or, for a URL, is being) checked.
+    pub signature: Option<SignatureInfo>,
+    /// For a URL: the redacted URL, the body's size bound, the bytes read.
+    pub url: Option<String>,
+    bound: Option<Bound>,
+    downloaded: Option<Downloaded>,
+    failure: Option<Failure>,
+}
+
+impl Observer for StreamCheck {
+    fn update(&mut self, bytes: &[u8]) {
+        StreamCheck::update(self, bytes);
+    }
+
+    fn finish(self: Box<Self>) -> std::result::Result<(), String> {
+        StreamCheck::finish(*self)
+    }
+}
+
+/// Open the artifact of `options` for `install`.
+pub fn open(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
+    if fetch::is_url(&options.artifact) {
+        open_url(options, trust, printer)
+    } else {
+        open_file(options, trust, printer)
+    }
+}
+
+fn parse_sha256_flag(options: &InstallOptions) -> Result<Option<(String, String)>> {
+    let Some(hex) = &options.sha256 else {
+        return Ok(None);
+    };
+    let hex = hex.trim().to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Usage(format!(
+            "--sha256 {hex:?} is not a sha256 (64 hex digits)"
+        )));
+    }
+    Ok(Some(("--sha256".to_string(), hex)))
+}
+
+/// The digest a `.sha256` sidecar (`source`) lists for `name`.
+fn parse_sidecar(text: &str, name: &str, source: &str, fix: &str) -> Result<(String, String)> {
+    let hex = archive::parse_checksum_file(text, name)
+        .map_err(|why| Error::failed(format!("{source}: {why}\n  nothing was installed; fix: {fix}")))?;
+    Ok((source.to_string(), hex))
+}
+
+fn warn_unverified(digests: &[(String, String)], name: &Path, printer: &Printer) {
+    if digests.is_empty() {
+        printer.warn(&format!(
+            "no {}.sha256 beside the artifact and no --sha256: the artifact file itself is not verified (every member is still checked against its manifest)",
+            name.display()
+        ));
+    }
+}
+
+fn refuse_signature(name: &Path, why: &str, fix: &str) -> Error {
+    Error::failed(format!(
+        "{}: signature refused: {why}\n  nothing was installed; fix: {fix}",
+        name.display()
+    ))
+}
+
+const SIGN_FIX: &str = "install an artifact signed by a trusted key (`release build --sign KEY`, or `minisign -S -s KEY -m ARTIFACT`), or add its key to [trust] minisign_keys in release.toml";
+
+fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
+    let artifact = &options.artifact;
+    let file_name = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut digests: Vec<(String, String)> = parse_sha256_flag(options)?.into_iter().collect();
+    let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
+    if sidecar.is_file() {
+        let text = fs::read_to_string(&sidecar)?;
+        digests.push(parse_sidecar(
+            &text,
+            &file_name,
+            &sidecar.display().to_string(),
+            &format!("regenerate it (`sha256sum {file_name} > {file_name}.sha256`) or remove it and pass --sha256"),
+        )?);
+    }
+    warn_unverified(&digests, artifact, printer);
+
+    let mut signed_sha256 = None;
+    let mut signature = None;
+    if trust.required() {
+        let sig_source = options
+            .signature
+            .clone()
+            .unwrap_or_else(|| signature::sig_path(artifact));
+        let text = if fetch::is_url(&sig_source) {
+            let url = sig_source.to_string_lossy().into_owned();
+            Fetcher::new(options.fetch_timeout(), url.starts_with("https://"))?.small(
+                &url,
+                "downloading the signature",
+                signature::MAX_SIG_BYTES,
+            )?
+        } else {
+            signature::read_sig_file(&sig_source)?
+        };
+        let Some(text) = text else {
+            return Err(refuse_signature(
+                artifact,
+                &format!(
+                    "it is unsigned ({} does not exist) and release.toml requires a signature by one of: {}",
+                    sig_source.display(),
+                    trust.ids()
+                ),
+                SIGN_FIX,
+            ));
+        };
+        let shown = sig_source.display().to_string();
+        let expected = trust
+            .expect(&text, &shown)
+            .map_err(|why| refuse_signature(artifact, &why, SIGN_FIX))?;
+        let sha = expected
+            .verify_file(artifact)
+            .map_err(|why| refuse_signature(artifact, &why, SIGN_FIX))?;
+        printer.progress(&format!(
+            "signature verified: key id {} ({})",
+            expected.info.key_id, shown
+        ));
+        signed_sha256 = Some(sha);
+        signature = Some(expected.info);
+    }
+
+    let (_format, stream) = Background::open(artifact)?;
+    Ok(Source {
+        name: artifact.clone(),
+        stream,
+        check: SourceCheck {
+            name: artifact.clone(),
+            digests,
+            signed_sha256,
+            signature,
+            url: None,
+            bound: None,
+            downloaded: None,
+            failure: None,
+        },
+    })
+}
+
+fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
+    let url = options.artifact.to_string_lossy().into_owned();
+    let shown = fetch::redact(&url);
+    let name = PathBuf::from(&shown);
+    let fetcher = Fetcher::new(options.fetch_timeout(), url.starts_with("https://"))?;
+    let file_name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|path| path.rsplit('/').next())
+        .unwrap_or_default()
+        .to_string();
+
+    let mut digests: Vec<(String, String)> = parse_sha256_flag(options)?.into_iter().collect();
+    if digests.is_empty() {
+        let sidecar = fetch::sidecar_url(&url, ".sha256");
+        let sidecar_shown = fetch::redact(&sidecar);
+        if let Some(text) = fetcher.small(&sidecar, "downloading the checksum", MAX_CHECKSUM_BYTES)? {
+            digests.push(parse_sidecar(
+                &text,
+                &file_name,
+                &sidecar_shown,
+                "upload the .sha256 that `release build` wrote beside the artifact, or pass --sha256",
+            )?);
+        }
+    }
+    if digests.is_empty() {
+        printer.warn(&format!(
+            "no {} on the store and no --sha256: the artifact's bytes are not verified (every member is still checked against its manifest)",
+            fetch::redact(&fetch::sidecar_url(&url, ".sha256"))
+        ));
+    }
+
+    let mut observer: Option<Box<dyn Observer>> = None;
+    let mut signature = None;
+    if trust.required() {
+        let (text, sig_shown) = match &options.signature {
+            Some(path) if !fetch::is_url(path) => {
+                (signature::read_sig_file(path)?, path.display().to_string())
+            }
+            other => {
+                let sig_url = match other {
+                    Some(u) => u.to_string_lossy().into_owned(),
+                    None => fetch::sidecar_url(&url, signature::SIG_SUFFIX),
+                };
+                let text = fetcher.small(
+                    &sig_url,
+                    "downloading the signature",
+                    signature::MAX_SIG_BYTES,
+                )?;
+                (text, fetch::redact(&sig_url))
+            }
+        };
+        let Some(text) = text else {
+            return Err(refuse_signature(
+                &name,
+                &format!(
+                    "it is unsigned ({sig_shown} does not exist) and release.toml requires a signature by one of: {}",
+                    trust.ids()
+                ),
+                SIGN_FIX,
+            ));
+        };
+        let expected = trust
+            .expect(&text, &sig_shown)
+            .map_err(|why| refuse_signature(&name, &why, SIGN_FIX))?;
+        signature = Some(expected.info.clone());
+        let check = expected
+            .stream()
+            .map_err(|why| refuse_signature(&name, &why, SIGN_FIX))?;
+        observer = Some(Box::new(check));
+    }
+
+    printer.progress(&format!("downloading {shown}"));
+    let body = fetcher.open(&url, printer.download_bar("downloading"))?;
+    let bound = body.bound();
+    let downloaded = body.downloaded();
+    let failure = body.failure();
+    let (_format, stream) = Background::start(&name, body, observer)?;
+    Ok(Source {
+        name: name.clone(),
+        stream,
+        check: SourceCheck {
+            name,
+            digests,
+            signed_sha256: None,
+            signature,
+            url: Some(shown),
+            bound: Some(bound),
+            downloaded: Some(downloaded),
+            failure: Some(failure),
+        },
+    })
+}
+
+/// The most bytes an honest artifact with this manifest can have: its tar
+/// stream (headers, long names, contents in 512-byte blocks, the end
+/// marker), plus what compression can add to incompressible data, plus a
+/// margin.
+pub fn max_artifact_bytes(manifest: &Manifest, manifest_json_len: usize) -> u64 {
+    let block = |n: u64| n.div_ceil(512).saturating_mul(512);
+    let long = |n: usize| if n >= 100 { 512 + block(n as u64 + 1) } else { 0 };
+    let mut tar: u64 = 512 + block(manifest_json_len as u64) + 2048;
+    for e in &manifest.files {
+        let size = if e.kind == EntryType::File { e.size() } else { 0 };
+        let target = e.target.as_deref().map_or(0, str::len);
+        tar = tar
+            .saturating_add(512)
+            .saturating_add(long(e.path.len() + 1))
+            .saturating_add(long(target))
+            .saturating_add(block(size));
+    }
+    tar.saturating_add(tar / 64).saturating_add(1 << 20)
+}
+
+impl SourceCheck {
+    /// Once the manifest is read: a URL's body may be no larger than an
+    /// artifact with this manifest.
+    pub fn manifest_read(&self, manifest: &Manifest, json_len: usize) {
+        if let Some(bound) = &self.bound {
+            bound.set(max_artifact_bytes(manifest, json_len));
+        }
+    }
+
+    /// Whether progress shows the download (so the per-member bar is not needed).
+    pub fn shows_download(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// Bytes of the URL's body read.
+    pub fn downloaded_bytes(&self) -> Option<u64> {
+        self.downloaded.as_ref().map(Downloaded::get)
+    }
+
+    /// A handle that turns an install's error into the download's failure
+    /// when the download failed first (whatever reader then met it).
+    pub fn failure(&self) -> DownloadFailure {
+        DownloadFailure(self.failure.clone())
+    }
+
+    /// Check what the whole stream proved; returns the artifact's sha256.
+    pub fn verify(&self, finished: Finished) -> Result<String> {
+        let digest = finished.sha256;
+        for (source, want) in &self.digests {
+            if &digest != want {
+                let fix = if self.url.is_some() {
+                    "check what the store serves (it is corrupt or not the one meant), or correct the expected digest"
+                } else {
+                    "copy the artifact again (it is corrupt or not the one meant), or correct the expected digest"
+                };
+                return Err(Error::failed(format!(
+                    "{}: sha256 is {digest}, but {source} says {want}\n  nothing was installed; fix: {fix}",
+                    self.name.display()
+                )));
+            }
+        }
+        if let Some(signed) = &self.signed_sha256 {
+            if &digest != signed {
+                return Err(refuse_signature(
+                    &self.name,
+                    "the file changed between the signature check and the unpacking",
+                    "make sure nothing writes the artifact while it installs, and run this again",
+                ));
+            }
+        }
+        if let Some(verdict) = finished.observed {
+            verdict.map_err(|why| refuse_signature(&self.name, &why, SIGN_FIX))?;
+        }
+        Ok(digest)
+    }
+}
+
+/// See [`SourceCheck::failure`].
+pub struct DownloadFailure(Option<Failure>);
+
+impl DownloadFailure {
+    pub fn explain(&self, err: Error) -> Error {
+        match self.0.as_ref().and_then(Failure::get) {
+            Some(why) => Error::failed(format!(
+                "{why}\n  nothing was installed; fix: check what the store serves at this URL (the artifact `release build` wrote, whole; `curl -o /dev/null URL` shows what arrives), then run this again"
+            )),
+            None => err,
+        }
+    }
+}
