@@ -85,9 +85,7 @@ impl Trust {
                 .map_err(|_| bad("is not a minisign public key"))?;
             let id = KeyId::from_slice(parsed.keynum()).ok_or_else(|| bad("has no key id"))?;
             if keys.iter().any(|k| k.id == id) {
-                return Err(format!(
-                    "[trust] minisign_keys lists the key id {id} twice"
-                ));
+                return Err(format!("[trust] minisign_keys lists the key id {id} twice"));
             }
             keys.push(TrustedKey { key, id });
         }
@@ -321,8 +319,8 @@ impl Signer {
             Err(e) => return Err(bad(e.to_string())),
         };
         let public = minisign::PublicKey::from_secret_key(&key).ok();
-        let key_id = KeyId::from_slice(key.keynum())
-            .ok_or_else(|| bad("the key has no key id".into()))?;
+        let key_id =
+            KeyId::from_slice(key.keynum()).ok_or_else(|| bad("the key has no key id".into()))?;
         Ok(Signer {
             key,
             public,
@@ -365,7 +363,9 @@ impl Signer {
 fn password(path: &Path) -> Result<String> {
     if let Some(password) = std::env::var_os(PASSWORD_ENV) {
         return password.into_string().map_err(|_| {
-            Error::failed(format!("{PASSWORD_ENV} is not UTF-8\n  fix: set it to the key's password"))
+            Error::failed(format!(
+                "{PASSWORD_ENV} is not UTF-8\n  fix: set it to the key's password"
+            ))
         });
     }
     use std::io::IsTerminal;
@@ -398,11 +398,11 @@ mod tests {
         assert!(Trust::parse(&["RWQnot-a-key".into()])
             .unwrap_err()
             .contains("not a minisign public key"));
-        assert!(Trust::parse(&[
-            "untrusted comment: minisign public key 1\nRWQ".into()
-        ])
-        .unwrap_err()
-        .contains("whole .pub file"));
+        assert!(
+            Trust::parse(&["untrusted comment: minisign public key 1\nRWQ".into()])
+                .unwrap_err()
+                .contains("whole .pub file")
+        );
         assert!(!Trust::parse(&[]).unwrap().required());
     }
 }

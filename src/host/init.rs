@@ -47,6 +47,12 @@ pub const TEMPLATE: &str = r#"# release.toml: settings of this host root (docs/h
 # check = "venv/bin/python -c 'import mysite.wsgi'"   # in the new release, before the switch
 # after_activate = "venv/bin/python app/manage.py migrate --noinput"
 # notify = "https://deploys.example.invalid/hook"    # POST of the journal event; never fatal
+
+# When keys are listed, every install needs a minisign signature by one of them
+# (ARTIFACT.minisig, or --signature): the second line of each key's .pub file.
+# List two while rotating keys.
+# [trust]
+# minisign_keys = ["RWTPI//N+20ae0FWeNU2kFTlyCQEIbrPOxWG5kXNYcIe4ixdnaF4MOIm"]
 "#;
 
 #[derive(Debug, Serialize)]
@@ -110,5 +116,8 @@ mod tests {
             toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         assert_eq!(parsed.services.len(), 2);
         assert!(parsed.health.is_some() && parsed.hooks.notify.is_some());
+        assert!(crate::signature::Trust::parse(&parsed.trust.minisign_keys)
+            .unwrap()
+            .required());
     }
 }

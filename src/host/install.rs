@@ -50,7 +50,8 @@ pub struct InstallOptions {
 
 impl InstallOptions {
     pub fn fetch_timeout(&self) -> std::time::Duration {
-        self.fetch_timeout.unwrap_or(crate::host::fetch::DEFAULT_TIMEOUT)
+        self.fetch_timeout
+            .unwrap_or(crate::host::fetch::DEFAULT_TIMEOUT)
     }
 }
 

@@ -60,9 +60,7 @@ impl InstallArgs {
             python: self.python.clone(),
             rebuild_venv: self.rebuild_venv,
             signature: self.signature.clone(),
-            fetch_timeout: self
-                .fetch_timeout
-                .map(std::time::Duration::from_secs_f64),
+            fetch_timeout: self.fetch_timeout.map(std::time::Duration::from_secs_f64),
         }
     }
 }

@@ -84,8 +84,11 @@ fn parse_sha256_flag(options: &InstallOptions) -> Result<Option<(String, String)
 
 /// The digest a `.sha256` sidecar (`source`) lists for `name`.
 fn parse_sidecar(text: &str, name: &str, source: &str, fix: &str) -> Result<(String, String)> {
-    let hex = archive::parse_checksum_file(text, name)
-        .map_err(|why| Error::failed(format!("{source}: {why}\n  nothing was installed; fix: {fix}")))?;
+    let hex = archive::parse_checksum_file(text, name).map_err(|why| {
+        Error::failed(format!(
+            "{source}: {why}\n  nothing was installed; fix: {fix}"
+        ))
+    })?;
     Ok((source.to_string(), hex))
 }
 
@@ -202,7 +205,9 @@ fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resul
     if digests.is_empty() {
         let sidecar = fetch::sidecar_url(&url, ".sha256");
         let sidecar_shown = fetch::redact(&sidecar);
-        if let Some(text) = fetcher.small(&sidecar, "downloading the checksum", MAX_CHECKSUM_BYTES)? {
+        if let Some(text) =
+            fetcher.small(&sidecar, "downloading the checksum", MAX_CHECKSUM_BYTES)?
+        {
             digests.push(parse_sidecar(
                 &text,
                 &file_name,
@@ -286,10 +291,20 @@ fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resul
 /// margin.
 pub fn max_artifact_bytes(manifest: &Manifest, manifest_json_len: usize) -> u64 {
     let block = |n: u64| n.div_ceil(512).saturating_mul(512);
-    let long = |n: usize| if n >= 100 { 512 + block(n as u64 + 1) } else { 0 };
+    let long = |n: usize| {
+        if n >= 100 {
+            512 + block(n as u64 + 1)
+        } else {
+            0
+        }
+    };
     let mut tar: u64 = 512 + block(manifest_json_len as u64) + 2048;
     for e in &manifest.files {
-        let size = if e.kind == EntryType::File { e.size() } else { 0 };
+        let size = if e.kind == EntryType::File {
+            e.size()
+        } else {
+            0
+        };
         let target = e.target.as_deref().map_or(0, str::len);
         tar = tar
             .saturating_add(512)

@@ -76,7 +76,10 @@ impl Root {
         for dir in ["releases", "shared"] {
             if let Ok(read) = std::fs::read_dir(self.path.join(dir)) {
                 for e in read {
-                    names.push(format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()));
+                    names.push(format!(
+                        "{dir}/{}",
+                        e.unwrap().file_name().to_string_lossy()
+                    ));
                 }
             }
         }
@@ -92,14 +95,24 @@ impl Root {
         let mut hasher = Sha256::new();
         for e in walkdir::WalkDir::new(&dir).sort_by_file_name() {
             let e = e.unwrap();
-            let rel = e.path().strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(&dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if rel == "install.json" {
                 continue; // the time and the user of the install
             }
             let meta = e.path().symlink_metadata().unwrap();
             hasher.update(format!("{rel}\0{:o}\0", meta.permissions().mode()));
             if meta.file_type().is_symlink() {
-                hasher.update(std::fs::read_link(e.path()).unwrap().as_os_str().as_encoded_bytes());
+                hasher.update(
+                    std::fs::read_link(e.path())
+                        .unwrap()
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
             } else if meta.is_file() {
                 hasher.update(std::fs::read(e.path()).unwrap());
             }
@@ -126,7 +139,12 @@ fn minisign(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run minisign (scripts/test-deps installs Debian's minisign package)");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -217,7 +235,14 @@ fn signatures_by_trusted_keys_install_and_every_other_case_is_refused() {
     let mut build = release();
     build
         .current_dir(&app.dir)
-        .args(["build", "--json", "--installer", "pip", "--no-index", "--find-links"])
+        .args([
+            "build",
+            "--json",
+            "--installer",
+            "pip",
+            "--no-index",
+            "--find-links",
+        ])
         .arg(wheelhouse())
         .arg("--out")
         .arg(&out)
@@ -232,7 +257,10 @@ fn signatures_by_trusted_keys_install_and_every_other_case_is_refused() {
         PathBuf::from(report["signature"].as_str().unwrap()),
         sig_of(&signed)
     );
-    assert!(ci.cli_verifies(&signed, &sig_of(&signed)), "minisign -V refused build --sign's signature");
+    assert!(
+        ci.cli_verifies(&signed, &sig_of(&signed)),
+        "minisign -V refused build --sign's signature"
+    );
     assert!(!other.cli_verifies(&signed, &sig_of(&signed)));
 
     // A wrong password fails before the build, naming the fix.
@@ -245,14 +273,23 @@ fn signatures_by_trusted_keys_install_and_every_other_case_is_refused() {
         .arg(&ci.sec_file)
         .env("RELEASE_SIGN_PASSWORD", "wrong");
     let err = fails_with(&wrong.output().unwrap(), 1);
-    assert!(err.contains("wrong password") && err.contains("RELEASE_SIGN_PASSWORD"), "{err}");
+    assert!(
+        err.contains("wrong password") && err.contains("RELEASE_SIGN_PASSWORD"),
+        "{err}"
+    );
     assert!(!dir.join("never").exists());
 
     // inspect shows the key id minisign prints for the key.
     let key_id = report["key_id"].as_str().unwrap().to_string();
     let pub_text = std::fs::read_to_string(&ci.pub_file).unwrap();
     assert!(pub_text.contains(&key_id), "{key_id} not in {pub_text}");
-    let inspected = json_ok(&release().args(["--json", "inspect"]).arg(&signed).output().unwrap());
+    let inspected = json_ok(
+        &release()
+            .args(["--json", "inspect"])
+            .arg(&signed)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(inspected["signature"]["key_id"], key_id.as_str());
     assert_eq!(inspected["signature"]["prehashed"], true);
     let human = stdout(&release().arg("inspect").arg(&art.a).output().unwrap());
@@ -338,9 +375,16 @@ fn signatures_by_trusted_keys_install_and_every_other_case_is_refused() {
 
     // A key that is not one is refused when release.toml is read.
     let bad = Root::new();
-    std::fs::write(bad.path.join("release.toml"), "[trust]\nminisign_keys = [\"RWQxyz\"]\n").unwrap();
+    std::fs::write(
+        bad.path.join("release.toml"),
+        "[trust]\nminisign_keys = [\"RWQxyz\"]\n",
+    )
+    .unwrap();
     let err = fails_with(&bad.run(&["install", unsigned.to_str().unwrap()]), 1);
-    assert!(err.contains("minisign_keys") && err.contains("tail -1"), "{err}");
+    assert!(
+        err.contains("minisign_keys") && err.contains("tail -1"),
+        "{err}"
+    );
 }
 
 /// The store server, stopped (killed and reaped) on drop.
@@ -414,7 +458,14 @@ fn install_from_a_url_streams_the_same_tree_and_hostile_servers_leave_nothing() 
         by_file.tree_digest(file_report["id"].as_str().unwrap())
     );
     let record: Value = serde_json::from_slice(
-        &std::fs::read(by_url.path.join("releases").join(url_report["id"].as_str().unwrap()).join("install.json")).unwrap(),
+        &std::fs::read(
+            by_url
+                .path
+                .join("releases")
+                .join(url_report["id"].as_str().unwrap())
+                .join("install.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let sidecar = std::fs::read_to_string(format!("{}.sha256", art.a.display())).unwrap();
@@ -436,11 +487,21 @@ fn install_from_a_url_streams_the_same_tree_and_hostile_servers_leave_nothing() 
     // The hostile cases: exit 1, a message naming the (redacted) URL and
     // the cause, nothing left in the root.
     let root = Root::new();
-    let wrong_pw = format!("http://test:wrong@127.0.0.1:{}/auth/{name}?token=abc", server.port);
+    let wrong_pw = format!(
+        "http://test:wrong@127.0.0.1:{}/auth/{name}?token=abc",
+        server.port
+    );
     let err = root.refused(&wrong_pw, &[], &["401", "***@127.0.0.1", "token=***"]);
-    assert!(!err.contains("wrong") && !err.contains("abc"), "credentials leak:\n{err}");
+    assert!(
+        !err.contains("wrong") && !err.contains("abc"),
+        "credentials leak:\n{err}"
+    );
     root.refused(&server.url("missing", &name), &[], &["/missing/", "404"]);
-    root.refused(&server.url("down", &name), &["--fetch-timeout", "5"], &["/down/", "500", "4 attempts"]);
+    root.refused(
+        &server.url("down", &name),
+        &["--fetch-timeout", "5"],
+        &["/down/", "500", "4 attempts"],
+    );
     root.refused(&server.url("cut", &name), &[], &["/cut/", "truncated"]);
     // A Content-Length shorter than the body: the body is what it declares,
     // which is not a whole artifact.
@@ -496,7 +557,11 @@ fn a_signed_artifact_from_a_url_is_checked_while_it_streams() {
     let report = root.install(&server.url("ok", &name), &[]);
     assert!(report["signed_by"].is_string());
     let root = Root::trusting(&[&key]);
-    root.refused(&server.url("ok", &unsigned), &[], &["unsigned", "signature refused"]);
+    root.refused(
+        &server.url("ok", &unsigned),
+        &[],
+        &["unsigned", "signature refused"],
+    );
     // A body changed after signing (the .sha256 recomputed to match it)
     // breaks the compressed stream's own checksum on the way...
     root.refused(
@@ -516,7 +581,11 @@ fn a_signed_artifact_from_a_url_is_checked_while_it_streams() {
     .unwrap();
     let sums = std::fs::read_to_string(format!("{}.sha256", moved.display())).unwrap();
     let digest = sums.split_whitespace().next().unwrap();
-    std::fs::write(format!("{}.sha256", moved.display()), format!("{digest}  moved.tar.zst\n")).unwrap();
+    std::fs::write(
+        format!("{}.sha256", moved.display()),
+        format!("{digest}  moved.tar.zst\n"),
+    )
+    .unwrap();
     let moved = server.put(&moved);
     root.refused(
         &server.url("ok", &moved),
@@ -530,5 +599,9 @@ fn a_signed_artifact_from_a_url_is_checked_while_it_streams() {
     key.cli_sign(&legacy, &sig_of(&legacy), true);
     let legacy = server.put(&legacy);
     let root = Root::trusting(&[&key]);
-    root.refused(&server.url("ok", &legacy), &[], &["legacy format", "prehashed"]);
+    root.refused(
+        &server.url("ok", &legacy),
+        &[],
+        &["legacy format", "prehashed"],
+    );
 }
