@@ -35,6 +35,9 @@ fn main() {
     if wanted("install") {
         rows.extend(b.install_rows(runs));
     }
+    if wanted("url") {
+        rows.extend(b.url_rows(runs));
+    }
     if wanted("activate") || wanted("list") {
         rows.extend(b.activate_and_list_rows(runs));
     }
@@ -439,6 +442,45 @@ impl Bench {
         ]
     }
 
+    /// `release install URL` from a loopback web server (nginx when it is
+    /// installed, else Python's http.server; the row says which) against
+    /// `release install FILE` of the same artifact, alternating, each into a
+    /// fresh root.
+    fn url_rows(&self, runs: usize) -> Vec<Row> {
+        let (a, _) = self.two_artifacts();
+        let w = self.work.join("url");
+        let served = w.join("served");
+        std::fs::create_dir_all(&served).unwrap();
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&a, served.join(&name)).unwrap();
+        std::fs::copy(
+            format!("{}.sha256", a.display()),
+            served.join(format!("{name}.sha256")),
+        )
+        .unwrap();
+        let server = WebServer::start(&w, &served);
+        let url = format!("http://127.0.0.1:{}/{name}", server.port);
+        let (mut by_url, mut by_file) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            by_url.push(timed(
+                &mut self.install(&w.join(format!("u{i}")), Path::new(&url)),
+            ));
+            by_file.push(timed(&mut self.install(&w.join(format!("f{i}")), &a)));
+        }
+        let (u, f) = (median(by_url), median(by_file));
+        vec![Row {
+            what: format!(
+                "`release install URL` ({} on loopback) vs `release install FILE` of the same artifact",
+                server.kind
+            ),
+            ours: secs(u),
+            baseline: secs(f),
+            ratio: format!("{:.2}×", u / f),
+            target: "≤ 1.1×".into(),
+            met: u / f <= 1.1,
+        }]
+    }
+
     fn activate_and_list_rows(&self, runs: usize) -> Vec<Row> {
         let (a, b) = self.two_artifacts();
         let root = self.work.join("activate");
@@ -649,5 +691,89 @@ fn peak_rss_kb(cmd: &mut Command) -> u64 {
             return peak;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A web server on loopback serving one directory; stopped on drop.
+struct WebServer {
+    child: std::process::Child,
+    port: u16,
+    kind: &'static str,
+}
+
+impl WebServer {
+    fn start(work: &Path, dir: &Path) -> WebServer {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let nginx = Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let (child, kind) = if nginx {
+            let prefix = work.join("nginx");
+            std::fs::create_dir_all(prefix.join("logs")).unwrap();
+            let conf = prefix.join("nginx.conf");
+            let user = if rustix::process::getuid().is_root() {
+                "user root;"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &conf,
+                format!(
+                    "{user}\ndaemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+                    pid = prefix.join("nginx.pid").display(),
+                    log = prefix.join("logs/error.log").display(),
+                    tmp = prefix.display(),
+                    root = dir.display(),
+                ),
+            )
+            .unwrap();
+            let child = Command::new("nginx")
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(prefix.join("logs/error.log"))
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, "nginx")
+        } else {
+            let child = Command::new("python3")
+                .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+                .arg(dir)
+                .arg(port.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, "Python's http.server")
+        };
+        let server = WebServer { child, port, kind };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{kind} did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's master then stops its worker too (SIGKILL would
+        // leave the worker listening).
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
     }
 }

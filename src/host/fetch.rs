@@ -103,6 +103,7 @@ fn describe(err: &ureq::Error) -> (String, bool) {
         E::Tls(why) => (format!("TLS: {why}"), false),
         E::Rustls(why) => (format!("TLS: {why}"), false),
         E::Pem(why) => (format!("TLS certificates: {why}"), false),
+        E::Io(e) if e.to_string().contains("certificate") => (format!("TLS: {e}"), false),
         E::Io(e) => {
             let retry = matches!(
                 e.kind(),
@@ -192,8 +193,13 @@ impl Fetcher {
                 Err(e) => {
                     let (text, retry) = describe(&e);
                     if !retry {
+                        let fix = if text.starts_with("TLS") {
+                            "make the server's certificate one this host trusts: install its CA into the system's roots (ca-certificates), or point SSL_CERT_FILE at a PEM bundle that has it"
+                        } else {
+                            "check the URL and that the store is reachable from this host"
+                        };
                         return Err(Error::failed(format!(
-                            "{what} {shown}: {text}\n  nothing was installed; fix: check the URL and that the store is reachable from this host"
+                            "{what} {shown}: {text}\n  nothing was installed; fix: {fix}"
                         )));
                     }
                     text
@@ -241,8 +247,12 @@ impl Fetcher {
             )));
         };
         let declared = response.body().content_length();
-        if let Some(len) = declared {
-            progress.set_length(len);
+        match declared {
+            Some(len) => progress.set_length(len),
+            None => progress.set_style(
+                indicatif::ProgressStyle::with_template("{msg:>12} {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            ),
         }
         let counter = Arc::new(AtomicU64::new(0));
         Ok(Body {

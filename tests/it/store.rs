@@ -396,11 +396,17 @@ struct Store {
 
 impl Store {
     fn start() -> Store {
+        Store::start_with(&[])
+    }
+
+    /// With `tls` = [CERT, KEY]: over https.
+    fn start_with(tls: &[&Path]) -> Store {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(REPO).join("tests/it/store_server.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(dir.path())
+            .args(tls)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -604,4 +610,105 @@ fn a_signed_artifact_from_a_url_is_checked_while_it_streams() {
         &[],
         &["legacy format", "prehashed"],
     );
+}
+
+/// Run openssl (Debian's package, installed by scripts/test-deps).
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+#[test]
+fn https_checks_the_server_against_the_system_roots_or_ssl_cert_file() {
+    let art = artifacts();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A CA of our own and a certificate for 127.0.0.1 it signed.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=release test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+    let server = Store::start_with(&[&dir.join("leaf.pem"), &dir.join("leaf.key")]);
+    let name = server.put(&art.a);
+    let url = format!("https://127.0.0.1:{}/ok/{name}", server.port);
+
+    // The system's roots do not know our CA: refused, naming TLS.
+    let root = Root::new();
+    root.refused(&url, &[], &["https://127.0.0.1", "TLS", "SSL_CERT_FILE"]);
+    // With SSL_CERT_FILE pointing at it: installs.
+    let out = release()
+        .arg("--root")
+        .arg(&root.path)
+        .args(["--json", "install", &url])
+        .env("SSL_CERT_FILE", dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    let report = json_ok(&out);
+    assert_eq!(report["url"], url.as_str());
 }

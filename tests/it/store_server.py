@@ -1,8 +1,8 @@
 """A small artifact store on loopback for tests/it/store.rs, honest and not.
 
-Usage: python3 store_server.py DIR
+Usage: python3 store_server.py DIR [CERT KEY]
 Serves the files in DIR on 127.0.0.1 at a free port, which it prints on the
-first line of stdout. The first path component picks the behaviour:
+first line of stdout; over https with CERT and KEY (PEM files). The first path component picks the behaviour:
 
   /ok/NAME        the file, with its Content-Length
   /chunked/NAME   the file, chunked (no Content-Length)
@@ -29,6 +29,7 @@ import base64
 import hashlib
 import http.server
 import os
+import ssl
 import sys
 import threading
 import time
@@ -175,6 +176,10 @@ class Server(http.server.ThreadingHTTPServer):
 
 def main():
     server = Server(("127.0.0.1", 0), Handler)
+    if len(sys.argv) == 4:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     threading.Timer(600, lambda: os._exit(0)).start()
     server.serve_forever()
