@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 
 use fs_err as fs;
 
-use super::python::{self, Interpreter, Probe};
 use crate::error::{Error, Result};
 use crate::output::Printer;
+use crate::python::{self, Interpreter, Probe};
 
 /// One thing the app says about its Python, and where it says it.
 #[derive(Debug, Clone, PartialEq, Eq)]

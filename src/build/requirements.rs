@@ -16,8 +16,8 @@ use std::process::Command;
 use fs_err as fs;
 use serde::Deserialize;
 
-use super::python::{self, Interpreter, WheelOptions};
 use crate::error::{Error, Result};
+use crate::python::{self, Interpreter, WheelOptions};
 
 /// A requirement line that does not pin one version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,9 +3,11 @@
 //! mysite.wsgi'` works as written), `PYTHONPATH` starting with `<release>/app`
 //! (the app imports as it does under gunicorn --chdir), `PATH` starting with
 //! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID` and `RELEASE_DIR` set.
+//! Also `[hooks] notify`: the journal event POSTed after an activation.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::error::tail;
 
@@ -70,7 +72,20 @@ pub fn notify(
         return;
     };
     let body = serde_json::to_value(event).unwrap_or_default();
-    if let Err(why) = crate::reload::notify(url, &body) {
+    if let Err(why) = post(url, &body) {
         printer.warn(&format!("{why} (the deploy itself is done)"));
     }
+}
+
+/// POST a journal event as JSON; failures are returned for a warning, never fatal.
+fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .post(url)
+        .send_json(event)
+        .map(|_| ())
+        .map_err(|e| format!("notify {url}: {e}"))
 }
