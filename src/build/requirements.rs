@@ -53,7 +53,7 @@ fn logical_lines(text: &str) -> Vec<Line> {
             continue;
         }
         current.push_str(body);
-        let line = current.trim().to_string();
+        let line = current.split_whitespace().collect::<Vec<_>>().join(" ");
         current.clear();
         if !line.is_empty() {
             lines.push(Line {
@@ -62,7 +62,7 @@ fn logical_lines(text: &str) -> Vec<Line> {
             });
         }
     }
-    let line = current.trim().to_string();
+    let line = current.split_whitespace().collect::<Vec<_>>().join(" ");
     if !line.is_empty() {
         lines.push(Line {
             number: start,
@@ -468,7 +468,7 @@ mod tests {
             "requirements.txt",
             "a==1 \\\n  --hash=sha256:00\nb>=1 \\\n  ; python_version>'3'\n",
         )]);
-        assert_eq!(found, ["requirements.txt:3 b>=1"]);
+        assert_eq!(found, ["requirements.txt:3 b>=1 ; python_version>'3'"]);
     }
 
     #[test]
