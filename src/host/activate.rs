@@ -3,9 +3,10 @@
 //! 1. **preflight** — the target is installed and complete; if it is already
 //!    current, say so and stop.
 //! 2. **check** — the `check` hook runs inside the target release; failure
-//!    journals `failed` and stops with nothing changed (exit 1).
+//!    journals `failed` and stops with `current` untouched (exit 1).
 //!    **services preflight** — every `[[service]]` pidfile names a live
-//!    process of this app; otherwise stop with nothing changed (exit 1).
+//!    process of this app (on a first deploy, one that is down may be);
+//!    otherwise stop with `current` untouched (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for

@@ -4,9 +4,11 @@
 //! (the app imports as it does under gunicorn --chdir), `PATH` starting with
 //! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID`, `RELEASE_DIR` and
 //! `RELEASE_SWITCH` (`activate` or `rollback`) set.
+//! Also `[hooks] notify`: the journal event POSTed after an activation.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::error::tail;
 
@@ -80,7 +82,7 @@ pub fn notify(
     };
     use crate::host::journal::EventKind;
     let body = serde_json::to_value(event).unwrap_or_default();
-    match crate::reload::notify(url, &body) {
+    match post(url, &body) {
         Ok(()) => printer.progress(&format!("notified {url} ({})", event_name(event.event))),
         Err(why) => {
             let state = match event.event {
@@ -108,4 +110,17 @@ fn event_name(kind: crate::host::journal::EventKind) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// POST a journal event as JSON; failures are returned for a warning, never fatal.
+fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .post(url)
+        .send_json(event)
+        .map(|_| ())
+        .map_err(|e| format!("notify {url}: {e}"))
 }

@@ -6,18 +6,18 @@
 //! switches `current` back, reloads again, journals `failed` and exits 3.
 //!
 //! The strategies themselves, and how a reload is confirmed from the
-//! processes, live in `crate::reload`; `status` reads `/proc` through
-//! `crate::procs`.
+//! processes, live in `host::reload`; `status` reads `/proc` through
+//! `host::procs`.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::host::config::HostConfig;
+use crate::host::config::{HostConfig, ServiceConfig, Strategy};
 use crate::host::layout::Host;
+use crate::host::procs::{self, Pid};
+use crate::host::reload::{self, ReloadOutcome, Running, Target};
 use crate::output::Printer;
-use crate::procs::{self, Pid};
-use crate::reload::{self, ReloadOutcome, Running, ServiceConfig, Strategy, Target};
 
 /// Why the services did not come up on the new release.
 #[derive(Debug, Clone)]
