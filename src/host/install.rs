@@ -582,7 +582,7 @@ fn install_steps(
     let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
         Stage::Existing(manifest, existing) => {
             printer.progress(&format!(
-                "{} is already installed as {} and verifies; nothing changed",
+                "{} is already installed as {} and verifies; not installing it again",
                 manifest.release, existing.name
             ));
             journal_if_missing(host, lock, &existing, &manifest, printer)?;
