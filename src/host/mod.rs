@@ -73,6 +73,25 @@ pub struct DeployReport {
     pub prune: prune::PruneReport,
 }
 
+/// A deploy whose activation was refused before the switch (exit 1) did
+/// install (or find) its release: say so, since "current was not touched" is
+/// not "nothing changed".
+fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
+    match err {
+        Error::Failed(message) => Error::Failed(format!(
+            "{message}\n  release {} {} and stays inactive; once fixed: `release activate {}`",
+            installed.id,
+            if installed.already_installed {
+                "was already installed"
+            } else {
+                "is installed"
+            },
+            installed.id
+        )),
+        other => other,
+    }
+}
+
 /// An open root for a mutating command: checked, configured, locked, and
 /// cleaned of what an interrupted command left.
 struct Session {
@@ -141,7 +160,8 @@ pub fn run(
                 target,
                 Switch::Activate,
                 printer,
-            )?;
+            )
+            .map_err(|e| installed_but_refused(e, &installed))?;
             let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
             let report = DeployReport {
                 install: installed,
