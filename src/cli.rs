@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build the artifact of an app at a git commit (CI side).
-    Build(BuildFlags),
+    Build(Box<BuildFlags>),
     /// Show an artifact's manifest summary without unpacking it.
     Inspect {
         /// The .tar.zst or .tar.gz artifact.
