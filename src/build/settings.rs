@@ -7,7 +7,7 @@ use fs_err as fs;
 use serde::Deserialize;
 
 use crate::archive::Format;
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Error, Result};
 use crate::manifest;
 use crate::python::InstallerChoice;
 
@@ -110,7 +110,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     let pyproject_path = app_dir.join("pyproject.toml");
     let pyproject: PyProject = if pyproject_path.is_file() {
         toml::from_str(&fs::read_to_string(&pyproject_path)?).map_err(|e| {
-            Error::BadProjectConfig {
+            BuildError::BadProjectConfig {
                 path: flags.source.join("pyproject.toml"),
                 message: e.to_string(),
             }

@@ -18,13 +18,17 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::crashpoint::crashpoint;
-use crate::error::{Error, Result};
+use crate::crashpoint::{crashpoint, CrashPoint};
+use crate::error::{
+    ActivateError, CheckFailed, FailedStep, NoCurrentFor, ReleaseError, Restored, Result,
+    ServicesFailure,
+};
 use crate::host::config::HostConfig;
 use crate::host::hooks;
-use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::journal::{Event, EventKind, Journal, What};
 use crate::host::layout::{Current, Host};
 use crate::host::lock::Lock;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases::{self, Installed};
 use crate::host::services;
 use crate::host::state::ReleaseHistory;
@@ -44,8 +48,9 @@ pub struct ActivateReport {
     pub commit: String,
     /// The release that was current before.
     pub from: Option<String>,
-    /// `activated` or `rolled_back` (the journal event written).
-    pub event: &'static str,
+    /// [`EventKind::Activated`] or [`EventKind::RolledBack`]: the journal
+    /// event written.
+    pub event: EventKind,
     pub already_current: bool,
     pub seconds: f64,
 }
@@ -66,13 +71,13 @@ pub fn activate(
 ) -> Result<ActivateReport> {
     let started = Instant::now();
     let journal = Journal::new(&host.journal);
-    let (kind, event_name) = match switch {
-        Switch::Activate => (EventKind::Activated, "activated"),
-        Switch::Rollback => (EventKind::RolledBack, "rolled_back"),
+    let (what, kind) = match switch {
+        Switch::Activate => (What::Activated, EventKind::Activated),
+        Switch::Rollback => (What::RolledBack, EventKind::RolledBack),
     };
 
-    // Crash point names for this kind of switch.
-    let point = |activate: &'static str, rollback: &'static str| match switch {
+    // The crash point of this kind of switch.
+    let point = |activate: CrashPoint, rollback: CrashPoint| match switch {
         Switch::Activate => activate,
         Switch::Rollback => rollback,
     };
@@ -98,7 +103,7 @@ pub fn activate(
         id: target.name.clone(),
         commit: summary.commit.clone(),
         from: from.clone(),
-        event: event_name,
+        event: kind,
         already_current,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -137,53 +142,59 @@ pub fn activate(
     if let Some(check) = &config.hooks.check {
         printer.progress(&format!("check ({}): {check}", target.name));
         if let Err(failure) = hooks::run(check, &target.dir, &target.name) {
-            let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-            event.step = Some("check".into());
-            event.error = Some(format!("check hook `{check}` failed ({})", failure.status));
-            journal.append(lock, &event)?;
-            let still = from
-                .as_deref()
-                .map(|f| format!("{f} is still current"))
-                .unwrap_or_else(|| "no release is current".into());
-            return Err(Error::failed(format!(
-                "the check hook `{check}` failed in {} ({}); nothing changed, {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {}/app to see why (PATH={}/venv/bin:$PATH), or change [hooks] check in {}",
-                target.name,
-                failure.status,
-                failure.tail,
-                target.dir.display(),
-                target.dir.display(),
-                host.config.display()
-            )));
+            let failed = What::Failed {
+                step: Some(FailedStep::Check),
+                error: Some(format!("check hook `{check}` failed ({})", failure.status)),
+                reverted: false,
+            };
+            journal.append(lock, &Event::new(failed, &target.name, from.as_deref()))?;
+            return Err(ActivateError::CheckFailed(Box::new(CheckFailed {
+                hook: check.clone(),
+                release: target.name.clone(),
+                status: failure.status,
+                tail: failure.tail,
+                current: from,
+                dir: target.dir.clone(),
+                config: host.config.clone(),
+            }))
+            .into());
         }
     }
 
     // 2b. every service can be reloaded (live pidfile of this app), before
     //     anything changes
     if let Err(failure) = services::preflight(config, host) {
-        let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-        event.step = Some(failure.step.into());
-        event.error = Some(failure.reason.clone());
+        let event = Event::new(failed(&failure, false), &target.name, from.as_deref());
         journal.append(lock, &event)?;
         hooks::notify(config, &event, printer);
-        return Err(Error::failed(format!(
-            "{}; nothing changed, {} is still current",
-            failure.reason,
-            from.as_deref().unwrap_or("no release")
-        )));
+        return Err(ActivateError::ServicesNotReady {
+            failure,
+            current: from,
+        }
+        .into());
     }
-    crashpoint(point("activate:checked", "rollback:checked"));
+    crashpoint(point(
+        CrashPoint::ActivateChecked,
+        CrashPoint::RollbackChecked,
+    ));
 
     // 3. switch
     let crash = match switch {
         _ if !cfg!(feature = "crashpoints") => None,
-        Switch::Activate => Some(("activate:tmp-link", "activate:renamed")),
-        Switch::Rollback => Some(("rollback:tmp-link", "rollback:renamed")),
+        Switch::Activate => Some((CrashPoint::ActivateTmpLink, CrashPoint::ActivateRenamed)),
+        Switch::Rollback => Some((CrashPoint::RollbackTmpLink, CrashPoint::RollbackRenamed)),
     };
     host.switch_current_at(lock, &target.name, crash)?;
-    crashpoint(point("activate:fsynced", "rollback:fsynced"));
-    let event = Event::new(kind, &target.name, from.as_deref());
+    crashpoint(point(
+        CrashPoint::ActivateFsynced,
+        CrashPoint::RollbackFsynced,
+    ));
+    let event = Event::new(what, &target.name, from.as_deref());
     journal.append(lock, &event)?;
-    crashpoint(point("activate:journaled", "rollback:journaled"));
+    crashpoint(point(
+        CrashPoint::ActivateJournaled,
+        CrashPoint::RollbackJournaled,
+    ));
     printer.progress(&format!(
         "{} {} (was {})",
         if switch == Switch::Activate {
@@ -196,44 +207,46 @@ pub fn activate(
     ));
 
     // 4. reload services + health check; on failure switch back (exit 3)
-    if let Err(failure) = services::reload_and_check(config, host, &target.name, printer) {
+    if let Err(failure) = services::reload_and_check(config, host, &target.id, printer) {
         printer.warn(&format!(
             "{} failed on {}: {}; switching back",
-            failure.step, target.name, failure.reason
+            failure.step, target.name, failure.cause
         ));
         let restored = match &from {
             Some(previous) => {
                 host.switch_current(lock, previous)?;
-                let again = services::reload_and_check(config, host, previous, printer);
+                let again = match ReleaseId::parse(previous) {
+                    Some(id) => services::reload_and_check(config, host, &id, printer).err(),
+                    None => None,
+                };
                 match again {
-                    Ok(_) => format!("switched current back: {previous} is live again"),
-                    Err(f) => format!(
-                        "switched current back to {previous}, but reloading it failed too ({}: {})",
-                        f.step, f.reason
-                    ),
+                    None => Restored::Previous(previous.clone()),
+                    Some(failure) => Restored::PreviousFailed {
+                        previous: previous.clone(),
+                        failure,
+                    },
                 }
             }
             None => {
                 let _ = fs_err::remove_file(&host.current);
                 crate::fsutil::fsync_dir(&host.root)?;
-                "removed current again (there was no previous release)".to_string()
+                Restored::Removed
             }
         };
-        let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-        event.step = Some(failure.step.into());
-        event.error = Some(failure.reason.clone());
-        event.reverted = true;
+        let event = Event::new(failed(&failure, true), &target.name, from.as_deref());
         journal.append(lock, &event)?;
         hooks::notify(config, &event, printer);
-        return Err(Error::ActivationFailed {
+        return Err(ActivateError::ActivationFailed {
             release: target.name.clone(),
-            reason: format!("{} failed: {}", failure.step, failure.reason),
+            failure,
             restored,
-            fix: "see `release status` and the service logs; the release is marked rolled back"
-                .into(),
-        });
+        }
+        .into());
     }
-    crashpoint(point("activate:reloaded", "rollback:reloaded"));
+    crashpoint(point(
+        CrashPoint::ActivateReloaded,
+        CrashPoint::RollbackReloaded,
+    ));
 
     // 5. after_activate (a failure is reported, the release stays live) and notify
     if let Some(after) = &config.hooks.after_activate {
@@ -248,6 +261,15 @@ pub fn activate(
     Ok(report(false))
 }
 
+/// The journal's `failed` event for a failure of the services.
+fn failed(failure: &ServicesFailure, reverted: bool) -> What {
+    What::Failed {
+        step: Some(failure.step),
+        error: Some(failure.cause.to_string()),
+        reverted,
+    }
+}
+
 /// `release rollback [--to ID]`: back to the release that was live before the
 /// current one according to the journal (skipping rolled-back releases).
 pub fn rollback(
@@ -260,14 +282,14 @@ pub fn rollback(
     let list = releases::installed(host)?;
     let current = host.current()?;
     let Current::Release(current_id) = &current else {
-        return Err(Error::failed(format!(
-            "no release is current under {} ({}), so there is nothing to roll back\n  fix: activate one with `release activate ID` (see `release list`)",
-            host.root.display(),
-            match &current {
-                Current::Foreign(t) => format!("current points to {}", t.display()),
-                _ => "current does not exist".into(),
-            }
-        )));
+        return Err(ReleaseError::NoCurrent {
+            root: host.root.clone(),
+            command: NoCurrentFor::Rollback(match &current {
+                Current::Foreign(t) => Some(t.clone()),
+                _ => None,
+            }),
+        }
+        .into());
     };
     let target = match to {
         Some(query) => releases::resolve(host, &list, query)?,
@@ -278,26 +300,30 @@ pub fn rollback(
             // again finishes that rollback instead of going back again.
             let current_id = history.live_now().unwrap_or(current_id);
             let Some(target) = history.rollback_target(Some(current_id)) else {
-                return Err(Error::failed(format!(
-                    "nothing to roll back to from {current_id}: {} records no earlier live release that was not rolled back; nothing changed\n  fix: pick one with `release rollback --to ID` or `release activate ID` (see `release list`)",
-                    host.journal.display()
-                )));
+                return Err(ActivateError::NothingToRollBack {
+                    current: current_id.to_string(),
+                    journal: host.journal.clone(),
+                }
+                .into());
             };
             match list.iter().find(|r| r.name == target) {
                 Some(release) => release,
                 None => {
-                    return Err(Error::failed(format!(
-                        "the release before {current_id} was {target}, which is no longer installed (pruned or removed); nothing changed\n  fix: pick an installed one with `release rollback --to ID` (see `release list`), or install its artifact again"
-                    )))
+                    return Err(ActivateError::RollbackTargetGone {
+                        current: current_id.to_string(),
+                        target: target.to_string(),
+                    }
+                    .into())
                 }
             }
         }
     };
     if let Err(why) = &target.summary {
-        return Err(Error::failed(format!(
-            "rollback target {} is incomplete ({why}); nothing changed\n  fix: pick another with `release rollback --to ID`, or install its artifact again",
-            target.name
-        )));
+        return Err(ActivateError::RollbackTargetIncomplete {
+            target: target.name.clone(),
+            why: why.to_string(),
+        }
+        .into());
     }
     activate(host, lock, config, target, Switch::Rollback, printer)
 }

@@ -78,7 +78,7 @@ pub fn notify(
 }
 
 /// POST a journal event as JSON; failures are returned for a warning, never fatal.
-fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+fn post(url: &str, event: &serde_json::Value) -> Result<(), NotifyFailed> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
@@ -87,5 +87,21 @@ fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
         .post(url)
         .send_json(event)
         .map(|_| ())
-        .map_err(|e| format!("notify {url}: {e}"))
+        .map_err(|e| NotifyFailed {
+            url: url.to_string(),
+            error: e.to_string(),
+        })
+}
+
+/// The notify POST failed (a warning: the deploy is done).
+#[derive(Debug)]
+struct NotifyFailed {
+    url: String,
+    error: String,
+}
+
+impl std::fmt::Display for NotifyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "notify {}: {}", self.url, self.error)
+    }
 }

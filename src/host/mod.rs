@@ -40,7 +40,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cli::{HostCommand, InstallArgs};
-use crate::error::{Error, Result};
+use crate::error::{ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError};
 use crate::exit_codes::ExitCode;
 use crate::output::Printer;
 
@@ -187,18 +187,20 @@ pub fn run(
                 None => {
                     let current = host.current()?;
                     if let layout::Current::Foreign(target) = &current {
-                        return Err(Error::failed(format!(
-                            "{} points to {}, not to a release under {}; verify does not follow it\n  fix: name a release: `release verify ID` (see `release list`)",
-                            host.current.display(),
-                            target.display(),
-                            host.releases.display()
-                        )));
+                        return Err(RootError::ForeignCurrent {
+                            link: host.current.clone(),
+                            target: target.clone(),
+                            releases: host.releases.clone(),
+                            command: ForeignCurrentFor::Verify,
+                        }
+                        .into());
                     }
                     let Some(current) = current.id() else {
-                        return Err(Error::failed(format!(
-                            "no release is current under {}\n  fix: name one: `release verify ID` (see `release list`)",
-                            host.root.display()
-                        )));
+                        return Err(ReleaseError::NoCurrent {
+                            root: host.root.clone(),
+                            command: NoCurrentFor::Verify,
+                        }
+                        .into());
                     };
                     releases::resolve(&host, &list, current)?
                 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fsutil;
 use crate::fsutil::{random_suffix, remove_tree};
-use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::journal::{Event, Journal, What};
 use crate::host::layout::{Host, REMOVING_PREFIX};
 use crate::host::lock::Lock;
 use crate::host::procs;
@@ -114,7 +114,7 @@ pub fn prune(host: &Host, lock: &Lock, keep: usize, printer: &Printer) -> Result
         ));
         fs_err::rename(&release.dir, &trash)?;
         fsutil::fsync_dir(&host.releases)?;
-        journal.append(lock, &Event::new(EventKind::Pruned, &release.name, None))?;
+        journal.append(lock, &Event::new(What::Pruned, &release.name, None))?;
         remove_tree(&trash)?;
         printer.progress(&format!("removed {}", release.name));
         removed.push(release.name);

@@ -13,19 +13,13 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::error::{FailedStep, ServicesCause, ServicesFailure};
 use crate::host::config::{HostConfig, ServiceConfig, Strategy};
 use crate::host::layout::Host;
 use crate::host::procs::{self, Pid};
+use crate::host::release_id::ReleaseId;
 use crate::host::reload::{self, ReloadOutcome, Running, Target};
 use crate::output::Printer;
-
-/// Why the services did not come up on the new release.
-#[derive(Debug, Clone)]
-pub struct ReloadFailure {
-    /// `preflight`, `reload` or `health`.
-    pub step: &'static str,
-    pub reason: String,
-}
 
 fn releases_dir(host: &Host) -> PathBuf {
     std::fs::canonicalize(&host.releases).unwrap_or_else(|_| host.releases.clone())
@@ -33,43 +27,47 @@ fn releases_dir(host: &Host) -> PathBuf {
 
 /// Before anything changes: every service's pidfile names a live process of
 /// this app (or the service is optional and down).
-pub fn preflight(config: &HostConfig, host: &Host) -> Result<Vec<Option<Running>>, ReloadFailure> {
-    reload::preflight(&config.services, &host.root).map_err(|e| ReloadFailure {
-        step: "preflight",
-        reason: e.to_string(),
+pub fn preflight(
+    config: &HostConfig,
+    host: &Host,
+) -> Result<Vec<Option<Running>>, ServicesFailure> {
+    reload::preflight(&config.services, &host.root).map_err(|e| ServicesFailure {
+        step: FailedStep::Preflight,
+        cause: ServicesCause::Reload(Box::new(e)),
     })
 }
 
-/// Reload every service onto `release` (a directory name under releases/),
-/// each confirmed from its processes, then wait for the health check.
+/// Reload every service onto `release` (installed under releases/), each
+/// confirmed from its processes, then wait for the health check.
 pub fn reload_and_check(
     config: &HostConfig,
     host: &Host,
-    release: &str,
+    release: &ReleaseId,
     printer: &Printer,
-) -> Result<Vec<ReloadOutcome>, ReloadFailure> {
+) -> Result<Vec<ReloadOutcome>, ServicesFailure> {
     let releases_dir = releases_dir(host);
+    let id = release.to_string();
     let target = Target {
         root: &host.root,
         releases_dir: &releases_dir,
-        id: release,
-        release: release.split('-').next().unwrap_or(release),
+        id: &id,
+        release: &release.commit12,
     };
     let running = preflight(config, host)?;
     let mut outcomes = Vec::new();
     for (service, running) in config.services.iter().zip(&running) {
         printer.progress(&format!("reloading {} ({})", service.name, service.reload));
-        let spinner = printer.spinner(&format!("waiting for {} to show {release}", service.name));
+        let spinner = printer.spinner(&format!("waiting for {} to show {id}", service.name));
         let outcome = reload::reload(service, running.as_ref(), &target, config.health.as_ref());
         spinner.finish_and_clear();
-        let outcome = outcome.map_err(|e| ReloadFailure {
-            step: "reload",
-            reason: e.to_string(),
+        let outcome = outcome.map_err(|e| ServicesFailure {
+            step: FailedStep::Reload,
+            cause: ServicesCause::Reload(Box::new(e)),
         })?;
         match &outcome.skipped {
             Some(why) => printer.warn(&format!("service {} skipped: {why}", service.name)),
             None => printer.progress(&format!(
-                "  {} on {release} in {:.2}s (pid {}, workers {:?})",
+                "  {} on {id} in {:.2}s (pid {}, workers {:?})",
                 service.name,
                 outcome.seconds,
                 outcome.pid.map_or("?".into(), |p| p.to_string()),
@@ -80,20 +78,38 @@ pub fn reload_and_check(
     }
     if let Some(health) = &config.health {
         printer.progress(&format!("health check {}", health.url));
-        reload::health_check(health, &target).map_err(|reason| ReloadFailure {
-            step: "health",
-            reason,
+        reload::health_check(health, &target).map_err(|e| ServicesFailure {
+            step: FailedStep::Health,
+            cause: ServicesCause::Health(Box::new(e)),
         })?;
     }
     Ok(outcomes)
+}
+
+/// What a process is to its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The pidfile's pid.
+    Master,
+    /// A child of the master.
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        })
+    }
 }
 
 /// One process of a service, as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessStatus {
     pub pid: Pid,
-    /// `master` (the pidfile's pid) or `worker` (its children).
-    pub role: &'static str,
+    pub role: Role,
     /// The release its working directory is in.
     pub release: Option<String>,
     /// Every release it uses: working directory, executable, mapped files.
@@ -165,8 +181,8 @@ fn service_status(
     };
     status.pid = Some(pid);
     status.alive = true;
-    let mut pids = vec![(pid, "master")];
-    pids.extend(procs::children(pid).into_iter().map(|k| (k, "worker")));
+    let mut pids = vec![(pid, Role::Master)];
+    pids.extend(procs::children(pid).into_iter().map(|k| (k, Role::Worker)));
     for (pid, role) in pids {
         let used = procs::releases_used(pid, releases_dir);
         let started = procs::start_time(pid);
@@ -197,7 +213,7 @@ fn service_status(
             }
             // A gunicorn master keeps the interpreter and everything it imported
             // (gunicorn itself, its dependencies, a preloaded app) across HUP.
-            let gunicorn_master = role == "master" && procs::cmdline(pid).contains("gunicorn");
+            let gunicorn_master = role == Role::Master && procs::cmdline(pid).contains("gunicorn");
             // (Start times are known to a clock tick; allow for it.)
             if gunicorn_master && started.zip(activated_at).is_some_and(|(s, a)| s < a - 0.05) {
                 status.stale = true;
@@ -241,7 +257,7 @@ pub fn human(services: &[ServiceStatus], color: bool) -> String {
         for p in &s.processes {
             text.push_str(&format!(
                 "          {:<6} {:>7}  {}\n",
-                p.role,
+                p.role.to_string(),
                 p.pid,
                 p.release
                     .as_deref()
