@@ -73,116 +73,184 @@ pub const ALL: &[CrashPoint] = &[
     CrashPoint::JournalTorn,
 ];
 
+/// A crash point's name, commands and what it leaves.
+struct Described {
+    point: CrashPoint,
+    name: &'static str,
+    commands: &'static [&'static str],
+    leaves: &'static str,
+}
+
+const fn d(
+    point: CrashPoint,
+    name: &'static str,
+    commands: &'static [&'static str],
+    leaves: &'static str,
+) -> Described {
+    Described {
+        point,
+        name,
+        commands,
+        leaves,
+    }
+}
+
+const TABLE: &[Described] = &[
+    d(
+        CrashPoint::InstallManifestRead,
+        "install:manifest-read",
+        INSTALL,
+        "nothing new",
+    ),
+    d(
+        CrashPoint::InstallIncomingCreated,
+        "install:incoming-created",
+        INSTALL,
+        "an empty releases/.incoming-*",
+    ),
+    d(
+        CrashPoint::InstallMidExtract,
+        "install:mid-extract",
+        INSTALL,
+        "a half-unpacked releases/.incoming-* (after 100 files)",
+    ),
+    d(
+        CrashPoint::InstallExtracted,
+        "install:extracted",
+        INSTALL,
+        "a fully unpacked releases/.incoming-*",
+    ),
+    d(
+        CrashPoint::InstallSharedLinked,
+        "install:shared-linked",
+        INSTALL,
+        "releases/.incoming-* with shared links; new shared/ targets",
+    ),
+    d(
+        CrashPoint::InstallReadOnly,
+        "install:read-only",
+        INSTALL,
+        "a read-only releases/.incoming-*",
+    ),
+    d(
+        CrashPoint::InstallSynced,
+        "install:synced",
+        INSTALL,
+        "a read-only releases/.incoming-*, on disk",
+    ),
+    d(
+        CrashPoint::InstallRenamed,
+        "install:renamed",
+        INSTALL,
+        "releases/<id> complete, not journaled",
+    ),
+    d(
+        CrashPoint::InstallJournaled,
+        "install:journaled",
+        INSTALL,
+        "releases/<id> complete and journaled",
+    ),
+    d(
+        CrashPoint::ActivateChecked,
+        "activate:checked",
+        ACTIVATE,
+        "nothing new (check hook ran)",
+    ),
+    d(
+        CrashPoint::ActivateTmpLink,
+        "activate:tmp-link",
+        ACTIVATE,
+        "a current.tmp-* link",
+    ),
+    d(
+        CrashPoint::ActivateRenamed,
+        "activate:renamed",
+        ACTIVATE,
+        "current switched, not fsynced, not journaled",
+    ),
+    d(
+        CrashPoint::ActivateFsynced,
+        "activate:fsynced",
+        ACTIVATE,
+        "current switched, not journaled",
+    ),
+    d(
+        CrashPoint::ActivateJournaled,
+        "activate:journaled",
+        ACTIVATE,
+        "current switched and journaled, services not reloaded",
+    ),
+    d(
+        CrashPoint::ActivateReloaded,
+        "activate:reloaded",
+        ACTIVATE,
+        "done but the after_activate hook and notify",
+    ),
+    d(
+        CrashPoint::RollbackChecked,
+        "rollback:checked",
+        ROLLBACK,
+        "nothing new (check hook ran)",
+    ),
+    d(
+        CrashPoint::RollbackTmpLink,
+        "rollback:tmp-link",
+        ROLLBACK,
+        "a current.tmp-* link",
+    ),
+    d(
+        CrashPoint::RollbackRenamed,
+        "rollback:renamed",
+        ROLLBACK,
+        "current switched back, not fsynced, not journaled",
+    ),
+    d(
+        CrashPoint::RollbackFsynced,
+        "rollback:fsynced",
+        ROLLBACK,
+        "current switched back, not journaled",
+    ),
+    d(
+        CrashPoint::RollbackJournaled,
+        "rollback:journaled",
+        ROLLBACK,
+        "current switched back and journaled, services not reloaded",
+    ),
+    d(
+        CrashPoint::RollbackReloaded,
+        "rollback:reloaded",
+        ROLLBACK,
+        "done but the after_activate hook and notify",
+    ),
+    d(
+        CrashPoint::JournalTorn,
+        "journal:torn",
+        INSTALL_ACTIVATE,
+        "half a journal line (the first append of the command)",
+    ),
+];
+
 impl CrashPoint {
     /// The name `RELEASE_CRASHPOINT` and `RELEASE_STOPPOINT` take.
     pub fn name(self) -> &'static str {
-        self.describe().0
+        self.describe().name
     }
 
     /// The commands that pass through it.
     pub fn commands(self) -> &'static [&'static str] {
-        self.describe().1
+        self.describe().commands
     }
 
     /// What the root holds when the process dies there.
     pub fn leaves(self) -> &'static str {
-        self.describe().2
+        self.describe().leaves
     }
 
-    fn describe(self) -> (&'static str, &'static [&'static str], &'static str) {
-        use CrashPoint::*;
-        match self {
-            InstallManifestRead => ("install:manifest-read", INSTALL, "nothing new"),
-            InstallIncomingCreated => (
-                "install:incoming-created",
-                INSTALL,
-                "an empty releases/.incoming-*",
-            ),
-            InstallMidExtract => (
-                "install:mid-extract",
-                INSTALL,
-                "a half-unpacked releases/.incoming-* (after 100 files)",
-            ),
-            InstallExtracted => (
-                "install:extracted",
-                INSTALL,
-                "a fully unpacked releases/.incoming-*",
-            ),
-            InstallSharedLinked => (
-                "install:shared-linked",
-                INSTALL,
-                "releases/.incoming-* with shared links; new shared/ targets",
-            ),
-            InstallReadOnly => (
-                "install:read-only",
-                INSTALL,
-                "a read-only releases/.incoming-*",
-            ),
-            InstallSynced => (
-                "install:synced",
-                INSTALL,
-                "a read-only releases/.incoming-*, on disk",
-            ),
-            InstallRenamed => (
-                "install:renamed",
-                INSTALL,
-                "releases/<id> complete, not journaled",
-            ),
-            InstallJournaled => (
-                "install:journaled",
-                INSTALL,
-                "releases/<id> complete and journaled",
-            ),
-            ActivateChecked => ("activate:checked", ACTIVATE, "nothing new (check hook ran)"),
-            ActivateTmpLink => ("activate:tmp-link", ACTIVATE, "a current.tmp-* link"),
-            ActivateRenamed => (
-                "activate:renamed",
-                ACTIVATE,
-                "current switched, not fsynced, not journaled",
-            ),
-            ActivateFsynced => (
-                "activate:fsynced",
-                ACTIVATE,
-                "current switched, not journaled",
-            ),
-            ActivateJournaled => (
-                "activate:journaled",
-                ACTIVATE,
-                "current switched and journaled, services not reloaded",
-            ),
-            ActivateReloaded => (
-                "activate:reloaded",
-                ACTIVATE,
-                "done but the after_activate hook and notify",
-            ),
-            RollbackChecked => ("rollback:checked", ROLLBACK, "nothing new (check hook ran)"),
-            RollbackTmpLink => ("rollback:tmp-link", ROLLBACK, "a current.tmp-* link"),
-            RollbackRenamed => (
-                "rollback:renamed",
-                ROLLBACK,
-                "current switched back, not fsynced, not journaled",
-            ),
-            RollbackFsynced => (
-                "rollback:fsynced",
-                ROLLBACK,
-                "current switched back, not journaled",
-            ),
-            RollbackJournaled => (
-                "rollback:journaled",
-                ROLLBACK,
-                "current switched back and journaled, services not reloaded",
-            ),
-            RollbackReloaded => (
-                "rollback:reloaded",
-                ROLLBACK,
-                "done but the after_activate hook and notify",
-            ),
-            JournalTorn => (
-                "journal:torn",
-                INSTALL_ACTIVATE,
-                "half a journal line (the first append of the command)",
-            ),
-        }
+    fn describe(self) -> &'static Described {
+        TABLE
+            .iter()
+            .find(|d| d.point == self)
+            .expect("every crash point is in TABLE")
     }
 
     /// The crash point named `name`.
@@ -251,10 +319,12 @@ mod imp {
 
 #[cfg(test)]
 mod tests {
-    use super::{CrashPoint, ALL};
+    use super::{CrashPoint, ALL, TABLE};
 
     #[test]
     fn every_crash_point_has_one_name_and_a_command() {
+        let described: Vec<CrashPoint> = TABLE.iter().map(|d| d.point).collect();
+        assert_eq!(described, ALL, "TABLE describes ALL, in order");
         for point in ALL {
             assert_eq!(CrashPoint::named(point.name()), Some(*point));
             assert!(!point.commands().is_empty());

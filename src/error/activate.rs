@@ -11,6 +11,13 @@ use super::Explain;
 
 #[derive(Debug)]
 pub enum ActivateError {
+    /// `deploy` installed the release, then its activation was refused
+    /// before the switch (a check or services refusal).
+    RefusedAfterInstall {
+        refused: Box<ActivateError>,
+        release: String,
+        already_installed: bool,
+    },
     CheckFailed(Box<CheckFailed>),
     /// A service cannot be reloaded; found before anything changed.
     ServicesNotReady {
@@ -21,8 +28,8 @@ pub enum ActivateError {
     /// switched back (exit 3).
     ActivationFailed {
         release: String,
-        failure: ServicesFailure,
-        restored: Restored,
+        failure: Box<ServicesFailure>,
+        restored: Box<Restored>,
     },
     NothingToRollBack {
         current: String,
@@ -78,9 +85,9 @@ impl fmt::Display for Restored {
                 "switched current back to {previous}, but reloading it failed too ({}: {})",
                 failure.step, failure.cause
             ),
-            Restored::Removed => {
-                f.write_str("removed current again (there was no previous release)")
-            }
+            Restored::Removed => f.write_str(
+                "removed current again: no release was live before this one, and none is now",
+            ),
         }
     }
 }
@@ -93,6 +100,8 @@ pub enum FailedStep {
     Check,
     /// A service cannot be reloaded, found before the switch.
     Preflight,
+    /// A service that was down on a first deploy did not start.
+    Start,
     /// A service's reload failed or did not show, after the switch.
     Reload,
     /// The health check, after the reloads.
@@ -107,6 +116,7 @@ impl FailedStep {
         match self {
             FailedStep::Check => "check",
             FailedStep::Preflight => "preflight",
+            FailedStep::Start => "start",
             FailedStep::Reload => "reload",
             FailedStep::Health => "health",
             FailedStep::Unknown => "unknown",
@@ -126,6 +136,8 @@ pub struct ServicesFailure {
     /// [`FailedStep::Preflight`], [`FailedStep::Reload`] or [`FailedStep::Health`].
     pub step: FailedStep,
     pub cause: ServicesCause,
+    /// Services this attempt started (first deploy), to stop if it is undone.
+    pub started: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +159,19 @@ impl Explain for ActivateError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ActivateError::*;
         match self {
+            RefusedAfterInstall {
+                refused,
+                release,
+                already_installed,
+            } => write!(
+                f,
+                "{refused}\n  release {release} {} and stays inactive; once fixed: `release activate {release}`",
+                if *already_installed {
+                    "was already installed"
+                } else {
+                    "is installed"
+                }
+            ),
             CheckFailed(check) => {
                 let self::CheckFailed {
                     hook,
@@ -158,7 +183,7 @@ impl Explain for ActivateError {
                 } = check.as_ref();
                 write!(
                     f,
-                    "the check hook `{hook}` failed in {release} ({status}); nothing changed, "
+                    "the check hook `{hook}` failed in {release} ({status}); current was not touched: "
                 )?;
                 match current {
                     Some(current) => write!(f, "{current} is still current")?,
@@ -168,7 +193,7 @@ impl Explain for ActivateError {
             }
             ServicesNotReady { failure, current } => write!(
                 f,
-                "{}; nothing changed, {} is still current",
+                "{}\n  current was not touched: {} is still current",
                 failure.cause,
                 current.as_deref().unwrap_or("no release")
             ),
@@ -199,6 +224,7 @@ impl Explain for ActivateError {
     fn fix(&self) -> Option<String> {
         use ActivateError::*;
         let fix = match self {
+            RefusedAfterInstall { .. } => return None,
             ServicesNotReady { .. } => return None,
             CheckFailed(check) => format!(
                 "run it yourself in {0}/app to see why (PATH={0}/venv/bin:$PATH), or change [hooks] check in {1}",

@@ -10,6 +10,34 @@ const EXCLUDE: &str =
 
 #[derive(Debug)]
 pub enum BuildError {
+    /// Unpinned requirements, refused; `lines` names a few of them.
+    Unpinned {
+        requirements: String,
+        count: usize,
+        lines: Vec<String>,
+    },
+    /// Both release.build.toml and [tool.release] hold settings.
+    SettingsTwice {
+        path: PathBuf,
+    },
+    /// The static step wrote untracked files into app/.
+    StaticWroteIntoApp {
+        command: String,
+        count: usize,
+        named: Vec<String>,
+        place: String,
+        /// Where `untracked = "move-to-static"` could be set, when the
+        /// files are in one directory.
+        settings: Option<String>,
+    },
+    StaticMoveClash {
+        path: PathBuf,
+    },
+    /// Unpinned requirements resolved to other wheels than were built.
+    IndexChanged {
+        resolved: Vec<String>,
+        wheels: Vec<String>,
+    },
     NotGitRepo {
         path: PathBuf,
     },
@@ -84,6 +112,47 @@ impl Explain for BuildError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use BuildError::*;
         match self {
+            Unpinned {
+                requirements,
+                count,
+                lines,
+            } => write!(
+                f,
+                "{requirements} does not pin every requirement to one version, so the same commit could build different bytes tomorrow; {count} not pinned:\n{}",
+                lines.join("\n")
+            ),
+            SettingsTwice { path } => write!(
+                f,
+                "{}: invalid build settings: the settings are in two places, here and under [tool.release] in pyproject.toml",
+                path.display()
+            ),
+            StaticWroteIntoApp {
+                command,
+                count,
+                named,
+                place,
+                ..
+            } => write!(
+                f,
+                "the static step `{command}` wrote {} that git does not track into {place} instead of $STATIC_ROOT (they would ship in app/, and static/ would stay empty):\n{}",
+                if *count == 1 {
+                    "1 file".to_string()
+                } else {
+                    format!("{count} files")
+                },
+                named.join("\n")
+            ),
+            StaticMoveClash { path } => write!(
+                f,
+                "moving the static step's files into static/: {} exists there too",
+                path.display()
+            ),
+            IndexChanged { resolved, wheels } => write!(
+                f,
+                "the unpinned requirements resolved to {} but the wheels built are {}: the index changed during the build",
+                resolved.join(" "),
+                wheels.join(" ")
+            ),
             NotGitRepo { path } => write!(f, "{} is not inside a git repository", path.display()),
             SourceMissing { dir } => {
                 write!(f, "source directory {} does not exist", dir.display())
@@ -107,7 +176,7 @@ impl Explain for BuildError {
             ),
             BadProjectConfig { path, message } => write!(
                 f,
-                "{}: invalid [tool.release] settings: {message}",
+                "{}: invalid build settings: {message}",
                 path.display()
             ),
             CorruptCacheEntry { dir, reason } => {
@@ -149,6 +218,17 @@ impl Explain for BuildError {
     fn fix(&self) -> Option<String> {
         use BuildError::*;
         let fix = match self {
+            Unpinned { .. } => "pin each one with == (e.g. `pip freeze` in a venv where the app works, or `pip-compile` / `uv pip compile` into a lock file named by `requirements`), or pass --allow-unpinned to build anyway (the versions resolved are then recorded in the manifest)".into(),
+            SettingsTwice { .. } => "keep them in one of the two".into(),
+            StaticWroteIntoApp { settings, .. } => {
+                let mut fix = "make the app's settings read STATIC_ROOT from the environment, e.g. `STATIC_ROOT = os.environ.get(\"STATIC_ROOT\", <the path it has now>)` (README: \"Static files\")".to_string();
+                if let Some(settings) = settings {
+                    fix.push_str(&format!(", or set `untracked = \"move-to-static\"` in {settings} to move them into static/"));
+                }
+                fix
+            }
+            StaticMoveClash { .. } => "make the app's settings read STATIC_ROOT from the environment (README: \"Static files\")".into(),
+            IndexChanged { .. } => "build again (better: pin the requirements)".into(),
             BadProjectConfig { .. } => return None,
             NotGitRepo { .. } => "run `release build` from a git checkout, or pass --source DIR pointing at one".into(),
             SourceMissing { .. } => "pass --source DIR pointing at the app's checkout".into(),

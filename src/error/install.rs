@@ -10,6 +10,12 @@ const PRUNE: &str = "remove old releases with `release prune --keep N`";
 
 #[derive(Debug)]
 pub enum InstallError {
+    /// `--rebuild-venv` for an artifact built with `wheels = false`.
+    NoWheels {
+        release: String,
+        need: String,
+        at: String,
+    },
     InterpreterMissing {
         release: String,
         need: String,
@@ -74,10 +80,35 @@ pub struct NoSpace {
     pub larger_than_fs: Option<u64>,
 }
 
+impl NoSpace {
+    fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: not enough free space for release {} under {}: it needs about {} MiB",
+            self.artifact.display(),
+            self.release,
+            self.dir.display(),
+            self.need_mib
+        )?;
+        if let Some((path, mib)) = &self.largest {
+            write!(
+                f,
+                " (its largest file, `{}`, is {mib} MiB)",
+                path.escape_debug()
+            )?;
+        }
+        write!(f, ", {} MiB are available", self.available_mib)
+    }
+}
+
 impl Explain for InstallError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use InstallError::*;
         match self {
+            NoWheels { release, .. } => write!(
+                f,
+                "--rebuild-venv: release {release} carries no wheels/ (it was built with `wheels = false`), so its venv cannot be recreated on this host"
+            ),
             InterpreterMissing {
                 release,
                 need,
@@ -112,31 +143,7 @@ impl Explain for InstallError {
                 "recreating the venv of {release} with {} failed: {error}",
                 python.display()
             ),
-            NoSpace(no_space) => {
-                let self::NoSpace {
-                    artifact,
-                    release,
-                    dir,
-                    need_mib,
-                    available_mib,
-                    largest,
-                    ..
-                } = no_space.as_ref();
-                write!(
-                    f,
-                    "{}: not enough free space for release {release} under {}: it needs about {need_mib} MiB",
-                    artifact.display(),
-                    dir.display()
-                )?;
-                if let Some((path, mib)) = largest {
-                    write!(
-                        f,
-                        " (its largest file, `{}`, is {mib} MiB)",
-                        path.escape_debug()
-                    )?;
-                }
-                write!(f, ", {available_mib} MiB are available")
-            }
+            NoSpace(no_space) => no_space.what(f),
             NoInodes {
                 release,
                 dir,
@@ -179,7 +186,7 @@ impl Explain for InstallError {
     fn outcome(&self) -> Option<&'static str> {
         use InstallError::*;
         match self {
-            RebuildFailed { .. } | NoSpace(_) => Some("nothing was installed"),
+            RebuildFailed { .. } | NoSpace(_) | NoWheels { .. } => Some("nothing was installed"),
             _ => None,
         }
     }
@@ -187,6 +194,9 @@ impl Explain for InstallError {
     fn fix(&self) -> Option<String> {
         use InstallError::*;
         let fix = match self {
+            NoWheels { need, at, .. } => format!(
+                "install {need} at {at} and install without --rebuild-venv, or pass --python PATH alone to re-point the venv to a matching interpreter, or rebuild the artifact with its wheels (the default)"
+            ),
             InterpreterMissing { need, .. } => format!(
                 "install that interpreter there, or pass --python PATH naming a matching {need} interpreter on this host (the venv is re-pointed to it), or --rebuild-venv to recreate the venv offline from the release's wheels"
             ),

@@ -32,7 +32,7 @@ pub use build::{BuildError, Unpackable};
 pub use install::{InstallError, NoSpace};
 pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};
-pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem};
+pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
 pub use root::{ForeignCurrentFor, RootError};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

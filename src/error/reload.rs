@@ -86,6 +86,60 @@ pub enum ReloadProblem {
     NewMasterExitedLate {
         new: Pid,
     },
+    /// Down on a first deploy, with no `start` and no unit or program.
+    CannotStart,
+    /// A start or stop command that did not return.
+    TriggerTimedOut {
+        command: String,
+    },
+    /// Started, but its processes did not show the release in time.
+    StartNotShown {
+        command: String,
+        timeout: Duration,
+        last: Box<StartSeen>,
+    },
+    /// A service to stop again has no pidfile.
+    NothingToStop,
+    DidNotStop {
+        pid: Pid,
+    },
+}
+
+/// What the last look at a started service saw.
+#[derive(Debug, Clone)]
+pub enum StartSeen {
+    Pidfile {
+        path: PathBuf,
+        problem: PidfileProblem,
+    },
+    /// Its master works outside the release.
+    Elsewhere {
+        pid: Pid,
+        pidfile: PathBuf,
+        cwd_release: Option<String>,
+        release: String,
+    },
+}
+
+impl fmt::Display for StartSeen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartSeen::Pidfile { path, problem } => {
+                write!(f, "pidfile {} {problem}", path.display())
+            }
+            StartSeen::Elsewhere {
+                pid,
+                pidfile,
+                cwd_release,
+                release,
+            } => write!(
+                f,
+                "pid {pid} from {} works in {}, not in release {release}; start it with its working directory through current (gunicorn --chdir, celery --workdir)",
+                pidfile.display(),
+                cwd_release.as_deref().unwrap_or("no release")
+            ),
+        }
+    }
 }
 
 impl ReloadProblem {
@@ -125,6 +179,11 @@ impl ReloadProblem {
                 pidfile.display()
             ),
             NewMasterExitedLate { new } => write!(f, "the new master (pid {new}) exited while the old one stopped"),
+            CannotStart => f.write_str("release does not know how to start it"),
+            TriggerTimedOut { command } => write!(f, "{command} did not return within the timeout and was killed (a start command must start the service and return, as `systemctl start` does)"),
+            StartNotShown { command, timeout, last } => write!(f, "started with `{command}`, but within {timeout:?}: {last}"),
+            NothingToStop => f.write_str("it has no pidfile, so release cannot tell what to stop"),
+            DidNotStop { pid } => write!(f, "pid {pid} did not exit after TERM"),
         }
     }
 
@@ -135,10 +194,16 @@ impl ReloadProblem {
             Pidfile { .. } => Some("start the service (it picks up `current` when it starts), correct `pidfile`, or set `required = false` on it to deploy while it is down"),
             NotOurs { .. } => Some("restart the service so it rewrites its pidfile, or correct `pidfile`"),
             Unconfirmable { .. } => Some("start it with its working directory through current (gunicorn --chdir, celery --workdir)"),
-            NotShown { .. } => Some("check the service's log; raise `timeout` on the [[service]] if it is just slow"),
+            NotShown { .. } | StartNotShown { .. } => Some("check the service's log; raise `timeout` on the [[service]] if it is just slow"),
             Abandoned { why, .. } => why.fix(),
             _ => None,
         }
+    }
+}
+
+impl fmt::Display for ReloadProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.what(f)
     }
 }
 

@@ -3,9 +3,10 @@
 //! 1. **preflight** — the target is installed and complete; if it is already
 //!    current, say so and stop.
 //! 2. **check** — the `check` hook runs inside the target release; failure
-//!    journals `failed` and stops with nothing changed (exit 1).
+//!    journals `failed` and stops with `current` untouched (exit 1).
 //!    **services preflight** — every `[[service]]` pidfile names a live
-//!    process of this app; otherwise stop with nothing changed (exit 1).
+//!    process of this app (on a first deploy, one that is down may be);
+//!    otherwise stop with `current` untouched (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
@@ -13,6 +14,8 @@
 //!    release, journal `failed` with `reverted`, exit 3.
 //! 5. **after** — the `after_activate` hook (a failure is a warning: the
 //!    release is live) and `notify` (POST the journal event; never fatal).
+//!
+//! Each step is a function of its own below, in that order.
 
 use std::time::Instant;
 
@@ -20,7 +23,7 @@ use serde::Serialize;
 
 use crate::crashpoint::{crashpoint, CrashPoint};
 use crate::error::{
-    ActivateError, CheckFailed, FailedStep, NoCurrentFor, ReleaseError, Restored, Result,
+    ActivateError, CheckFailed, Error, FailedStep, NoCurrentFor, ReleaseError, Restored, Result,
     ServicesFailure,
 };
 use crate::host::config::HostConfig;
@@ -30,7 +33,7 @@ use crate::host::layout::{Current, Host};
 use crate::host::lock::Lock;
 use crate::host::release_id::ReleaseId;
 use crate::host::releases::{self, Installed};
-use crate::host::services;
+use crate::host::services::{self, Reloaded};
 use crate::host::state::ReleaseHistory;
 use crate::output::Printer;
 
@@ -41,10 +44,36 @@ pub enum Switch {
     Rollback,
 }
 
+impl Switch {
+    /// `RELEASE_SWITCH` for the hooks: `activate` or `rollback`.
+    fn hook_name(self) -> &'static str {
+        match self {
+            Switch::Activate => "activate",
+            Switch::Rollback => "rollback",
+        }
+    }
+
+    /// The journal event a finished switch writes.
+    fn event(self) -> EventKind {
+        match self {
+            Switch::Activate => EventKind::Activated,
+            Switch::Rollback => EventKind::RolledBack,
+        }
+    }
+
+    /// The crash point of this kind of switch.
+    fn point(self, activate: CrashPoint, rollback: CrashPoint) -> CrashPoint {
+        match self {
+            Switch::Activate => activate,
+            Switch::Rollback => rollback,
+        }
+    }
+}
+
 /// What `release activate --json` (and rollback) prints.
 #[derive(Debug, Serialize)]
 pub struct ActivateReport {
-    pub id: String,
+    pub id: ReleaseId,
     pub commit: String,
     /// The release that was current before.
     pub from: Option<String>,
@@ -52,6 +81,9 @@ pub struct ActivateReport {
     /// event written.
     pub event: EventKind,
     pub already_current: bool,
+    /// Services left down on a first deploy because `release` cannot start
+    /// them (the warning gives their launch lines); empty otherwise.
+    pub not_running: Vec<String>,
     pub seconds: f64,
 }
 
@@ -59,6 +91,19 @@ impl ActivateReport {
     pub fn human(&self) -> String {
         format!("{}\n", self.id)
     }
+}
+
+/// One activation's fixed inputs, shared by its steps.
+struct Activation<'a> {
+    host: &'a Host,
+    lock: &'a Lock,
+    config: &'a HostConfig,
+    target: &'a Installed,
+    switch: Switch,
+    printer: &'a Printer,
+    journal: Journal,
+    /// The release that was live before, by the journal.
+    from: Option<String>,
 }
 
 pub fn activate(
@@ -71,19 +116,53 @@ pub fn activate(
 ) -> Result<ActivateReport> {
     let started = Instant::now();
     let journal = Journal::new(&host.journal);
-    let (what, kind) = match switch {
-        Switch::Activate => (What::Activated, EventKind::Activated),
-        Switch::Rollback => (What::RolledBack, EventKind::RolledBack),
-    };
-
-    // The crash point of this kind of switch.
-    let point = |activate: CrashPoint, rollback: CrashPoint| match switch {
-        Switch::Activate => activate,
-        Switch::Rollback => rollback,
-    };
-
     // 1. preflight
-    let summary = target.require_complete()?;
+    let commit = target.require_complete()?.commit.clone();
+    let (from, already) = where_from(host, &journal, target, printer)?;
+    let a = Activation {
+        host,
+        lock,
+        config,
+        target,
+        switch,
+        printer,
+        journal,
+        from,
+    };
+    let report = |already_current: bool, not_running: Vec<String>| ActivateReport {
+        id: target.id.clone(),
+        commit: commit.clone(),
+        from: a.from.clone(),
+        event: switch.event(),
+        already_current,
+        not_running,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if already {
+        return Ok(report(true, Vec::new()));
+    }
+    // No release was live: there is nothing to keep serving, so services
+    // that are down do not stop the switch (they are started, or listed).
+    let first = a.from.is_none();
+    a.check()?; // 2.
+    a.services_ready(first)?;
+    crashpoint(switch.point(CrashPoint::ActivateChecked, CrashPoint::RollbackChecked));
+    let event = a.switch_current()?; // 3.
+    let reloaded = a.reload(first)?; // 4.
+    crashpoint(switch.point(CrashPoint::ActivateReloaded, CrashPoint::RollbackReloaded));
+    a.after(&event, &reloaded); // 5.
+    Ok(report(false, reloaded.not_running))
+}
+
+/// Step 1: the release that was live before (by the journal), and whether
+/// the target is already current (then there is nothing to do). Warns about
+/// a switch a killed command left unjournaled and about a foreign `current`.
+fn where_from(
+    host: &Host,
+    journal: &Journal,
+    target: &Installed,
+    printer: &Printer,
+) -> Result<(Option<String>, bool)> {
     let current = host.current()?;
     // Where we come from is what the journal last recorded as live. It
     // differs from `current` only when a command died after switching
@@ -92,33 +171,22 @@ pub fn activate(
     let recorded = ReleaseHistory::from_events(&journal.read()?.events)
         .live_now()
         .map(str::to_string);
-    let linked = current.id() == Some(target.name.as_str());
+    let name = target.name();
+    let linked = current.id() == Some(name);
     let from = match (recorded.clone(), linked) {
-        (Some(r), _) if r != target.name => Some(r),
+        (Some(r), _) if r != name => Some(r),
         // The first switch of this root was never journaled.
         (None, true) => None,
         _ => current.id().map(str::to_string),
     };
-    let report = |already_current: bool| ActivateReport {
-        id: target.name.clone(),
-        commit: summary.commit.clone(),
-        from: from.clone(),
-        event: kind,
-        already_current,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    if linked && recorded.as_deref() == Some(target.name.as_str()) {
-        printer.progress(&format!(
-            "{} is already current; nothing changed",
-            target.name
-        ));
-        return Ok(report(true));
+    if linked && recorded.as_deref() == Some(name) {
+        printer.progress(&format!("{name} is already current; nothing changed"));
+        return Ok((from, true));
     }
     if linked {
         printer.warn(&format!(
-            "{} already points to {}, but {} does not record that switch (a command was interrupted after it); finishing it",
+            "{} already points to {name}, but {} does not record that switch (a command was interrupted after it); finishing it",
             host.current.display(),
-            target.name,
             host.journal.display()
         ));
     } else if let (Some(link), Some(recorded)) = (current.id(), recorded.as_deref()) {
@@ -137,88 +205,123 @@ pub fn activate(
             link.display()
         ));
     }
+    Ok((from, false))
+}
 
-    // 2. check, inside the new release, before anything changes
-    if let Some(check) = &config.hooks.check {
-        printer.progress(&format!("check ({}): {check}", target.name));
-        if let Err(failure) = hooks::run(check, &target.dir, &target.name) {
-            let failed = What::Failed {
-                step: Some(FailedStep::Check),
-                error: Some(format!("check hook `{check}` failed ({})", failure.status)),
-                reverted: false,
-            };
-            journal.append(lock, &Event::new(failed, &target.name, from.as_deref()))?;
-            return Err(ActivateError::CheckFailed(Box::new(CheckFailed {
-                hook: check.clone(),
-                release: target.name.clone(),
-                status: failure.status,
-                tail: failure.tail,
-                current: from,
-                dir: target.dir.clone(),
-                config: host.config.clone(),
-            }))
-            .into());
-        }
+impl Activation<'_> {
+    fn name(&self) -> &str {
+        self.target.name()
     }
 
-    // 2b. every service can be reloaded (live pidfile of this app), before
-    //     anything changes
-    if let Err(failure) = services::preflight(config, host) {
-        let event = Event::new(failed(&failure, false), &target.name, from.as_deref());
-        journal.append(lock, &event)?;
-        hooks::notify(config, &event, printer);
-        return Err(ActivateError::ServicesNotReady {
+    fn event(&self, what: What) -> Event {
+        Event::new(what, self.name(), self.from.as_deref())
+    }
+
+    /// Step 2: the `check` hook, inside the new release, before anything
+    /// changes.
+    fn check(&self) -> Result<()> {
+        let Some(check) = &self.config.hooks.check else {
+            return Ok(());
+        };
+        let (target, name) = (self.target, self.name());
+        self.printer.progress(&format!("check ({name}): {check}"));
+        let Err(failure) = hooks::run(check, &target.dir, name, self.switch.hook_name()) else {
+            return Ok(());
+        };
+        let failed = What::Failed {
+            step: Some(FailedStep::Check),
+            error: Some(format!("check hook `{check}` failed ({})", failure.status)),
+            reverted: false,
+        };
+        self.journal.append(self.lock, &self.event(failed))?;
+        Err(ActivateError::CheckFailed(Box::new(CheckFailed {
+            hook: check.clone(),
+            release: name.to_string(),
+            status: failure.status,
+            tail: failure.tail,
+            current: self.from.clone(),
+            dir: target.dir.clone(),
+            config: self.host.config.clone(),
+        }))
+        .into())
+    }
+
+    /// Step 2b: every service can be reloaded (live pidfile of this app),
+    /// before anything changes.
+    fn services_ready(&self, first: bool) -> Result<()> {
+        let Err(failure) = services::preflight(self.config, self.host, first) else {
+            return Ok(());
+        };
+        let event = self.event(failed(&failure, false));
+        self.journal.append(self.lock, &event)?;
+        hooks::notify(self.config, &event, self.printer);
+        Err(ActivateError::ServicesNotReady {
             failure,
-            current: from,
+            current: self.from.clone(),
         }
-        .into());
+        .into())
     }
-    crashpoint(point(
-        CrashPoint::ActivateChecked,
-        CrashPoint::RollbackChecked,
-    ));
 
-    // 3. switch
-    let crash = match switch {
-        _ if !cfg!(feature = "crashpoints") => None,
-        Switch::Activate => Some((CrashPoint::ActivateTmpLink, CrashPoint::ActivateRenamed)),
-        Switch::Rollback => Some((CrashPoint::RollbackTmpLink, CrashPoint::RollbackRenamed)),
-    };
-    host.switch_current_at(lock, &target.name, crash)?;
-    crashpoint(point(
-        CrashPoint::ActivateFsynced,
-        CrashPoint::RollbackFsynced,
-    ));
-    let event = Event::new(what, &target.name, from.as_deref());
-    journal.append(lock, &event)?;
-    crashpoint(point(
-        CrashPoint::ActivateJournaled,
-        CrashPoint::RollbackJournaled,
-    ));
-    printer.progress(&format!(
-        "{} {} (was {})",
-        if switch == Switch::Activate {
-            "activated"
-        } else {
-            "rolled back to"
-        },
-        target.name,
-        from.as_deref().unwrap_or("none")
-    ));
-
-    // 4. reload services + health check; on failure switch back (exit 3)
-    if let Err(failure) = services::reload_and_check(config, host, &target.id, printer) {
-        printer.warn(&format!(
-            "{} failed on {}: {}; switching back",
-            failure.step, target.name, failure.cause
+    /// Step 3: switch `current` and journal it; the event written.
+    fn switch_current(&self) -> Result<Event> {
+        let switch = self.switch;
+        let crash = match switch {
+            _ if !cfg!(feature = "crashpoints") => None,
+            Switch::Activate => Some((CrashPoint::ActivateTmpLink, CrashPoint::ActivateRenamed)),
+            Switch::Rollback => Some((CrashPoint::RollbackTmpLink, CrashPoint::RollbackRenamed)),
+        };
+        self.host.switch_current_at(self.lock, self.name(), crash)?;
+        crashpoint(switch.point(CrashPoint::ActivateFsynced, CrashPoint::RollbackFsynced));
+        let what = match switch {
+            Switch::Activate => What::Activated,
+            Switch::Rollback => What::RolledBack,
+        };
+        let event = self.event(what);
+        self.journal.append(self.lock, &event)?;
+        crashpoint(switch.point(CrashPoint::ActivateJournaled, CrashPoint::RollbackJournaled));
+        self.printer.progress(&format!(
+            "{} {} (was {})",
+            match switch {
+                Switch::Activate => "activated",
+                Switch::Rollback => "rolled back to",
+            },
+            self.name(),
+            self.from.as_deref().unwrap_or("none")
         ));
-        let restored = match &from {
+        Ok(event)
+    }
+
+    /// Step 4: reload the services and check health; on failure switch back
+    /// (exit 3).
+    fn reload(&self, first: bool) -> Result<Reloaded> {
+        match services::reload_and_check(
+            self.config,
+            self.host,
+            &self.target.id,
+            first,
+            self.printer,
+        ) {
+            Ok(reloaded) => Ok(reloaded),
+            Err(failure) => Err(self.revert(failure)?),
+        }
+    }
+
+    /// Step 4 failed after the switch: put `current` back where it was (or
+    /// remove it when no release was live, stopping what this attempt
+    /// started), reload the previous release, journal `failed` with
+    /// `reverted`; the exit-3 error.
+    fn revert(&self, failure: ServicesFailure) -> Result<Error> {
+        let (host, name) = (self.host, self.name());
+        self.printer.warn(&format!(
+            "{} failed on {name}: {}; switching back",
+            failure.step, failure.cause
+        ));
+        let restored = match &self.from {
             Some(previous) => {
-                host.switch_current(lock, previous)?;
-                let again = match ReleaseId::parse(previous) {
-                    Some(id) => services::reload_and_check(config, host, &id, printer).err(),
-                    None => None,
-                };
+                host.switch_current(self.lock, previous)?;
+                let again = ReleaseId::parse(previous).and_then(|id| {
+                    services::reload_and_check(self.config, host, &id, false, self.printer).err()
+                });
                 match again {
                     None => Restored::Previous(previous.clone()),
                     Some(failure) => Restored::PreviousFailed {
@@ -230,35 +333,48 @@ pub fn activate(
             None => {
                 let _ = fs_err::remove_file(&host.current);
                 crate::fsutil::fsync_dir(&host.root)?;
+                let id = &self.target.id;
+                services::stop_started(self.config, host, id, &failure.started, self.printer);
                 Restored::Removed
             }
         };
-        let event = Event::new(failed(&failure, true), &target.name, from.as_deref());
-        journal.append(lock, &event)?;
-        hooks::notify(config, &event, printer);
-        return Err(ActivateError::ActivationFailed {
-            release: target.name.clone(),
-            failure,
-            restored,
+        let event = self.event(failed(&failure, true));
+        self.journal.append(self.lock, &event)?;
+        hooks::notify(self.config, &event, self.printer);
+        Ok(ActivateError::ActivationFailed {
+            release: name.to_string(),
+            failure: Box::new(failure),
+            restored: Box::new(restored),
         }
-        .into());
+        .into())
     }
-    crashpoint(point(
-        CrashPoint::ActivateReloaded,
-        CrashPoint::RollbackReloaded,
-    ));
 
-    // 5. after_activate (a failure is reported, the release stays live) and notify
-    if let Some(after) = &config.hooks.after_activate {
-        if let Err(failure) = hooks::run(after, &target.dir, &target.name) {
-            printer.warn(&format!(
-                "after_activate hook `{after}` failed ({}); {} stays live:\n{}",
-                failure.status, target.name, failure.tail
+    /// Step 5: the `after_activate` hook (a failure is reported, the release
+    /// stays live), `notify`, and what was left down on a first deploy.
+    fn after(&self, event: &Event, reloaded: &Reloaded) {
+        let (target, name) = (self.target, self.name());
+        if let Some(after) = &self.config.hooks.after_activate {
+            if let Err(failure) = hooks::run(after, &target.dir, name, self.switch.hook_name()) {
+                self.printer.warn(&format!(
+                    "after_activate hook `{after}` failed ({}); {name} stays live:\n{}",
+                    failure.status, failure.tail
+                ));
+            }
+        }
+        hooks::notify(self.config, event, self.printer);
+        let down = &reloaded.not_running;
+        if !down.is_empty() {
+            let (verb, them) = if down.len() == 1 {
+                ("is", "it")
+            } else {
+                ("are", "them")
+            };
+            self.printer.warn(&format!(
+                "{name} is live, but {} {verb} not running: start {them} as shown above",
+                down.join(", ")
             ));
         }
     }
-    hooks::notify(config, &event, printer);
-    Ok(report(false))
 }
 
 /// The journal's `failed` event for a failure of the services.
@@ -306,7 +422,7 @@ pub fn rollback(
                 }
                 .into());
             };
-            match list.iter().find(|r| r.name == target) {
+            match list.iter().find(|r| r.name() == target) {
                 Some(release) => release,
                 None => {
                     return Err(ActivateError::RollbackTargetGone {
@@ -320,7 +436,7 @@ pub fn rollback(
     };
     if let Err(why) = &target.summary {
         return Err(ActivateError::RollbackTargetIncomplete {
-            target: target.name.clone(),
+            target: target.name().to_string(),
             why: why.to_string(),
         }
         .into());

@@ -291,6 +291,16 @@ pub struct ServiceConfig {
     /// instead of stopping the activation [default: true].
     #[serde(default = "yes")]
     pub required: bool,
+    /// A shell command that starts the service and returns (e.g. `systemctl
+    /// start mysite-web`). Run only on a first deploy (no release was live)
+    /// when the service is not running; then the start is confirmed like a
+    /// reload. `systemd:UNIT` and `supervisor:PROG` services are started
+    /// without it.
+    pub start: Option<String>,
+    /// The line that runs this service through `current` (what `release
+    /// init` generates). Never run: shown when the service is down on a first
+    /// deploy and `release` cannot start it.
+    pub launch: Option<String>,
 }
 
 fn yes() -> bool {

@@ -2,7 +2,8 @@
 //! release: cwd `<release>` (so the design's `venv/bin/python -c 'import
 //! mysite.wsgi'` works as written), `PYTHONPATH` starting with `<release>/app`
 //! (the app imports as it does under gunicorn --chdir), `PATH` starting with
-//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID` and `RELEASE_DIR` set.
+//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID`, `RELEASE_DIR` and
+//! `RELEASE_SWITCH` (`activate` or `rollback`) set.
 //! Also `[hooks] notify`: the journal event POSTed after an activation.
 
 use std::path::Path;
@@ -18,7 +19,12 @@ pub struct HookFailure {
     pub tail: String,
 }
 
-pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), HookFailure> {
+pub fn run(
+    command: &str,
+    release_dir: &Path,
+    release_id: &str,
+    switch: &str,
+) -> Result<(), HookFailure> {
     let venv = release_dir.join("venv");
     let mut paths = vec![venv.join("bin")];
     if let Some(path) = std::env::var_os("PATH") {
@@ -39,6 +45,7 @@ pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), Ho
         .env("VIRTUAL_ENV", &venv)
         .env("RELEASE_ID", release_id)
         .env("RELEASE_DIR", release_dir)
+        .env("RELEASE_SWITCH", switch)
         .env_remove("PYTHONHOME")
         .stdin(Stdio::null())
         .output();
@@ -62,7 +69,9 @@ pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), Ho
     })
 }
 
-/// POST a journal event to `[hooks] notify`; a failure is a warning, never fatal.
+/// POST a journal event to `[hooks] notify` and say how it went; a failure
+/// is a warning, never fatal, and the warning says what state the deploy
+/// itself is in (it depends on the event).
 pub fn notify(
     config: &crate::host::config::HostConfig,
     event: &crate::host::journal::Event,
@@ -71,10 +80,36 @@ pub fn notify(
     let Some(url) = &config.hooks.notify else {
         return;
     };
+    use crate::host::journal::What;
     let body = serde_json::to_value(event).unwrap_or_default();
-    if let Err(why) = post(url, &body) {
-        printer.warn(&format!("{why} (the deploy itself is done)"));
+    match post(url, &body) {
+        Ok(()) => printer.progress(&format!("notified {url} ({})", event_name(event.kind()))),
+        Err(why) => {
+            let state = match event.what {
+                What::Activated | What::RolledBack => {
+                    format!("{} is live all the same", event.release)
+                }
+                What::Failed { reverted: true, .. } => {
+                    format!("the activation of {} failed and was undone", event.release)
+                }
+                _ => format!(
+                    "the activation of {} failed and current was not touched",
+                    event.release
+                ),
+            };
+            printer.warn(&format!(
+                "could not report the `{}` event: {why}; {state}",
+                event_name(event.kind())
+            ));
+        }
     }
+}
+
+fn event_name(kind: crate::host::journal::EventKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// POST a journal event as JSON; failures are returned for a warning, never fatal.

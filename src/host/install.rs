@@ -170,15 +170,23 @@ fn find_installed(
         }
         printer.warn(&format!(
             "release {} has this commit but has drifted ({} problem(s); see `release verify {}`); installing a fresh copy",
-            release.name,
+            release.name(),
             report.problems.len(),
-            release.name
+            release.name()
         ));
     }
     Ok(None)
 }
 
 fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> {
+    if options.rebuild_venv && !manifest.files.iter().any(|e| e.path == "wheels") {
+        return Err(InstallError::NoWheels {
+            release: manifest.release.clone(),
+            need: python::describe_need(&manifest.python),
+            at: manifest.python.base_executable.clone(),
+        }
+        .into());
+    }
     if options.rebuild_venv {
         let python = options
             .python
@@ -566,8 +574,9 @@ fn install_steps(
     let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
         Stage::Existing(manifest, existing) => {
             printer.progress(&format!(
-                "{} is already installed as {} and verifies; nothing changed",
-                manifest.release, existing.name
+                "{} is already installed as {} and verifies; not installing it again",
+                manifest.release,
+                existing.name()
             ));
             journal_if_missing(host, lock, &existing, &manifest, printer)?;
             if options.python.is_some() || options.rebuild_venv {
@@ -576,7 +585,7 @@ fn install_steps(
                 );
             }
             return Ok(InstallReport {
-                id: existing.name.clone(),
+                id: existing.name().to_string(),
                 commit: manifest.commit,
                 path: existing.dir,
                 files: manifest.file_count,
@@ -711,7 +720,7 @@ fn journal_if_missing(
         .read()?
         .events
         .iter()
-        .any(|e| e.kind() == EventKind::Installed && e.release == release.name);
+        .any(|e| e.kind() == EventKind::Installed && e.release == release.name());
     if known {
         return Ok(());
     }
@@ -722,14 +731,14 @@ fn journal_if_missing(
             python: record.python,
             venv_rebuilt: record.venv_rebuilt,
         },
-        &release.name,
+        release.name(),
         None,
     );
     event.at = rfc3339(release.id.installed);
     journal.append(lock, &event)?;
     printer.progress(&format!(
         "journaled the install of {} (the command that installed it was interrupted before it could)",
-        release.name
+        release.name()
     ));
     Ok(())
 }

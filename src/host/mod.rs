@@ -40,7 +40,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cli::{HostCommand, InstallArgs};
-use crate::error::{ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError};
+use crate::error::{
+    ActivateError, Error, ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError,
+};
 use crate::exit_codes::ExitCode;
 use crate::output::Printer;
 
@@ -67,6 +69,23 @@ pub struct DeployReport {
     pub install: install::InstallReport,
     pub activate: activate::ActivateReport,
     pub prune: prune::PruneReport,
+}
+
+/// A deploy whose activation was refused before the switch (exit 1) did
+/// install (or find) its release: say so, since "current was not touched" is
+/// not "nothing changed".
+fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
+    match err {
+        Error::Activate(
+            refused @ (ActivateError::CheckFailed(_) | ActivateError::ServicesNotReady { .. }),
+        ) => ActivateError::RefusedAfterInstall {
+            refused: Box::new(refused),
+            release: installed.id.clone(),
+            already_installed: installed.already_installed,
+        }
+        .into(),
+        other => other,
+    }
 }
 
 /// An open root for a mutating command: checked, configured, locked, and
@@ -137,7 +156,8 @@ pub fn run(
                 target,
                 Switch::Activate,
                 printer,
-            )?;
+            )
+            .map_err(|e| installed_but_refused(e, &installed))?;
             let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
             let report = DeployReport {
                 install: installed,

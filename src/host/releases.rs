@@ -17,13 +17,17 @@ const SUMMARY_PREFIX: u64 = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub id: ReleaseId,
-    pub name: String,
     pub dir: PathBuf,
     /// The manifest header, or why the release is incomplete.
     pub summary: std::result::Result<Summary, Incomplete>,
 }
 
 impl Installed {
+    /// The id as text: the directory name.
+    pub fn name(&self) -> &str {
+        self.id.as_str()
+    }
+
     pub fn is_complete(&self) -> bool {
         self.summary.is_ok()
     }
@@ -41,7 +45,7 @@ impl Installed {
             .summary
             .as_ref()
             .map_err(|why| ReleaseError::ReleaseIncomplete {
-                release: self.name.clone(),
+                release: self.name().to_string(),
                 dir: self.dir.clone(),
                 why: why.to_string(),
             })?;
@@ -125,14 +129,13 @@ pub fn installed(host: &Host) -> Result<Vec<Installed>> {
         list.push(Installed {
             summary: read_summary(&dir),
             id,
-            name,
             dir,
         });
     }
     list.sort_by(|a, b| {
         b.id.installed
             .cmp(&a.id.installed)
-            .then(b.name.cmp(&a.name))
+            .then(b.name().cmp(a.name()))
     });
     Ok(list)
 }
@@ -144,12 +147,12 @@ pub fn resolve<'a>(host: &Host, list: &'a [Installed], query: &str) -> Result<&'
     if query.is_empty() {
         return Err(Error::Usage("empty release ID".into()));
     }
-    if let Some(exact) = list.iter().find(|r| r.name == query) {
+    if let Some(exact) = list.iter().find(|r| r.name() == query) {
         return Ok(exact);
     }
     let matches: Vec<&Installed> = list
         .iter()
-        .filter(|r| r.name.starts_with(query) || r.commit().starts_with(query))
+        .filter(|r| r.name().starts_with(query) || r.commit().starts_with(query))
         .collect();
     match matches.as_slice() {
         [one] => Ok(one),
@@ -172,5 +175,5 @@ pub fn resolve<'a>(host: &Host, list: &'a [Installed], query: &str) -> Result<&'
 }
 
 fn describe(r: &Installed) -> String {
-    format!("    {}  (commit {})", r.name, r.commit())
+    format!("    {}  (commit {})", r.name(), r.commit())
 }

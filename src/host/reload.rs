@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde::Serialize;
 
-use crate::error::{tail, HealthAnswer, HealthError, ReloadError, ReloadProblem};
+use crate::error::{tail, HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
 use crate::host::config::{HealthConfig, ServiceConfig, Strategy};
 use crate::host::procs::{self, Pid, PidfileProblem};
 
@@ -42,8 +42,11 @@ pub struct ReloadOutcome {
     pub pid: Option<Pid>,
     pub workers: Vec<Pid>,
     pub seconds: f64,
-    /// Set when the service was skipped (not running, `required = false`).
+    /// Set when the service was skipped (not running, `required = false`,
+    /// or down on a first deploy with no way to start it).
     pub skipped: Option<String>,
+    /// The service was down and `release` started it (first deploy).
+    pub started: bool,
 }
 
 /// A running service as found before the switch.
@@ -55,15 +58,25 @@ pub struct Running {
 
 /// Check, before anything changes, that every service can be reloaded:
 /// its pidfile names a live process that belongs to this root. Returns
-/// per service `Some(running)` or `None` for an optional service that is down.
+/// per service `Some(running)` or `None` for a service that is down and may
+/// be: optional (`required = false`), or any service on a first deploy
+/// (`first`: no release was live, so there is nothing to keep serving).
 pub fn preflight(
     services: &[ServiceConfig],
     root: &Path,
+    first: bool,
 ) -> Result<Vec<Option<Running>>, ReloadError> {
-    services.iter().map(|s| preflight_one(s, root)).collect()
+    services
+        .iter()
+        .map(|s| preflight_one(s, root, first))
+        .collect()
 }
 
-fn preflight_one(service: &ServiceConfig, root: &Path) -> Result<Option<Running>, ReloadError> {
+fn preflight_one(
+    service: &ServiceConfig,
+    root: &Path,
+    first: bool,
+) -> Result<Option<Running>, ReloadError> {
     let err = |problem: ReloadProblem| ReloadError {
         service: service.name.clone(),
         problem,
@@ -77,10 +90,9 @@ fn preflight_one(service: &ServiceConfig, root: &Path) -> Result<Option<Running>
         (_, None) => return Ok(None),
         (_, Some(pidfile)) => match procs::read_pidfile(pidfile) {
             Ok(pid) => pid,
-            Err(problem @ (PidfileProblem::Missing | PidfileProblem::Dead(_)))
-                if !service.required =>
+            Err(PidfileProblem::Missing | PidfileProblem::Dead(_))
+                if !service.required || first =>
             {
-                let _ = problem;
                 return Ok(None);
             }
             Err(problem) => {
@@ -147,6 +159,7 @@ pub fn reload(
         workers,
         seconds: started.elapsed().as_secs_f64(),
         skipped: None,
+        started: false,
     };
     if running.is_none() && service.pidfile.is_some() {
         return Ok(ReloadOutcome {
@@ -229,6 +242,179 @@ fn send(pid: Pid, signal: Signal, name: &'static str) -> Result<(), ReloadProble
         signal: name,
         pid,
         error: e.to_string(),
+    })
+}
+
+/// The command that starts `service` when it is down, if `release` knows one:
+/// its `start`, else `systemctl start UNIT` or `supervisorctl start PROG`.
+pub fn start_command(service: &ServiceConfig) -> Option<Vec<String>> {
+    let argv = |a: &[&str]| Some(a.iter().map(|s| s.to_string()).collect());
+    match (&service.start, &service.reload) {
+        (Some(cmd), _) => argv(&["/bin/sh", "-c", cmd]),
+        (None, Strategy::Systemd(unit)) => argv(&["systemctl", "start", unit]),
+        (None, Strategy::Supervisor(prog)) => argv(&["supervisorctl", "start", prog]),
+        _ => None,
+    }
+}
+
+/// What to tell the operator about a service that is down on a first deploy
+/// and that `release` cannot start: its `launch` line, or where to find one.
+pub fn launch_hint(service: &ServiceConfig) -> String {
+    match &service.launch {
+        Some(line) => format!("start it with:\n    {line}"),
+        None => {
+            "start it through current (the README's launch lines; `release init --wsgi/--celery` generates them), or give this [[service]] `launch = \"…\"` to have it shown here, or `start = \"…\"` to have release start it"
+            .to_string()
+        }
+    }
+}
+
+/// Start a service that is down (on a first deploy) with
+/// [`start_command`], then wait, as for a reload, until its processes show
+/// the target release: the pidfile names a live process of this root working
+/// in the target release, and every child does too. Without a pidfile the
+/// command's exit status is all there is to go by (the health check follows).
+pub fn start(service: &ServiceConfig, target: &Target<'_>) -> Result<ReloadOutcome, ReloadError> {
+    let started = Instant::now();
+    let err = |problem: ReloadProblem| ReloadError {
+        service: service.name.clone(),
+        problem,
+    };
+    let argv = start_command(service).ok_or_else(|| err(ReloadProblem::CannotStart))?;
+    let deadline = started + service.timeout();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    run_bounded(&mut cmd, target, deadline).map_err(err)?;
+    let outcome = |pid: Option<Pid>, workers: Vec<Pid>| ReloadOutcome {
+        service: service.name.clone(),
+        strategy: service.reload.to_string(),
+        pid,
+        workers,
+        seconds: started.elapsed().as_secs_f64(),
+        skipped: None,
+        started: true,
+    };
+    let Some(pidfile) = &service.pidfile else {
+        return Ok(outcome(None, vec![]));
+    };
+    loop {
+        let last = match procs::read_pidfile(pidfile) {
+            Ok(pid) => {
+                let kids = procs::children(pid);
+                let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
+                let master = cwd_release(pid, target);
+                if master.as_deref() == Some(target.id) && kids.iter().all(|k| on_target(*k)) {
+                    return Ok(outcome(Some(pid), kids));
+                }
+                Box::new(StartSeen::Elsewhere {
+                    pid,
+                    pidfile: pidfile.clone(),
+                    cwd_release: master,
+                    release: target.id.to_string(),
+                })
+            }
+            Err(problem) => Box::new(StartSeen::Pidfile {
+                path: pidfile.clone(),
+                problem,
+            }),
+        };
+        if Instant::now() >= deadline {
+            return Err(err(ReloadProblem::StartNotShown {
+                command: argv.join(" "),
+                timeout: service.timeout(),
+                last,
+            }));
+        }
+        sleep(POLL);
+    }
+}
+
+/// Stop a service `release` started on a first deploy that it then undid:
+/// `systemctl stop` / `supervisorctl stop`, else TERM to the pidfile's pid.
+/// Best effort; returns what went wrong.
+pub fn stop_started(service: &ServiceConfig, target: &Target<'_>) -> Result<(), ReloadProblem> {
+    let deadline = Instant::now() + service.timeout();
+    match (&service.start, &service.reload) {
+        (None, Strategy::Systemd(unit)) => run_bounded(
+            Command::new("systemctl").args(["stop", unit]),
+            target,
+            deadline,
+        ),
+        (None, Strategy::Supervisor(prog)) => run_bounded(
+            Command::new("supervisorctl").args(["stop", prog]),
+            target,
+            deadline,
+        ),
+        _ => {
+            let Some(pidfile) = &service.pidfile else {
+                return Err(ReloadProblem::NothingToStop);
+            };
+            let Ok(pid) = procs::read_pidfile(pidfile) else {
+                return Ok(());
+            };
+            send(pid, Signal::TERM, "TERM")?;
+            while procs::alive(pid) {
+                if Instant::now() >= deadline {
+                    return Err(ReloadProblem::DidNotStop { pid });
+                }
+                sleep(POLL);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Run a start or stop command with the release's variables, its output to a
+/// temporary file (a daemon it leaves behind may keep the descriptors), in a
+/// process group of its own that is killed if it has not returned by
+/// `deadline`.
+fn run_bounded(
+    cmd: &mut Command,
+    target: &Target<'_>,
+    deadline: Instant,
+) -> Result<(), ReloadProblem> {
+    use std::io::{Read, Seek};
+    use std::os::unix::process::CommandExt;
+    let shown = format!("{cmd:?}");
+    let not_runnable = |e: std::io::Error| ReloadProblem::TriggerNotRunnable {
+        command: shown.clone(),
+        error: e.to_string(),
+    };
+    let mut log = tempfile::tempfile().map_err(not_runnable)?;
+    let out = log.try_clone().map_err(not_runnable)?;
+    let err_out = log.try_clone().map_err(not_runnable)?;
+    let mut child = cmd
+        .env("RELEASE_ID", target.id)
+        .env("RELEASE", target.release)
+        .env("RELEASE_ROOT", target.root)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err_out)
+        .process_group(0)
+        .spawn()
+        .map_err(not_runnable)?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => sleep(POLL),
+            Ok(None) | Err(_) => {
+                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                }
+                let _ = child.wait();
+                return Err(ReloadProblem::TriggerTimedOut { command: shown });
+            }
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = log.rewind().and_then(|()| log.read_to_string(&mut text));
+    Err(ReloadProblem::TriggerFailed {
+        command: shown,
+        status: status.to_string(),
+        tail: tail(&text, 10),
     })
 }
 

@@ -56,7 +56,7 @@ fn kind_of(file_type: std::fs::FileType) -> Option<EntryType> {
 }
 
 pub fn verify(release: &Installed) -> Result<VerifyReport> {
-    let id = release.name.clone();
+    let id = release.name().to_string();
     let dir = &release.dir;
     let mut problems = Vec::new();
     let fail = |problems: Vec<Problem>| VerifyReport {
