@@ -7,6 +7,11 @@ use super::Explain;
 
 #[derive(Debug)]
 pub enum RootError {
+    /// `init --systemd DIR` found a different unit where it would write one.
+    UnitDiffers {
+        path: PathBuf,
+        root: PathBuf,
+    },
     NoRoot {
         root: PathBuf,
     },
@@ -78,6 +83,11 @@ impl Explain for RootError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use RootError::*;
         match self {
+            UnitDiffers { path, .. } => write!(
+                f,
+                "{} exists and differs from the unit release init would write; release.toml is written, no unit was changed",
+                path.display()
+            ),
             NoRoot { root } => write!(f, "host root {} does not exist", root.display()),
             SymlinkedRoot { dir, .. } => write!(
                 f,
@@ -157,6 +167,10 @@ impl Explain for RootError {
     fn fix(&self) -> Option<String> {
         use RootError::*;
         let fix = match self {
+            UnitDiffers { root, .. } => format!(
+                "compare it with `release --root {} init --wsgi … --celery …` (which prints the units), then move it away and run init again, or edit it by hand",
+                root.display()
+            ),
             NoRoot { root } => format!(
                 "check --root / RELEASE_ROOT, or install a first release with `release install ARTIFACT --root {}`",
                 root.display()
@@ -202,7 +216,7 @@ impl Explain for RootError {
                 "run release as its owner, or chown it (chown {you} {})",
                 path.display()
             ),
-            BadHostConfig { .. } => "correct the file (docs/host.md lists every key)".into(),
+            BadHostConfig { .. } => "correct the file (`release help config` lists every key)".into(),
             Locked { .. } => "wait for it to finish and run this again, or pass --wait SECS to wait for it".into(),
         };
         Some(fix)
