@@ -162,12 +162,24 @@ pub struct InstallArgs {
     pub rebuild_venv: bool,
 }
 
-fn positive_secs(text: &str) -> Result<f64, String> {
+fn positive_secs(text: &str) -> Result<f64, NotSeconds> {
     match text.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
-        _ => Err("a positive number of seconds, like 30 or 2.5".into()),
+        _ => Err(NotSeconds),
     }
 }
+
+/// A value that is not a positive number of seconds.
+#[derive(Debug)]
+pub struct NotSeconds;
+
+impl std::fmt::Display for NotSeconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a positive number of seconds, like 30 or 2.5")
+    }
+}
+
+impl std::error::Error for NotSeconds {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ColorChoice {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{KeyProblem, Refusal, Result, SignatureError};
 
 /// The signature file of an artifact is the artifact's name plus this.
 pub const SIG_SUFFIX: &str = ".minisig";
@@ -67,25 +67,19 @@ pub struct Trust {
 impl Trust {
     /// Parse the keys of `[trust] minisign_keys`: each the base64 line of a
     /// minisign `.pub` file (its second line).
-    pub fn parse(entries: &[String]) -> std::result::Result<Trust, String> {
+    pub fn parse(entries: &[String]) -> std::result::Result<Trust, BadKey> {
         let mut keys: Vec<TrustedKey> = Vec::new();
         for entry in entries {
             let text = entry.trim();
-            let bad = |why: &str| {
-                format!(
-                    "[trust] minisign_keys: {text:?} {why}; give the second line of a minisign .pub file (`tail -1 minisign.pub`, it starts with RW)"
-                )
-            };
             if text.starts_with("untrusted comment:") || text.contains('\n') {
-                return Err(bad("is a whole .pub file"));
+                return Err(BadKey::WholeFile(text.to_string()));
             }
-            let key = minisign_verify::PublicKey::from_base64(text)
-                .map_err(|_| bad("is not a minisign public key"))?;
-            let parsed = minisign::PublicKey::from_base64(text)
-                .map_err(|_| bad("is not a minisign public key"))?;
-            let id = KeyId::from_slice(parsed.keynum()).ok_or_else(|| bad("has no key id"))?;
+            let not_a_key = || BadKey::NotAKey(text.to_string());
+            let key = minisign_verify::PublicKey::from_base64(text).map_err(|_| not_a_key())?;
+            let parsed = minisign::PublicKey::from_base64(text).map_err(|_| not_a_key())?;
+            let id = KeyId::from_slice(parsed.keynum()).ok_or_else(not_a_key)?;
             if keys.iter().any(|k| k.id == id) {
-                return Err(format!("[trust] minisign_keys lists the key id {id} twice"));
+                return Err(BadKey::DuplicateId(id));
             }
             keys.push(TrustedKey { key, id });
         }
@@ -106,24 +100,63 @@ impl Trust {
     }
 
     /// Match a signature file's text (read from `source`) to a trusted key.
-    /// `Err` is the reason, for a message naming the artifact.
-    pub fn expect(&self, text: &str, source: &str) -> std::result::Result<Expected, String> {
-        let info = SignatureInfo::parse(text)
-            .map_err(|why| format!("{source} is not a minisign signature: {why}"))?;
-        let signature = minisign_verify::Signature::decode(text)
-            .map_err(|e| format!("{source} is not a minisign signature: {e}"))?;
+    pub fn expect(&self, text: &str, source: &str) -> std::result::Result<Expected, Refusal> {
+        let not_one = |reason: String| Refusal::NotASignature {
+            sig: source.to_string(),
+            reason,
+        };
+        let info = SignatureInfo::parse(text).map_err(|e| not_one(e.0))?;
+        let signature =
+            minisign_verify::Signature::decode(text).map_err(|e| not_one(e.to_string()))?;
         let Some(trusted) = self.keys.iter().find(|k| k.id == info.key_id) else {
-            return Err(format!(
-                "{source} is signed by key id {}, which is not a trusted key (release.toml [trust] minisign_keys: {})",
-                info.key_id,
-                self.ids()
-            ));
+            return Err(Refusal::UntrustedKey {
+                sig: source.to_string(),
+                key_id: info.key_id,
+                trusted: self.ids(),
+            });
         };
         Ok(Expected {
             key: trusted.key.clone(),
             signature,
             info,
         })
+    }
+
+    /// The refusal of an artifact without a signature at `sig`.
+    pub fn unsigned(&self, sig: &str) -> Refusal {
+        Refusal::Unsigned {
+            sig: sig.to_string(),
+            trusted: self.ids(),
+        }
+    }
+}
+
+/// A `[trust] minisign_keys` entry that is not a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadKey {
+    WholeFile(String),
+    NotAKey(String),
+    DuplicateId(KeyId),
+}
+
+impl std::fmt::Display for BadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const GIVE: &str = "give the second line of a minisign .pub file (`tail -1 minisign.pub`, it starts with RW)";
+        match self {
+            BadKey::WholeFile(text) => {
+                write!(
+                    f,
+                    "[trust] minisign_keys: {text:?} is a whole .pub file; {GIVE}"
+                )
+            }
+            BadKey::NotAKey(text) => write!(
+                f,
+                "[trust] minisign_keys: {text:?} is not a minisign public key; {GIVE}"
+            ),
+            BadKey::DuplicateId(id) => {
+                write!(f, "[trust] minisign_keys lists the key id {id} twice")
+            }
+        }
     }
 }
 
@@ -142,9 +175,12 @@ fn key_id_string<S: serde::Serializer>(id: &KeyId, s: S) -> std::result::Result<
 }
 
 impl SignatureInfo {
-    pub fn parse(text: &str) -> std::result::Result<SignatureInfo, String> {
-        let boxed = minisign::SignatureBox::from_string(text).map_err(|e| e.to_string())?;
-        let key_id = KeyId::from_slice(boxed.keynum()).ok_or("no key id")?;
+    /// `Err` is why the text is not a minisign signature.
+    pub fn parse(text: &str) -> std::result::Result<SignatureInfo, NotASignature> {
+        let boxed =
+            minisign::SignatureBox::from_string(text).map_err(|e| NotASignature(e.to_string()))?;
+        let key_id = KeyId::from_slice(boxed.keynum())
+            .ok_or_else(|| NotASignature("no key id".to_string()))?;
         Ok(SignatureInfo {
             key_id,
             prehashed: boxed.is_prehashed(),
@@ -159,15 +195,17 @@ impl SignatureInfo {
             Some(text) => text,
             None => return Ok(None),
         };
-        let info = SignatureInfo::parse(&text).map_err(|why| {
-            Error::failed(format!(
-                "{}: not a minisign signature: {why}\n  fix: sign the artifact again (`release build --sign KEY` or `minisign -S -m ARTIFACT`)",
-                path.display()
-            ))
+        let info = SignatureInfo::parse(&text).map_err(|reason| SignatureError::BadFile {
+            path: path.clone(),
+            reason: reason.0,
         })?;
         Ok(Some((path, info)))
     }
 }
+
+/// Why a text is not a minisign signature (the minisign crate's words).
+#[derive(Debug, Clone)]
+pub struct NotASignature(pub String);
 
 /// Read a signature file, bounded; `None` when it does not exist.
 pub fn read_sig_file(path: &Path) -> Result<Option<String>> {
@@ -179,11 +217,9 @@ pub fn read_sig_file(path: &Path) -> Result<Option<String>> {
     let mut text = String::new();
     file.take(MAX_SIG_BYTES)
         .read_to_string(&mut text)
-        .map_err(|e| {
-            Error::failed(format!(
-                "{}: cannot read the signature: {e}\n  fix: sign the artifact again",
-                path.display()
-            ))
+        .map_err(|e| SignatureError::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
         })?;
     Ok(Some(text))
 }
@@ -197,48 +233,47 @@ pub struct Expected {
     pub info: SignatureInfo,
 }
 
-/// Why a signature does not verify, for messages.
-const MISMATCH: &str = "the signature does not match the artifact's bytes (the artifact was changed after it was signed, or the signature belongs to another artifact)";
-
 impl Expected {
     /// Check a local file against the signature, before anything of it is
     /// unpacked; returns the sha256 of the bytes checked, so the install can
     /// make sure it unpacked those same bytes.
-    pub fn verify_file(&self, path: &Path) -> std::result::Result<String, String> {
-        let mut file = fs::File::open(path).map_err(|e| e.to_string())?;
+    pub fn verify_file(&self, path: &Path) -> std::result::Result<String, Refusal> {
+        let unreadable = |e: io::Error| Refusal::Unreadable {
+            error: e.to_string(),
+        };
+        let mut file = fs::File::open(path).map_err(unreadable)?;
         let mut sha = Sha256::new();
         let mut buffer = vec![0u8; 1 << 20];
         if self.info.prehashed {
             let mut verifier = self
                 .key
                 .verify_stream(&self.signature)
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| Refusal::Mismatch)?;
             loop {
                 let n = match file.read(&mut buffer) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(unreadable(e)),
                 };
                 verifier.update(&buffer[..n]);
                 sha.update(&buffer[..n]);
             }
-            verifier.finalize().map_err(|_| MISMATCH.to_string())?;
+            verifier.finalize().map_err(|_| Refusal::Mismatch)?;
         } else {
             let mut bytes = Vec::new();
             (&mut file)
                 .take(MAX_LEGACY_BYTES + 1)
                 .read_to_end(&mut bytes)
-                .map_err(|e| e.to_string())?;
+                .map_err(unreadable)?;
             if bytes.len() as u64 > MAX_LEGACY_BYTES {
-                return Err(format!(
-                    "the signature is in minisign's legacy format, which covers the whole file at once, and the artifact is larger than the {} MiB read into memory for it; sign it in the default (prehashed) format: `minisign -S` without -l, or `release build --sign`",
-                    MAX_LEGACY_BYTES >> 20
-                ));
+                return Err(Refusal::LegacyTooLarge {
+                    limit_mib: MAX_LEGACY_BYTES >> 20,
+                });
             }
             self.key
                 .verify(&bytes, &self.signature, true)
-                .map_err(|_| MISMATCH.to_string())?;
+                .map_err(|_| Refusal::Mismatch)?;
             sha.update(&bytes);
         }
         Ok(hex::encode(sha.finalize()))
@@ -246,9 +281,9 @@ impl Expected {
 
     /// A check of the signature over bytes seen one chunk at a time (an
     /// artifact streamed from a URL); legacy signatures cannot be.
-    pub fn stream(self) -> std::result::Result<StreamCheck, String> {
+    pub fn stream(self) -> std::result::Result<StreamCheck, Refusal> {
         if !self.info.prehashed {
-            return Err("the signature is in minisign's legacy format, which cannot be checked while the artifact streams; sign it in the default (prehashed) format: `minisign -S` without -l, or `release build --sign`".into());
+            return Err(Refusal::LegacyWhileStreaming);
         }
         // The verifier borrows the key and the signature for as long as the
         // artifact streams, on a thread of its own; one install checks one
@@ -258,7 +293,7 @@ impl Expected {
         let verifier = owned
             .key
             .verify_stream(&owned.signature)
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| Refusal::Mismatch)?;
         Ok(StreamCheck { verifier })
     }
 }
@@ -273,8 +308,8 @@ impl StreamCheck {
         self.verifier.update(bytes);
     }
 
-    pub fn finish(mut self) -> std::result::Result<(), String> {
-        self.verifier.finalize().map_err(|_| MISMATCH.to_string())
+    pub fn finish(mut self) -> std::result::Result<(), Refusal> {
+        self.verifier.finalize().map_err(|_| Refusal::Mismatch)
     }
 }
 
@@ -291,15 +326,17 @@ impl Signer {
     /// takes its password from RELEASE_SIGN_PASSWORD, else from a prompt on
     /// the terminal.
     pub fn load(path: &Path) -> Result<Signer> {
-        let bad = |why: String| {
-            Error::failed(format!(
-                "--sign {}: {why}\n  fix: pass a secret key made by `minisign -G` (the .key file, not the .pub)",
-                path.display()
-            ))
+        let problem = |problem: KeyProblem| SignatureError::Key {
+            key: path.to_path_buf(),
+            problem,
         };
-        let text = fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text =
+            fs::read_to_string(path).map_err(|e| problem(KeyProblem::Unreadable(e.to_string())))?;
         if !text.starts_with("untrusted comment:") || text.lines().count() < 2 {
-            return Err(bad("not a minisign secret key".into()));
+            return Err(problem(KeyProblem::NotASecretKey(
+                "it does not start with `untrusted comment:` and a key line".into(),
+            ))
+            .into());
         }
         let key = match minisign::SecretKey::from_unencrypted_box(text.clone().into()) {
             Ok(key) => key,
@@ -307,20 +344,17 @@ impl Signer {
                 let password = password(path)?;
                 minisign::SecretKey::from_box(text.into(), Some(password)).map_err(|e| {
                     if e.to_string().contains("Wrong password") {
-                        Error::failed(format!(
-                            "--sign {}: wrong password for this key\n  fix: set {PASSWORD_ENV} to the key's password (the one given to `minisign -G`)",
-                            path.display()
-                        ))
+                        problem(KeyProblem::WrongPassword)
                     } else {
-                        bad(e.to_string())
+                        problem(KeyProblem::NotASecretKey(e.to_string()))
                     }
                 })?
             }
-            Err(e) => return Err(bad(e.to_string())),
+            Err(e) => return Err(problem(KeyProblem::NotASecretKey(e.to_string())).into()),
         };
         let public = minisign::PublicKey::from_secret_key(&key).ok();
-        let key_id =
-            KeyId::from_slice(key.keynum()).ok_or_else(|| bad("the key has no key id".into()))?;
+        let key_id = KeyId::from_slice(key.keynum())
+            .ok_or_else(|| problem(KeyProblem::NotASecretKey("no key id".into())))?;
         Ok(Signer {
             key,
             public,
@@ -347,11 +381,9 @@ impl Signer {
             Some(&trusted),
             Some("signature from release secret key"),
         )
-        .map_err(|e| {
-            Error::failed(format!(
-                "signing {} failed: {e}\n  fix: check the key passed to --sign",
-                artifact.display()
-            ))
+        .map_err(|e| SignatureError::Signing {
+            artifact: artifact.to_path_buf(),
+            error: e.to_string(),
         })?;
         let path = sig_path(artifact);
         crate::fsutil::write_atomic(&path, signature.into_string().as_bytes())?;
@@ -361,26 +393,24 @@ impl Signer {
 
 /// The key's password: RELEASE_SIGN_PASSWORD, else a prompt on the terminal.
 fn password(path: &Path) -> Result<String> {
+    let problem = |problem: KeyProblem| SignatureError::Key {
+        key: path.to_path_buf(),
+        problem,
+    };
     if let Some(password) = std::env::var_os(PASSWORD_ENV) {
         return password.into_string().map_err(|_| {
-            Error::failed(format!(
-                "{PASSWORD_ENV} is not UTF-8\n  fix: set it to the key's password"
-            ))
+            problem(KeyProblem::PasswordUnreadable(format!(
+                "{PASSWORD_ENV} is not UTF-8"
+            )))
+            .into()
         });
     }
     use std::io::IsTerminal;
     if !io::stdin().is_terminal() {
-        return Err(Error::failed(format!(
-            "--sign {}: the key is password-protected and there is no terminal to ask on\n  fix: set {PASSWORD_ENV} to its password (in CI: from the secret store), or make a key without one (`minisign -G -W`)",
-            path.display()
-        )));
+        return Err(problem(KeyProblem::NoPassword).into());
     }
-    rpassword::prompt_password(format!("password for {}: ", path.display())).map_err(|e| {
-        Error::failed(format!(
-            "--sign {}: cannot read the password: {e}\n  fix: set {PASSWORD_ENV}",
-            path.display()
-        ))
-    })
+    rpassword::prompt_password(format!("password for {}: ", path.display()))
+        .map_err(|e| problem(KeyProblem::PasswordUnreadable(e.to_string())).into())
 }
 
 #[cfg(test)]
@@ -395,14 +425,14 @@ mod tests {
 
     #[test]
     fn trust_refuses_what_is_not_a_key() {
-        assert!(Trust::parse(&["RWQnot-a-key".into()])
-            .unwrap_err()
-            .contains("not a minisign public key"));
-        assert!(
-            Trust::parse(&["untrusted comment: minisign public key 1\nRWQ".into()])
-                .unwrap_err()
-                .contains("whole .pub file")
+        assert_eq!(
+            Trust::parse(&["RWQnot-a-key".into()]).unwrap_err(),
+            BadKey::NotAKey("RWQnot-a-key".into())
         );
+        assert!(matches!(
+            Trust::parse(&["untrusted comment: minisign public key 1\nRWQ".into()]),
+            Err(BadKey::WholeFile(_))
+        ));
         assert!(!Trust::parse(&[]).unwrap().required());
     }
 }

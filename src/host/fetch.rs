@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Doing, DownloadFailure, FetchError, Result};
 
 /// Attempts of one request before giving up (connection errors, timeouts, 5xx).
 pub const ATTEMPTS: u32 = 4;
@@ -161,7 +161,7 @@ impl Fetcher {
 
     /// GET `url`, trying again on connection errors, timeouts and 5xx.
     /// `Ok(None)` for a 404. Other statuses are errors naming the URL.
-    fn get(&self, url: &str, what: &str) -> Result<Option<ureq::http::Response<ureq::Body>>> {
+    fn get(&self, url: &str, doing: Doing) -> Result<Option<ureq::http::Response<ureq::Body>>> {
         let shown = redact(url);
         let mut pause = FIRST_PAUSE;
         let mut attempt = 1;
@@ -175,40 +175,45 @@ impl Fetcher {
                     if status == 404 || status == 410 {
                         return Ok(None);
                     }
-                    let reason = response.status().canonical_reason().unwrap_or("");
-                    let text = format!("the server answered {status} {reason}");
-                    if status >= 500 {
-                        text
-                    } else {
-                        let fix = match status {
-                            401 | 403 if url.contains('?') => "the URL's credentials are refused or expired: make a fresh presigned URL (a presigned URL covers one object, so pass --sha256 and --signature for its sidecars)",
-                            401 | 403 => "give credentials the store accepts (user:password@ in the URL, or a presigned URL)",
-                            _ => "check the URL",
-                        };
-                        return Err(Error::failed(format!(
-                            "{what} {shown}: {text}\n  nothing was installed; fix: {fix}"
-                        )));
+                    let reason = response
+                        .status()
+                        .canonical_reason()
+                        .unwrap_or("")
+                        .to_string();
+                    if status < 500 {
+                        return Err(FetchError::Status {
+                            doing,
+                            url: shown,
+                            status,
+                            reason,
+                            query: url.contains('?'),
+                        }
+                        .into());
                     }
+                    format!("the server answered {status} {reason}")
                 }
                 Err(e) => {
-                    let (text, retry) = describe(&e);
+                    let (cause, retry) = describe(&e);
                     if !retry {
-                        let fix = if text.starts_with("TLS") {
-                            "make the server's certificate one this host trusts: install its CA into the system's roots (ca-certificates), or point SSL_CERT_FILE at a PEM bundle that has it"
-                        } else {
-                            "check the URL and that the store is reachable from this host"
-                        };
-                        return Err(Error::failed(format!(
-                            "{what} {shown}: {text}\n  nothing was installed; fix: {fix}"
-                        )));
+                        return Err(FetchError::Failed {
+                            doing,
+                            url: shown,
+                            tls: cause.starts_with("TLS"),
+                            cause,
+                        }
+                        .into());
                     }
-                    text
+                    cause
                 }
             };
             if attempt >= ATTEMPTS {
-                return Err(Error::failed(format!(
-                    "{what} {shown}: {failure} ({ATTEMPTS} attempts)\n  nothing was installed; fix: check that the store is up and reachable from this host, then run this again"
-                )));
+                return Err(FetchError::GaveUp {
+                    doing,
+                    url: shown,
+                    cause: failure,
+                    attempts: ATTEMPTS,
+                }
+                .into());
             }
             std::thread::sleep(pause);
             pause *= 2;
@@ -217,11 +222,10 @@ impl Fetcher {
     }
 
     /// A small sidecar file (`.sha256`, `.minisig`): `Ok(None)` when absent (404).
-    pub fn small(&self, url: &str, what: &str, max: u64) -> Result<Option<String>> {
-        let Some(response) = self.get(url, what)? else {
+    pub fn small(&self, url: &str, doing: Doing, max: u64) -> Result<Option<String>> {
+        let Some(response) = self.get(url, doing)? else {
             return Ok(None);
         };
-        let shown = redact(url);
         let mut text = String::new();
         response
             .into_body()
@@ -229,11 +233,10 @@ impl Fetcher {
             .limit(max)
             .reader()
             .read_to_string(&mut text)
-            .map_err(|e| {
-                Error::failed(format!(
-                    "{what} {shown}: {}\n  nothing was installed; fix: check the file on the store",
-                    body_error(&e)
-                ))
+            .map_err(|e| FetchError::SidecarBody {
+                doing,
+                url: redact(url),
+                error: body_error(&e),
             })?;
         Ok(Some(text))
     }
@@ -241,10 +244,8 @@ impl Fetcher {
     /// The artifact's body, streaming.
     pub fn open(&self, url: &str, progress: indicatif::ProgressBar) -> Result<Body> {
         let shown = redact(url);
-        let Some(response) = self.get(url, "downloading")? else {
-            return Err(Error::failed(format!(
-                "downloading {shown}: the server answered 404 Not Found\n  nothing was installed; fix: check the URL (was the artifact uploaded?)"
-            )));
+        let Some(response) = self.get(url, Doing::Artifact)? else {
+            return Err(FetchError::NotFound { url: shown }.into());
         };
         let declared = response.body().content_length();
         match declared {
@@ -274,14 +275,12 @@ impl Fetcher {
 fn system_roots() -> Result<ureq::tls::RootCerts> {
     let found = rustls_native_certs::load_native_certs();
     if found.certs.is_empty() {
-        let why = found
+        let error = found
             .errors
             .first()
             .map(|e| e.to_string())
             .unwrap_or_else(|| "none found".into());
-        return Err(Error::failed(format!(
-            "no CA certificates to check https servers with: {why}\n  fix: install the ca-certificates package, or point SSL_CERT_FILE at a PEM bundle"
-        )));
+        return Err(FetchError::NoRoots { error }.into());
     }
     let certs: Vec<ureq::tls::Certificate<'static>> = found
         .certs
@@ -325,16 +324,16 @@ impl Downloaded {
 /// The first failure of a download, kept for the message: the reader that
 /// meets it (decompression, the tar parser) only passes on its text.
 #[derive(Clone, Default)]
-pub struct Failure(Arc<std::sync::Mutex<Option<String>>>);
+pub struct Failure(Arc<std::sync::Mutex<Option<DownloadFailure>>>);
 
 impl Failure {
-    pub fn get(&self) -> Option<String> {
+    pub fn get(&self) -> Option<DownloadFailure> {
         self.0.lock().ok().and_then(|f| f.clone())
     }
 
-    fn set(&self, why: &str) {
+    fn set(&self, failure: &DownloadFailure) {
         if let Ok(mut slot) = self.0.lock() {
-            slot.get_or_insert_with(|| why.to_string());
+            slot.get_or_insert_with(|| failure.clone());
         }
     }
 }
@@ -368,13 +367,14 @@ impl Body {
         self.failure.clone()
     }
 
-    fn fail(&self, why: String) -> io::Error {
-        let text = format!(
-            "downloading {} failed after {} bytes: {why}",
-            self.shown, self.read
-        );
-        self.failure.set(&text);
-        io::Error::other(text)
+    fn fail(&self, cause: Cause) -> io::Error {
+        let failure = DownloadFailure {
+            url: self.shown.clone(),
+            after: self.read,
+            cause,
+        };
+        self.failure.set(&failure);
+        io::Error::other(failure)
     }
 }
 
@@ -391,36 +391,42 @@ impl Read for Body {
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<ureq::Error>())
                     .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
-                let why = if timed_out {
-                    format!(
-                        "the server sent nothing for {}s (--fetch-timeout)",
-                        self.timeout.as_secs_f64()
-                    )
+                let cause = if timed_out {
+                    Cause::Stalled {
+                        secs: self.timeout.as_secs_f64(),
+                    }
+                } else if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                ) || e.to_string().contains("disconnected")
+                {
+                    Cause::Truncated {
+                        declared: self.declared,
+                        error: e.to_string(),
+                    }
                 } else {
-                    body_error(&e)
+                    Cause::Other(e.to_string())
                 };
-                return Err(self.fail(why));
+                return Err(self.fail(cause));
             }
         };
         self.read += n as u64;
         if let Some(declared) = self.declared {
             if self.read > declared {
-                return Err(self.fail(format!(
-                    "the body is longer than the {declared} bytes its Content-Length declares"
-                )));
+                return Err(self.fail(Cause::LongerThanDeclared { declared }));
             }
             if n == 0 && self.read < declared {
-                return Err(self.fail(format!(
-                    "the body is truncated: {} of the {declared} bytes its Content-Length declares",
-                    self.read
-                )));
+                return Err(self.fail(Cause::Truncated {
+                    declared: Some(declared),
+                    error: format!("{} bytes came", self.read),
+                }));
             }
         }
         let bound = self.bound.0.load(Ordering::Relaxed);
         if self.read > bound {
-            return Err(self.fail(format!(
-                "the body is longer than the {bound} bytes an artifact of this manifest can take"
-            )));
+            return Err(self.fail(Cause::BeyondManifest { bound }));
         }
         self.counter.0.store(self.read, Ordering::Relaxed);
         self.progress.set_position(self.read);

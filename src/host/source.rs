@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use crate::archive::{self, Background, Finished, Observer};
-use crate::error::{Error, Result};
+use crate::archive::{self, Background, Finished, Observer, ObserverVerdict};
+use crate::error::{ArtifactError, Doing, Error, FetchError, Refusal, Result, SignatureError};
 use crate::host::fetch::{self, Bound, Downloaded, Failure, Fetcher};
 use crate::host::install::InstallOptions;
 use crate::manifest::{EntryType, Manifest};
@@ -55,8 +55,8 @@ impl Observer for StreamCheck {
         StreamCheck::update(self, bytes);
     }
 
-    fn finish(self: Box<Self>) -> std::result::Result<(), String> {
-        StreamCheck::finish(*self)
+    fn finish(self: Box<Self>) -> std::result::Result<(), ObserverVerdict> {
+        StreamCheck::finish(*self).map_err(|refusal| Box::new(refusal) as ObserverVerdict)
     }
 }
 
@@ -82,16 +82,6 @@ fn parse_sha256_flag(options: &InstallOptions) -> Result<Option<(String, String)
     Ok(Some(("--sha256".to_string(), hex)))
 }
 
-/// The digest a `.sha256` sidecar (`source`) lists for `name`.
-fn parse_sidecar(text: &str, name: &str, source: &str, fix: &str) -> Result<(String, String)> {
-    let hex = archive::parse_checksum_file(text, name).map_err(|why| {
-        Error::failed(format!(
-            "{source}: {why}\n  nothing was installed; fix: {fix}"
-        ))
-    })?;
-    Ok((source.to_string(), hex))
-}
-
 fn warn_unverified(digests: &[(String, String)], name: &Path, printer: &Printer) {
     if digests.is_empty() {
         printer.warn(&format!(
@@ -101,14 +91,13 @@ fn warn_unverified(digests: &[(String, String)], name: &Path, printer: &Printer)
     }
 }
 
-fn refuse_signature(name: &Path, why: &str, fix: &str) -> Error {
-    Error::failed(format!(
-        "{}: signature refused: {why}\n  nothing was installed; fix: {fix}",
-        name.display()
-    ))
+fn refused(artifact: &Path, why: Refusal) -> Error {
+    SignatureError::Refused {
+        artifact: artifact.to_path_buf(),
+        why,
+    }
+    .into()
 }
-
-const SIGN_FIX: &str = "install an artifact signed by a trusted key (`release build --sign KEY`, or `minisign -S -s KEY -m ARTIFACT`), or add its key to [trust] minisign_keys in release.toml";
 
 fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
     let artifact = &options.artifact;
@@ -120,12 +109,14 @@ fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resu
     let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
     if sidecar.is_file() {
         let text = fs::read_to_string(&sidecar)?;
-        digests.push(parse_sidecar(
-            &text,
-            &file_name,
-            &sidecar.display().to_string(),
-            &format!("regenerate it (`sha256sum {file_name} > {file_name}.sha256`) or remove it and pass --sha256"),
-        )?);
+        let hex = archive::parse_checksum_file(&text, &file_name).map_err(|why| {
+            ArtifactError::BadChecksumFile {
+                path: sidecar.clone(),
+                name: file_name.clone(),
+                reason: why.to_string(),
+            }
+        })?;
+        digests.push((sidecar.display().to_string(), hex));
     }
     warn_unverified(&digests, artifact, printer);
 
@@ -140,30 +131,22 @@ fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resu
             let url = sig_source.to_string_lossy().into_owned();
             Fetcher::new(options.fetch_timeout(), url.starts_with("https://"))?.small(
                 &url,
-                "downloading the signature",
+                Doing::Signature,
                 signature::MAX_SIG_BYTES,
             )?
         } else {
             signature::read_sig_file(&sig_source)?
         };
-        let Some(text) = text else {
-            return Err(refuse_signature(
-                artifact,
-                &format!(
-                    "it is unsigned ({} does not exist) and release.toml requires a signature by one of: {}",
-                    sig_source.display(),
-                    trust.ids()
-                ),
-                SIGN_FIX,
-            ));
-        };
         let shown = sig_source.display().to_string();
+        let Some(text) = text else {
+            return Err(refused(artifact, trust.unsigned(&shown)));
+        };
         let expected = trust
             .expect(&text, &shown)
-            .map_err(|why| refuse_signature(artifact, &why, SIGN_FIX))?;
+            .map_err(|why| refused(artifact, why))?;
         let sha = expected
             .verify_file(artifact)
-            .map_err(|why| refuse_signature(artifact, &why, SIGN_FIX))?;
+            .map_err(|why| refused(artifact, why))?;
         printer.progress(&format!(
             "signature verified: key id {} ({})",
             expected.info.key_id, shown
@@ -205,15 +188,14 @@ fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resul
     if digests.is_empty() {
         let sidecar = fetch::sidecar_url(&url, ".sha256");
         let sidecar_shown = fetch::redact(&sidecar);
-        if let Some(text) =
-            fetcher.small(&sidecar, "downloading the checksum", MAX_CHECKSUM_BYTES)?
-        {
-            digests.push(parse_sidecar(
-                &text,
-                &file_name,
-                &sidecar_shown,
-                "upload the .sha256 that `release build` wrote beside the artifact, or pass --sha256",
-            )?);
+        if let Some(text) = fetcher.small(&sidecar, Doing::Checksum, MAX_CHECKSUM_BYTES)? {
+            let hex = archive::parse_checksum_file(&text, &file_name).map_err(|reason| {
+                FetchError::BadChecksum {
+                    url: sidecar_shown.clone(),
+                    reason,
+                }
+            })?;
+            digests.push((sidecar_shown, hex));
         }
     }
     if digests.is_empty() {
@@ -235,31 +217,18 @@ fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resul
                     Some(u) => u.to_string_lossy().into_owned(),
                     None => fetch::sidecar_url(&url, signature::SIG_SUFFIX),
                 };
-                let text = fetcher.small(
-                    &sig_url,
-                    "downloading the signature",
-                    signature::MAX_SIG_BYTES,
-                )?;
+                let text = fetcher.small(&sig_url, Doing::Signature, signature::MAX_SIG_BYTES)?;
                 (text, fetch::redact(&sig_url))
             }
         };
         let Some(text) = text else {
-            return Err(refuse_signature(
-                &name,
-                &format!(
-                    "it is unsigned ({sig_shown} does not exist) and release.toml requires a signature by one of: {}",
-                    trust.ids()
-                ),
-                SIGN_FIX,
-            ));
+            return Err(refused(&name, trust.unsigned(&sig_shown)));
         };
         let expected = trust
             .expect(&text, &sig_shown)
-            .map_err(|why| refuse_signature(&name, &why, SIGN_FIX))?;
+            .map_err(|why| refused(&name, why))?;
         signature = Some(expected.info.clone());
-        let check = expected
-            .stream()
-            .map_err(|why| refuse_signature(&name, &why, SIGN_FIX))?;
+        let check = expected.stream().map_err(|why| refused(&name, why))?;
         observer = Some(Box::new(check));
     }
 
@@ -345,28 +314,28 @@ impl SourceCheck {
         let digest = finished.sha256;
         for (source, want) in &self.digests {
             if &digest != want {
-                let fix = if self.url.is_some() {
-                    "check what the store serves (it is corrupt or not the one meant), or correct the expected digest"
-                } else {
-                    "copy the artifact again (it is corrupt or not the one meant), or correct the expected digest"
-                };
-                return Err(Error::failed(format!(
-                    "{}: sha256 is {digest}, but {source} says {want}\n  nothing was installed; fix: {fix}",
-                    self.name.display()
-                )));
+                return Err(ArtifactError::DigestMismatch {
+                    artifact: self.name.clone(),
+                    digest,
+                    source: source.clone(),
+                    want: want.clone(),
+                }
+                .into());
             }
         }
         if let Some(signed) = &self.signed_sha256 {
             if &digest != signed {
-                return Err(refuse_signature(
-                    &self.name,
-                    "the file changed between the signature check and the unpacking",
-                    "make sure nothing writes the artifact while it installs, and run this again",
-                ));
+                return Err(refused(&self.name, Refusal::ChangedMeanwhile));
             }
         }
-        if let Some(verdict) = finished.observed {
-            verdict.map_err(|why| refuse_signature(&self.name, &why, SIGN_FIX))?;
+        if let Some(Err(verdict)) = finished.observed {
+            let why = match verdict.downcast::<Refusal>() {
+                Ok(refusal) => *refusal,
+                Err(other) => Refusal::Unreadable {
+                    error: other.to_string(),
+                },
+            };
+            return Err(refused(&self.name, why));
         }
         Ok(digest)
     }
@@ -376,11 +345,11 @@ impl SourceCheck {
 pub struct DownloadFailure(Option<Failure>);
 
 impl DownloadFailure {
+    /// The download's own failure when there was one: whatever reader met
+    /// it first (decompression, the tar parser) gives a vaguer message.
     pub fn explain(&self, err: Error) -> Error {
         match self.0.as_ref().and_then(Failure::get) {
-            Some(why) => Error::failed(format!(
-                "{why}\n  nothing was installed; fix: check what the store serves at this URL (the artifact `release build` wrote, whole; `curl -o /dev/null URL` shows what arrives), then run this again"
-            )),
+            Some(failure) => FetchError::Download(failure).into(),
             None => err,
         }
     }
