@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod demo;
 mod faults;
+mod fleet;
 mod host;
 mod hostile;
 mod reload;

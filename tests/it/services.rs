@@ -32,7 +32,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Group {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Group {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         cmd.stdin(Stdio::null())
@@ -138,7 +138,11 @@ pub struct Gunicorn {
 
 impl Gunicorn {
     pub fn start(root: &Path, run_dir: &Path, extra: &[&str]) -> Gunicorn {
-        let port = free_port();
+        Gunicorn::start_at(root, run_dir, free_port(), extra)
+    }
+
+    /// As `start`, on a given port (a restarted host keeps its address).
+    pub fn start_at(root: &Path, run_dir: &Path, port: u16, extra: &[&str]) -> Gunicorn {
         let pidfile = run_dir.join("gunicorn.pid");
         let app = root.join("current/app");
         let mut cmd = Command::new(root.join("current/venv/bin/gunicorn"));
