@@ -72,7 +72,7 @@ pub enum HostCommand {
     },
     /// List installed releases, newest install first, with their state.
     List,
-    /// Show the current release, since when and by whom.
+    /// Show the current release (since when, by whom) and each service's processes with the release each really runs.
     Status,
     /// Remove old releases; keeps the newest, the current, the rollback target and any in use.
     Prune {

@@ -1,11 +1,13 @@
-//! Small filesystem helpers: atomic writes and durable renames.
+//! Generic filesystem helpers, for any part of the tool: atomic writes,
+//! durable renames, create-only writes, modes, temporary names, and removing
+//! read-only trees.
 
 use std::io::Write;
 use std::path::Path;
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// fsync a directory so that renames and creations inside it survive power loss.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -47,31 +49,57 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Say plainly that a filesystem filled up: an `ENOSPC` (or `EDQUOT`) while
-/// installing into `dir` becomes an error naming the filesystem, the file,
-/// what the release needs (`need`: the release and its bytes; `None` once
-/// the release is in place, or before anything was written), what is free
-/// now, and the fix. Other errors pass through.
-pub fn explain_full_disk(err: Error, dir: &Path, need: Option<(String, u64)>) -> Error {
-    use std::io::ErrorKind;
-    let (Error::Io(io), Some((release, bytes))) = (&err, need) else {
-        return err;
+/// A short random hex string for temporary names (the lock already makes
+/// them unique; this only avoids clashing with a stale leftover).
+pub fn random_suffix() -> String {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:016x}", seed.hash_one((nanos, std::process::id())))
+}
+
+/// Remove a directory tree that may be read-only (installed releases are):
+/// give every directory u+w first, then remove it all. Does not follow symlinks.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
     };
-    if !matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
-        return err;
+    if !meta.is_dir() {
+        fs::remove_file(path)?;
+        return Ok(());
     }
-    let mib = |b: u64| b.div_ceil(1024 * 1024);
-    let needs = format!("release {release} needs about {} MiB", mib(bytes));
-    let free = rustix::fs::statvfs(dir)
-        .map(|s| {
-            format!(
-                "{} MiB are free now",
-                mib(s.f_bavail.saturating_mul(s.f_frsize))
-            )
-        })
-        .unwrap_or_else(|_| "free space unknown".to_string());
-    Error::failed(format!(
-        "the filesystem of {} is full ({io}): {needs}, {free}; the partial copy was removed and nothing was installed\n  fix: free space on that filesystem, e.g. remove old releases with `release prune --keep N`, then install again",
-        dir.display()
-    ))
+    for entry in walkdir::WalkDir::new(path).follow_links(false) {
+        let entry = entry.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        if entry.file_type().is_dir() {
+            let mode = entry
+                .metadata()
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o700 != 0o700 {
+                set_mode(entry.path(), (mode | 0o700) & 0o7777)?;
+            }
+        }
+    }
+    fs::remove_dir_all(path)?;
+    Ok(())
+}
+
+/// Create a file that must not exist yet (never through a symlink).
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    file.write_all(bytes)?;
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! `release`: reproducible artifacts of Python web apps (CI side) and atomic,
-//! journaled deploys with graceful reloads (host side). See DESIGN.md.
+//! journaled deploys with graceful reloads (host side). See docs/design.md.
 
 pub mod archive;
 pub mod build;
@@ -12,8 +12,8 @@ pub mod host;
 pub mod inspect;
 pub mod manifest;
 pub mod output;
-pub mod procs;
-pub mod reload;
+pub mod python;
+pub mod tree;
 
 use clap::Parser;
 

@@ -256,7 +256,7 @@ impl Manifest {
         if self.app.is_empty() || !self.app.chars().all(is_name_char) {
             return Err(format!("app name {:?} is not a valid name", self.app));
         }
-        // The one link allowed to leave the release points here (DESIGN.md §4):
+        // The one link allowed to leave the release points here (docs/design.md §4):
         // a relative path would let `venv/bin/*` links escape it.
         let base = &self.python.base_executable;
         if !base.starts_with('/') || base.chars().any(char::is_control) {

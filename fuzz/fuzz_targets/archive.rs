@@ -22,7 +22,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use release::host::extract::{installed_mode, Extractor};
+use release::host::extract::Extractor;
+use release::host::layout::installed_mode;
 use release::manifest::{symlink_stays_inside, EntryType, Manifest};
 use sha2::{Digest, Sha256};
 

@@ -1,13 +1,11 @@
 //! `release build`: a Python web app at a git commit → one reproducible artifact.
 //!
-//! The steps follow DESIGN.md §1: resolve the commit, export the tracked files,
+//! The steps follow docs/design.md §1: resolve the commit, export the tracked files,
 //! get a relocatable venv + its wheels (from the build cache when the
 //! requirements are unchanged), run the static step, then write the manifest and
 //! the deterministic archive.
 
 mod git;
-pub(crate) mod python;
-pub(crate) mod relocate;
 mod settings;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +21,8 @@ use crate::error::{tail, Error, Result};
 use crate::fsutil;
 use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
+use crate::python::{self, relocate};
+use crate::tree::scan_tree;
 
 pub use python::InstallerChoice;
 pub use settings::BuildFlags;
@@ -577,56 +577,6 @@ fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: 
         status: out.status.to_string(),
         tail: tail(&text, 20),
     })
-}
-
-/// Manifest entries for everything under `root`, with paths under `prefix`.
-pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut entries = Vec::new();
-    for item in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
-        let rel = item.path().strip_prefix(root).expect("under root");
-        let rel = rel.to_str().ok_or_else(|| {
-            Error::failed(format!(
-                "{}: file name is not UTF-8; rename it",
-                item.path().display()
-            ))
-        })?;
-        let path = if rel.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/{rel}")
-        };
-        if let Err(why) = manifest::check_path(&path) {
-            return Err(Error::failed(format!(
-                "{}: cannot go into an artifact ({why}); rename or exclude it",
-                item.path().display()
-            )));
-        }
-        let kind = item.file_type();
-        let entry = if kind.is_dir() {
-            Entry::dir(path)
-        } else if kind.is_symlink() {
-            let target = fs::read_link(item.path())?;
-            Entry::symlink(path, target.to_string_lossy().into_owned())
-        } else if kind.is_file() {
-            let meta = item
-                .metadata()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let (sha256, size) = archive::hash_file(item.path())?;
-            Entry::file(path, meta.permissions().mode() & 0o111 != 0, size, sha256)
-        } else {
-            return Err(Error::failed(format!(
-                "{}: not a regular file, directory or symlink; remove it from the tree",
-                item.path().display()
-            )));
-        };
-        entries.push(entry);
-    }
-    Ok(entries)
 }
 
 /// Symlinks must stay inside the release; the only exception is the venv's

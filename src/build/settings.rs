@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 use serde::Deserialize;
 
-use super::python::InstallerChoice;
 use crate::archive::Format;
 use crate::error::{Error, Result};
 use crate::manifest;
+use crate::python::InstallerChoice;
 
 /// `release build` flags, as parsed.
 #[derive(Debug, Clone, clap::Args)]

@@ -3,9 +3,10 @@
 //! 1. **preflight** — the target is installed and complete; if it is already
 //!    current, say so and stop.
 //! 2. **check** — the `check` hook runs inside the target release; failure
-//!    journals `failed` and stops with nothing changed (exit 1).
+//!    journals `failed` and stops with `current` untouched (exit 1).
 //!    **services preflight** — every `[[service]]` pidfile names a live
-//!    process of this app; otherwise stop with nothing changed (exit 1).
+//!    process of this app (on a first deploy, one that is down may be);
+//!    otherwise stop with `current` untouched (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
@@ -47,6 +48,9 @@ pub struct ActivateReport {
     /// `activated` or `rolled_back` (the journal event written).
     pub event: &'static str,
     pub already_current: bool,
+    /// Services left down on a first deploy because `release` cannot start
+    /// them (the warning gives their launch lines); empty otherwise.
+    pub not_running: Vec<String>,
     pub seconds: f64,
 }
 
@@ -94,12 +98,16 @@ pub fn activate(
         (None, true) => None,
         _ => current.id().map(str::to_string),
     };
-    let report = |already_current: bool| ActivateReport {
+    // No release was live: there is nothing to keep serving, so services
+    // that are down do not stop the switch (they are started, or listed).
+    let first = from.is_none();
+    let report = |already_current: bool, not_running: Vec<String>| ActivateReport {
         id: target.name.clone(),
         commit: summary.commit.clone(),
         from: from.clone(),
         event: event_name,
         already_current,
+        not_running,
         seconds: started.elapsed().as_secs_f64(),
     };
     if linked && recorded.as_deref() == Some(target.name.as_str()) {
@@ -107,7 +115,7 @@ pub fn activate(
             "{} is already current; nothing changed",
             target.name
         ));
-        return Ok(report(true));
+        return Ok(report(true, Vec::new()));
     }
     if linked {
         printer.warn(&format!(
@@ -136,7 +144,7 @@ pub fn activate(
     // 2. check, inside the new release, before anything changes
     if let Some(check) = &config.hooks.check {
         printer.progress(&format!("check ({}): {check}", target.name));
-        if let Err(failure) = hooks::run(check, &target.dir, &target.name) {
+        if let Err(failure) = hooks::run(check, &target.dir, &target.name, switch.hook_name()) {
             let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
             event.step = Some("check".into());
             event.error = Some(format!("check hook `{check}` failed ({})", failure.status));
@@ -146,7 +154,7 @@ pub fn activate(
                 .map(|f| format!("{f} is still current"))
                 .unwrap_or_else(|| "no release is current".into());
             return Err(Error::failed(format!(
-                "the check hook `{check}` failed in {} ({}); nothing changed, {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {}/app to see why (PATH={}/venv/bin:$PATH), or change [hooks] check in {}",
+                "the check hook `{check}` failed in {} ({}); current was not touched: {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {}/app to see why (PATH={}/venv/bin:$PATH), or change [hooks] check in {}",
                 target.name,
                 failure.status,
                 failure.tail,
@@ -159,14 +167,14 @@ pub fn activate(
 
     // 2b. every service can be reloaded (live pidfile of this app), before
     //     anything changes
-    if let Err(failure) = services::preflight(config, host) {
+    if let Err(failure) = services::preflight(config, host, first) {
         let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
         event.step = Some(failure.step.into());
         event.error = Some(failure.reason.clone());
         journal.append(lock, &event)?;
         hooks::notify(config, &event, printer);
         return Err(Error::failed(format!(
-            "{}; nothing changed, {} is still current",
+            "{}\n  current was not touched: {} is still current",
             failure.reason,
             from.as_deref().unwrap_or("no release")
         )));
@@ -196,48 +204,19 @@ pub fn activate(
     ));
 
     // 4. reload services + health check; on failure switch back (exit 3)
-    if let Err(failure) = services::reload_and_check(config, host, &target.name, printer) {
-        printer.warn(&format!(
-            "{} failed on {}: {}; switching back",
-            failure.step, target.name, failure.reason
-        ));
-        let restored = match &from {
-            Some(previous) => {
-                host.switch_current(lock, previous)?;
-                let again = services::reload_and_check(config, host, previous, printer);
-                match again {
-                    Ok(_) => format!("switched current back: {previous} is live again"),
-                    Err(f) => format!(
-                        "switched current back to {previous}, but reloading it failed too ({}: {})",
-                        f.step, f.reason
-                    ),
-                }
-            }
-            None => {
-                let _ = fs_err::remove_file(&host.current);
-                crate::fsutil::fsync_dir(&host.root)?;
-                "removed current again (there was no previous release)".to_string()
-            }
-        };
-        let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-        event.step = Some(failure.step.into());
-        event.error = Some(failure.reason.clone());
-        event.reverted = true;
-        journal.append(lock, &event)?;
-        hooks::notify(config, &event, printer);
-        return Err(Error::ActivationFailed {
-            release: target.name.clone(),
-            reason: format!("{} failed: {}", failure.step, failure.reason),
-            restored,
-            fix: "see `release status` and the service logs; the release is marked rolled back"
-                .into(),
-        });
-    }
+    let reloaded = match services::reload_and_check(config, host, &target.name, first, printer) {
+        Ok(reloaded) => reloaded,
+        Err(failure) => {
+            return Err(revert(
+                host, lock, config, target, &from, &failure, printer, &journal,
+            )?)
+        }
+    };
     crashpoint(point("activate:reloaded", "rollback:reloaded"));
 
     // 5. after_activate (a failure is reported, the release stays live) and notify
     if let Some(after) = &config.hooks.after_activate {
-        if let Err(failure) = hooks::run(after, &target.dir, &target.name) {
+        if let Err(failure) = hooks::run(after, &target.dir, &target.name, switch.hook_name()) {
             printer.warn(&format!(
                 "after_activate hook `{after}` failed ({}); {} stays live:\n{}",
                 failure.status, target.name, failure.tail
@@ -245,7 +224,86 @@ pub fn activate(
         }
     }
     hooks::notify(config, &event, printer);
-    Ok(report(false))
+    if !reloaded.not_running.is_empty() {
+        printer.warn(&format!(
+            "{} is live, but {} {} not running: start {} as shown above",
+            target.name,
+            reloaded.not_running.join(", "),
+            if reloaded.not_running.len() == 1 {
+                "is"
+            } else {
+                "are"
+            },
+            if reloaded.not_running.len() == 1 {
+                "it"
+            } else {
+                "them"
+            }
+        ));
+    }
+    Ok(report(false, reloaded.not_running))
+}
+
+impl Switch {
+    /// `RELEASE_SWITCH` for the hooks: `activate` or `rollback`.
+    fn hook_name(self) -> &'static str {
+        match self {
+            Switch::Activate => "activate",
+            Switch::Rollback => "rollback",
+        }
+    }
+}
+
+/// Step 4 failed after the switch: put `current` back where it was (or remove
+/// it when no release was live, stopping what this attempt started), reload
+/// the previous release, journal `failed` with `reverted`; the exit-3 error.
+#[allow(clippy::too_many_arguments)]
+fn revert(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    target: &Installed,
+    from: &Option<String>,
+    failure: &services::ReloadFailure,
+    printer: &Printer,
+    journal: &Journal,
+) -> Result<Error> {
+    printer.warn(&format!(
+        "{} failed on {}: {}; switching back",
+        failure.step, target.name, failure.reason
+    ));
+    let restored = match &from {
+        Some(previous) => {
+            host.switch_current(lock, previous)?;
+            let again = services::reload_and_check(config, host, previous, false, printer);
+            match again {
+                Ok(_) => format!("switched current back: {previous} is live again"),
+                Err(f) => format!(
+                    "switched current back to {previous}, but reloading it failed too ({}: {})",
+                    f.step, f.reason
+                ),
+            }
+        }
+        None => {
+            let _ = fs_err::remove_file(&host.current);
+            crate::fsutil::fsync_dir(&host.root)?;
+            services::stop_started(config, host, &target.name, &failure.started, printer);
+            "removed current again: no release was live before this one, and none is now"
+                .to_string()
+        }
+    };
+    let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
+    event.step = Some(failure.step.into());
+    event.error = Some(failure.reason.clone());
+    event.reverted = true;
+    journal.append(lock, &event)?;
+    hooks::notify(config, &event, printer);
+    Ok(Error::ActivationFailed {
+        release: target.name.clone(),
+        reason: format!("{} failed: {}", failure.step, failure.reason),
+        restored,
+        fix: "see `release status` and the service logs; the release is marked rolled back".into(),
+    })
 }
 
 /// `release rollback [--to ID]`: back to the release that was live before the

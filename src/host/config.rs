@@ -3,7 +3,7 @@
 //! ```toml
 //! keep = 5                                  # releases `prune` keeps (plus current + rollback target)
 //! shared = ["app/media", "app/.env"]        # release path -> <root>/shared/<same path>
-//! [[service]]                               # crate::reload's types; reloaded after the switch
+//! [[service]]                               # reloaded after the switch (host::reload)
 //! name = "web"
 //! pidfile = "/run/mysite/gunicorn.pid"
 //! reload = "gunicorn-upgrade"               # hup | gunicorn-upgrade | systemd:UNIT | supervisor:PROG | command:CMD
@@ -19,16 +19,19 @@
 //! notify = "https://example.invalid/deploys" # POST of the journal event; never fatal
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::manifest;
-pub use crate::reload::{HealthConfig, ServiceConfig, Strategy as ReloadStrategy};
 
 pub const DEFAULT_KEEP: usize = 5;
+pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +132,158 @@ impl HostConfig {
     }
 }
 
+/// `reload = "..."` of a `[[service]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Strategy {
+    /// SIGHUP to the pid in `pidfile`.
+    Hup,
+    /// gunicorn: USR2, wait for the new master, health check, TERM the old one.
+    GunicornUpgrade,
+    /// `systemctl reload UNIT`.
+    Systemd(String),
+    /// `supervisorctl signal HUP PROG`.
+    Supervisor(String),
+    /// Any shell command.
+    Command(String),
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let nonempty = |rest: &str, what: &str| {
+            if rest.trim().is_empty() {
+                Err(format!("reload = {s:?} needs a {what} after the colon"))
+            } else {
+                Ok(rest.trim().to_string())
+            }
+        };
+        match s.split_once(':') {
+            None if s == "hup" => Ok(Strategy::Hup),
+            None if s == "gunicorn-upgrade" => Ok(Strategy::GunicornUpgrade),
+            Some(("systemd", unit)) => Ok(Strategy::Systemd(nonempty(unit, "unit name")?)),
+            Some(("supervisor", prog)) => Ok(Strategy::Supervisor(nonempty(prog, "program name")?)),
+            Some(("command", cmd)) => Ok(Strategy::Command(nonempty(cmd, "command")?)),
+            _ => Err(format!(
+                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Strategy> for String {
+    fn from(s: Strategy) -> String {
+        s.to_string()
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Hup => f.write_str("hup"),
+            Strategy::GunicornUpgrade => f.write_str("gunicorn-upgrade"),
+            Strategy::Systemd(u) => write!(f, "systemd:{u}"),
+            Strategy::Supervisor(p) => write!(f, "supervisor:{p}"),
+            Strategy::Command(c) => write!(f, "command:{c}"),
+        }
+    }
+}
+
+/// A duration in `release.toml`: "30s", "2m", "500ms".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Timeout(pub Duration);
+
+impl TryFrom<String> for Timeout {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(&s)
+            .map(Timeout)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30s\" or \"2m\""))
+    }
+}
+
+impl From<Timeout> for String {
+    fn from(t: Timeout) -> String {
+        humantime::format_duration(t.0).to_string()
+    }
+}
+
+/// One `[[service]]` of release.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// The master's pidfile. Required for `hup` and `gunicorn-upgrade`; for the
+    /// other strategies it lets the reload be confirmed.
+    pub pidfile: Option<PathBuf>,
+    pub reload: Strategy,
+    /// How long the reload may take to show [default: 60s].
+    pub timeout: Option<Timeout>,
+    /// When false, a service that is not running is skipped with a warning
+    /// instead of stopping the activation [default: true].
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// A shell command that starts the service and returns (e.g. `systemctl
+    /// start mysite-web`). Run only on a first deploy (no release was live)
+    /// when the service is not running; then the start is confirmed like a
+    /// reload. `systemd:UNIT` and `supervisor:PROG` services are started
+    /// without it.
+    pub start: Option<String>,
+    /// The line that runs this service through `current` (what `release
+    /// init` generates). Never run: shown when the service is down on a first
+    /// deploy and `release` cannot start it.
+    pub launch: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ServiceConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(DEFAULT_SERVICE_TIMEOUT, |t| t.0)
+    }
+}
+
+/// `[health]` of release.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub url: String,
+    /// The body must contain this; `{release}` is the new release's commit12
+    /// (what the app reads from its own release.json), `{id}` its directory name.
+    #[serde(default = "default_expect")]
+    pub expect: String,
+    pub timeout: Option<Timeout>,
+}
+
+fn default_expect() -> String {
+    "{release}".into()
+}
+
+impl HealthConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |t| t.0)
+    }
+
+    /// The text the health URL must answer with for release `release`
+    /// (commit12) installed as `id`.
+    pub fn expected(&self, release: &str, id: &str) -> String {
+        self.expect
+            .replace("{release}", release)
+            .replace("{id}", id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,10 +323,10 @@ notify = "https://example.invalid/deploys"
         )
         .unwrap();
         assert_eq!(config.keep, 3);
-        assert_eq!(config.services[0].reload, ReloadStrategy::GunicornUpgrade);
+        assert_eq!(config.services[0].reload, Strategy::GunicornUpgrade);
         assert_eq!(
             config.services[2].reload,
-            ReloadStrategy::Systemd("celerybeat.service".into())
+            Strategy::Systemd("celerybeat.service".into())
         );
         assert_eq!(
             config.health.unwrap().timeout(),
@@ -216,5 +371,36 @@ notify = "https://example.invalid/deploys"
             HostConfig::shared_link_target("app/a/b"),
             "../../../../shared/app/a/b"
         );
+    }
+
+    #[test]
+    fn parses_strategies() {
+        assert_eq!("hup".parse::<Strategy>().unwrap(), Strategy::Hup);
+        assert_eq!(
+            "systemd:mysite.service".parse::<Strategy>().unwrap(),
+            Strategy::Systemd("mysite.service".into())
+        );
+        assert_eq!(
+            "command:kill -HUP $(cat /run/x.pid)"
+                .parse::<Strategy>()
+                .unwrap(),
+            Strategy::Command("kill -HUP $(cat /run/x.pid)".into())
+        );
+        assert!("systemd:".parse::<Strategy>().is_err());
+        assert!("usr2"
+            .parse::<Strategy>()
+            .unwrap_err()
+            .contains("gunicorn-upgrade"));
+    }
+
+    #[test]
+    fn parses_service_tables() {
+        let s: ServiceConfig = toml::from_str(
+            "name = \"web\"\npidfile = \"/run/web.pid\"\nreload = \"gunicorn-upgrade\"\ntimeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.reload, Strategy::GunicornUpgrade);
+        assert_eq!(s.timeout(), Duration::from_secs(90));
+        assert!(s.required);
     }
 }

@@ -1,5 +1,5 @@
 //! Unpack an artifact's members into a fresh directory, checking every one
-//! against the manifest and the safety rules of DESIGN.md §4. The `tar`
+//! against the manifest and the safety rules of docs/design.md §4. The `tar`
 //! crate only parses; every rule is enforced here, before anything is written:
 //!
 //! * paths: no absolute paths, `..`, control characters, empty or `.`
@@ -29,6 +29,7 @@ use std::path::Path;
 use crate::archive::{Extensions, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::host::layout::installed_mode;
 use crate::host::reuse::Reuse;
 use crate::manifest::{self, Entry, EntryType, Manifest};
 
@@ -104,16 +105,6 @@ pub struct Extracted {
     pub linked_bytes: u64,
     /// Indices of the manifest's directories, in the order they were created.
     pub dirs: Vec<usize>,
-}
-
-/// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.
-pub fn installed_mode(kind: EntryType, manifest_mode: u32) -> u32 {
-    match kind {
-        EntryType::Dir => 0o555,
-        EntryType::File if manifest_mode & 0o111 != 0 => 0o555,
-        EntryType::File => 0o444,
-        EntryType::Symlink => 0o777,
-    }
 }
 
 pub struct Extractor<'a> {

@@ -2,10 +2,13 @@
 //! release: cwd `<release>` (so the design's `venv/bin/python -c 'import
 //! mysite.wsgi'` works as written), `PYTHONPATH` starting with `<release>/app`
 //! (the app imports as it does under gunicorn --chdir), `PATH` starting with
-//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID` and `RELEASE_DIR` set.
+//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID`, `RELEASE_DIR` and
+//! `RELEASE_SWITCH` (`activate` or `rollback`) set.
+//! Also `[hooks] notify`: the journal event POSTed after an activation.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::error::tail;
 
@@ -16,7 +19,12 @@ pub struct HookFailure {
     pub tail: String,
 }
 
-pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), HookFailure> {
+pub fn run(
+    command: &str,
+    release_dir: &Path,
+    release_id: &str,
+    switch: &str,
+) -> Result<(), HookFailure> {
     let venv = release_dir.join("venv");
     let mut paths = vec![venv.join("bin")];
     if let Some(path) = std::env::var_os("PATH") {
@@ -37,6 +45,7 @@ pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), Ho
         .env("VIRTUAL_ENV", &venv)
         .env("RELEASE_ID", release_id)
         .env("RELEASE_DIR", release_dir)
+        .env("RELEASE_SWITCH", switch)
         .env_remove("PYTHONHOME")
         .stdin(Stdio::null())
         .output();
@@ -60,7 +69,9 @@ pub fn run(command: &str, release_dir: &Path, release_id: &str) -> Result<(), Ho
     })
 }
 
-/// POST a journal event to `[hooks] notify`; a failure is a warning, never fatal.
+/// POST a journal event to `[hooks] notify` and say how it went; a failure
+/// is a warning, never fatal, and the warning says what state the deploy
+/// itself is in (it depends on the event).
 pub fn notify(
     config: &crate::host::config::HostConfig,
     event: &crate::host::journal::Event,
@@ -69,8 +80,47 @@ pub fn notify(
     let Some(url) = &config.hooks.notify else {
         return;
     };
+    use crate::host::journal::EventKind;
     let body = serde_json::to_value(event).unwrap_or_default();
-    if let Err(why) = crate::reload::notify(url, &body) {
-        printer.warn(&format!("{why} (the deploy itself is done)"));
+    match post(url, &body) {
+        Ok(()) => printer.progress(&format!("notified {url} ({})", event_name(event.event))),
+        Err(why) => {
+            let state = match event.event {
+                EventKind::Activated | EventKind::RolledBack => {
+                    format!("{} is live all the same", event.release)
+                }
+                EventKind::Failed if event.reverted => {
+                    format!("the activation of {} failed and was undone", event.release)
+                }
+                _ => format!(
+                    "the activation of {} failed and current was not touched",
+                    event.release
+                ),
+            };
+            printer.warn(&format!(
+                "could not report the `{}` event: {why}; {state}",
+                event_name(event.event)
+            ));
+        }
     }
+}
+
+fn event_name(kind: crate::host::journal::EventKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// POST a journal event as JSON; failures are returned for a warning, never fatal.
+fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .post(url)
+        .send_json(event)
+        .map(|_| ())
+        .map_err(|e| format!("notify {url}: {e}"))
 }

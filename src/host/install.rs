@@ -14,10 +14,11 @@ use crate::archive;
 use crate::crashpoint::crashpoint;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::fsutil::{random_suffix, remove_tree};
 use crate::host::config::HostConfig;
-use crate::host::extract::{installed_mode, Extracted, Extractor};
+use crate::host::extract::{Extracted, Extractor};
 use crate::host::journal::{Event, EventKind, Journal};
-use crate::host::layout::{random_suffix, remove_tree, Host, INCOMING_PREFIX};
+use crate::host::layout::{installed_mode, Host, INCOMING_PREFIX};
 use crate::host::lock::Lock;
 use crate::host::python;
 use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
@@ -463,7 +464,7 @@ pub fn install(
 ) -> Result<InstallReport> {
     let mut need = None;
     install_steps(host, lock, config, options, printer, &mut need)
-        .map_err(|e| fsutil::explain_full_disk(e, &host.releases, need))
+        .map_err(|e| explain_full_disk(e, &host.releases, need))
 }
 
 /// `need`: the release and the bytes it needs, once the space was checked.
@@ -484,9 +485,6 @@ fn install_steps(
             artifact.display()
         ));
     }
-    // Creation with the modes we ask for, whatever the caller's umask.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
-
     enum Stage {
         Existing(Manifest, Box<Installed>),
         Unpacked {
@@ -576,7 +574,7 @@ fn install_steps(
     let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
         Stage::Existing(manifest, existing) => {
             printer.progress(&format!(
-                "{} is already installed as {} and verifies; nothing changed",
+                "{} is already installed as {} and verifies; not installing it again",
                 manifest.release, existing.name
             ));
             journal_if_missing(host, lock, &existing, &manifest, printer)?;
@@ -617,7 +615,7 @@ fn install_steps(
         artifact_sha256: digest,
         ..InstallRecord::default()
     };
-    python::write_new_file(&dir.join(MANIFEST_NAME), &json, 0o444)?;
+    fsutil::write_new_file(&dir.join(MANIFEST_NAME), &json, 0o444)?;
     match &plan {
         VenvPlan::AsBuilt => {}
         VenvPlan::Repoint(python) => {
@@ -642,7 +640,7 @@ fn install_steps(
                 ))
             })?;
             record.replaced.push("venv".into());
-            for entry in crate::build::scan_tree(&dir.join("venv"), "venv")? {
+            for entry in crate::tree::scan_tree(&dir.join("venv"), "venv")? {
                 record.set_entry(entry);
             }
             record.python = Some(python.to_string_lossy().into_owned());
@@ -652,7 +650,7 @@ fn install_steps(
     let mut created = CreatedOutside::default();
     link_shared(host, &dir, config, &mut record, &mut created)?;
     crashpoint("install:shared-linked");
-    python::write_new_file(
+    fsutil::write_new_file(
         &dir.join(RECORD_NAME),
         &serde_json::to_vec_pretty(&record).expect("record serialises"),
         0o444,
@@ -734,6 +732,35 @@ fn journal_if_missing(
         release.name
     ));
     Ok(())
+}
+
+/// Say plainly that a filesystem filled up: an `ENOSPC` (or `EDQUOT`) while
+/// installing into `dir` becomes an error naming the filesystem, the file,
+/// what the release needs (`need`: the release and its bytes; `None` once
+/// the release is in place, or before anything was written), what is free
+/// now, and the fix. Other errors pass through.
+pub fn explain_full_disk(err: Error, dir: &Path, need: Option<(String, u64)>) -> Error {
+    use std::io::ErrorKind;
+    let (Error::Io(io), Some((release, bytes))) = (&err, need) else {
+        return err;
+    };
+    if !matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        return err;
+    }
+    let mib = |b: u64| b.div_ceil(1024 * 1024);
+    let needs = format!("release {release} needs about {} MiB", mib(bytes));
+    let free = rustix::fs::statvfs(dir)
+        .map(|s| {
+            format!(
+                "{} MiB are free now",
+                mib(s.f_bavail.saturating_mul(s.f_frsize))
+            )
+        })
+        .unwrap_or_else(|_| "free space unknown".to_string());
+    Error::failed(format!(
+        "the filesystem of {} is full ({io}): {needs}, {free}; the partial copy was removed and nothing was installed\n  fix: free space on that filesystem, e.g. remove old releases with `release prune --keep N`, then install again",
+        dir.display()
+    ))
 }
 
 #[cfg(test)]

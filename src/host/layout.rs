@@ -1,4 +1,4 @@
-//! The host root and its fixed layout (DESIGN.md §2), with the safety checks a
+//! The host root and its fixed layout (docs/design.md §2), with the safety checks a
 //! root must pass before anything reads or writes it.
 //!
 //! ```text
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::host::lock::Lock;
 use crate::host::release_id::ReleaseId;
+use crate::manifest::EntryType;
 use crate::output::Printer;
 
 /// Name prefixes of the temporary entries a killed command can leave behind.
@@ -284,7 +285,7 @@ impl Host {
     ) -> Result<()> {
         let tmp = self
             .root
-            .join(format!("{CURRENT_TMP_PREFIX}{}", random_suffix()));
+            .join(format!("{CURRENT_TMP_PREFIX}{}", fsutil::random_suffix()));
         let target = Path::new("releases").join(id);
         std::os::unix::fs::symlink(&target, &tmp).map_err(|e| fsutil::fs_err_io(e, &tmp))?;
         if let Some((tmp_link, _)) = crash {
@@ -313,7 +314,7 @@ impl Host {
                         "removing {} (left by an interrupted command)",
                         entry.path().display()
                     ));
-                    remove_tree(&entry.path())?;
+                    fsutil::remove_tree(&entry.path())?;
                 }
             }
         }
@@ -356,42 +357,12 @@ fn check_owner(path: &Path, meta: &std::fs::Metadata, harm: &str) -> Result<()> 
     Ok(())
 }
 
-/// A short random hex string for temporary names (the lock already makes
-/// them unique; this only avoids clashing with a stale leftover).
-pub fn random_suffix() -> String {
-    use std::hash::BuildHasher;
-    let seed = std::collections::hash_map::RandomState::new();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:016x}", seed.hash_one((nanos, std::process::id())))
-}
-
-/// Remove a directory tree that may be read-only (installed releases are):
-/// give every directory u+w first, then remove it all. Does not follow symlinks.
-pub fn remove_tree(path: &Path) -> Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    if !meta.is_dir() {
-        fs::remove_file(path)?;
-        return Ok(());
+/// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.
+pub fn installed_mode(kind: EntryType, manifest_mode: u32) -> u32 {
+    match kind {
+        EntryType::Dir => 0o555,
+        EntryType::File if manifest_mode & 0o111 != 0 => 0o555,
+        EntryType::File => 0o444,
+        EntryType::Symlink => 0o777,
     }
-    for entry in walkdir::WalkDir::new(path).follow_links(false) {
-        let entry = entry.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        if entry.file_type().is_dir() {
-            let mode = entry
-                .metadata()
-                .map_err(|e| std::io::Error::other(e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o700 != 0o700 {
-                fsutil::set_mode(entry.path(), (mode | 0o700) & 0o7777)?;
-            }
-        }
-    }
-    fs::remove_dir_all(path)?;
-    Ok(())
 }

@@ -89,7 +89,7 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
             Row {
                 commit: r.commit().to_string(),
                 installed_at: r.id.installed_rfc3339(),
-                last_activated_at: activation.map(|a| a.at.clone()),
+                last_activated_at: activation.map(|a| to_seconds(&a.at)),
                 activated_by: activation.map(|a| a.user.clone()),
                 bytes: r.summary.as_ref().map_or(0, |s| s.bytes),
                 state,
@@ -97,6 +97,14 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
             }
         })
         .collect())
+}
+
+/// A journal time (milliseconds) to the second, as install times are, so
+/// the columns of `list` have one precision.
+fn to_seconds(at: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .map(|t| crate::host::release_id::rfc3339(t.with_timezone(&chrono::Utc)))
+        .unwrap_or_else(|_| at.to_string())
 }
 
 /// Sizes as `66.6M`: short, and readable in a table.

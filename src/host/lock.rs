@@ -6,14 +6,13 @@
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::fs::FlockOperation;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::host::layout::Host;
 use crate::output::Printer;
 
 /// Proof that the lock is held; dropping it releases the lock.
@@ -26,8 +25,8 @@ pub struct Lock {
 impl Lock {
     /// Take the lock; with `wait`, wait up to that many seconds for it,
     /// otherwise fail at once with [`Error::Locked`] naming the holder's pid.
-    pub fn acquire(host: &Host, wait: Option<f64>, printer: &Printer) -> Result<Lock> {
-        let path = host.lock.clone();
+    pub fn acquire(path: &Path, wait: Option<f64>, printer: &Printer) -> Result<Lock> {
+        let path = path.to_path_buf();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

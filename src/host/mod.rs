@@ -1,11 +1,13 @@
 //! The host side: install artifacts into `releases/<id>`, switch `current`
-//! atomically, roll back by the journal, list, prune and verify (DESIGN.md §2,
+//! atomically, roll back by the journal, list, prune and verify (docs/design.md §2,
 //! docs/host.md).
 //!
 //! Modules follow the data flow: `layout` (the root and its checks) → `lock`
-//! → `install` (with `extract`, `python`, `record`) → `activate` (with
-//! `hooks`, `services`) → `journal` / `state` (what happened, what is live)
-//! → `list`, `prune`, `verify`.
+//! → `install` (with `extract`, `reuse`, `python`, `record`) → `activate`
+//! (with `hooks`, and `services`, which drives `reload` for each service) →
+//! `journal` / `state` (what happened, what is live) → `list`, `prune`,
+//! `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
+//! `config` is release.toml; `releases` and `release_id` name what is installed.
 //!
 //! Mutating commands (install, activate, deploy, rollback, prune) hold the
 //! root's lock for their whole run and first remove what a killed command left
@@ -21,12 +23,13 @@ pub mod journal;
 pub mod layout;
 pub mod list;
 pub mod lock;
-pub mod procscan;
+pub mod procs;
 pub mod prune;
 pub mod python;
 pub mod record;
 pub mod release_id;
 pub mod releases;
+pub mod reload;
 pub mod reuse;
 pub mod services;
 pub mod state;
@@ -66,6 +69,25 @@ pub struct DeployReport {
     pub prune: prune::PruneReport,
 }
 
+/// A deploy whose activation was refused before the switch (exit 1) did
+/// install (or find) its release: say so, since "current was not touched" is
+/// not "nothing changed".
+fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
+    match err {
+        Error::Failed(message) => Error::Failed(format!(
+            "{message}\n  release {} {} and stays inactive; once fixed: `release activate {}`",
+            installed.id,
+            if installed.already_installed {
+                "was already installed"
+            } else {
+                "is installed"
+            },
+            installed.id
+        )),
+        other => other,
+    }
+}
+
 /// An open root for a mutating command: checked, configured, locked, and
 /// cleaned of what an interrupted command left.
 struct Session {
@@ -83,7 +105,7 @@ impl Session {
         }
         host.check_current_is_ours()?;
         let config = HostConfig::load(&host.config)?;
-        let lock = Lock::acquire(&host, wait, printer)?;
+        let lock = Lock::acquire(&host.lock, wait, printer)?;
         host.remove_leftovers(&lock, printer)?;
         Ok(Session { host, config, lock })
     }
@@ -97,8 +119,9 @@ pub fn run(
     printer: &Printer,
 ) -> Result<ExitCode> {
     let host = Host::at(root)?;
-    // The root's own files (journal, lock, shared targets) are created 0644 /
-    // 0755 whatever the caller's umask: check_safe refuses them group-writable.
+    // Every file a host command creates (journal, lock, shared targets, a
+    // release's tree) gets the mode we ask for, whatever the caller's umask:
+    // check_safe refuses the root's own files group-writable. Set here once.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     match command {
         HostCommand::Install(args) => {
@@ -133,7 +156,8 @@ pub fn run(
                 target,
                 Switch::Activate,
                 printer,
-            )?;
+            )
+            .map_err(|e| installed_but_refused(e, &installed))?;
             let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
             let report = DeployReport {
                 install: installed,

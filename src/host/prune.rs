@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::fsutil;
+use crate::fsutil::{random_suffix, remove_tree};
 use crate::host::journal::{Event, EventKind, Journal};
-use crate::host::layout::{random_suffix, remove_tree, Host, REMOVING_PREFIX};
+use crate::host::layout::{Host, REMOVING_PREFIX};
 use crate::host::lock::Lock;
-use crate::host::procscan;
+use crate::host::procs;
 use crate::host::releases::{self, Installed};
 use crate::host::state::ReleaseHistory;
 use crate::output::Printer;
@@ -57,7 +58,7 @@ fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
     let target = history
         .rollback_target(current_id.as_deref())
         .map(str::to_string);
-    let in_use = procscan::releases_in_use(&host.releases);
+    let in_use = procs::releases_in_use(&host.releases);
     let mut remove = Vec::new();
     let mut kept = Vec::new();
     for (i, release) in list.into_iter().enumerate() {
@@ -72,7 +73,7 @@ fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
             reasons.push(format!("one of the {keep} newest"));
         }
         if let Some(pids) = in_use.get(&release.name) {
-            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+            let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
             reasons.push(format!("in use by pid {}", pids.join(", ")));
         }
         if reasons.is_empty() {

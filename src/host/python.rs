@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::manifest::{Entry, EntryType, Manifest, PythonInfo};
 
 /// What an interpreter says it is (the build's probe; pip is not needed here).
-pub use crate::build::python::Probe as HostPython;
+pub use crate::python::Probe as HostPython;
 
 impl HostPython {
     /// Whether a venv built for `need` runs on this interpreter: same
@@ -130,7 +131,7 @@ pub fn repoint(release_dir: &Path, manifest: &Manifest, python: &Path) -> Result
         .collect();
     let new_text = lines.join("\n") + "\n";
     fs::remove_file(&cfg_path)?;
-    write_new_file(&cfg_path, new_text.as_bytes(), 0o444)?;
+    fsutil::write_new_file(&cfg_path, new_text.as_bytes(), 0o444)?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(new_text.as_bytes()));
     changed.push(Entry::file(
         "venv/pyvenv.cfg".into(),
@@ -141,37 +142,22 @@ pub fn repoint(release_dir: &Path, manifest: &Manifest, python: &Path) -> Result
     Ok(changed)
 }
 
-/// Create a file that must not exist yet (never through a symlink).
-pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use fs_err::os::unix::fs::OpenOptionsExt;
-    use std::io::Write;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
-    file.write_all(bytes)?;
-    Ok(())
-}
-
 /// Recreate `release_dir/venv` from `release_dir/wheels` with `python`,
 /// offline, then make it relocatable like the build does and byte-compile it.
 pub fn rebuild_venv(release_dir: &Path, python: &Path) -> Result<()> {
-    use crate::build::python as build;
     let venv = release_dir.join("venv");
     if venv.exists() {
-        crate::host::layout::remove_tree(&venv)?;
+        fsutil::remove_tree(&venv)?;
     }
-    let interpreter = build::find_interpreter(&python.to_string_lossy())?;
-    let pip = build::Installer::Pip {
+    let interpreter = crate::python::find_interpreter(&python.to_string_lossy())?;
+    let pip = crate::python::Installer::Pip {
         version: interpreter.pip_version.clone(),
     };
     // Nothing is built from source here (the wheels are all there), so the
     // epoch only fills SOURCE_DATE_EPOCH.
-    build::create_venv(&pip, &interpreter, &venv, &release_dir.join("wheels"), 0)?;
-    crate::build::relocate::relocate(&venv)?;
-    build::compile(&venv, release_dir, &[venv.join("lib")], 0)
+    crate::python::create_venv(&pip, &interpreter, &venv, &release_dir.join("wheels"), 0)?;
+    crate::python::relocate::relocate(&venv)?;
+    crate::python::compile(&venv, release_dir, &[venv.join("lib")], 0)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
-use crate::host::extract::installed_mode;
+use crate::host::layout::installed_mode;
 use crate::host::layout::Host;
 use crate::host::record::InstallRecord;
 use crate::host::releases::Installed;

@@ -6,25 +6,27 @@
 //! switches `current` back, reloads again, journals `failed` and exits 3.
 //!
 //! The strategies themselves, and how a reload is confirmed from the
-//! processes, live in `crate::reload`; `status` reads `/proc` through
-//! `crate::procs`.
+//! processes, live in `host::reload`; `status` reads `/proc` through
+//! `host::procs`.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::host::config::HostConfig;
+use crate::host::config::{HostConfig, ServiceConfig, Strategy};
 use crate::host::layout::Host;
+use crate::host::procs::{self, Pid};
+use crate::host::reload::{self, ReloadOutcome, Running, Target};
 use crate::output::Printer;
-use crate::procs::{self, Pid};
-use crate::reload::{self, ReloadOutcome, Running, ServiceConfig, Strategy, Target};
 
 /// Why the services did not come up on the new release.
 #[derive(Debug, Clone)]
 pub struct ReloadFailure {
-    /// `preflight`, `reload` or `health`.
+    /// `preflight`, `start`, `reload` or `health`.
     pub step: &'static str,
     pub reason: String,
+    /// Services this attempt started (first deploy), to stop if it is undone.
+    pub started: Vec<String>,
 }
 
 fn releases_dir(host: &Host) -> PathBuf {
@@ -32,60 +34,156 @@ fn releases_dir(host: &Host) -> PathBuf {
 }
 
 /// Before anything changes: every service's pidfile names a live process of
-/// this app (or the service is optional and down).
-pub fn preflight(config: &HostConfig, host: &Host) -> Result<Vec<Option<Running>>, ReloadFailure> {
-    reload::preflight(&config.services, &host.root).map_err(|e| ReloadFailure {
+/// this app, or the service is down and may be: optional, or any service on
+/// a first deploy (`first`: no release was live).
+pub fn preflight(
+    config: &HostConfig,
+    host: &Host,
+    first: bool,
+) -> Result<Vec<Option<Running>>, ReloadFailure> {
+    reload::preflight(&config.services, &host.root, first).map_err(|e| ReloadFailure {
         step: "preflight",
         reason: e.to_string(),
+        started: Vec::new(),
     })
+}
+
+/// What the services did after a switch.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub outcomes: Vec<ReloadOutcome>,
+    /// Services left down on a first deploy, which `release` cannot start.
+    pub not_running: Vec<String>,
+    /// The health check was skipped because of `not_running`.
+    pub health_skipped: bool,
+}
+
+fn target<'a>(host: &'a Host, releases_dir: &'a std::path::Path, release: &'a str) -> Target<'a> {
+    Target {
+        root: &host.root,
+        releases_dir,
+        id: release,
+        release: release.split('-').next().unwrap_or(release),
+    }
 }
 
 /// Reload every service onto `release` (a directory name under releases/),
 /// each confirmed from its processes, then wait for the health check.
+///
+/// On a first deploy (`first`) a service that is down is started when
+/// `release` knows how ([`reload::start_command`]), and confirmed like a
+/// reload; one it cannot start is left down with a warning that gives its
+/// launch line, and the health check is then skipped (nothing would answer).
 pub fn reload_and_check(
     config: &HostConfig,
     host: &Host,
     release: &str,
+    first: bool,
     printer: &Printer,
-) -> Result<Vec<ReloadOutcome>, ReloadFailure> {
+) -> Result<Reloaded, ReloadFailure> {
     let releases_dir = releases_dir(host);
-    let target = Target {
-        root: &host.root,
-        releases_dir: &releases_dir,
-        id: release,
-        release: release.split('-').next().unwrap_or(release),
-    };
-    let running = preflight(config, host)?;
-    let mut outcomes = Vec::new();
+    let target = target(host, &releases_dir, release);
+    let running = preflight(config, host, first)?;
+    let mut done = Reloaded::default();
+    let mut started = Vec::new();
     for (service, running) in config.services.iter().zip(&running) {
-        printer.progress(&format!("reloading {} ({})", service.name, service.reload));
-        let spinner = printer.spinner(&format!("waiting for {} to show {release}", service.name));
-        let outcome = reload::reload(service, running.as_ref(), &target, config.health.as_ref());
-        spinner.finish_and_clear();
-        let outcome = outcome.map_err(|e| ReloadFailure {
-            step: "reload",
-            reason: e.to_string(),
-        })?;
+        // Down on a first deploy: a service without a pidfile cannot be seen
+        // to be down, so it is started when release can, else reloaded.
+        let down_at_first = first && running.is_none();
+        let outcome = if down_at_first && reload::start_command(service).is_some() {
+            printer.progress(&format!(
+                "starting {} (not running; first deploy)",
+                service.name
+            ));
+            let spinner =
+                printer.spinner(&format!("waiting for {} to show {release}", service.name));
+            let outcome = reload::start(service, &target);
+            spinner.finish_and_clear();
+            started.push(service.name.clone());
+            outcome.map_err(|e| ReloadFailure {
+                step: "start",
+                reason: e.to_string(),
+                started: started.clone(),
+            })?
+        } else if down_at_first && service.pidfile.is_some() {
+            done.not_running.push(service.name.clone());
+            printer.warn(&format!(
+                "service {} is not running; this is the first release on this root, so it was activated anyway; {}",
+                service.name,
+                reload::launch_hint(service)
+            ));
+            continue;
+        } else {
+            printer.progress(&format!("reloading {} ({})", service.name, service.reload));
+            let spinner =
+                printer.spinner(&format!("waiting for {} to show {release}", service.name));
+            let outcome =
+                reload::reload(service, running.as_ref(), &target, config.health.as_ref());
+            spinner.finish_and_clear();
+            outcome.map_err(|e| ReloadFailure {
+                step: "reload",
+                reason: e.to_string(),
+                started: started.clone(),
+            })?
+        };
         match &outcome.skipped {
             Some(why) => printer.warn(&format!("service {} skipped: {why}", service.name)),
             None => printer.progress(&format!(
-                "  {} on {release} in {:.2}s (pid {}, workers {:?})",
+                "  {} {} {release} in {:.2}s (pid {}, workers {:?})",
                 service.name,
+                if outcome.started { "started on" } else { "on" },
                 outcome.seconds,
                 outcome.pid.map_or("?".into(), |p| p.to_string()),
                 outcome.workers
             )),
         }
-        outcomes.push(outcome);
+        done.outcomes.push(outcome);
     }
     if let Some(health) = &config.health {
-        printer.progress(&format!("health check {}", health.url));
-        reload::health_check(health, &target).map_err(|reason| ReloadFailure {
-            step: "health",
-            reason,
-        })?;
+        if done.not_running.is_empty() {
+            printer.progress(&format!("health check {}", health.url));
+            reload::health_check(health, &target).map_err(|reason| ReloadFailure {
+                step: "health",
+                reason,
+                started: started.clone(),
+            })?;
+        } else {
+            done.health_skipped = true;
+            printer.warn(&format!(
+                "health check {} skipped: {} {} not running",
+                health.url,
+                done.not_running.join(", "),
+                if done.not_running.len() == 1 {
+                    "is"
+                } else {
+                    "are"
+                }
+            ));
+        }
     }
-    Ok(outcomes)
+    Ok(done)
+}
+
+/// Stop the services a failed first deploy started (see
+/// [`ReloadFailure::started`]), so that nothing runs the release it undid.
+pub fn stop_started(
+    config: &HostConfig,
+    host: &Host,
+    release: &str,
+    names: &[String],
+    printer: &Printer,
+) {
+    let releases_dir = releases_dir(host);
+    let target = target(host, &releases_dir, release);
+    for service in config.services.iter().filter(|s| names.contains(&s.name)) {
+        match reload::stop_started(service, &target) {
+            Ok(()) => printer.progress(&format!("stopped {} again", service.name)),
+            Err(why) => printer.warn(&format!(
+                "service {} was started by this deploy and could not be stopped: {why}; stop it by hand",
+                service.name
+            )),
+        }
+    }
 }
 
 /// One process of a service, as `status` shows it.

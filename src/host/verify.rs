@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::archive;
 use crate::error::Result;
-use crate::host::extract::installed_mode;
+use crate::host::layout::installed_mode;
 use crate::host::record::{InstallRecord, RECORD_NAME};
 use crate::host::releases::Installed;
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};

@@ -1140,7 +1140,7 @@ fn the_check_hook_runs_in_the_new_release_and_stops_a_bad_one() {
         "{err}"
     );
     assert!(
-        err.contains("exit status: 7") && err.contains("nothing changed"),
+        err.contains("exit status: 7") && err.contains("current was not touched"),
         "{err}"
     );
     assert_eq!(root.current().as_deref(), Some(a.as_str()));

@@ -1,4 +1,4 @@
-//! Hostile artifacts and unsafe host roots (DESIGN.md §4, docs/host.md
+//! Hostile artifacts and unsafe host roots (docs/design.md §4, docs/host.md
 //! "Hostile artifacts and unsafe roots").
 //!
 //! `hostile_artifacts_are_refused_and_change_nothing` generates, from one real

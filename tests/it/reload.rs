@@ -429,3 +429,183 @@ fn pidfile_problems_are_refused_before_anything_changes() {
     assert!(stderr(&out).contains("web"), "{}", stderr(&out));
     assert_eq!(host.current(), b.0);
 }
+
+/// TERMs whatever the pidfile (and `<pidfile>.2`) name when dropped: for
+/// services started detached (gunicorn --daemon) by a `start` command, which
+/// leave the test's process groups.
+struct StopByPidfile(PathBuf);
+
+impl Drop for StopByPidfile {
+    fn drop(&mut self) {
+        let pids: Vec<i32> = [
+            self.0.clone(),
+            PathBuf::from(format!("{}.2", self.0.display())),
+        ]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until
+            && pids
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_that_is_down() {
+    let host = Host::new();
+    let dist = host.app.tmp.path().join("dist");
+    let a = host.app.build_ok(&dist, &[]);
+    host.app.write("mysite/extra.py", "X = 2\n");
+    host.app.commit("release B");
+    let b = host.app.build_ok(&dist, &[]);
+    host.app.write("mysite/extra.py", "X = 3\n");
+    host.app.commit("release C");
+    let c = host.app.build_ok(&dist, &[]);
+
+    // A service release can start: its `start` line launches gunicorn
+    // detached (through current, like the launch lines), then returns.
+    let port = free_port();
+    let pidfile = host.run.join("gunicorn.pid");
+    let stop_web = StopByPidfile(pidfile.clone());
+    let app = host.root.join("current/app");
+    let start = format!(
+        "cd {app} && exec {venv}/gunicorn --chdir {app} --bind 127.0.0.1:{port} --pid {pid} --workers 2 --daemon --log-file {log} mysite.wsgi:application",
+        app = app.display(),
+        venv = host.root.join("current/venv/bin").display(),
+        pid = pidfile.display(),
+        log = host.run.join("gunicorn.log").display(),
+    );
+    std::fs::create_dir_all(&host.root).unwrap();
+    host.write_config(&format!(
+        "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"gunicorn-upgrade\"\nstart = \"{start}\"\n\n[health]\nurl = \"http://127.0.0.1:{port}/healthz\"\n",
+        pidfile.display()
+    ));
+    let out = host.ok(&["deploy", "--json", a.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a_id = report["activate"]["id"].as_str().unwrap().to_string();
+    assert_eq!(report["activate"]["not_running"], serde_json::json!([]));
+    assert_eq!(host.current(), a_id);
+    // Started, confirmed from its processes, and answering from A.
+    let status = host.status();
+    let web = &status["services"][0];
+    assert_eq!(web["alive"], true, "{status}");
+    assert_eq!(web["stale"], false, "{status}");
+    assert_eq!(
+        get(port, "/healthz", false).unwrap().1,
+        a_id[..12],
+        "{status}"
+    );
+
+    // The second deploy reloads it (nothing is started).
+    let out = host.ok(&["deploy", b.to_str().unwrap()]);
+    assert!(!stderr(&out).contains("starting web"), "{}", stderr(&out));
+    let b_id = host.current();
+    assert_eq!(get(port, "/healthz", false).unwrap().1, b_id[..12]);
+
+    // A later deploy with the service down is refused before the switch, and
+    // says that the release it installed stays installed and inactive.
+    drop(stop_web);
+    let err = fails_with(&host.run(&["deploy", c.to_str().unwrap()]), 1);
+    assert!(
+        err.contains("gunicorn.pid")
+            && err.contains(&format!("{b_id} is still current"))
+            && err.contains("is installed and stays inactive"),
+        "{err}"
+    );
+    assert_eq!(host.current(), b_id);
+    let list = json_ok(&host.run(&["list", "--json"]));
+    let c_row = &list[0];
+    assert_eq!(c_row["state"], "inactive", "{list}");
+    // One precision in `list`: both times to the second.
+    let b_row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == b_id.as_str())
+        .unwrap();
+    for key in ["installed_at", "last_activated_at"] {
+        let t = b_row[key].as_str().unwrap();
+        assert_eq!(t.len(), "2026-01-01T00:00:00Z".len(), "{key}: {t}");
+    }
+}
+
+#[test]
+fn a_first_deploy_lists_what_it_cannot_start_and_an_undone_one_claims_no_previous_release() {
+    let host = Host::new();
+    let artifact = host.app.build_ok(&host.app.tmp.path().join("dist"), &[]);
+    std::fs::create_dir_all(&host.root).unwrap();
+    let pidfile = host.run.join("gunicorn.pid");
+    let launch = "cd /srv/x/current/app && exec /srv/x/current/venv/bin/gunicorn mysite.wsgi";
+    let sink = Sink::start();
+    host.write_config(&format!(
+        "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"gunicorn-upgrade\"\nlaunch = \"{launch}\"\n\n[health]\nurl = \"http://127.0.0.1:{}/healthz\"\ntimeout = \"1s\"\n\n[hooks]\nnotify = \"{}\"\n",
+        pidfile.display(),
+        free_port(),
+        sink.url()
+    ));
+    // Not running, no way to start it: activated all the same, exit 0, with
+    // the launch line, and no health check (nothing would answer).
+    let out = host.ok(&["deploy", "--json", artifact.to_str().unwrap()]);
+    let err = stderr(&out);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["activate"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        report["activate"]["not_running"],
+        serde_json::json!(["web"])
+    );
+    assert!(
+        err.contains(launch) && err.contains("health check"),
+        "{err}"
+    );
+    wait_for("the notification", Duration::from_secs(10), || {
+        !sink.bodies.lock().unwrap().is_empty()
+    });
+    assert!(!err.contains("warning: could not report"), "{err}");
+    assert_eq!(host.current(), id);
+    assert_eq!(host.journal().last().unwrap()["event"], "activated");
+
+    // A start that never shows: undone, and exit 3 says there was no
+    // previous release instead of claiming one is live again.
+    let root2 = host.app.tmp.path().join("srv/other");
+    std::fs::create_dir_all(&root2).unwrap();
+    std::fs::write(
+        root2.join("release.toml"),
+        format!(
+            "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"hup\"\nstart = \"true\"\ntimeout = \"1s\"\n\n[hooks]\nnotify = \"http://127.0.0.1:{}/gone\"\n",
+            host.run.join("never.pid").display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = release()
+        .arg("--root")
+        .arg(&root2)
+        .arg("deploy")
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    let err = fails_with(&out, 3);
+    assert!(
+        err.contains("no release was live before") && !err.contains("live again"),
+        "{err}"
+    );
+    assert!(
+        err.contains("could not report the `failed` event")
+            && err.contains("failed and was undone")
+            && !err.contains("is live all the same"),
+        "{err}"
+    );
+    assert!(std::fs::symlink_metadata(root2.join("current")).is_err());
+}

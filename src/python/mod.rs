@@ -1,4 +1,11 @@
-//! The build interpreter, and the tools that turn requirements into wheels and a venv.
+//! Python interpreters and virtualenvs, shared by both sides: find and probe
+//! an interpreter, choose the installer (uv or pip), turn requirements into
+//! wheels and wheels into a venv, make the venv relocatable (`relocate`) and
+//! byte-compile it. `build` makes venvs with these; the host side
+//! (`host::python`) checks a release's interpreter and rebuilds a venv from its
+//! wheels with them.
+
+pub mod relocate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,4 +1,4 @@
-//! Make a freshly installed venv relocatable, the way DESIGN.md §1 requires:
+//! Make a freshly installed venv relocatable, the way docs/design.md §1 requires:
 //! console scripts start `python` from their own directory without resolving
 //! directory symlinks, activate scripts find their own location, and
 //! `pyvenv.cfg` forgets where the venv was built.

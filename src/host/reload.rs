@@ -1,166 +1,25 @@
-//! Reloading services after `current` moves, and confirming it: a reload counts
-//! as done when the service shows it (new worker pids, a promoted new master, a
-//! re-exec'd worker whose working directory is the new release), never merely
-//! because a signal was sent. Also the health check and the deploy notification.
-//!
-//! What each strategy picks up is documented in docs/reload.md.
+//! Reloading one service after `current` moves, and confirming it: a reload
+//! counts as done when the service shows it (new worker pids, a promoted new
+//! master, a re-exec'd worker whose working directory is the new release),
+//! never merely because a signal was sent. Also the health check. The
+//! `[[service]]` and `[health]` settings are in `host::config`; running every
+//! service of an activation is `host::services`. What each strategy picks up
+//! is documented in docs/host.md ("Reloads").
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::tail;
-use crate::procs::{self, Pid, PidfileProblem};
+use crate::host::config::{HealthConfig, ServiceConfig, Strategy};
+use crate::host::procs::{self, Pid, PidfileProblem};
 
 const POLL: Duration = Duration::from_millis(50);
-pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `reload = "..."` of a `[[service]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Strategy {
-    /// SIGHUP to the pid in `pidfile`.
-    Hup,
-    /// gunicorn: USR2, wait for the new master, health check, TERM the old one.
-    GunicornUpgrade,
-    /// `systemctl reload UNIT`.
-    Systemd(String),
-    /// `supervisorctl signal HUP PROG`.
-    Supervisor(String),
-    /// Any shell command.
-    Command(String),
-}
-
-impl FromStr for Strategy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let nonempty = |rest: &str, what: &str| {
-            if rest.trim().is_empty() {
-                Err(format!("reload = {s:?} needs a {what} after the colon"))
-            } else {
-                Ok(rest.trim().to_string())
-            }
-        };
-        match s.split_once(':') {
-            None if s == "hup" => Ok(Strategy::Hup),
-            None if s == "gunicorn-upgrade" => Ok(Strategy::GunicornUpgrade),
-            Some(("systemd", unit)) => Ok(Strategy::Systemd(nonempty(unit, "unit name")?)),
-            Some(("supervisor", prog)) => Ok(Strategy::Supervisor(nonempty(prog, "program name")?)),
-            Some(("command", cmd)) => Ok(Strategy::Command(nonempty(cmd, "command")?)),
-            _ => Err(format!(
-                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
-            )),
-        }
-    }
-}
-
-impl TryFrom<String> for Strategy {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Strategy> for String {
-    fn from(s: Strategy) -> String {
-        s.to_string()
-    }
-}
-
-impl std::fmt::Display for Strategy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Strategy::Hup => f.write_str("hup"),
-            Strategy::GunicornUpgrade => f.write_str("gunicorn-upgrade"),
-            Strategy::Systemd(u) => write!(f, "systemd:{u}"),
-            Strategy::Supervisor(p) => write!(f, "supervisor:{p}"),
-            Strategy::Command(c) => write!(f, "command:{c}"),
-        }
-    }
-}
-
-/// A duration in `release.toml`: "30s", "2m", "500ms".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Timeout(pub Duration);
-
-impl TryFrom<String> for Timeout {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        humantime::parse_duration(&s)
-            .map(Timeout)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30s\" or \"2m\""))
-    }
-}
-
-impl From<Timeout> for String {
-    fn from(t: Timeout) -> String {
-        humantime::format_duration(t.0).to_string()
-    }
-}
-
-/// One `[[service]]` of release.toml.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub name: String,
-    /// The master's pidfile. Required for `hup` and `gunicorn-upgrade`; for the
-    /// other strategies it lets the reload be confirmed.
-    pub pidfile: Option<PathBuf>,
-    pub reload: Strategy,
-    /// How long the reload may take to show [default: 60s].
-    pub timeout: Option<Timeout>,
-    /// When false, a service that is not running is skipped with a warning
-    /// instead of stopping the activation [default: true].
-    #[serde(default = "yes")]
-    pub required: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl ServiceConfig {
-    pub fn timeout(&self) -> Duration {
-        self.timeout.map_or(DEFAULT_SERVICE_TIMEOUT, |t| t.0)
-    }
-}
-
-/// `[health]` of release.toml.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthConfig {
-    pub url: String,
-    /// The body must contain this; `{release}` is the new release's commit12
-    /// (what the app reads from its own release.json), `{id}` its directory name.
-    #[serde(default = "default_expect")]
-    pub expect: String,
-    pub timeout: Option<Timeout>,
-}
-
-fn default_expect() -> String {
-    "{release}".into()
-}
-
-impl HealthConfig {
-    pub fn timeout(&self) -> Duration {
-        self.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |t| t.0)
-    }
-
-    pub fn expected(&self, target: &Target<'_>) -> String {
-        self.expect
-            .replace("{release}", target.release)
-            .replace("{id}", target.id)
-    }
-}
 
 /// The release services must end up on.
 #[derive(Debug, Clone, Copy)]
@@ -183,8 +42,11 @@ pub struct ReloadOutcome {
     pub pid: Option<Pid>,
     pub workers: Vec<Pid>,
     pub seconds: f64,
-    /// Set when the service was skipped (not running, `required = false`).
+    /// Set when the service was skipped (not running, `required = false`,
+    /// or down on a first deploy with no way to start it).
     pub skipped: Option<String>,
+    /// The service was down and `release` started it (first deploy).
+    pub started: bool,
 }
 
 /// A reload that did not happen or could not be confirmed.
@@ -209,15 +71,25 @@ pub struct Running {
 
 /// Check, before anything changes, that every service can be reloaded:
 /// its pidfile names a live process that belongs to this root. Returns
-/// per service `Some(running)` or `None` for an optional service that is down.
+/// per service `Some(running)` or `None` for a service that is down and may
+/// be: optional (`required = false`), or any service on a first deploy
+/// (`first`: no release was live, so there is nothing to keep serving).
 pub fn preflight(
     services: &[ServiceConfig],
     root: &Path,
+    first: bool,
 ) -> Result<Vec<Option<Running>>, ReloadError> {
-    services.iter().map(|s| preflight_one(s, root)).collect()
+    services
+        .iter()
+        .map(|s| preflight_one(s, root, first))
+        .collect()
 }
 
-fn preflight_one(service: &ServiceConfig, root: &Path) -> Result<Option<Running>, ReloadError> {
+fn preflight_one(
+    service: &ServiceConfig,
+    root: &Path,
+    first: bool,
+) -> Result<Option<Running>, ReloadError> {
     let err = |message: String| ReloadError {
         service: service.name.clone(),
         message,
@@ -232,8 +104,9 @@ fn preflight_one(service: &ServiceConfig, root: &Path) -> Result<Option<Running>
         (_, None) => return Ok(None),
         (_, Some(pidfile)) => match procs::read_pidfile(pidfile) {
             Ok(pid) => pid,
-            Err(problem @ (PidfileProblem::Missing | PidfileProblem::Dead(_))) if !service.required => {
-                let _ = problem;
+            Err(PidfileProblem::Missing | PidfileProblem::Dead(_))
+                if !service.required || first =>
+            {
                 return Ok(None);
             }
             Err(problem) => {
@@ -300,6 +173,7 @@ pub fn reload(
         workers,
         seconds: started.elapsed().as_secs_f64(),
         skipped: None,
+        started: false,
     };
     if running.is_none() && service.pidfile.is_some() {
         return Ok(ReloadOutcome {
@@ -372,6 +246,171 @@ fn run_trigger(cmd: &mut Command, target: &Target<'_>) -> Result<(), String> {
         out.status,
         tail(&text, 10)
     ))
+}
+
+/// The command that starts `service` when it is down, if `release` knows one:
+/// its `start`, else `systemctl start UNIT` or `supervisorctl start PROG`.
+pub fn start_command(service: &ServiceConfig) -> Option<Vec<String>> {
+    let argv = |a: &[&str]| Some(a.iter().map(|s| s.to_string()).collect());
+    match (&service.start, &service.reload) {
+        (Some(cmd), _) => argv(&["/bin/sh", "-c", cmd]),
+        (None, Strategy::Systemd(unit)) => argv(&["systemctl", "start", unit]),
+        (None, Strategy::Supervisor(prog)) => argv(&["supervisorctl", "start", prog]),
+        _ => None,
+    }
+}
+
+/// What to tell the operator about a service that is down on a first deploy
+/// and that `release` cannot start: its `launch` line, or where to find one.
+pub fn launch_hint(service: &ServiceConfig) -> String {
+    match &service.launch {
+        Some(line) => format!("start it with:\n    {line}"),
+        None => {
+            "start it through current (the README's launch lines; `release init --wsgi/--celery` generates them), or give this [[service]] `launch = \"…\"` to have it shown here, or `start = \"…\"` to have release start it"
+            .to_string()
+        }
+    }
+}
+
+/// Start a service that is down (on a first deploy) with
+/// [`start_command`], then wait, as for a reload, until its processes show
+/// the target release: the pidfile names a live process of this root working
+/// in the target release, and every child does too. Without a pidfile the
+/// command's exit status is all there is to go by (the health check follows).
+pub fn start(service: &ServiceConfig, target: &Target<'_>) -> Result<ReloadOutcome, ReloadError> {
+    let started = Instant::now();
+    let err = |message: String| ReloadError {
+        service: service.name.clone(),
+        message,
+    };
+    let argv = start_command(service)
+        .ok_or_else(|| err("release does not know how to start it".into()))?;
+    let deadline = started + service.timeout();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    run_bounded(&mut cmd, target, deadline).map_err(err)?;
+    let outcome = |pid: Option<Pid>, workers: Vec<Pid>| ReloadOutcome {
+        service: service.name.clone(),
+        strategy: service.reload.to_string(),
+        pid,
+        workers,
+        seconds: started.elapsed().as_secs_f64(),
+        skipped: None,
+        started: true,
+    };
+    let Some(pidfile) = &service.pidfile else {
+        return Ok(outcome(None, vec![]));
+    };
+    loop {
+        let last = match procs::read_pidfile(pidfile) {
+            Ok(pid) => {
+                let kids = procs::children(pid);
+                let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
+                let master = cwd_release(pid, target);
+                if master.as_deref() == Some(target.id) && kids.iter().all(|k| on_target(*k)) {
+                    return Ok(outcome(Some(pid), kids));
+                }
+                format!(
+                    "pid {pid} from {} works in {}, not in release {}; start it with its working directory through current (gunicorn --chdir, celery --workdir)",
+                    pidfile.display(),
+                    master.unwrap_or_else(|| "no release".into()),
+                    target.id
+                )
+            }
+            Err(problem) => format!("pidfile {} {problem}", pidfile.display()),
+        };
+        if Instant::now() >= deadline {
+            return Err(err(format!(
+                "started with `{}`, but within {:?}: {last}\n  fix: check the service's log; raise `timeout` on the [[service]] if it is just slow",
+                argv.join(" "),
+                service.timeout()
+            )));
+        }
+        sleep(POLL);
+    }
+}
+
+/// Stop a service `release` started on a first deploy that it then undid:
+/// `systemctl stop` / `supervisorctl stop`, else TERM to the pidfile's pid.
+/// Best effort; returns what went wrong.
+pub fn stop_started(service: &ServiceConfig, target: &Target<'_>) -> Result<(), String> {
+    let deadline = Instant::now() + service.timeout();
+    match (&service.start, &service.reload) {
+        (None, Strategy::Systemd(unit)) => run_bounded(
+            Command::new("systemctl").args(["stop", unit]),
+            target,
+            deadline,
+        ),
+        (None, Strategy::Supervisor(prog)) => run_bounded(
+            Command::new("supervisorctl").args(["stop", prog]),
+            target,
+            deadline,
+        ),
+        _ => {
+            let Some(pidfile) = &service.pidfile else {
+                return Err("it has no pidfile, so release cannot tell what to stop".into());
+            };
+            let Ok(pid) = procs::read_pidfile(pidfile) else {
+                return Ok(());
+            };
+            procs::signal(pid, Signal::TERM).map_err(|e| format!("TERM to pid {pid}: {e}"))?;
+            while procs::alive(pid) {
+                if Instant::now() >= deadline {
+                    return Err(format!("pid {pid} did not exit after TERM"));
+                }
+                sleep(POLL);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Run a start or stop command with the release's variables, its output to a
+/// temporary file (a daemon it leaves behind may keep the descriptors), in a
+/// process group of its own that is killed if it has not returned by
+/// `deadline`.
+fn run_bounded(cmd: &mut Command, target: &Target<'_>, deadline: Instant) -> Result<(), String> {
+    use std::io::{Read, Seek};
+    use std::os::unix::process::CommandExt;
+    let shown = format!("{cmd:?}");
+    let mut log = tempfile::tempfile().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let out = log
+        .try_clone()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let err_out = log
+        .try_clone()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let mut child = cmd
+        .env("RELEASE_ID", target.id)
+        .env("RELEASE", target.release)
+        .env("RELEASE_ROOT", target.root)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err_out)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => sleep(POLL),
+            Ok(None) | Err(_) => {
+                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                }
+                let _ = child.wait();
+                return Err(format!(
+                    "{shown} did not return within the timeout and was killed (a start command must start the service and return, as `systemctl start` does)"
+                ));
+            }
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = log.rewind().and_then(|()| log.read_to_string(&mut text));
+    Err(format!("{shown} failed ({status}):\n{}", tail(&text, 10)))
 }
 
 /// Where a process works, as a release directory name, if it is in one.
@@ -552,7 +591,7 @@ fn workers_booted(kids: &[Pid]) -> bool {
 
 /// Poll the health URL until its body contains the expected text.
 pub fn health_check(health: &HealthConfig, target: &Target<'_>) -> Result<(), String> {
-    let expected = health.expected(target);
+    let expected = health.expected(target.release, target.id);
     let deadline = Instant::now() + health.timeout();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
@@ -580,54 +619,5 @@ pub fn health_check(health: &HealthConfig, target: &Target<'_>) -> Result<(), St
             return Err(format!("{last} (gave up after {:?})", health.timeout()));
         }
         sleep(Duration::from_millis(100));
-    }
-}
-
-/// POST a journal event as JSON; failures are returned for a warning, never fatal.
-pub fn notify(url: &str, event: &serde_json::Value) -> Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    agent
-        .post(url)
-        .send_json(event)
-        .map(|_| ())
-        .map_err(|e| format!("notify {url}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_strategies() {
-        assert_eq!("hup".parse::<Strategy>().unwrap(), Strategy::Hup);
-        assert_eq!(
-            "systemd:mysite.service".parse::<Strategy>().unwrap(),
-            Strategy::Systemd("mysite.service".into())
-        );
-        assert_eq!(
-            "command:kill -HUP $(cat /run/x.pid)"
-                .parse::<Strategy>()
-                .unwrap(),
-            Strategy::Command("kill -HUP $(cat /run/x.pid)".into())
-        );
-        assert!("systemd:".parse::<Strategy>().is_err());
-        assert!("usr2"
-            .parse::<Strategy>()
-            .unwrap_err()
-            .contains("gunicorn-upgrade"));
-    }
-
-    #[test]
-    fn parses_service_tables() {
-        let s: ServiceConfig = toml::from_str(
-            "name = \"web\"\npidfile = \"/run/web.pid\"\nreload = \"gunicorn-upgrade\"\ntimeout = \"90s\"\n",
-        )
-        .unwrap();
-        assert_eq!(s.reload, Strategy::GunicornUpgrade);
-        assert_eq!(s.timeout(), Duration::from_secs(90));
-        assert!(s.required);
     }
 }

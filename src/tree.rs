@@ -1,0 +1,61 @@
+//! A directory on disk as manifest entries: what `build` records for the
+//! app, venv and static trees, and what `install --rebuild-venv` records for
+//! the venv it made. Shared by both sides, so neither imports the other.
+
+use std::path::Path;
+
+use fs_err as fs;
+
+use crate::archive;
+use crate::error::{Error, Result};
+use crate::manifest::{self, Entry};
+
+/// Manifest entries for everything under `root`, with paths under `prefix`.
+pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = Vec::new();
+    for item in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
+        let rel = item.path().strip_prefix(root).expect("under root");
+        let rel = rel.to_str().ok_or_else(|| {
+            Error::failed(format!(
+                "{}: file name is not UTF-8; rename it",
+                item.path().display()
+            ))
+        })?;
+        let path = if rel.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/{rel}")
+        };
+        if let Err(why) = manifest::check_path(&path) {
+            return Err(Error::failed(format!(
+                "{}: cannot go into an artifact ({why}); rename or exclude it",
+                item.path().display()
+            )));
+        }
+        let kind = item.file_type();
+        let entry = if kind.is_dir() {
+            Entry::dir(path)
+        } else if kind.is_symlink() {
+            let target = fs::read_link(item.path())?;
+            Entry::symlink(path, target.to_string_lossy().into_owned())
+        } else if kind.is_file() {
+            let meta = item
+                .metadata()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (sha256, size) = archive::hash_file(item.path())?;
+            Entry::file(path, meta.permissions().mode() & 0o111 != 0, size, sha256)
+        } else {
+            return Err(Error::failed(format!(
+                "{}: not a regular file, directory or symlink; remove it from the tree",
+                item.path().display()
+            )));
+        };
+        entries.push(entry);
+    }
+    Ok(entries)
+}
