@@ -60,6 +60,111 @@ impl ActivateReport {
     }
 }
 
+/// What `release activate --dry-run --json` and `release rollback --dry-run
+/// --json` print (and `deploy --dry-run` under `activate`).
+#[derive(Debug, Serialize)]
+pub struct SwitchPlan {
+    pub dry_run: bool,
+    /// The release that would become current (null in `deploy --dry-run`
+    /// when the artifact is not installed yet: its id is made by the install).
+    pub id: Option<String>,
+    pub commit: String,
+    /// The release it would switch from.
+    pub from: Option<String>,
+    /// `activated` or `rolled_back`: the journal event it would write.
+    pub event: &'static str,
+    /// True when nothing would change.
+    pub already_current: bool,
+}
+
+impl SwitchPlan {
+    pub fn human(&self) -> String {
+        let id = self.id.as_deref().unwrap_or(&self.commit);
+        if self.already_current {
+            format!("{id} is already current: nothing would change\n")
+        } else {
+            format!(
+                "would switch current from {} to {id}\n",
+                self.from.as_deref().unwrap_or("none")
+            )
+        }
+    }
+}
+
+/// `activate --dry-run` / `rollback --dry-run`: the preflight of a switch to
+/// `target`, with nothing written and no lock taken. The services preflight
+/// runs (it reads pidfiles and /proc); the check hook does not (it runs the
+/// app's code).
+pub fn plan(
+    host: &Host,
+    config: &HostConfig,
+    target: &Installed,
+    switch: Switch,
+) -> Result<SwitchPlan> {
+    let summary = target.require_complete()?;
+    let origin = origin(host, &Journal::new(&host.journal), &target.name)?;
+    let already_current = origin.already_current(&target.name);
+    if !already_current {
+        if let Err(failure) = services::preflight(config, host, origin.from.is_none()) {
+            return Err(Error::failed(format!(
+                "{}\n  the switch to {} would stop here; nothing changed",
+                failure.reason, target.name
+            )));
+        }
+    }
+    Ok(SwitchPlan {
+        dry_run: true,
+        id: Some(target.name.clone()),
+        commit: summary.commit.clone(),
+        from: origin.from,
+        event: switch.event_name(),
+        already_current,
+    })
+}
+
+/// Where a switch to a release starts from.
+pub struct Origin {
+    pub current: Current,
+    /// The release the journal last recorded as live.
+    pub recorded: Option<String>,
+    /// `current` already points to the target.
+    pub linked: bool,
+    /// The release switched from (the report's and the journal's `from`).
+    pub from: Option<String>,
+}
+
+impl Origin {
+    /// The target is current and the journal records that switch.
+    pub fn already_current(&self, target: &str) -> bool {
+        self.linked && self.recorded.as_deref() == Some(target)
+    }
+}
+
+/// Where a switch to `target` starts from. It is what the journal last
+/// recorded as live, which differs from `current` only when a command died
+/// after switching `current` but before journaling it (so before any
+/// reload): that switch did not finish, and running the command again
+/// finishes it.
+pub fn origin(host: &Host, journal: &Journal, target: &str) -> Result<Origin> {
+    let current = host.current()?;
+    let recorded = ReleaseHistory::from_events(&journal.read()?.events)
+        .live_now()
+        .map(str::to_string);
+    let linked = current.id() == Some(target);
+    let from = match (recorded.clone(), linked) {
+        (Some(r), _) if r != target => Some(r),
+        // The first switch of this root was never journaled.
+        (None, true) => None,
+        _ => current.id().map(str::to_string),
+    };
+    Ok(Origin {
+        current,
+        recorded,
+        linked,
+        from,
+    })
+}
+
 pub fn activate(
     host: &Host,
     lock: &Lock,
@@ -83,21 +188,12 @@ pub fn activate(
 
     // 1. preflight
     let summary = target.require_complete()?;
-    let current = host.current()?;
-    // Where we come from is what the journal last recorded as live. It
-    // differs from `current` only when a command died after switching
-    // `current` but before journaling it (so before any reload): that switch
-    // did not finish, and running the command again finishes it.
-    let recorded = ReleaseHistory::from_events(&journal.read()?.events)
-        .live_now()
-        .map(str::to_string);
-    let linked = current.id() == Some(target.name.as_str());
-    let from = match (recorded.clone(), linked) {
-        (Some(r), _) if r != target.name => Some(r),
-        // The first switch of this root was never journaled.
-        (None, true) => None,
-        _ => current.id().map(str::to_string),
-    };
+    let Origin {
+        current,
+        recorded,
+        linked,
+        from,
+    } = origin(host, &journal, &target.name)?;
     // No release was live: there is nothing to keep serving, so services
     // that are down do not stop the switch (they are started, or listed).
     let first = from.is_none();
@@ -245,6 +341,14 @@ pub fn activate(
 }
 
 impl Switch {
+    /// The journal event a switch writes.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            Switch::Activate => "activated",
+            Switch::Rollback => "rolled_back",
+        }
+    }
+
     /// `RELEASE_SWITCH` for the hooks: `activate` or `rollback`.
     fn hook_name(self) -> &'static str {
         match self {
@@ -316,6 +420,17 @@ pub fn rollback(
     printer: &Printer,
 ) -> Result<ActivateReport> {
     let list = releases::installed(host)?;
+    let target = rollback_target(host, &list, to)?;
+    activate(host, lock, config, target, Switch::Rollback, printer)
+}
+
+/// The release `release rollback [--to ID]` goes to; refused (nothing
+/// changed) when there is none or it is not installed and complete.
+pub fn rollback_target<'a>(
+    host: &Host,
+    list: &'a [Installed],
+    to: Option<&str>,
+) -> Result<&'a Installed> {
     let current = host.current()?;
     let Current::Release(current_id) = &current else {
         return Err(Error::failed(format!(
@@ -328,7 +443,7 @@ pub fn rollback(
         )));
     };
     let target = match to {
-        Some(query) => releases::resolve(host, &list, query)?,
+        Some(query) => releases::resolve(host, list, query)?,
         None => {
             let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
             // From what the journal last recorded as live: after a rollback
@@ -357,5 +472,5 @@ pub fn rollback(
             target.name
         )));
     }
-    activate(host, lock, config, target, Switch::Rollback, printer)
+    Ok(target)
 }

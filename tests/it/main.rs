@@ -5,6 +5,7 @@ mod build;
 mod cli;
 mod common;
 mod demo;
+mod dry_run;
 mod faults;
 mod fleet;
 mod host;
