@@ -798,6 +798,21 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         "fleet (e): the same deploy again changed nothing ({:.1}s)",
         run.seconds
     );
+    // (g) again, with the artifact on the hosts: check mode runs the
+    // binary's install --dry-run and activate --dry-run.
+    let run = fleet.playbook("deploy.yml", &base(&b), &["--check", "--diff"]);
+    run.ok();
+    assert_eq!(fleet.snapshot(), before, "--check changed a host");
+    assert!(
+        run.summary()[1..]
+            .iter()
+            .all(|l| l.ends_with("already current")),
+        "{}",
+        run.text
+    );
+    for (host, [_, changed, ..]) in &run.recap() {
+        assert_eq!(*changed, 0, "{host}:\n{}", run.text);
+    }
     window("e", &mut load, true);
 
     // (f) rollback.yml: refused when a host lacks the target; back to each
@@ -819,6 +834,21 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         );
     }
     assert!(!run.contains("h2: has no release"), "{}", run.text);
+    let run = fleet.playbook("rollback.yml", &json!({}), &["--check", "--diff"]);
+    run.ok();
+    assert_eq!(
+        fleet.snapshot(),
+        before,
+        "rollback.yml --check changed a host"
+    );
+    let summary = run.summary();
+    assert!(
+        summary[1..]
+            .iter()
+            .all(|l| l.ends_with("would roll back") && l.contains(&a12)),
+        "{}",
+        run.text
+    );
     let run = fleet.playbook("rollback.yml", &json!({}), &[]);
     run.ok();
     assert_eq!(currents(&fleet), vec![a12.clone(); HOSTS], "{}", run.text);
@@ -897,7 +927,7 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
     assert!(
         summary
             .iter()
-            .filter(|l| l.ends_with("rolled back"))
+            .filter(|l| l.contains(&format!("rolled back (had switched to {a12}")))
             .count()
             == 4,
         "{summary:?}"
