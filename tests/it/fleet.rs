@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -321,12 +322,28 @@ impl Fleet {
 
     /// Run a playbook of ansible/playbooks with extra vars (JSON) and args.
     pub fn playbook(&self, book: &str, vars: &Value, args: &[&str]) -> Played {
+        self.playbook_at(
+            &repo().join("ansible/playbooks").join(book),
+            vars,
+            args,
+            &[],
+        )
+    }
+
+    /// Run the playbook at `book` with extra vars, args and environment.
+    pub fn playbook_at(
+        &self,
+        book: &Path,
+        vars: &Value,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Played {
         let path = std::env::var("PATH").unwrap_or_default();
         let started = Instant::now();
         let out = Command::new(ansible_bin().join("ansible-playbook"))
             .arg("-i")
             .arg(&self.inventory)
-            .arg(repo().join("ansible/playbooks").join(book))
+            .arg(book)
             .arg("-e")
             .arg(vars.to_string())
             .args(args)
@@ -337,6 +354,7 @@ impl Fleet {
             .env("ANSIBLE_NOCOLOR", "1")
             .env("PATH", format!("{}:{path}", ansible_bin().display()))
             .env_remove("RELEASE_ROOT")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
@@ -355,7 +373,8 @@ impl Fleet {
             .unwrap();
         writeln!(
             f,
-            "==== ansible-playbook {book} {vars} {args:?} ({seconds:.1}s, {:?})\n{text}",
+            "==== ansible-playbook {} {vars} {args:?} ({seconds:.1}s, {:?})\n{text}",
+            book.display(),
             out.status
         )
         .unwrap();
@@ -455,13 +474,13 @@ impl Played {
 }
 
 /// nginx in front of the gunicorns, on 127.0.0.1.
-struct Nginx {
+pub struct Nginx {
     _group: Group,
-    port: u16,
+    pub port: u16,
 }
 
 impl Nginx {
-    fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
+    pub fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
         need("/usr/sbin/nginx", "nginx");
         let dir = dir.join("nginx");
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -505,10 +524,10 @@ impl Nginx {
 /// using it is gone). Removing five hosts' release trees (some 200,000
 /// files) from the test machine's disk took a minute; from a tmpfs it takes
 /// none.
-struct TmpfsMount(PathBuf);
+pub struct TmpfsMount(pub PathBuf);
 
 impl TmpfsMount {
-    fn at(path: PathBuf) -> TmpfsMount {
+    pub fn at(path: PathBuf) -> TmpfsMount {
         std::fs::create_dir_all(&path).unwrap();
         let st = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=4g,mode=0755", "tmpfs"])
@@ -945,6 +964,28 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
     );
     fleet.hosts[4].start_web();
     window("c", &mut load, true);
+
+    // Preflight: another command holds h3's lock (read from /proc/locks,
+    // without taking it): the run stops before touching anything.
+    let mut holder = Command::new("flock")
+        .arg(fleet.hosts[2].root.join(".lock"))
+        .args(["sleep", "120"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let before = fleet.snapshot();
+    let run = fleet.playbook("deploy.yml", &base(&a), &[]);
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", holder.id())])
+        .status();
+    let _ = holder.wait();
+    run.failed();
+    assert!(
+        run.contains("h3: the root is locked by pid"),
+        "{}",
+        run.text
+    );
+    assert_eq!(fleet.snapshot(), before, "{}", run.text);
 
     // (d) h4 unreachable: preflight refuses; and with preflight skipped, the
     // stage stops the run. Nothing live changes either way.

@@ -51,7 +51,13 @@ def release_plan(hosts, canary, batches):
     canary = int(canary)
     if canary < 0:
         raise ValueError("release_canary must be 0 or more, not %d" % canary)
-    if isinstance(batches, (str, bytes)) or not batches:
+    if isinstance(batches, bytes):
+        batches = batches.decode()
+    if isinstance(batches, str):
+        # From `-e release_batches=25%,100%` (or "['25%', '100%']"): a string.
+        batches = [b.strip().strip("'\"") for b in batches.strip().strip("[]").split(",")]
+        batches = [b for b in batches if b]
+    if not batches:
         raise ValueError("release_batches must be a non-empty list, e.g. ['25%', '100%'], not %r"
                          % (batches,))
     plan = []
