@@ -75,12 +75,7 @@ fn main() {
     let mut fleet = Fleet::start(&dir.join("hosts"), hosts);
     for h in &mut fleet.hosts {
         json_ok(&h.release(&["--json", "deploy", first.to_str().unwrap()]));
-        h.web = Some(services::Gunicorn::start_at(
-            &h.root,
-            &h.run,
-            h.port,
-            &["--workers", "1"],
-        ));
+        h.web = Some(services::Gunicorn::start_at(&h.root, &h.run, h.port));
         let web = h.web.as_ref().unwrap();
         std::fs::write(
             h.root.join("release.toml"),
@@ -170,7 +165,7 @@ fn main() {
     let section = format!(
         "{BEGIN}\n## Fleet deploy ({hosts} hosts)\n\nProduced by `cargo bench --bench fleet{}` on {} UTC, ansible-core {} \
          (ansible/ansible.cfg: pipelining, ControlPersist, forks 50). Each host is an sshd on its own \
-         loopback address with its own root and gunicorn (1 sync worker, `reload = \"hup\"`), behind one nginx; \
+         loopback address with its own root and gunicorn (started with the launch line `release init` writes, `reload = \"hup\"`), behind one nginx; \
          both sides deploy the same fresh artifacts alternately, {runs} timed runs each after a warm-up.\n\n\
          | | deploy.yml | Ansistrano-style baseline | ratio | target | met |\n|---|---|---|---|---|---|\n\
          | wall time, median (runs: {}; {}) | {o:.1} s | {b:.1} s | {:.2}× | ≤ 1.5× and < 60 s | {} |\n\n\

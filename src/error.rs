@@ -46,7 +46,7 @@ pub enum Error {
         tail: String,
     },
 
-    #[error("{path}: invalid [tool.release] settings: {message}")]
+    #[error("{path}: invalid build settings: {message}")]
     BadProjectConfig { path: PathBuf, message: String },
 
     #[error("{path}: not a release artifact: {reason}\n  fix: pass a .tar.zst or .tar.gz written by `release build`")]

@@ -20,6 +20,11 @@ pub struct Inspection {
     pub builder: String,
     pub python: PythonInfo,
     pub requirements_sha256: String,
+    /// Built with --allow-unpinned; `resolved` lists what the requirements resolved to.
+    pub unpinned: bool,
+    pub resolved: Vec<String>,
+    /// Names of the build environment's variables.
+    pub build_env: Vec<String>,
     pub files: u64,
     pub bytes: u64,
     pub tree_sha256: String,
@@ -41,6 +46,9 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         ),
         python: m.python,
         requirements_sha256: m.requirements_sha256,
+        unpinned: m.unpinned,
+        resolved: m.resolved,
+        build_env: m.build_env,
         files: m.file_count,
         bytes: m.bytes,
         tree_sha256: m.tree_sha256,
@@ -52,8 +60,18 @@ impl Inspection {
         let when = chrono::DateTime::from_timestamp(self.source_date_epoch, 0)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default();
+        let mut extra = String::new();
+        if self.unpinned {
+            extra.push_str(&format!(
+                "unpinned  yes: requirements resolved to {}\n",
+                self.resolved.join(" ")
+            ));
+        }
+        if !self.build_env.is_empty() {
+            extra.push_str(&format!("build env {}\n", self.build_env.join(" ")));
+        }
         format!(
-            "artifact  {}\napp       {}\nrelease   {}\ncommit    {}{}\ncommitted {}\npython    {} {} ({}, {}) at {}\nbuilder   {}\nfiles     {} ({} bytes unpacked)\ntree      {}\n",
+            "artifact  {}\napp       {}\nrelease   {}\ncommit    {}{}\ncommitted {}\npython    {} {} ({}, {}) at {}\nbuilder   {}\n{extra}files     {} ({} bytes unpacked)\ntree      {}\n",
             self.artifact.display(),
             self.app,
             self.release,

@@ -38,6 +38,17 @@ pub struct Manifest {
     pub builder: Builder,
     pub python: PythonInfo,
     pub requirements_sha256: String,
+    /// True when built with --allow-unpinned from requirements that do not
+    /// pin every version; `resolved` then lists what they resolved to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpinned: bool,
+    /// `name==version` of every distribution installed, when `unpinned`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<String>,
+    /// Names (never values) of the variables of the build environment
+    /// (`env` in the settings, `--env`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_env: Vec<String>,
     /// Number of entries in `files`.
     pub file_count: u64,
     /// Sum of the sizes of the regular files in `files`.
@@ -486,6 +497,9 @@ mod tests {
                 base_executable: "/usr/bin/python3.11".into(),
             },
             requirements_sha256: "00".repeat(32),
+            unpinned: false,
+            resolved: Vec::new(),
+            build_env: Vec::new(),
             file_count: 3,
             bytes: 3,
             tree_sha256: tree_digest(&files),

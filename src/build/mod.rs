@@ -6,7 +6,10 @@
 //! the deterministic archive.
 
 mod git;
+mod interpreter;
+mod requirements;
 mod settings;
+mod untracked;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +56,10 @@ struct EnvIndex {
     base_executable: String,
     installer: String,
     entries: Vec<Entry>,
+    /// What unpinned requirements resolved to (they key the entry); empty
+    /// for pinned ones. Set by the build that reads the entry.
+    #[serde(skip)]
+    resolved: Vec<String>,
 }
 
 /// How long each step took, shown with `-v`.
@@ -120,13 +127,52 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             commit: commit.sha[..12].to_string(),
         });
     }
-    let interpreter = python::find_interpreter(&settings.python)?;
+    // Both checks come before anything is downloaded.
+    let unpinned = requirements::unpinned(&requirements, &app_dir)?;
+    if !unpinned.is_empty() && !settings.allow_unpinned {
+        return Err(requirements::refusal(&settings.requirements, &unpinned));
+    }
+    let needs = interpreter::declared(&app_dir, settings.requires_python.as_deref())?;
+    let interpreter = interpreter::select(settings.python.as_deref(), &needs, printer)?;
     let installer = python::choose_installer(settings.installer, &interpreter)?;
     let requirements_sha256 = requirements_digest(&requirements, &app_dir)?;
     steps.done("interpreter");
 
+    // Unpinned requirements resolve anew on every build, and what they
+    // resolve to keys the cache: an old venv cannot stand in for a new resolve.
+    let resolved = if unpinned.is_empty() {
+        Vec::new()
+    } else {
+        printer.warn(&format!(
+            "{} of the requirements are not pinned (--allow-unpinned): resolving them now; the versions are recorded in the manifest",
+            unpinned.len()
+        ));
+        let scratch = work_dir.join("resolve");
+        source.export(&commit, &scratch)?;
+        let rel = requirements.strip_prefix(&app_dir).unwrap_or(&requirements);
+        let resolved = requirements::resolve(
+            &interpreter,
+            &scratch.join(rel),
+            &scratch,
+            &python::WheelOptions {
+                cache_dir: &cache_dir.join("pip"),
+                find_links: &settings.find_links,
+                no_index: settings.no_index,
+            },
+            commit.epoch,
+        )?;
+        fs::remove_dir_all(&scratch)?;
+        steps.done("resolve");
+        resolved
+    };
+    let key_input = if resolved.is_empty() {
+        requirements_sha256.clone()
+    } else {
+        format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
+    };
+
     // The venv + wheels, from the cache or built now.
-    let key = env_key(&requirements_sha256, &interpreter, &installer);
+    let key = env_key(&key_input, &interpreter, &installer);
     let env_dir = cache_dir.join("envs").join(&key);
     let cached_env = env_dir.join("index.json").is_file();
     if cached_env {
@@ -155,8 +201,8 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         )?;
     }
     let static_done = !cached_env;
-    let index: EnvIndex =
-        serde_json::from_slice(&fs::read(env_dir.join("index.json"))?).map_err(|e| {
+    let mut index: EnvIndex = serde_json::from_slice(&fs::read(env_dir.join("index.json"))?)
+        .map_err(|e| {
             Error::failed(format!(
                 "{}: corrupt build cache entry ({e})\n  fix: delete that directory and build again",
                 env_dir.display()
@@ -164,6 +210,22 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         })?;
     if cached_env {
         steps.done("env (cached)");
+    }
+    if !resolved.is_empty() {
+        let wheels = requirements::wheel_pins(&env_dir.join("wheels"))?;
+        if wheels != resolved {
+            return Err(Error::failed(format!(
+                "the unpinned requirements resolved to {} but the wheels built are {}: the index changed during the build\n  fix: build again (better: pin the requirements)",
+                resolved.join(" "),
+                wheels.join(" ")
+            )));
+        }
+    }
+    index.resolved = resolved;
+    if !settings.wheels {
+        index
+            .entries
+            .retain(|e| e.path != "wheels" && !e.path.starts_with("wheels/"));
     }
 
     // The venv and the wheels end the (sorted) tar stream, and their entries
@@ -264,6 +326,7 @@ fn make_rest_and_write(
                 &[app_dir.to_path_buf()],
                 commit.epoch,
                 python::Jobs::One,
+                &settings.env,
             )
         });
         let collected = if static_done {
@@ -284,7 +347,7 @@ fn make_rest_and_write(
 
     // The manifest: every path, sorted.
     let mut files = scan_tree(app_dir, "app")?;
-    files.extend(index.entries.iter().cloned());
+    files.extend(tail_entries.iter().cloned());
     if settings.static_cmd.is_some() {
         files.extend(scan_tree(&static_dir, "static")?);
     }
@@ -305,6 +368,9 @@ fn make_rest_and_write(
         },
         python: interpreter.info(index.base_executable.clone()),
         requirements_sha256,
+        unpinned: !index.resolved.is_empty(),
+        resolved: index.resolved.clone(),
+        build_env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
         file_count: files.len() as u64,
         bytes,
         tree_sha256: manifest::tree_digest(&files),
@@ -499,6 +565,7 @@ fn build_env(
         base_executable,
         installer: installer.describe(),
         entries,
+        resolved: Vec::new(),
     };
     fs::write(
         tmp.path().join("index.json"),
@@ -546,10 +613,26 @@ fn run_static_step(
     printer.progress(&format!("static step: {cmd}"));
     let static_dir = work_dir.join("static");
     fs::create_dir_all(&static_dir)?;
-    run_static(cmd, app_dir, venv, &static_dir, epoch)
+    let before = untracked::snapshot(app_dir)?;
+    run_static(cmd, app_dir, venv, &static_dir, epoch, &settings.env)?;
+    untracked::settle(
+        &before,
+        app_dir,
+        &static_dir,
+        settings.untracked,
+        cmd,
+        settings.source,
+    )
 }
 
-fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: i64) -> Result<()> {
+fn run_static(
+    cmd: &str,
+    app_dir: &Path,
+    venv: &Path,
+    static_dir: &Path,
+    epoch: i64,
+    env: &[(String, String)],
+) -> Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![venv.join("bin")];
     paths.extend(std::env::split_paths(&path));
@@ -562,6 +645,7 @@ fn run_static(cmd: &str, app_dir: &Path, venv: &Path, static_dir: &Path, epoch: 
             "PATH",
             std::env::join_paths(paths).map_err(|e| Error::failed(e.to_string()))?,
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("VIRTUAL_ENV", venv)
         .env("STATIC_ROOT", static_dir);
     python::build_env(&mut command, epoch);

@@ -1,5 +1,7 @@
 //! Build settings: command-line flags over `[tool.release]` in the app's
-//! `pyproject.toml` (read from the commit being built) over defaults.
+//! `pyproject.toml`, or the same keys at the top of `release.build.toml` for
+//! apps without a pyproject.toml (both read from the commit being built), over
+//! defaults.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,8 @@ pub struct BuildFlags {
     /// Compression of the artifact [default: zst].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Interpreter to build with, a name on PATH or a path [default: python3].
+    /// Interpreter to build with, a name on PATH or a path [default: the first on PATH that
+    /// matches the app's requires-python, .python-version and runtime.txt, else python3].
     #[arg(long, value_name = "PY")]
     pub python: Option<String>,
     /// Requirements file, relative to the app directory [default: requirements.txt].
@@ -53,6 +56,71 @@ pub struct BuildFlags {
     /// Which tool installs the venv [default: auto = uv when on PATH, else pip].
     #[arg(long, value_enum)]
     pub installer: Option<InstallerChoice>,
+    /// Build even if requirements are not all pinned with == (the versions resolved are recorded).
+    #[arg(long)]
+    pub allow_unpinned: bool,
+    /// Environment for the static step and the byte-compiling (repeatable; names recorded, values never).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Keep only the app files matching this glob (repeatable; added to `include` in the settings).
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out the app files matching this glob (repeatable; added to `exclude` in the settings).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Leave wheels/ out of the artifact (smaller; `install --rebuild-venv` is then impossible).
+    #[arg(long)]
+    pub no_wheels: bool,
+}
+
+/// `KEY=VALUE` of `--env`.
+fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    check_env_name(key)?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Variables the build sets itself: a build environment may not change them.
+const RESERVED_ENV: &[&str] = &[
+    "SOURCE_DATE_EPOCH",
+    "PYTHONHASHSEED",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "STATIC_ROOT",
+    "PATH",
+];
+
+fn check_env_name(key: &str) -> std::result::Result<(), String> {
+    let mut chars = key.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{key:?} is not an environment variable name (letters, digits, _)"
+        ));
+    }
+    if RESERVED_ENV.contains(&key) {
+        return Err(format!(
+            "{key} is set by the build itself (reproducible output, the venv, the static root) and cannot be overridden"
+        ));
+    }
+    Ok(())
+}
+
+/// What to do with files the static step leaves in the app tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Untracked {
+    /// Refuse the build, naming them (the default).
+    #[default]
+    Fail,
+    /// Move them into static/ (the directory they were written to becomes static/).
+    MoveToStatic,
 }
 
 /// `[tool.release]` keys.
@@ -73,6 +141,11 @@ struct ToolRelease {
     include: Vec<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    wheels: Option<bool>,
+    allow_unpinned: Option<bool>,
+    untracked: Option<Untracked>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,8 +155,10 @@ struct PyProject {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 struct Project {
     name: Option<String>,
+    requires_python: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,7 +170,10 @@ struct Tool {
 pub struct Settings {
     pub name: String,
     pub requirements: String,
-    pub python: String,
+    /// `--python` or `python` in the settings; None: chosen from what the app declares.
+    pub python: Option<String>,
+    /// `requires-python` of `[project]` in pyproject.toml.
+    pub requires_python: Option<String>,
     pub static_cmd: Option<String>,
     pub format: Format,
     pub installer: InstallerChoice,
@@ -103,7 +181,18 @@ pub struct Settings {
     pub no_index: bool,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The build environment, sorted by name.
+    pub env: Vec<(String, String)>,
+    /// Whether wheels/ goes into the artifact.
+    pub wheels: bool,
+    pub allow_unpinned: bool,
+    pub untracked: Untracked,
+    /// Where the settings came from, for messages: `[tool.release] in pyproject.toml` or `release.build.toml`.
+    pub source: &'static str,
 }
+
+/// The file holding the settings of an app without a pyproject.toml.
+pub const BUILD_TOML: &str = "release.build.toml";
 
 /// Merge flags over the `pyproject.toml` found in the exported app.
 pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
@@ -118,7 +207,46 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     } else {
         PyProject::default()
     };
-    let tool = pyproject.tool.and_then(|t| t.release).unwrap_or_default();
+    let in_pyproject = pyproject.tool.and_then(|t| t.release);
+    let build_toml_path = app_dir.join(BUILD_TOML);
+    let (tool, source) = match (in_pyproject, build_toml_path.is_file()) {
+        (Some(_), true) => {
+            return Err(Error::BadProjectConfig {
+                path: flags.source.join(BUILD_TOML),
+                message: "the settings are in two places, here and under [tool.release] in pyproject.toml\n  fix: keep them in one of the two".into(),
+            })
+        }
+        (Some(tool), false) => (tool, "[tool.release] in pyproject.toml"),
+        (None, true) => (
+            toml::from_str(&fs::read_to_string(&build_toml_path)?).map_err(|e| {
+                Error::BadProjectConfig {
+                    path: flags.source.join(BUILD_TOML),
+                    message: e.to_string(),
+                }
+            })?,
+            BUILD_TOML,
+        ),
+        (None, false) if pyproject_path.is_file() => {
+            (ToolRelease::default(), "[tool.release] in pyproject.toml")
+        }
+        (None, false) => (ToolRelease::default(), BUILD_TOML),
+    };
+    let mut env: std::collections::BTreeMap<String, String> = tool.env;
+    for key in env.keys() {
+        check_env_name(key).map_err(|why| Error::BadProjectConfig {
+            path: flags.source.join(if source == BUILD_TOML {
+                BUILD_TOML
+            } else {
+                "pyproject.toml"
+            }),
+            message: format!("env: {why}"),
+        })?;
+    }
+    env.extend(flags.env.iter().cloned());
+    let mut include = tool.include;
+    include.extend(flags.include.iter().cloned());
+    let mut exclude = tool.exclude;
+    exclude.extend(flags.exclude.iter().cloned());
     let dir_name = std::path::absolute(&flags.source)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
@@ -126,7 +254,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
         .name
         .clone()
         .or(tool.name)
-        .or(pyproject.project.and_then(|p| p.name))
+        .or(pyproject.project.as_ref().and_then(|p| p.name.clone()))
         .or(dir_name)
         .unwrap_or_else(|| "app".into());
     if name.is_empty() || !name.chars().all(manifest::is_name_char) {
@@ -145,11 +273,8 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
             .clone()
             .or(tool.requirements)
             .unwrap_or_else(|| "requirements.txt".into()),
-        python: flags
-            .python
-            .clone()
-            .or(tool.python)
-            .unwrap_or_else(|| "python3".into()),
+        python: flags.python.clone().or(tool.python),
+        requires_python: pyproject.project.and_then(|p| p.requires_python),
         static_cmd: flags.static_cmd.clone().or(tool.static_cmd),
         format: flags.format.or(tool.format).unwrap_or(Format::Zst),
         installer: flags
@@ -158,8 +283,13 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
             .unwrap_or(InstallerChoice::Auto),
         find_links,
         no_index: flags.no_index || tool.no_index.unwrap_or(false),
-        include: tool.include,
-        exclude: tool.exclude,
+        include,
+        exclude,
+        env: env.into_iter().collect(),
+        wheels: !flags.no_wheels && tool.wheels.unwrap_or(true),
+        allow_unpinned: flags.allow_unpinned || tool.allow_unpinned.unwrap_or(false),
+        untracked: tool.untracked.unwrap_or_default(),
+        source,
     })
 }
 
@@ -197,11 +327,10 @@ pub fn apply_include_exclude(app_dir: &Path, include: &[String], exclude: &[Stri
     let set = |patterns: &[String]| -> Result<globset::GlobSet> {
         let mut b = globset::GlobSetBuilder::new();
         for p in patterns {
-            b.add(globset::Glob::new(p).map_err(|e| {
-                Error::Usage(format!(
-                    "bad include/exclude pattern {p:?} under [tool.release]: {e}"
-                ))
-            })?);
+            b.add(
+                globset::Glob::new(p)
+                    .map_err(|e| Error::Usage(format!("bad include/exclude pattern {p:?}: {e}")))?,
+            );
         }
         b.build().map_err(|e| Error::Usage(e.to_string()))
     };
@@ -221,6 +350,16 @@ pub fn apply_include_exclude(app_dir: &Path, include: &[String], exclude: &[Stri
     }
     for path in doomed {
         fs::remove_file(path)?;
+    }
+    // git tracks no empty directories: any left now were emptied above.
+    for item in walkdir::WalkDir::new(app_dir)
+        .min_depth(1)
+        .contents_first(true)
+    {
+        let item = item.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if item.file_type().is_dir() && fs::read_dir(item.path())?.next().is_none() {
+            fs::remove_dir(item.path())?;
+        }
     }
     Ok(())
 }

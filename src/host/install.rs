@@ -178,6 +178,14 @@ fn find_installed(
 }
 
 fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> {
+    if options.rebuild_venv && !manifest.files.iter().any(|e| e.path == "wheels") {
+        return Err(Error::failed(format!(
+            "--rebuild-venv: release {} carries no wheels/ (it was built with `wheels = false`), so its venv cannot be recreated on this host\n  nothing was installed; fix: install {} at {} and install without --rebuild-venv, or pass --python PATH alone to re-point the venv to a matching interpreter, or rebuild the artifact with its wheels (the default)",
+            manifest.release,
+            python::describe_need(&manifest.python),
+            manifest.python.base_executable
+        )));
+    }
     if options.rebuild_venv {
         let python = options
             .python

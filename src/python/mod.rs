@@ -240,10 +240,53 @@ pub fn build_wheels(
     }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Err(Error::RequirementFailed {
-        requirement: failing_requirement(&text),
-        tail: tail(&text, 15),
-    })
+    Err(requirement_error(&text, interpreter))
+}
+
+/// The error for pip's failure to resolve or build: when pip skipped versions
+/// because of their `Requires-Python`, say so and name the interpreter to use
+/// (pip's own advice, a list of every version it saw, hides that).
+pub fn requirement_error(text: &str, interpreter: &Interpreter) -> Error {
+    let requirement = failing_requirement(text);
+    if let Some(needs) = python_mismatch(text) {
+        return Error::failed(format!(
+            "`{requirement}` needs Python {needs}; this build uses Python {} at {}\n  fix: build with a matching interpreter: --python python3.X, `python` under [tool.release], or declare it in the app (requires-python in pyproject.toml, .python-version or runtime.txt) so the build picks it; or pin a version of `{requirement}` that supports Python {}",
+            interpreter.version,
+            interpreter.executable.display(),
+            interpreter.version
+        ));
+    }
+    Error::RequirementFailed {
+        requirement,
+        tail: tail(text, 15),
+    }
+}
+
+/// The `Requires-Python` specifiers pip reported as the reason it skipped
+/// versions, joined with " or ": None when that was not the reason.
+fn python_mismatch(text: &str) -> Option<String> {
+    let mut specs: Vec<String> = Vec::new();
+    for line in text.lines() {
+        // "Ignored the following versions that require a different python
+        // version: 6.0 Requires-Python >=3.12; 6.0.1 Requires-Python >=3.12"
+        if let Some(rest) = line.split("require a different python version: ").nth(1) {
+            for item in rest.split("; ") {
+                if let Some(spec) = item.split(" Requires-Python ").nth(1) {
+                    specs.push(spec.trim().to_string());
+                }
+            }
+        }
+        // "Package 'x' requires a different Python: 3.11.7 not in '>=3.12'"
+        if let Some(rest) = line.split("requires a different Python: ").nth(1) {
+            if let Some(spec) = rest.split(" not in ").nth(1) {
+                specs.push(spec.trim().trim_matches('\'').to_string());
+            }
+        }
+    }
+    let no_match = text.contains("No matching distribution found")
+        || text.contains("requires a different Python");
+    specs.dedup();
+    (no_match && !specs.is_empty()).then(|| specs.join(" or "))
 }
 
 /// Name the requirement pip was working on when it failed.
@@ -375,7 +418,7 @@ pub fn create_venv(
 /// file names (`-s strip`). CPython rewrites `co_filename` to the real source
 /// path when it loads a pyc, so tracebacks on the host name the installed files.
 pub fn compile(venv: &Path, strip: &Path, dirs: &[PathBuf], epoch: i64) -> Result<()> {
-    compile_with(venv, strip, dirs, epoch, Jobs::All)
+    compile_with(venv, strip, dirs, epoch, Jobs::All, &[])
 }
 
 /// How many processes compileall uses.
@@ -394,8 +437,10 @@ pub fn compile_with(
     dirs: &[PathBuf],
     epoch: i64,
     jobs: Jobs,
+    env: &[(String, String)],
 ) -> Result<()> {
     let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args([
         "-m",
         "compileall",
@@ -427,5 +472,15 @@ mod tests {
         assert_eq!(failing_requirement(out), "nosuchpkg==1.0");
         let out = "Processing ./packages/broken\n  error: subprocess-exited-with-error\n";
         assert_eq!(failing_requirement(out), "./packages/broken");
+    }
+
+    #[test]
+    fn a_python_version_mismatch_is_named() {
+        let out = "ERROR: Ignored the following versions that require a different python version: 6.0 Requires-Python >=3.12; 6.0.1 Requires-Python >=3.12\nERROR: Could not find a version that satisfies the requirement Django>=6.0 (from versions: 5.2.19)\nERROR: No matching distribution found for Django>=6.0\n";
+        assert_eq!(python_mismatch(out).as_deref(), Some(">=3.12"));
+        let out = "ERROR: Package 'bakery' requires a different Python: 3.11.7 not in '>=3.99'\n";
+        assert_eq!(python_mismatch(out).as_deref(), Some(">=3.99"));
+        let out = "ERROR: No matching distribution found for nosuchpkg==1.0\n";
+        assert_eq!(python_mismatch(out), None);
     }
 }

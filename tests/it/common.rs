@@ -98,12 +98,17 @@ pub struct App {
 
 impl App {
     pub fn new() -> App {
+        App::fixture("mysite")
+    }
+
+    /// A git copy of `fixtures/<name>`, committed.
+    pub fn fixture(name: &str) -> App {
         let tmp = tempfile::Builder::new()
             .prefix("release-test-")
             .tempdir()
             .unwrap();
-        let dir = tmp.path().join("mysite");
-        copy_dir(&Path::new(REPO).join("fixtures/mysite"), &dir);
+        let dir = tmp.path().join(name);
+        copy_dir(&Path::new(REPO).join("fixtures").join(name), &dir);
         git(&dir, &["init", "-q"]);
         git(&dir, &["add", "-A"]);
         git(&dir, &["commit", "-q", "-m", "initial"]);

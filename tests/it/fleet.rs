@@ -244,7 +244,7 @@ impl FleetHost {
     }
 
     pub fn start_web(&mut self) {
-        self.web = Some(Gunicorn::start_at(&self.root, &self.run, self.port, &[]));
+        self.web = Some(Gunicorn::start_at(&self.root, &self.run, self.port));
     }
 }
 

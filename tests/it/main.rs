@@ -1,6 +1,7 @@
 //! Integration tests: the real `release` binary against real git, Python,
 //! pip/uv, tar archives and (for the host side) real processes.
 
+mod bakery;
 mod build;
 mod cli;
 mod common;
@@ -8,6 +9,7 @@ mod demo;
 mod dry_run;
 mod faults;
 mod fleet;
+mod fresh_host;
 mod host;
 mod hostile;
 mod reload;
