@@ -15,6 +15,7 @@ use crate::host::journal::Journal;
 use crate::host::layout::Host;
 use crate::host::prune::{self, PruneReport};
 use crate::host::releases;
+use crate::host::state::ReleaseHistory;
 use crate::output::Printer;
 
 /// What `release deploy --dry-run --json` prints.
@@ -43,14 +44,14 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
                 Some(id) => {
                     let list = releases::installed(host)?;
                     let target = releases::resolve(host, &list, id)?;
-                    activate::plan(host, &config, target, Switch::Activate)?
+                    activate::plan(host, &config, target, Switch::Activate, printer)?
                 }
                 None => SwitchPlan {
                     dry_run: true,
                     id: None,
                     commit: install.commit.clone(),
-                    from: activate::origin(host, &Journal::new(&host.journal), "")?.from,
-                    event: Switch::Activate.event_name(),
+                    from: live_release(host)?,
+                    event: Switch::Activate.event(),
                     already_current: false,
                 },
             };
@@ -72,7 +73,7 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
             let config = HostConfig::load(&host.config)?;
             let list = releases::installed(host)?;
             let target = releases::resolve(host, &list, id)?;
-            let plan = activate::plan(host, &config, target, Switch::Activate)?;
+            let plan = activate::plan(host, &config, target, Switch::Activate, printer)?;
             printer.data(&plan, || plan.human());
         }
         HostCommand::Rollback { to, dry_run: true } => {
@@ -81,12 +82,22 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
             let config = HostConfig::load(&host.config)?;
             let list = releases::installed(host)?;
             let target = activate::rollback_target(host, &list, to.as_deref())?;
-            let plan = activate::plan(host, &config, target, Switch::Rollback)?;
+            let plan = activate::plan(host, &config, target, Switch::Rollback, printer)?;
             printer.data(&plan, || plan.human());
         }
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// The release a switch would start from: the one the journal last
+/// recorded as live, else where `current` points.
+fn live_release(host: &Host) -> Result<Option<String>> {
+    let events = Journal::new(&host.journal).read()?.events;
+    match ReleaseHistory::from_events(&events).live_now() {
+        Some(live) => Ok(Some(live.to_string())),
+        None => Ok(host.current()?.id().map(str::to_string)),
+    }
 }
 
 /// The root's safety checks when it exists (a dry run creates nothing, so a

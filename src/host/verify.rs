@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::host::layout::installed_mode;
 use crate::host::record::{InstallRecord, RECORD_NAME};
 use crate::host::releases::Installed;
-use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
+use crate::manifest::{Entry, EntryType, Invalid, Manifest, MANIFEST_NAME};
 
 #[derive(Debug, Serialize)]
 pub struct VerifyReport {
@@ -56,7 +56,7 @@ fn kind_of(file_type: std::fs::FileType) -> Option<EntryType> {
 }
 
 pub fn verify(release: &Installed) -> Result<VerifyReport> {
-    let id = release.name.clone();
+    let id = release.name().to_string();
     let dir = &release.dir;
     let mut problems = Vec::new();
     let fail = |problems: Vec<Problem>| VerifyReport {
@@ -66,7 +66,7 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
     };
     let manifest_path = dir.join(MANIFEST_NAME);
     let manifest = match fs::read(&manifest_path)
-        .map_err(|e| e.to_string())
+        .map_err(|e| Invalid::Unreadable(e.to_string()))
         .and_then(|bytes| Manifest::from_json(&bytes))
     {
         Ok(m) => m,

@@ -184,8 +184,8 @@ fn dry_runs_say_what_would_happen_change_nothing_and_take_no_lock() {
     let _ = holder.wait();
     assert_eq!(state(&root), before, "a dry run changed the root");
 
-    // A required service that is down: activate --dry-run says the switch
-    // would stop at the services preflight (exit 1), and changes nothing.
+    // A required service that is down: activate --dry-run stops where the
+    // activation stops, with its error (exit 1), and changes nothing.
     std::fs::write(
         root.join("release.toml"),
         format!(
@@ -196,8 +196,11 @@ fn dry_runs_say_what_would_happen_change_nothing_and_take_no_lock() {
     .unwrap();
     let before = state(&root);
     let err = fails_with(&run(&["activate", "--dry-run", &b_id]), 1);
-    assert!(err.contains("would stop here"), "{err}");
+    assert!(err.contains("gone.pid"), "{err}");
     assert_eq!(state(&root), before);
-    let out = run(&["activate", &b_id]);
-    fails_with(&out, 1);
+    let real = fails_with(&run(&["activate", &b_id]), 1);
+    assert_eq!(
+        err, real,
+        "the dry run's refusal differs from the activation's"
+    );
 }
