@@ -19,6 +19,7 @@ mod python;
 mod release;
 mod reload;
 mod root;
+mod source;
 
 use std::fmt;
 
@@ -34,6 +35,7 @@ pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};
 pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
 pub use root::{ForeignCurrentFor, RootError};
+pub use source::SourceError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -51,6 +53,7 @@ pub enum Error {
     /// A step stopped because another one running beside it failed (whose
     /// error is the one reported).
     Stopped,
+    Source(SourceError),
     Build(BuildError),
     Python(PythonError),
     Artifact(ArtifactError),
@@ -101,6 +104,7 @@ impl Error {
     /// The concern's error, when there is one.
     fn explained(&self) -> Option<&dyn Explain> {
         Some(match self {
+            Error::Source(e) => e,
             Error::Build(e) => e,
             Error::Python(e) => e,
             Error::Artifact(e) => e,
@@ -187,6 +191,7 @@ macro_rules! from_concern {
 }
 
 from_concern!(
+    Source(SourceError),
     Build(BuildError),
     Python(PythonError),
     Artifact(ArtifactError),
