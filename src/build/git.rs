@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use fs_err as fs;
 
-use crate::error::{BuildError, PythonError, Result};
+use crate::error::{PythonError, Result, SourceError};
 
 pub struct Source {
     /// Top of the git work tree.
@@ -29,7 +29,7 @@ fn git(dir: &Path) -> Command {
 
 fn run(mut cmd: Command, purpose: &'static str) -> Result<std::process::Output> {
     cmd.output().map_err(|e| {
-        BuildError::GitNotRunnable {
+        SourceError::GitNotRunnable {
             purpose,
             error: e.to_string(),
         }
@@ -44,7 +44,7 @@ fn stdout_text(out: &std::process::Output) -> String {
 impl Source {
     pub fn open(dir: &Path) -> Result<Source> {
         if !dir.is_dir() {
-            return Err(BuildError::SourceMissing {
+            return Err(SourceError::SourceMissing {
                 dir: dir.to_path_buf(),
             }
             .into());
@@ -53,7 +53,7 @@ impl Source {
         cmd.args(["rev-parse", "--show-toplevel", "--show-prefix"]);
         let out = run(cmd, "finding the repository")?;
         if !out.status.success() {
-            return Err(BuildError::NotGitRepo {
+            return Err(SourceError::NotGitRepo {
                 path: dir.to_path_buf(),
             }
             .into());
@@ -73,7 +73,7 @@ impl Source {
             .arg(format!("{wanted}^{{commit}}"));
         let out = run(cmd, "resolving the commit")?;
         if !out.status.success() {
-            return Err(BuildError::UnknownCommit {
+            return Err(SourceError::UnknownCommit {
                 rev: wanted.to_string(),
                 repo: self.toplevel.clone(),
             }
@@ -84,7 +84,7 @@ impl Source {
         cmd.args(["log", "-1", "--format=%ct", &sha]);
         let epoch = stdout_text(&run(cmd, "reading the commit time")?)
             .parse::<i64>()
-            .map_err(|_| BuildError::CommitTimeUnreadable {
+            .map_err(|_| SourceError::CommitTimeUnreadable {
                 commit: sha.clone(),
             })?;
 
@@ -98,7 +98,7 @@ impl Source {
             if !changes.trim().is_empty() {
                 if !allow_dirty {
                     let files = crate::error::tail(&changes, 20);
-                    return Err(BuildError::DirtyTree {
+                    return Err(SourceError::DirtyTree {
                         path: self.toplevel.join(&self.prefix),
                         files,
                     }
@@ -122,7 +122,7 @@ impl Source {
             .arg(format!("{}:{}", commit.sha, self.prefix))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| BuildError::GitNotRunnable {
+        let mut child = cmd.spawn().map_err(|e| SourceError::GitNotRunnable {
             purpose: "exporting the tracked files (git archive)",
             error: e.to_string(),
         })?;

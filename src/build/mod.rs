@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, ArtifactWriter, Format};
-use crate::error::{tail, BuildError, Error, PythonError, Result};
+use crate::error::{tail, BuildError, Error, PythonError, Result, SourceError};
 use crate::fsutil;
 use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
@@ -130,7 +130,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
 
     let requirements = app_dir.join(&settings.requirements);
     if !requirements.is_file() {
-        return Err(BuildError::RequirementsMissing {
+        return Err(SourceError::RequirementsMissing {
             path: source
                 .toplevel
                 .join(&source.prefix)
@@ -214,7 +214,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     }
     let static_done = !cached_env;
     let mut index: EnvIndex = serde_json::from_slice(&fs::read(env_dir.join("index.json"))?)
-        .map_err(|e| BuildError::CorruptCacheEntry {
+        .map_err(|e| SourceError::CorruptCacheEntry {
             dir: env_dir.clone(),
             reason: e.to_string(),
         })?;
@@ -224,7 +224,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     if !resolved.is_empty() {
         let wheels = requirements::wheel_pins(&env_dir.join("wheels"))?;
         if wheels != resolved {
-            return Err(BuildError::IndexChanged { resolved, wheels }.into());
+            return Err(SourceError::IndexChanged { resolved, wheels }.into());
         }
     }
     index.resolved = resolved;

@@ -16,7 +16,7 @@ use std::process::Command;
 use fs_err as fs;
 use serde::Deserialize;
 
-use crate::error::{BuildError, Error, PythonError, Result};
+use crate::error::{Error, PythonError, Result, SourceError};
 use crate::python::{self, Interpreter, WheelOptions};
 
 /// A requirement line that does not pin one version.
@@ -299,7 +299,7 @@ pub fn refusal(requirements: &str, found: &[Unpinned]) -> Error {
     if found.len() > 8 {
         lines.push(format!("    ... and {} more", found.len() - 8));
     }
-    BuildError::Unpinned {
+    SourceError::Unpinned {
         requirements: requirements.to_string(),
         count: found.len(),
         lines,

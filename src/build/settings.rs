@@ -9,7 +9,7 @@ use fs_err as fs;
 use serde::Deserialize;
 
 use crate::archive::Format;
-use crate::error::{BuildError, Error, Result};
+use crate::error::{Error, Result, SourceError};
 use crate::manifest;
 use crate::python::InstallerChoice;
 
@@ -226,7 +226,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     let pyproject_path = app_dir.join("pyproject.toml");
     let pyproject: PyProject = if pyproject_path.is_file() {
         toml::from_str(&fs::read_to_string(&pyproject_path)?).map_err(|e| {
-            BuildError::BadProjectConfig {
+            SourceError::BadProjectConfig {
                 path: flags.source.join("pyproject.toml"),
                 message: e.to_string(),
             }
@@ -238,7 +238,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     let build_toml_path = app_dir.join(BUILD_TOML);
     let (tool, source) = match (in_pyproject, build_toml_path.is_file()) {
         (Some(_), true) => {
-            return Err(BuildError::SettingsTwice {
+            return Err(SourceError::SettingsTwice {
                 path: flags.source.join(BUILD_TOML),
             }
             .into())
@@ -246,7 +246,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
         (Some(tool), false) => (tool, "[tool.release] in pyproject.toml"),
         (None, true) => (
             toml::from_str(&fs::read_to_string(&build_toml_path)?).map_err(|e| {
-                BuildError::BadProjectConfig {
+                SourceError::BadProjectConfig {
                     path: flags.source.join(BUILD_TOML),
                     message: e.to_string(),
                 }
@@ -260,7 +260,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     };
     let mut env: std::collections::BTreeMap<String, String> = tool.env;
     for key in env.keys() {
-        check_env_name(key).map_err(|why| BuildError::BadProjectConfig {
+        check_env_name(key).map_err(|why| SourceError::BadProjectConfig {
             path: flags.source.join(if source == BUILD_TOML {
                 BUILD_TOML
             } else {

@@ -21,6 +21,7 @@ mod release;
 mod reload;
 mod root;
 mod signature;
+mod source;
 
 use std::fmt;
 
@@ -38,6 +39,7 @@ pub use release::{NoCurrentFor, ReleaseError};
 pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
 pub use root::{ForeignCurrentFor, RootError};
 pub use signature::{KeyProblem, Refusal, SignatureError};
+pub use source::SourceError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -55,6 +57,7 @@ pub enum Error {
     /// A step stopped because another one running beside it failed (whose
     /// error is the one reported).
     Stopped,
+    Source(SourceError),
     Build(BuildError),
     Python(PythonError),
     Artifact(ArtifactError),
@@ -107,6 +110,7 @@ impl Error {
     /// The concern's error, when there is one.
     fn explained(&self) -> Option<&dyn Explain> {
         Some(match self {
+            Error::Source(e) => e,
             Error::Build(e) => e,
             Error::Python(e) => e,
             Error::Artifact(e) => e,
@@ -195,6 +199,7 @@ macro_rules! from_concern {
 }
 
 from_concern!(
+    Source(SourceError),
     Build(BuildError),
     Python(PythonError),
     Artifact(ArtifactError),
