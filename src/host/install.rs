@@ -516,7 +516,7 @@ fn install_steps(
             manifest.app, manifest.release, manifest.commit
         ));
         crashpoint(CrashPoint::InstallManifestRead);
-        match plan(host, options, manifest, json, printer)? {
+        match plan_install(host, options, manifest, json, printer)? {
             Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
             Plan::Fresh(fresh) => {
                 *need = Some((fresh.manifest.release.clone(), fresh.bytes));
@@ -524,22 +524,7 @@ fn install_steps(
             }
         }
     };
-    // The whole file's sha256, its compressed tail included, then compare.
-    let digest = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    for (source, want) in &digests {
-        if &digest != want {
-            return Err(ArtifactError::DigestMismatch {
-                artifact: artifact.clone(),
-                digest,
-                source: source.clone(),
-                want: want.clone(),
-            }
-            .into());
-        }
-    }
+    let digest = check_digest(artifact, archive.into_inner(), &digests)?;
     match stage {
         Stage::Existing(manifest, existing) => {
             already_installed(host, lock, options, *manifest, &existing, started, printer)
@@ -584,7 +569,7 @@ struct Unpacked {
 
 /// Step 1, plan: an identical release already installed, else the venv
 /// plan, the reuse plan and the space check; nothing is written.
-fn plan(
+fn plan_install(
     host: &Host,
     options: &InstallOptions,
     manifest: Manifest,
@@ -833,6 +818,135 @@ fn journal_install(
     );
     event.at = rfc3339(id.installed);
     Journal::new(&host.journal).append(lock, &event)
+}
+
+/// The whole file's sha256, its compressed tail included (`stream` is read
+/// to its end), compared with every expected digest; returns it.
+fn check_digest(
+    artifact: &Path,
+    stream: archive::Background,
+    digests: &[(String, String)],
+) -> Result<String> {
+    let digest = stream
+        .finish()
+        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
+    for (source, want) in digests {
+        if &digest != want {
+            return Err(ArtifactError::DigestMismatch {
+                artifact: artifact.to_path_buf(),
+                digest,
+                source: source.clone(),
+                want: want.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(digest)
+}
+
+/// What `release install --dry-run --json` prints (and `deploy --dry-run`
+/// under `install`): what an install would do.
+#[derive(Debug, Serialize)]
+pub struct InstallPlan {
+    pub dry_run: bool,
+    /// The installed release when this one is already installed; otherwise
+    /// null (an id is made when the install runs).
+    pub id: Option<String>,
+    pub commit: String,
+    /// Entries in the manifest, and bytes of its regular files.
+    pub files: u64,
+    pub bytes: u64,
+    pub already_installed: bool,
+    /// The release unchanged files would be hard-linked from, and how many.
+    pub linked_from: Option<String>,
+    pub linked_files: u64,
+    pub linked_bytes: u64,
+    /// Disk the install needs (what the space check compares with what is
+    /// free); null when already installed.
+    pub need_bytes: Option<u64>,
+}
+
+impl InstallPlan {
+    pub fn human(&self) -> String {
+        match &self.id {
+            Some(id) => format!(
+                "{} is already installed as {id}: install would change nothing\n",
+                &self.commit[..12.min(self.commit.len())]
+            ),
+            None => format!(
+                "would install {} ({} files; {} MiB of disk, {} files linked from {})\n",
+                &self.commit[..12.min(self.commit.len())],
+                self.files,
+                self.need_bytes.unwrap_or(0).div_ceil(1024 * 1024),
+                self.linked_files,
+                self.linked_from.as_deref().unwrap_or("none")
+            ),
+        }
+    }
+}
+
+/// `install --dry-run`: the checks an install makes before it writes (the
+/// artifact's sha256, its manifest, whether it is installed already, the
+/// interpreter, the space), with nothing written and no lock taken. The
+/// members themselves are checked only by the install (they are unpacked
+/// then); a root that does not exist yet counts as empty.
+pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<InstallPlan> {
+    let artifact = &options.artifact;
+    let digests = expected_digests(options)?;
+    if digests.is_empty() {
+        printer.warn(&format!(
+            "no {}.sha256 beside the artifact and no --sha256: the artifact file itself is not verified",
+            artifact.display()
+        ));
+    }
+    let (_format, stream) = archive::Background::open(artifact)?;
+    let mut archive = tar::Archive::new(stream);
+    let plan = {
+        let mut entries = archive::raw_entries(&mut archive)?;
+        let (manifest, _json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        let root_exists = host.releases.is_dir();
+        let installed = if root_exists {
+            releases::installed(host)?
+        } else {
+            Vec::new()
+        };
+        let mut plan = InstallPlan {
+            dry_run: true,
+            id: None,
+            commit: manifest.commit.clone(),
+            files: manifest.file_count,
+            bytes: manifest.bytes,
+            already_installed: false,
+            linked_from: None,
+            linked_files: 0,
+            linked_bytes: 0,
+            need_bytes: None,
+        };
+        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
+            plan.id = Some(existing.name().to_string());
+            plan.already_installed = true;
+        } else {
+            let venv = plan_venv(options, &manifest)?;
+            if let VenvPlan::AsBuilt = venv {
+                python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+            }
+            let rebuild = matches!(venv, VenvPlan::Rebuild(_));
+            let reuse = Reuse::plan(host, &installed, &manifest);
+            plan.need_bytes = Some(if root_exists {
+                check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
+            } else {
+                space_needed(&manifest, rebuild)
+            });
+            if let Some(reuse) = reuse {
+                plan.linked_from = Some(reuse.name);
+                plan.linked_files = reuse.files;
+                plan.linked_bytes = reuse.bytes;
+            }
+        }
+        plan
+    };
+    check_digest(artifact, archive.into_inner(), &digests)?;
+    Ok(plan)
 }
 
 /// An install killed after its rename but before its journal line left a
