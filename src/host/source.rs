@@ -34,6 +34,19 @@ pub struct Source {
     pub check: SourceCheck,
 }
 
+/// What `install --json` says of the source, when it applies.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Provenance {
+    /// The key id of the signature checked (when release.toml requires one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// The URL, credentials redacted, and the bytes downloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloaded_bytes: Option<u64>,
+}
+
 /// What the whole stream must prove once it was read.
 pub struct SourceCheck {
     name: PathBuf,
@@ -307,6 +320,15 @@ impl SourceCheck {
     /// when the download failed first (whatever reader then met it).
     pub fn failure(&self) -> DownloadFailure {
         DownloadFailure(self.failure.clone())
+    }
+
+    /// Where the artifact came from and what vouched for it, for the report.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            signed_by: self.signature.as_ref().map(|s| s.key_id.to_string()),
+            url: self.url.clone(),
+            downloaded_bytes: self.downloaded_bytes(),
+        }
     }
 
     /// Check what the whole stream proved; returns the artifact's sha256.
