@@ -90,6 +90,7 @@ fn main() {
     let nginx = Nginx::start(
         &dir,
         &fleet.hosts.iter().map(|h| h.port).collect::<Vec<_>>(),
+        None,
     );
     let check_url = format!("http://127.0.0.1:{}/healthz", nginx.port);
     let timings = dir.join("timings.json");
@@ -118,8 +119,9 @@ fn main() {
         run.ok();
         run.seconds
     };
-    // Let the HUPed workers finish booting before the next timed run.
-    let settle = || std::thread::sleep(Duration::from_secs(3));
+    // Let the HUPed workers finish booting before the next timed run (the
+    // baseline does not wait for them; they would slow the next run).
+    let settle = || std::thread::sleep(Duration::from_secs(10));
 
     eprintln!("fleet bench: {hosts} hosts up; warm-up run of each side");
     ours(&artifacts[0]);
