@@ -581,8 +581,11 @@ fn config(h: &FleetHost, redis: Option<&str>) -> String {
             h.run.join("celery.pid").display()
         ));
     }
+    // 45 s: a gunicorn upgrade on this 2-core machine, while other test
+    // suites run beside this one, was seen to need more than 10 s. (The bad
+    // release of scenario (b) makes the canary wait for all of it.)
     text.push_str(&format!(
-        "\n[health]\nurl = \"{}\"\nexpect = \"{{release}}\"\ntimeout = \"10s\"\n",
+        "\n[health]\nurl = \"{}\"\nexpect = \"{{release}}\"\ntimeout = \"45s\"\n",
         web.url("/healthz")
     ));
     text
@@ -994,7 +997,22 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
     window("c", &mut load, true);
 
     // Preflight: another command holds h3's lock (read from /proc/locks,
-    // without taking it): the run stops before touching anything.
+    // without taking it), and h2 runs another version of release: the run
+    // stops before touching anything, naming both.
+    let other = dir.join("release-0.0.1");
+    std::fs::write(
+        &other,
+        format!("#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'release 0.0.1'; exit 0; }}\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let host_vars = fleet.inventory.with_file_name("host_vars");
+    std::fs::create_dir_all(&host_vars).unwrap();
+    std::fs::write(
+        host_vars.join("h2.yml"),
+        format!("release_bin: {}\n", other.display()),
+    )
+    .unwrap();
     let mut holder = Command::new("flock")
         .arg(fleet.hosts[2].root.join(".lock"))
         .args(["sleep", "120"])
@@ -1008,8 +1026,14 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         .status();
     let _ = holder.wait();
     run.failed();
+    std::fs::remove_dir_all(&host_vars).unwrap();
     assert!(
         run.contains("h3: the root is locked by pid"),
+        "{}",
+        run.text
+    );
+    assert!(
+        run.contains("release versions differ") && run.contains("h2=0.0.1"),
         "{}",
         run.text
     );
