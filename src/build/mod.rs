@@ -7,6 +7,8 @@
 
 mod git;
 mod interpreter;
+mod lock;
+mod pep508;
 mod requirements;
 mod settings;
 mod untracked;
@@ -47,6 +49,8 @@ pub struct BuildReport {
     pub seconds: f64,
     /// Whether the venv and wheels came from the build cache.
     pub cached_env: bool,
+    /// The dependency file the venv was built from.
+    pub dependencies: manifest::Dependencies,
 }
 
 /// The contents of one build-cache entry: the venv and the wheels it was
@@ -114,28 +118,86 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     ));
     source.export(&commit, &app_dir)?;
     let settings = settings::resolve(flags, &app_dir)?;
-    settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
     steps.done("code");
 
-    let requirements = app_dir.join(&settings.requirements);
-    if !requirements.is_file() {
+    // The dependency file, read from the whole commit (before include/exclude).
+    let Some(found) = lock::discover(&app_dir, settings.requirements.as_deref()) else {
+        return Err(lock::none_found(
+            &source.toplevel.join(&source.prefix),
+            &commit.sha[..12],
+        ));
+    };
+    let dep_path = app_dir.join(&found.file);
+    if !dep_path.is_file() {
         return Err(Error::RequirementsMissing {
-            path: source
-                .toplevel
-                .join(&source.prefix)
-                .join(&settings.requirements),
+            path: source.toplevel.join(&source.prefix).join(&found.file),
             commit: commit.sha[..12].to_string(),
         });
     }
+    let dep_sha256 = lock::file_sha256(&dep_path)?;
+    if !found.others.is_empty() {
+        printer.progress(&format!(
+            "dependencies from {}; {} also present, not used (the first of {} is used; name another with --requirements or `requirements`)",
+            found.file,
+            found.others.join(", "),
+            lock::DISCOVERY_ORDER.join(", ")
+        ));
+    }
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "dependencies from {} (sha256 {dep_sha256}){}{}",
+            found.file,
+            if settings.extras.is_empty() {
+                String::new()
+            } else {
+                format!(", extras {}", settings.extras.join(" "))
+            },
+            if settings.groups.is_empty() {
+                String::new()
+            } else {
+                format!(", groups {}", settings.groups.join(" "))
+            }
+        ));
+    }
+    let is_lock = found.format != lock::Format::Requirements;
+    if !is_lock && (!settings.extras.is_empty() || !settings.groups.is_empty()) {
+        return Err(Error::Usage(format!(
+            "extras and groups select from a lock file, but the dependencies come from {} (a requirements file)\n  fix: drop `extras`/`groups` (and --extra/--group), or build from the lock",
+            found.file
+        )));
+    }
     // Both checks come before anything is downloaded.
-    let unpinned = requirements::unpinned(&requirements, &app_dir)?;
+    let unpinned = if is_lock {
+        Vec::new()
+    } else {
+        requirements::unpinned(&dep_path, &app_dir)?
+    };
     if !unpinned.is_empty() && !settings.allow_unpinned {
-        return Err(requirements::refusal(&settings.requirements, &unpinned));
+        return Err(requirements::refusal(&found.file, &unpinned));
     }
     let needs = interpreter::declared(&app_dir, settings.requires_python.as_deref())?;
     let interpreter = interpreter::select(settings.python.as_deref(), &needs, printer)?;
     let installer = python::choose_installer(settings.installer, &interpreter)?;
-    let requirements_sha256 = requirements_digest(&requirements, &app_dir)?;
+    let deps = if is_lock {
+        lock_plan(
+            &found,
+            &dep_sha256,
+            &settings,
+            &interpreter,
+            &source,
+            &commit,
+            &app_dir,
+            work_dir,
+            &cache_dir,
+        )?
+    } else {
+        requirements_plan(&dep_path, &settings, &app_dir)?
+    };
+    if settings.package {
+        printer.progress("pyproject.toml has a [build-system]: the app is built as a wheel and installed into the venv");
+    }
+    let requirements_sha256 = deps.digest.clone();
+    settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
     steps.done("interpreter");
 
     // Unpinned requirements resolve anew on every build, and what they
@@ -149,7 +211,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         ));
         let scratch = work_dir.join("resolve");
         source.export(&commit, &scratch)?;
-        let rel = requirements.strip_prefix(&app_dir).unwrap_or(&requirements);
+        let rel = dep_path.strip_prefix(&app_dir).unwrap_or(&dep_path);
         let resolved = requirements::resolve(
             &interpreter,
             &scratch.join(rel),
@@ -158,6 +220,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
                 cache_dir: &cache_dir.join("pip"),
                 find_links: &settings.find_links,
                 no_index: settings.no_index,
+                no_deps: false,
             },
             commit.epoch,
         )?;
@@ -169,6 +232,14 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         requirements_sha256.clone()
     } else {
         format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
+    };
+    let dependencies = manifest::Dependencies {
+        file: found.file.clone(),
+        format: found.format.name().to_string(),
+        sha256: dep_sha256,
+        extras: settings.extras.clone(),
+        groups: settings.groups.clone(),
+        package: settings.package,
     };
 
     // The venv + wheels, from the cache or built now.
@@ -189,7 +260,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             &env_dir,
             &interpreter,
             &installer,
-            &requirements,
+            &deps,
             work_dir,
             &source,
             &commit,
@@ -255,6 +326,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             &interpreter,
             &index,
             requirements_sha256,
+            dependencies.clone(),
             &app_dir,
             &env_dir,
             work_dir,
@@ -290,6 +362,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         tree_sha256: manifest.tree_sha256,
         seconds: started.elapsed().as_secs_f64(),
         cached_env,
+        dependencies,
     })
 }
 
@@ -304,6 +377,7 @@ fn make_rest_and_write(
     interpreter: &python::Interpreter,
     index: &EnvIndex,
     requirements_sha256: String,
+    dependencies: manifest::Dependencies,
     app_dir: &Path,
     env_dir: &Path,
     work_dir: &Path,
@@ -368,6 +442,9 @@ fn make_rest_and_write(
         },
         python: interpreter.info(index.base_executable.clone()),
         requirements_sha256,
+        // Artifacts built from a requirements file keep the manifest older
+        // hosts read; a lock file is named.
+        dependencies: (dependencies.format != "requirements").then_some(dependencies),
         unpinned: !index.resolved.is_empty(),
         resolved: index.resolved.clone(),
         build_env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
@@ -489,7 +566,7 @@ fn build_env(
     env_dir: &Path,
     interpreter: &python::Interpreter,
     installer: &python::Installer,
-    requirements: &Path,
+    deps: &DepPlan,
     work_dir: &Path,
     source: &git::Source,
     commit: &git::Commit,
@@ -509,24 +586,37 @@ fn build_env(
     // that write into the source tree (build/, *.egg-info) cannot leak into app/.
     let scratch = work_dir.join("src");
     source.export(commit, &scratch)?;
-    let rel_requirements = requirements
+    let rel_requirements = deps
+        .requirements
         .strip_prefix(work_dir.join("app"))
-        .unwrap_or(requirements);
+        .unwrap_or(&deps.requirements);
     let wheels = tmp.path().join("wheels");
     fs::create_dir_all(&wheels)?;
+    if deps.drop_app_lines {
+        let copy = scratch.join(rel_requirements);
+        let text = fs::read_to_string(&copy)?;
+        let kept: Vec<&str> = text.lines().filter(|l| !installs_the_app(l)).collect();
+        fs::write(&copy, kept.join("\n") + "\n")?;
+    }
     let find_links: Vec<PathBuf> = settings.find_links.clone();
+    let opts = python::WheelOptions {
+        cache_dir: &cache_dir.join("pip"),
+        find_links: &find_links,
+        no_index: settings.no_index,
+        no_deps: deps.no_deps,
+    };
     python::build_wheels(
         interpreter,
         &scratch.join(rel_requirements),
         &scratch,
         &wheels,
-        &python::WheelOptions {
-            cache_dir: &cache_dir.join("pip"),
-            find_links: &find_links,
-            no_index: settings.no_index,
-        },
+        &opts,
         commit.epoch,
     )?;
+    if !deps.local.is_empty() {
+        let dirs: Vec<PathBuf> = deps.local.iter().map(|d| scratch.join(d)).collect();
+        python::build_local_wheels(interpreter, &dirs, &scratch, &wheels, &opts, commit.epoch)?;
+    }
     steps.done("wheels");
     let venv = tmp.path().join("venv");
     python::create_venv(installer, interpreter, &venv, &wheels, commit.epoch)?;
@@ -682,6 +772,160 @@ fn check_symlinks(files: &[Entry], base_executable: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the venv is installed from: a requirements file for pip (the app's,
+/// or one written from a lock), and local directories built as wheels.
+struct DepPlan {
+    requirements: PathBuf,
+    /// The requirements are a complete lock: pip takes no dependencies from metadata.
+    no_deps: bool,
+    /// Leave lines installing the app itself out of pip's copy.
+    drop_app_lines: bool,
+    /// Directories (relative to the app, `.` for the app itself) built with `pip wheel --no-deps`.
+    local: Vec<String>,
+    /// The venv cache key's dependency part (and the manifest's `requirements_sha256`).
+    digest: String,
+}
+
+/// A requirements file as pip reads it. When the app is a package, it is
+/// built from the commit as a wheel, and a line installing the app (`.`,
+/// `-e .`) is dropped from the scratch copy pip reads, so pip does not build
+/// it twice (or editable).
+fn requirements_plan(
+    requirements: &Path,
+    settings: &settings::Settings,
+    app_dir: &Path,
+) -> Result<DepPlan> {
+    let mut digest = requirements_digest(requirements, app_dir)?;
+    let mut local = Vec::new();
+    if settings.package {
+        digest = package_digest(&digest, app_dir)?;
+        local.push(".".to_string());
+    }
+    Ok(DepPlan {
+        requirements: requirements.to_path_buf(),
+        no_deps: false,
+        drop_app_lines: settings.package,
+        local,
+        digest,
+    })
+}
+
+/// Whether a requirements line installs the app itself (`.`, `-e .`).
+fn installs_the_app(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let target = match words.as_slice() {
+        ["-e" | "--editable", t, ..] => *t,
+        [t, ..] => *t,
+        [] => return false,
+    };
+    matches!(target, "." | "./" | "file:." | "file:./")
+}
+
+/// A lock file read into exact pins with hashes (uv.lock through `uv
+/// export`), checked against pyproject.toml, and written as a requirements
+/// file for pip; directory packages and the app are built from the commit.
+#[allow(clippy::too_many_arguments)]
+fn lock_plan(
+    found: &lock::Found,
+    dep_sha256: &str,
+    settings: &settings::Settings,
+    interpreter: &python::Interpreter,
+    source: &git::Source,
+    commit: &git::Commit,
+    app_dir: &Path,
+    work_dir: &Path,
+    cache_dir: &Path,
+) -> Result<DepPlan> {
+    // uv reads the project around the lock: a scratch copy, so nothing it
+    // (or a build backend it runs for metadata) writes reaches app/.
+    let scratch;
+    let lock_path = if found.format == lock::Format::UvLock {
+        scratch = work_dir.join("lock");
+        source.export(commit, &scratch)?;
+        scratch.join(&found.file)
+    } else {
+        app_dir.join(&found.file)
+    };
+    let locked = lock::read(&lock::Request {
+        path: &lock_path,
+        file: &found.file,
+        format: found.format,
+        interpreter,
+        extras: &settings.extras,
+        groups: &settings.groups,
+        find_links: &settings.find_links,
+        no_index: settings.no_index,
+        cache_dir: &cache_dir.join("uv"),
+        project: lock::project_name(app_dir)?,
+    })?;
+    // uv checked its own lock (--locked); the others are checked here.
+    if found.format != lock::Format::UvLock {
+        let problems = lock::unsatisfied(
+            app_dir,
+            &locked,
+            interpreter,
+            &settings.extras,
+            &settings.groups,
+            found.format,
+        )?;
+        if !problems.is_empty() {
+            return Err(lock::stale(&found.file, found.format, &problems));
+        }
+    }
+    let text = locked.requirements_text(&found.file);
+    let requirements = work_dir.join("locked-requirements.txt");
+    fs::write(&requirements, &text)?;
+    let mut local: Vec<String> = Vec::new();
+    let mut hasher = Sha256::new();
+    for part in [
+        found.format.name(),
+        dep_sha256,
+        &settings.extras.join(","),
+        &settings.groups.join(","),
+        &text,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\0");
+    }
+    for dir in &locked.dirs {
+        let path = app_dir.join(&dir.path);
+        if !path.is_dir() || !path.starts_with(app_dir) || dir.path.split('/').any(|c| c == "..") {
+            return Err(Error::failed(format!(
+                "{}: {} is a directory package at {}, which is not a directory inside the app at this commit\n  fix: commit the package inside the app, or publish it and lock a version",
+                found.file, dir.name, dir.path
+            )));
+        }
+        for e in scan_tree(&path, "app")? {
+            hasher.update(format!("{}\0{}\0{:?}\0", dir.path, e.path, e.sha256).as_bytes());
+        }
+        local.push(dir.path.clone());
+    }
+    let mut digest = hex::encode(hasher.finalize());
+    if settings.package {
+        digest = package_digest(&digest, app_dir)?;
+        local.push(".".to_string());
+    }
+    Ok(DepPlan {
+        requirements,
+        no_deps: true,
+        drop_app_lines: false,
+        local,
+        digest,
+    })
+}
+
+/// `digest` extended with the app's files: an app built as a wheel is part
+/// of the venv, so its code keys the cache entry too.
+fn package_digest(digest: &str, app_dir: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(digest.as_bytes());
+    hasher.update(b"\0package\0");
+    for e in scan_tree(app_dir, "app")? {
+        hasher.update(format!("{}\0{:?}\0{:?}\0", e.path, e.sha256, e.target).as_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// sha256 over the requirements file, the files it includes with -r/-c, and the

@@ -9,5 +9,6 @@ mod demo;
 mod faults;
 mod host;
 mod hostile;
+mod locks;
 mod reload;
 mod services;
