@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::pep508::{self, Env, Marker, Requirement};
 use super::requirements::normalize;
-use crate::error::{tail, Error, Result};
+use crate::error::{tail, Error, LockError, PythonError, Result};
 use crate::python::Interpreter;
 
 /// What kind of dependency file.
@@ -100,15 +100,6 @@ pub fn discover(app_dir: &Path, named: Option<&str>) -> Option<Found> {
     })
 }
 
-/// The error when no dependency file is named and none is found.
-pub fn none_found(dir: &Path, commit: &str) -> Error {
-    Error::failed(format!(
-        "no dependency file in {} at commit {commit}: looked for {}\n  fix: commit the lock file the app uses (`uv lock`, `poetry lock`, `uv export --format pylock.toml -o pylock.toml`, or `pip-compile --generate-hashes`), or name it with --requirements FILE or `requirements` under [tool.release]",
-        dir.display(),
-        DISCOVERY_ORDER.join(", ")
-    ))
-}
-
 /// One locked distribution from an index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
@@ -151,16 +142,20 @@ impl Locked {
 
     fn add_pin(&mut self, file: &str, pin: Pin) -> Result<()> {
         if pin.hashes.is_empty() {
-            return Err(Error::failed(format!(
-                "{file}: {}=={} has no file hashes, so what is downloaded could not be checked\n  fix: lock again with a tool that records hashes (uv, pip lock, Poetry), and commit the lock",
-                pin.name, pin.version
-            )));
+            return Err(LockError::NoHashes {
+                file: file.to_string(),
+                package: format!("{}=={}", pin.name, pin.version),
+            }
+            .into());
         }
         if let Some(other) = self.pins.iter().find(|p| p.name == pin.name) {
-            return Err(Error::failed(format!(
-                "{file}: {} is locked twice for this interpreter ({} and {})\n  fix: lock again; a lock names one version per package for each environment",
-                pin.name, other.version, pin.version
-            )));
+            return Err(LockError::LockedTwice {
+                file: file.to_string(),
+                name: pin.name.clone(),
+                first: other.version.clone(),
+                second: pin.version.clone(),
+            }
+            .into());
         }
         self.pins.push(pin);
         Ok(())
@@ -191,8 +186,8 @@ pub fn read(req: &Request<'_>) -> Result<Locked> {
         ..Env::default()
     };
     if env.values.is_empty() {
-        return Err(Error::failed(format!(
-            "{}: the interpreter did not report its PEP 508 marker values",
+        return Err(Error::internal(format!(
+            "{}: the interpreter's probe gave no PEP 508 marker values",
             req.interpreter.executable.display()
         )));
     }
@@ -231,16 +226,22 @@ pub fn read(req: &Request<'_>) -> Result<Locked> {
 
 fn parse_marker(file: &str, package: &str, text: &str) -> Result<Marker> {
     Marker::parse(text).map_err(|why| {
-        Error::failed(format!(
-            "{file}: the marker of {package} ({text}) cannot be read: {why}\n  fix: lock again with a current tool; if the marker is right, report it as a bug of release"
-        ))
+        LockError::BadMarker {
+            file: file.to_string(),
+            package: package.to_string(),
+            marker: text.to_string(),
+            why,
+        }
+        .into()
     })
 }
 
 fn bad_toml(file: &str, e: impl std::fmt::Display) -> Error {
-    Error::failed(format!(
-        "{file} is not a valid lock file: {e}\n  fix: lock again and commit the file as the tool wrote it"
-    ))
+    LockError::NotALock {
+        file: file.to_string(),
+        why: e.to_string(),
+    }
+    .into()
 }
 
 #[derive(Deserialize)]
@@ -295,10 +296,11 @@ pub fn read_pylock(
 ) -> Result<Locked> {
     let lock: Pylock = toml::from_str(text).map_err(|e| bad_toml(file, e))?;
     if !lock.lock_version.starts_with("1.") && lock.lock_version != "1" {
-        return Err(Error::failed(format!(
-            "{file} has lock-version {}; this release reads PEP 751 version 1\n  fix: export the lock in version 1 (`uv export --format pylock.toml`), or upgrade release",
-            lock.lock_version
-        )));
+        return Err(LockError::PylockVersion {
+            file: file.to_string(),
+            version: lock.lock_version,
+        }
+        .into());
     }
     for (asked, offered, what) in [
         (extras, &lock.extras, "extra"),
@@ -307,11 +309,17 @@ pub fn read_pylock(
         let offered: Vec<String> = offered.iter().map(|e| normalize(e)).collect();
         for name in asked {
             if !offered.contains(&normalize(name)) {
-                return Err(Error::failed(format!(
-                    "{file} offers no {what} {name:?} (it offers: {})\n  fix: export the lock with it (uv: `uv export --format pylock.toml --{} {name} -o {file}`; uv bakes the selection into the file), or drop it from the settings",
-                    if offered.is_empty() { "none".to_string() } else { offered.join(", ") },
-                    if what == "extra" { "extra" } else { "group" }
-                )));
+                return Err(LockError::NoSuchSelection {
+                    file: file.to_string(),
+                    what,
+                    name: name.clone(),
+                    offered,
+                    fix: format!(
+                        "export the lock with it (uv: `uv export --format pylock.toml --{} {name} -o {file}`; uv writes the selection into the file), or drop it from the settings",
+                        if what == "extra" { "extra" } else { "group" }
+                    ),
+                }
+                .into());
             }
         }
     }
@@ -322,11 +330,13 @@ pub fn read_pylock(
         match pep508::spec_contains(spec, &interpreter.version) {
             Ok(true) => {}
             Ok(false) => {
-                return Err(Error::failed(format!(
-                    "{file} is for Python {spec}; this build uses Python {} at {}\n  fix: build with a matching interpreter (--python, or `python` under [tool.release])",
-                    interpreter.version,
-                    interpreter.executable.display()
-                )))
+                return Err(LockError::WrongPython {
+                    file: file.to_string(),
+                    spec: spec.clone(),
+                    version: interpreter.version.clone(),
+                    executable: interpreter.executable.clone(),
+                }
+                .into())
             }
             Err(why) => return Err(bad_toml(file, format!("requires-python: {why}"))),
         }
@@ -337,12 +347,17 @@ pub fn read_pylock(
             any |= parse_marker(file, "environments", e)?.evaluate(&env);
         }
         if !any {
-            return Err(Error::failed(format!(
-                "{file} is locked for {} only, which this build's Python {} on {} is not\n  fix: lock for this platform too, or build on one the lock covers",
-                environments.join(" or "),
-                interpreter.version,
-                env.values.get("sys_platform").map(String::as_str).unwrap_or("?")
-            )));
+            return Err(LockError::NotForThisPlatform {
+                file: file.to_string(),
+                environments: environments.join(" or "),
+                version: interpreter.version.clone(),
+                platform: env
+                    .values
+                    .get("sys_platform")
+                    .cloned()
+                    .unwrap_or_else(|| "?".into()),
+            }
+            .into());
         }
     }
     let mut locked = Locked::default();
@@ -361,10 +376,16 @@ pub fn read_pylock(
             continue;
         }
         if package.vcs.is_some() || package.archive.is_some() {
-            return Err(Error::failed(format!(
-                "{file}: {name} comes from a {} , which release cannot check by hash and version\n  fix: publish it to an index (or a --find-links directory) and lock that version",
-                if package.vcs.is_some() { "VCS repository" } else { "URL archive" }
-            )));
+            return Err(LockError::Unpinnable {
+                file: file.to_string(),
+                name,
+                source: if package.vcs.is_some() {
+                    "VCS repository".into()
+                } else {
+                    "URL archive".into()
+                },
+            }
+            .into());
         }
         let version = package
             .version
@@ -462,10 +483,11 @@ pub fn read_poetry(
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .unwrap_or((0, 0));
     if major != 2 || minor < 1 {
-        return Err(Error::failed(format!(
-            "{file} has lock-version {}, written by Poetry before 2.0, which does not record the group and markers of each package\n  fix: run `poetry lock` with Poetry 2 and commit poetry.lock, or export it (`poetry export --format requirements.txt -o requirements.txt`, with the poetry-plugin-export) and name that file with `requirements`",
-            lock.metadata.lock_version
-        )));
+        return Err(LockError::OldPoetryLock {
+            file: file.to_string(),
+            version: lock.metadata.lock_version,
+        }
+        .into());
     }
     let extras_table: std::collections::BTreeMap<String, BTreeSet<String>> = lock
         .extras
@@ -487,10 +509,14 @@ pub fn read_poetry(
         .collect();
     for extra in extras {
         if !extras_table.contains_key(&normalize(extra)) {
-            return Err(Error::failed(format!(
-                "{file} offers no extra {extra:?} (it offers: {})\n  fix: declare it in pyproject.toml and run `poetry lock`, or drop it from the settings",
-                if extras_table.is_empty() { "none".to_string() } else { extras_table.keys().cloned().collect::<Vec<_>>().join(", ") }
-            )));
+            return Err(LockError::NoSuchSelection {
+                file: file.to_string(),
+                what: "extra",
+                name: extra.clone(),
+                offered: extras_table.keys().cloned().collect(),
+                fix: "declare it in pyproject.toml and run `poetry lock`, or drop it from the settings".into(),
+            }
+            .into());
         }
     }
     let mut wanted_groups = vec!["main".to_string()];
@@ -540,7 +566,11 @@ pub fn read_poetry(
         match package.source.as_ref().map(|s| s.kind.as_str()) {
             None | Some("legacy") => {}
             Some("directory") => {
-                let path = package.source.as_ref().and_then(|s| s.url.clone()).unwrap_or_default();
+                let path = package
+                    .source
+                    .as_ref()
+                    .and_then(|s| s.url.clone())
+                    .unwrap_or_default();
                 locked.dirs.push(LocalDir {
                     name,
                     path: clean_rel(&path),
@@ -548,9 +578,12 @@ pub fn read_poetry(
                 continue;
             }
             Some(other) => {
-                return Err(Error::failed(format!(
-                    "{file}: {name} comes from a {other} source, which release cannot check by hash and version\n  fix: publish it to an index (or a --find-links directory) and lock that version"
-                )))
+                return Err(LockError::Unpinnable {
+                    file: file.to_string(),
+                    name,
+                    source: format!("{other} source"),
+                }
+                .into())
             }
         }
         let mut hashes: Vec<String> = package.files.iter().map(|f| f.hash.clone()).collect();
@@ -578,9 +611,10 @@ fn find_uv(file: &str) -> Result<PathBuf> {
     if found {
         return Ok(PathBuf::from("uv"));
     }
-    Err(Error::failed(format!(
-        "{file} is uv's lock format, which only uv reads, and `uv` is not on PATH\n  fix: install uv on the build machine (`pip install uv`), or commit a pylock.toml exported from it (`uv export --format pylock.toml -o pylock.toml`) and build from that"
-    )))
+    Err(LockError::UvMissing {
+        file: file.to_string(),
+    }
+    .into())
 }
 
 /// `uv export --locked --no-default-groups` of the project holding
@@ -624,7 +658,7 @@ fn export_uv(req: &Request<'_>) -> Result<String> {
         cmd.args(["--offline", "--no-index"]);
     }
     let line = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| Error::ToolFailed {
+    let out = cmd.output().map_err(|e| PythonError::ToolFailed {
         tool: "uv export".into(),
         command: line.clone(),
         status: "not started".into(),
@@ -633,21 +667,27 @@ fn export_uv(req: &Request<'_>) -> Result<String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         if stderr.contains("needs to be updated") {
-            return Err(Error::failed(format!(
-                "{} is out of date: pyproject.toml asks for something the lock does not hold (uv: {})\n  fix: run `uv lock` and commit uv.lock; the build never re-resolves on its own",
-                req.file,
-                stderr.lines().find(|l| l.contains("needs to be updated")).unwrap_or_default().trim()
-            )));
+            return Err(LockError::UvStale {
+                file: req.file.to_string(),
+                says: stderr
+                    .lines()
+                    .find(|l| l.contains("needs to be updated"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            }
+            .into());
         }
-        return Err(Error::ToolFailed {
+        return Err(PythonError::ToolFailed {
             tool: "uv export".into(),
             command: line,
             status: out.status.to_string(),
             tail: tail(&stderr, 20),
-        });
+        }
+        .into());
     }
     String::from_utf8(out.stdout)
-        .map_err(|_| Error::failed("uv export wrote something that is not UTF-8"))
+        .map_err(|_| Error::internal("uv export wrote something that is not UTF-8"))
 }
 
 #[derive(Deserialize, Default)]
@@ -822,10 +862,12 @@ pub fn stale(file: &str, format: Format, problems: &[String]) -> Error {
             "lock again and commit it (`uv lock && uv export --format pylock.toml -o {file}`, or `pip lock -o {file}`)"
         ),
     };
-    Error::failed(format!(
-        "{file} does not satisfy pyproject.toml for this build, so it is out of date: {}\n  fix: {fix}; the build never re-resolves on its own",
-        problems.join("; ")
-    ))
+    LockError::Stale {
+        file: file.to_string(),
+        fix,
+        problems: problems.to_vec(),
+    }
+    .into()
 }
 
 /// sha256 of a file, hex.

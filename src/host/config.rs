@@ -26,12 +26,94 @@ use std::time::Duration;
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Result, RootError};
 use crate::manifest;
 
 pub const DEFAULT_KEEP: usize = 5;
 pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `release help config`: the reference of every key, shipped in the binary
+/// (a host has no docs/ directory). docs/host.md says the same at length.
+pub const REFERENCE: &str = r#"release.toml: the settings of one host root (<root>/release.toml)
+
+The file is optional and every key has a default. Unknown keys are errors, so
+a typo never passes silently. It must not be writable by group or others.
+`release init` writes one with every key commented out; `release init --wsgi
+MODULE:APP --celery APP` also writes the services and prints their systemd
+units.
+
+TOP LEVEL
+  keep = 5
+      `release prune` (and `deploy`) keep the N newest installs, besides the
+      current release, the rollback target and any release a process uses.
+  shared = ["app/media", "app/.env"]
+      Release paths replaced by links to <root>/shared/<same path>, the same
+      in every release (uploads, env files, a sqlite database). Not a
+      top-level directory; no overlaps. A missing target is created: a copy
+      of the first release's file, else an empty directory.
+
+[[service]]   one table per process to reload after `current` moves
+  name = "web"                      required; unique
+  pidfile = "/run/mysite/gunicorn.pid"
+      The master's pidfile. Required for hup and gunicorn-upgrade; for the
+      other strategies it lets the reload be confirmed from the processes.
+  reload = "gunicorn-upgrade"       required:
+      hup                 SIGHUP to the pidfile's pid (celery, uWSGI; gunicorn
+                          gets new code but keeps its interpreter)
+      gunicorn-upgrade    USR2, new master from current/venv, health check,
+                          then TERM to the old master
+      systemd:UNIT        systemctl reload UNIT
+      supervisor:PROG     supervisorctl signal HUP PROG
+      command:CMD         sh -c CMD, with RELEASE_ID, RELEASE, RELEASE_ROOT
+  timeout = "60s"                   how long the reload may take to show
+                                    (celery: longer than the longest task)
+  required = true
+      false: a service that is down is skipped with a warning. true: a
+      service that is down stops an activation before the switch (exit 1),
+      except on the first deploy (below).
+  start = "systemctl start mysite-web"
+      Optional. How release starts the service when it is down on the first
+      deploy; it must start it and return. systemd:UNIT and supervisor:PROG
+      services are started without it (systemctl/supervisorctl start).
+  launch = "cd /srv/mysite/current/app && exec …"
+      Optional, never run: the line that runs the service through current
+      (`release init` writes it). Shown when the service is down on the first
+      deploy and release cannot start it.
+
+The first deploy (no release was live): services that are down do not stop
+the switch. Those release can start are started, confirmed from their
+processes and health-checked; the others are listed with their `launch`
+line, the health check is skipped, and the command exits 0 with a warning.
+A first deploy that fails after the switch removes `current` again and
+stops what it started (exit 3).
+
+[health]   polled after the reloads; failure switches back (exit 3)
+  url = "http://127.0.0.1:8000/healthz"   required in the table
+  expect = "{release}"    the body must contain it: {release} = the new
+                          release's commit12, {id} = its directory name
+  timeout = "30s"
+
+[hooks]   shell commands (/bin/sh -c) run in <root>/releases/<id>, with
+          venv/bin first on PATH, app/ first on PYTHONPATH, VIRTUAL_ENV,
+          RELEASE_ID, RELEASE_DIR and RELEASE_SWITCH (activate | rollback)
+  check = "venv/bin/python -c 'import mysite.wsgi'"
+      Before the switch; a failure stops the activation (exit 1).
+  after_activate = "venv/bin/python app/manage.py migrate --noinput"
+      After a successful switch and reloads, on `activate`, `deploy` AND
+      `rollback` (in the release switched to); a failure is a warning, the
+      release stays live. Django's `migrate` only applies migrations; on a
+      rollback it does not unapply the newer release's, so the old code runs
+      against the newer schema: keep migrations backward compatible (add
+      first, remove a release later). To skip it on rollbacks:
+      after_activate = "[ \"$RELEASE_SWITCH\" = rollback ] || venv/bin/python app/manage.py migrate --noinput"
+  notify = "https://deploys.example.invalid/hook"
+      POST of each activation's journal event as JSON (also failures);
+      never fatal, and release says whether it worked.
+
+Durations: "500ms", "30s", "2m", "10m". Exit codes: 0 ok; 1 failed, current
+untouched; 2 usage; 3 failed after the switch and undone; 4 locked.
+"#;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -87,38 +169,42 @@ impl HostConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
             Err(e) => return Err(e.into()),
         };
-        let bad = |message: String| {
-            Error::failed(format!(
-                "{}: {message}\n  fix: correct the file (docs/host.md lists every key)",
-                path.display()
-            ))
+        HostConfig::parse(&text, path)
+    }
+
+    /// Parse and check the text of `release.toml` (read from `path`).
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
+        let bad = |message: String| RootError::BadHostConfig {
+            path: path.to_path_buf(),
+            message,
         };
-        let config: HostConfig = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
-        config.validate().map_err(bad)?;
+        let config: HostConfig = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        config.validate().map_err(|why| bad(why.to_string()))?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), BadSetting> {
         for (i, path) in self.shared.iter().enumerate() {
-            manifest::check_path(path).map_err(|why| format!("shared path {path:?}: {why}"))?;
+            manifest::check_path(path).map_err(|why| BadSetting::SharedPath {
+                path: path.clone(),
+                why,
+            })?;
             if !path.contains('/') {
-                return Err(format!(
-                    "shared path {path:?} would replace a whole top-level directory; name a path inside it, like \"app/media\""
-                ));
+                return Err(BadSetting::SharedTopLevel(path.clone()));
             }
             for other in &self.shared[..i] {
                 if other == path
                     || path.starts_with(&format!("{other}/"))
                     || other.starts_with(&format!("{path}/"))
                 {
-                    return Err(format!("shared paths {other:?} and {path:?} overlap"));
+                    return Err(BadSetting::SharedOverlap(other.clone(), path.clone()));
                 }
             }
         }
         let mut names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
-            return Err(format!("two [[service]] tables are named {:?}", pair[0]));
+            return Err(BadSetting::DuplicateService(pair[0].to_string()));
         }
         Ok(())
     }
@@ -149,12 +235,15 @@ pub enum Strategy {
 }
 
 impl FromStr for Strategy {
-    type Err = String;
+    type Err = BadSetting;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let nonempty = |rest: &str, what: &str| {
+        let nonempty = |rest: &str, what: &'static str| {
             if rest.trim().is_empty() {
-                Err(format!("reload = {s:?} needs a {what} after the colon"))
+                Err(BadSetting::StrategyWithout {
+                    strategy: s.to_string(),
+                    what,
+                })
             } else {
                 Ok(rest.trim().to_string())
             }
@@ -165,16 +254,14 @@ impl FromStr for Strategy {
             Some(("systemd", unit)) => Ok(Strategy::Systemd(nonempty(unit, "unit name")?)),
             Some(("supervisor", prog)) => Ok(Strategy::Supervisor(nonempty(prog, "program name")?)),
             Some(("command", cmd)) => Ok(Strategy::Command(nonempty(cmd, "command")?)),
-            _ => Err(format!(
-                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
-            )),
+            _ => Err(BadSetting::UnknownStrategy(s.to_string())),
         }
     }
 }
 
 impl TryFrom<String> for Strategy {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadSetting;
+    fn try_from(s: String) -> Result<Self, BadSetting> {
         s.parse()
     }
 }
@@ -203,11 +290,65 @@ impl std::fmt::Display for Strategy {
 pub struct Timeout(pub Duration);
 
 impl TryFrom<String> for Timeout {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadSetting;
+    fn try_from(s: String) -> Result<Self, BadSetting> {
         humantime::parse_duration(&s)
             .map(Timeout)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30s\" or \"2m\""))
+            .map_err(|e| BadSetting::Duration {
+                text: s,
+                error: e.to_string(),
+            })
+    }
+}
+
+/// A value release.toml may not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadSetting {
+    SharedPath {
+        path: String,
+        why: &'static str,
+    },
+    /// A shared path that would replace a whole top-level directory.
+    SharedTopLevel(String),
+    SharedOverlap(String, String),
+    DuplicateService(String),
+    UnknownStrategy(String),
+    /// `systemd:` and the like without what follows the colon.
+    StrategyWithout {
+        strategy: String,
+        what: &'static str,
+    },
+    Duration {
+        text: String,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for BadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadSetting::SharedPath { path, why } => write!(f, "shared path {path:?}: {why}"),
+            BadSetting::SharedTopLevel(path) => write!(
+                f,
+                "shared path {path:?} would replace a whole top-level directory; name a path inside it, like \"app/media\""
+            ),
+            BadSetting::SharedOverlap(a, b) => write!(f, "shared paths {a:?} and {b:?} overlap"),
+            BadSetting::DuplicateService(name) => {
+                write!(f, "two [[service]] tables are named {name:?}")
+            }
+            BadSetting::UnknownStrategy(s) => write!(
+                f,
+                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
+            ),
+            BadSetting::StrategyWithout { strategy, what } => write!(
+                f,
+                "reload = {strategy:?} needs a {what} after the colon"
+            ),
+            BadSetting::Duration { text, error } => write!(
+                f,
+                "invalid duration {text:?} ({error}); write e.g. \"30s\" or \"2m\""
+            ),
+        }
     }
 }
 
@@ -288,10 +429,12 @@ impl HealthConfig {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<HostConfig, String> {
-        let config: HostConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
+    fn parse(text: &str) -> Result<HostConfig> {
+        HostConfig::parse(text, Path::new("release.toml"))
+    }
+
+    fn refusal(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]
@@ -345,20 +488,39 @@ notify = "https://example.invalid/deploys"
             (empty.keep, empty.shared.len(), empty.services.len()),
             (5, 0, 0)
         );
-        assert!(parse("kep = 3").unwrap_err().contains("unknown field"));
-        assert!(parse("shared = [\"app\"]")
-            .unwrap_err()
-            .contains("top-level"));
+        assert!(refusal("kep = 3").contains("unknown field"));
+        assert!(refusal("shared = [\"app\"]").contains("top-level"));
         assert!(parse("shared = [\"../etc\"]").is_err());
-        assert!(parse("shared = [\"app/m\", \"app/m/x\"]")
-            .unwrap_err()
-            .contains("overlap"));
-        assert!(parse("[[service]]\nname = \"w\"\nreload = \"usr1\"")
-            .unwrap_err()
-            .contains("unknown reload"));
-        assert!(parse("[[service]]\nname = \"w\"\nreload = \"hup\"\n[[service]]\nname = \"w\"\nreload = \"hup\"")
-            .unwrap_err()
+        assert!(refusal("shared = [\"app/m\", \"app/m/x\"]").contains("overlap"));
+        assert!(refusal("[[service]]\nname = \"w\"\nreload = \"usr1\"").contains("unknown reload"));
+        assert!(refusal("[[service]]\nname = \"w\"\nreload = \"hup\"\n[[service]]\nname = \"w\"\nreload = \"hup\"")
             .contains("two [[service]]"));
+    }
+
+    #[test]
+    fn the_reference_names_every_key() {
+        for key in [
+            "keep =",
+            "shared =",
+            "[[service]]",
+            "name =",
+            "pidfile =",
+            "reload =",
+            "timeout =",
+            "required =",
+            "start =",
+            "launch =",
+            "[health]",
+            "url =",
+            "expect =",
+            "[hooks]",
+            "check =",
+            "after_activate =",
+            "notify =",
+            "RELEASE_SWITCH",
+        ] {
+            assert!(REFERENCE.contains(key), "release help config lacks {key}");
+        }
     }
 
     #[test]
@@ -387,9 +549,14 @@ notify = "https://example.invalid/deploys"
             Strategy::Command("kill -HUP $(cat /run/x.pid)".into())
         );
         assert!("systemd:".parse::<Strategy>().is_err());
+        assert_eq!(
+            "usr2".parse::<Strategy>().unwrap_err(),
+            BadSetting::UnknownStrategy("usr2".into())
+        );
         assert!("usr2"
             .parse::<Strategy>()
             .unwrap_err()
+            .to_string()
             .contains("gunicorn-upgrade"));
     }
 

@@ -39,8 +39,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{HostCommand, InstallArgs};
-use crate::error::{Error, Result};
+use crate::cli::{HostCommand, InitArgs, InstallArgs};
+use crate::error::{
+    ActivateError, Error, ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError,
+};
 use crate::exit_codes::ExitCode;
 use crate::output::Printer;
 
@@ -61,6 +63,22 @@ impl InstallArgs {
     }
 }
 
+impl InitArgs {
+    fn options(&self) -> init::InitOptions {
+        init::InitOptions {
+            wsgi: self.wsgi.clone(),
+            celery: self.celery.clone(),
+            run_dir: self.run_dir.clone(),
+            bind: self.bind.clone(),
+            workers: self.workers,
+            health: self.health.clone(),
+            name: self.name.clone(),
+            user: self.user.clone(),
+            systemd: self.systemd.clone(),
+        }
+    }
+}
+
 /// What `release deploy --json` prints: the three steps' reports.
 #[derive(Debug, Serialize)]
 pub struct DeployReport {
@@ -74,16 +92,14 @@ pub struct DeployReport {
 /// not "nothing changed".
 fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
     match err {
-        Error::Failed(message) => Error::Failed(format!(
-            "{message}\n  release {} {} and stays inactive; once fixed: `release activate {}`",
-            installed.id,
-            if installed.already_installed {
-                "was already installed"
-            } else {
-                "is installed"
-            },
-            installed.id
-        )),
+        Error::Activate(
+            refused @ (ActivateError::CheckFailed(_) | ActivateError::ServicesNotReady { .. }),
+        ) => ActivateError::RefusedAfterInstall {
+            refused: Box::new(refused),
+            release: installed.id.clone(),
+            already_installed: installed.already_installed,
+        }
+        .into(),
         other => other,
     }
 }
@@ -171,8 +187,8 @@ pub fn run(
             let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
             printer.data(&report, || report.human());
         }
-        HostCommand::Init => {
-            let report = init::init(&host)?;
+        HostCommand::Init(args) => {
+            let report = init::init(&host, &args.options(), printer)?;
             printer.data(&report, || report.human());
         }
         HostCommand::List => {
@@ -207,18 +223,20 @@ pub fn run(
                 None => {
                     let current = host.current()?;
                     if let layout::Current::Foreign(target) = &current {
-                        return Err(Error::failed(format!(
-                            "{} points to {}, not to a release under {}; verify does not follow it\n  fix: name a release: `release verify ID` (see `release list`)",
-                            host.current.display(),
-                            target.display(),
-                            host.releases.display()
-                        )));
+                        return Err(RootError::ForeignCurrent {
+                            link: host.current.clone(),
+                            target: target.clone(),
+                            releases: host.releases.clone(),
+                            command: ForeignCurrentFor::Verify,
+                        }
+                        .into());
                     }
                     let Some(current) = current.id() else {
-                        return Err(Error::failed(format!(
-                            "no release is current under {}\n  fix: name one: `release verify ID` (see `release list`)",
-                            host.root.display()
-                        )));
+                        return Err(ReleaseError::NoCurrent {
+                            root: host.root.clone(),
+                            command: NoCurrentFor::Verify,
+                        }
+                        .into());
                     };
                     releases::resolve(&host, &list, current)?
                 }
