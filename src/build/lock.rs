@@ -230,7 +230,7 @@ fn parse_marker(file: &str, package: &str, text: &str) -> Result<Marker> {
             file: file.to_string(),
             package: package.to_string(),
             marker: text.to_string(),
-            why,
+            why: why.to_string(),
         }
         .into()
     })

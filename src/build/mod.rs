@@ -121,54 +121,9 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     steps.done("code");
 
     // The dependency file, read from the whole commit (before include/exclude).
-    let Some(found) = lock::discover(&app_dir, settings.requirements.as_deref()) else {
-        return Err(LockError::NoDependencyFile {
-            dir: source.toplevel.join(&source.prefix),
-            commit: commit.sha[..12].to_string(),
-            looked_for: lock::DISCOVERY_ORDER.join(", "),
-        }
-        .into());
-    };
+    let (found, dep_sha256) = dependency_file(&settings, &source, &commit, &app_dir, printer)?;
     let dep_path = app_dir.join(&found.file);
-    if !dep_path.is_file() {
-        return Err(SourceError::RequirementsMissing {
-            path: source.toplevel.join(&source.prefix).join(&found.file),
-            commit: commit.sha[..12].to_string(),
-        }
-        .into());
-    }
-    let dep_sha256 = lock::file_sha256(&dep_path)?;
-    if !found.others.is_empty() {
-        printer.progress(&format!(
-            "dependencies from {}; {} also present, not used (the first of {} is used; name another with --requirements or `requirements`)",
-            found.file,
-            found.others.join(", "),
-            lock::DISCOVERY_ORDER.join(", ")
-        ));
-    }
-    if printer.verbose > 0 {
-        printer.progress(&format!(
-            "dependencies from {} (sha256 {dep_sha256}){}{}",
-            found.file,
-            if settings.extras.is_empty() {
-                String::new()
-            } else {
-                format!(", extras {}", settings.extras.join(" "))
-            },
-            if settings.groups.is_empty() {
-                String::new()
-            } else {
-                format!(", groups {}", settings.groups.join(" "))
-            }
-        ));
-    }
     let is_lock = found.format != lock::Format::Requirements;
-    if !is_lock && (!settings.extras.is_empty() || !settings.groups.is_empty()) {
-        return Err(Error::Usage(format!(
-            "extras and groups select from a lock file, but the dependencies come from {} (a requirements file)\n  fix: drop `extras`/`groups` (and --extra/--group), or build from the lock",
-            found.file
-        )));
-    }
     // Both checks come before anything is downloaded.
     let unpinned = if is_lock {
         Vec::new()
@@ -773,6 +728,67 @@ fn check_symlinks(files: &[Entry], base_executable: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The dependency file of the build (named, or discovered at the commit),
+/// and its sha256; says which it is, and when others were passed over.
+fn dependency_file(
+    settings: &settings::Settings,
+    source: &git::Source,
+    commit: &git::Commit,
+    app_dir: &Path,
+    printer: &Printer,
+) -> Result<(lock::Found, String)> {
+    let Some(found) = lock::discover(app_dir, settings.requirements.as_deref()) else {
+        return Err(LockError::NoDependencyFile {
+            dir: source.toplevel.join(&source.prefix),
+            commit: commit.sha[..12].to_string(),
+            looked_for: lock::DISCOVERY_ORDER.join(", "),
+        }
+        .into());
+    };
+    let dep_path = app_dir.join(&found.file);
+    if !dep_path.is_file() {
+        return Err(SourceError::RequirementsMissing {
+            path: source.toplevel.join(&source.prefix).join(&found.file),
+            commit: commit.sha[..12].to_string(),
+        }
+        .into());
+    }
+    let dep_sha256 = lock::file_sha256(&dep_path)?;
+    if !found.others.is_empty() {
+        printer.progress(&format!(
+            "dependencies from {}; {} also present, not used (the first of {} is used; name another with --requirements or `requirements`)",
+            found.file,
+            found.others.join(", "),
+            lock::DISCOVERY_ORDER.join(", ")
+        ));
+    }
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "dependencies from {} (sha256 {dep_sha256}){}{}",
+            found.file,
+            if settings.extras.is_empty() {
+                String::new()
+            } else {
+                format!(", extras {}", settings.extras.join(" "))
+            },
+            if settings.groups.is_empty() {
+                String::new()
+            } else {
+                format!(", groups {}", settings.groups.join(" "))
+            }
+        ));
+    }
+    if found.format == lock::Format::Requirements
+        && (!settings.extras.is_empty() || !settings.groups.is_empty())
+    {
+        return Err(Error::Usage(format!(
+            "extras and groups select from a lock file, but the dependencies come from {} (a requirements file)\n  fix: drop `extras`/`groups` (and --extra/--group), or build from the lock",
+            found.file
+        )));
+    }
+    Ok((found, dep_sha256))
 }
 
 /// What the venv is installed from: a requirements file for pip (the app's,

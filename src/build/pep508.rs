@@ -13,6 +13,28 @@ use std::collections::BTreeMap;
 
 use super::requirements::normalize;
 
+/// Why a version, specifier, marker or requirement cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(why: String) -> Self {
+        Invalid(why)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(why: &str) -> Self {
+        Invalid(why.to_string())
+    }
+}
+
 /// A PEP 440 version, compared as the standard orders them (the local part
 /// `+...` is kept as text and only breaks ties).
 #[derive(Debug, Clone)]
@@ -172,7 +194,7 @@ impl Ord for Version {
 }
 
 /// Whether `version` satisfies one specifier clause (`>=5.2`, `==5.*`, `~=2.2`).
-fn clause_contains(clause: &str, version: &Version, version_text: &str) -> Result<bool, String> {
+fn clause_contains(clause: &str, version: &Version, version_text: &str) -> Result<bool, Invalid> {
     let clause = clause.trim();
     let ops = ["===", "~=", "==", "!=", "<=", ">=", "<", ">"];
     let op = ops
@@ -185,7 +207,9 @@ fn clause_contains(clause: &str, version: &Version, version_text: &str) -> Resul
     }
     if let Some(prefix) = target.strip_suffix(".*") {
         if !matches!(*op, "==" | "!=") {
-            return Err(format!("{clause:?}: a wildcard needs == or !="));
+            return Err(Invalid::from(format!(
+                "{clause:?}: a wildcard needs == or !="
+            )));
         }
         let want = Version::parse(prefix).ok_or_else(|| format!("{clause:?}: bad version"))?;
         let matches = version.epoch == want.epoch
@@ -223,7 +247,9 @@ fn clause_contains(clause: &str, version: &Version, version_text: &str) -> Resul
         }
         "~=" => {
             if want.release.len() < 2 {
-                return Err(format!("{clause:?}: ~= needs at least two release numbers"));
+                return Err(Invalid::from(format!(
+                    "{clause:?}: ~= needs at least two release numbers"
+                )));
             }
             let prefix = &want.release[..want.release.len() - 1];
             cmp != Ordering::Less
@@ -239,7 +265,7 @@ fn clause_contains(clause: &str, version: &Version, version_text: &str) -> Resul
 
 /// Whether `version` satisfies the comma-separated specifier set `spec`
 /// (empty: any version).
-pub fn spec_contains(spec: &str, version: &str) -> Result<bool, String> {
+pub fn spec_contains(spec: &str, version: &str) -> Result<bool, Invalid> {
     let parsed = Version::parse(version).ok_or_else(|| format!("{version:?} is not a version"))?;
     for clause in spec.split(',').filter(|c| !c.trim().is_empty()) {
         if !clause_contains(clause, &parsed, version)? {
@@ -279,7 +305,7 @@ enum Token {
     Close,
 }
 
-fn tokenize(text: &str) -> Result<Vec<Token>, String> {
+fn tokenize(text: &str) -> Result<Vec<Token>, Invalid> {
     let mut tokens = Vec::new();
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
@@ -297,7 +323,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
             let end = chars[i + 1..]
                 .iter()
                 .position(|&d| d == c)
-                .ok_or("an unterminated string")?;
+                .ok_or(Invalid::from("an unterminated string"))?;
             tokens.push(Token::Str(chars[i + 1..i + 1 + end].iter().collect()));
             i += end + 2;
         } else if "<>=!~".contains(c) {
@@ -307,7 +333,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                 i += 1;
             }
             if !["<", "<=", ">", ">=", "==", "!=", "~=", "==="].contains(&op.as_str()) {
-                return Err(format!("unknown operator {op}"));
+                return Err(Invalid::from(format!("unknown operator {op}")));
             }
             tokens.push(Token::Op(op));
         } else if c.is_ascii_alphabetic() || c == '_' {
@@ -328,7 +354,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                     if !trimmed.starts_with("in")
                         || trimmed[2..].starts_with(|c: char| c.is_ascii_alphanumeric())
                     {
-                        return Err("`not` must be followed by `in`".into());
+                        return Err(Invalid::from("`not` must be followed by `in`"));
                     }
                     i += rest.len() - trimmed.len() + 2;
                     tokens.push(Token::Op("not in".into()));
@@ -336,7 +362,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                 _ => tokens.push(Token::Var(word.replace('.', "_"))),
             }
         } else {
-            return Err(format!("unexpected {c:?}"));
+            return Err(Invalid::from(format!("unexpected {c:?}")));
         }
     }
     Ok(tokens)
@@ -377,7 +403,7 @@ impl Parser {
         t
     }
 
-    fn or(&mut self) -> Result<Marker, String> {
+    fn or(&mut self) -> Result<Marker, Invalid> {
         let mut parts = vec![self.and()?];
         while self.peek() == Some(&Token::Or) {
             self.at += 1;
@@ -390,7 +416,7 @@ impl Parser {
         })
     }
 
-    fn and(&mut self) -> Result<Marker, String> {
+    fn and(&mut self) -> Result<Marker, Invalid> {
         let mut parts = vec![self.atom()?];
         while self.peek() == Some(&Token::And) {
             self.at += 1;
@@ -403,27 +429,33 @@ impl Parser {
         })
     }
 
-    fn value(&mut self) -> Result<Operand, String> {
+    fn value(&mut self) -> Result<Operand, Invalid> {
         match self.next() {
             Some(Token::Var(v)) => Ok(Operand::Var(v)),
             Some(Token::Str(s)) => Ok(Operand::Str(s)),
-            other => Err(format!("expected a variable or a string, found {other:?}")),
+            other => Err(Invalid::from(format!(
+                "expected a variable or a string, found {other:?}"
+            ))),
         }
     }
 
-    fn atom(&mut self) -> Result<Marker, String> {
+    fn atom(&mut self) -> Result<Marker, Invalid> {
         if self.peek() == Some(&Token::Open) {
             self.at += 1;
             let inner = self.or()?;
             if self.next() != Some(Token::Close) {
-                return Err("a `(` is not closed".into());
+                return Err(Invalid::from("a `(` is not closed"));
             }
             return Ok(inner);
         }
         let left = self.value()?;
         let op = match self.next() {
             Some(Token::Op(op)) => op,
-            other => return Err(format!("expected an operator, found {other:?}")),
+            other => {
+                return Err(Invalid::from(format!(
+                    "expected an operator, found {other:?}"
+                )))
+            }
         };
         let right = self.value()?;
         Ok(Marker::Compare { left, op, right })
@@ -448,28 +480,28 @@ const KNOWN: &[&str] = &[
 ];
 
 impl Marker {
-    pub fn parse(text: &str) -> Result<Marker, String> {
+    pub fn parse(text: &str) -> Result<Marker, Invalid> {
         let tokens = tokenize(text)?;
         let mut parser = Parser { tokens, at: 0 };
         let marker = parser.or()?;
         if parser.at != parser.tokens.len() {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "unexpected {:?} after the expression",
                 parser.tokens[parser.at]
-            ));
+            )));
         }
         marker.check_vars()?;
         Ok(marker)
     }
 
-    fn check_vars(&self) -> Result<(), String> {
+    fn check_vars(&self) -> Result<(), Invalid> {
         match self {
             Marker::And(parts) | Marker::Or(parts) => parts.iter().try_for_each(Marker::check_vars),
             Marker::Compare { left, right, .. } => {
                 for side in [left, right] {
                     if let Operand::Var(v) = side {
                         if !KNOWN.contains(&v.as_str()) {
-                            return Err(format!("unknown marker variable {v}"));
+                            return Err(Invalid::from(format!("unknown marker variable {v}")));
                         }
                     }
                 }
@@ -558,7 +590,7 @@ pub struct Requirement {
 }
 
 impl Requirement {
-    pub fn parse(text: &str) -> Result<Requirement, String> {
+    pub fn parse(text: &str) -> Result<Requirement, Invalid> {
         let (body, marker) = match text.split_once(';') {
             Some((b, m)) => (
                 b,
@@ -571,7 +603,9 @@ impl Requirement {
             .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
             .unwrap_or(body.len());
         if end == 0 {
-            return Err(format!("{text:?} does not start with a package name"));
+            return Err(Invalid::from(format!(
+                "{text:?} does not start with a package name"
+            )));
         }
         let name = normalize(&body[..end]);
         let mut rest = body[end..].trim_start();
