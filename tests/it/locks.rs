@@ -99,7 +99,7 @@ fn venv_dists(report: &Value) -> BTreeSet<String> {
         .arg(report["artifact"].as_str().unwrap())
         .output()
         .unwrap();
-    json_ok(&out);
+    assert_eq!(json_ok(&out)["dependencies"], report["dependencies"]);
     let manifest = read_manifest(Path::new(report["artifact"].as_str().unwrap()));
     manifest["files"]
         .as_array()
@@ -198,6 +198,20 @@ fn pylock_only_app_builds_exactly_the_locked_versions_and_refuses_a_wrong_hash()
     assert!(
         !expected.iter().any(|p| p.starts_with("flit-core==")),
         "dev group exported"
+    );
+
+    let out = release()
+        .arg("inspect")
+        .arg(report["artifact"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains(&format!(
+            "locked    pylock.toml (sha256 {})",
+            sha256_file(&app.path("pylock.toml"))
+        )),
+        "{}",
+        stdout(&out)
     );
 
     // -v says which file; a warm build of the same lock reuses the venv.
