@@ -54,7 +54,7 @@ impl Switch {
     }
 
     /// The journal event a finished switch writes.
-    fn event(self) -> EventKind {
+    pub fn event(self) -> EventKind {
         match self {
             Switch::Activate => EventKind::Activated,
             Switch::Rollback => EventKind::RolledBack,
@@ -91,6 +91,70 @@ impl ActivateReport {
     pub fn human(&self) -> String {
         format!("{}\n", self.id)
     }
+}
+
+/// What `release activate --dry-run --json` and `release rollback --dry-run
+/// --json` print (and `deploy --dry-run` under `activate`).
+#[derive(Debug, Serialize)]
+pub struct SwitchPlan {
+    pub dry_run: bool,
+    /// The release that would become current (null in `deploy --dry-run`
+    /// when the artifact is not installed yet: its id is made by the install).
+    pub id: Option<String>,
+    pub commit: String,
+    /// The release it would switch from.
+    pub from: Option<String>,
+    /// The journal event the switch would write.
+    pub event: EventKind,
+    /// True when nothing would change.
+    pub already_current: bool,
+}
+
+impl SwitchPlan {
+    pub fn human(&self) -> String {
+        let id = self.id.as_deref().unwrap_or(&self.commit);
+        if self.already_current {
+            format!("{id} is already current: nothing would change\n")
+        } else {
+            format!(
+                "would switch current from {} to {id}\n",
+                self.from.as_deref().unwrap_or("none")
+            )
+        }
+    }
+}
+
+/// `activate --dry-run` / `rollback --dry-run`: step 1 and the services
+/// preflight of a switch to `target`, with nothing written and no lock
+/// taken. The services preflight reads pidfiles and /proc; the check hook is
+/// not run (it runs the app's code). What the switch would refuse, this
+/// refuses with the same error.
+pub fn plan(
+    host: &Host,
+    config: &HostConfig,
+    target: &Installed,
+    switch: Switch,
+    printer: &Printer,
+) -> Result<SwitchPlan> {
+    let commit = target.require_complete()?.commit.clone();
+    let (from, already_current) = where_from(host, &Journal::new(&host.journal), target, printer)?;
+    if !already_current {
+        if let Err(failure) = services::preflight(config, host, from.is_none()) {
+            return Err(ActivateError::ServicesNotReady {
+                failure,
+                current: from,
+            }
+            .into());
+        }
+    }
+    Ok(SwitchPlan {
+        dry_run: true,
+        id: Some(target.name().to_string()),
+        commit,
+        from,
+        event: switch.event(),
+        already_current,
+    })
 }
 
 /// One activation's fixed inputs, shared by its steps.
@@ -157,7 +221,7 @@ pub fn activate(
 /// Step 1: the release that was live before (by the journal), and whether
 /// the target is already current (then there is nothing to do). Warns about
 /// a switch a killed command left unjournaled and about a foreign `current`.
-fn where_from(
+pub fn where_from(
     host: &Host,
     journal: &Journal,
     target: &Installed,
@@ -396,6 +460,17 @@ pub fn rollback(
     printer: &Printer,
 ) -> Result<ActivateReport> {
     let list = releases::installed(host)?;
+    let target = rollback_target(host, &list, to)?;
+    activate(host, lock, config, target, Switch::Rollback, printer)
+}
+
+/// The release `release rollback [--to ID]` goes to; refused (nothing
+/// changed) when there is none, or it is not installed and complete.
+pub fn rollback_target<'a>(
+    host: &Host,
+    list: &'a [Installed],
+    to: Option<&str>,
+) -> Result<&'a Installed> {
     let current = host.current()?;
     let Current::Release(current_id) = &current else {
         return Err(ReleaseError::NoCurrent {
@@ -408,7 +483,7 @@ pub fn rollback(
         .into());
     };
     let target = match to {
-        Some(query) => releases::resolve(host, &list, query)?,
+        Some(query) => releases::resolve(host, list, query)?,
         None => {
             let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
             // From what the journal last recorded as live: after a rollback
@@ -441,5 +516,5 @@ pub fn rollback(
         }
         .into());
     }
-    activate(host, lock, config, target, Switch::Rollback, printer)
+    Ok(target)
 }

@@ -15,6 +15,7 @@
 
 pub mod activate;
 pub mod config;
+pub mod dry_run;
 pub mod extract;
 pub mod hooks;
 mod init;
@@ -139,13 +140,16 @@ pub fn run(
     // release's tree) gets the mode we ask for, whatever the caller's umask:
     // check_safe refuses the root's own files group-writable. Set here once.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    if dry_run::run(command, &host, printer)? {
+        return Ok(ExitCode::Success);
+    }
     match command {
         HostCommand::Install(args) => {
             let s = Session::open(host, true, wait, printer)?;
             let report = install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
             printer.data(&report, || format!("{}\n", report.id));
         }
-        HostCommand::Activate { id } => {
+        HostCommand::Activate { id, .. } => {
             let s = Session::open(host, false, wait, printer)?;
             let list = releases::installed(&s.host)?;
             let target = releases::resolve(&s.host, &list, id)?;
@@ -182,7 +186,7 @@ pub fn run(
             };
             printer.data(&report, || format!("{}\n", report.activate.id));
         }
-        HostCommand::Rollback { to } => {
+        HostCommand::Rollback { to, .. } => {
             let s = Session::open(host, false, wait, printer)?;
             let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
             printer.data(&report, || report.human());
