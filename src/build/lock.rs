@@ -302,64 +302,11 @@ pub fn read_pylock(
         }
         .into());
     }
-    for (asked, offered, what) in [
-        (extras, &lock.extras, "extra"),
-        (groups, &lock.dependency_groups, "dependency group"),
-    ] {
-        let offered: Vec<String> = offered.iter().map(|e| normalize(e)).collect();
-        for name in asked {
-            if !offered.contains(&normalize(name)) {
-                return Err(LockError::NoSuchSelection {
-                    file: file.to_string(),
-                    what,
-                    name: name.clone(),
-                    offered,
-                    fix: format!(
-                        "export the lock with it (uv: `uv export --format pylock.toml --{} {name} -o {file}`; uv writes the selection into the file), or drop it from the settings",
-                        if what == "extra" { "extra" } else { "group" }
-                    ),
-                }
-                .into());
-            }
-        }
-    }
+    check_offered(file, &lock, extras, groups)?;
     let mut selected_groups: Vec<String> = lock.default_groups.clone();
     selected_groups.extend(groups.iter().cloned());
     let env = env.with_selection(extras, &selected_groups);
-    if let Some(spec) = &lock.requires_python {
-        match pep508::spec_contains(spec, &interpreter.version) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(LockError::WrongPython {
-                    file: file.to_string(),
-                    spec: spec.clone(),
-                    version: interpreter.version.clone(),
-                    executable: interpreter.executable.clone(),
-                }
-                .into())
-            }
-            Err(why) => return Err(bad_toml(file, format!("requires-python: {why}"))),
-        }
-    }
-    if let Some(environments) = &lock.environments {
-        let mut any = environments.is_empty();
-        for e in environments {
-            any |= parse_marker(file, "environments", e)?.evaluate(&env);
-        }
-        if !any {
-            return Err(LockError::NotForThisPlatform {
-                file: file.to_string(),
-                environments: environments.join(" or "),
-                version: interpreter.version.clone(),
-                platform: env
-                    .values
-                    .get("sys_platform")
-                    .cloned()
-                    .unwrap_or_else(|| "?".into()),
-            }
-            .into());
-        }
-    }
+    check_covers(file, &lock, &env, interpreter)?;
     let mut locked = Locked::default();
     for package in lock.packages {
         let name = normalize(&package.name);
@@ -410,6 +357,71 @@ pub fn read_pylock(
         )?;
     }
     Ok(locked)
+}
+
+/// Every extra and group asked for is one the pylock offers.
+fn check_offered(file: &str, lock: &Pylock, extras: &[String], groups: &[String]) -> Result<()> {
+    for (asked, offered, what) in [
+        (extras, &lock.extras, "extra"),
+        (groups, &lock.dependency_groups, "dependency group"),
+    ] {
+        let offered: Vec<String> = offered.iter().map(|e| normalize(e)).collect();
+        for name in asked {
+            if !offered.contains(&normalize(name)) {
+                return Err(LockError::NoSuchSelection {
+                    file: file.to_string(),
+                    what,
+                    name: name.clone(),
+                    offered,
+                    fix: format!(
+                        "export the lock with it (uv: `uv export --format pylock.toml --{} {name} -o {file}`; uv writes the selection into the file), or drop it from the settings",
+                        if what == "extra" { "extra" } else { "group" }
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pylock's `requires-python` and `environments` cover the build interpreter.
+fn check_covers(file: &str, lock: &Pylock, env: &Env, interpreter: &Interpreter) -> Result<()> {
+    if let Some(spec) = &lock.requires_python {
+        match pep508::spec_contains(spec, &interpreter.version) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(LockError::WrongPython {
+                    file: file.to_string(),
+                    spec: spec.clone(),
+                    version: interpreter.version.clone(),
+                    executable: interpreter.executable.clone(),
+                }
+                .into())
+            }
+            Err(why) => return Err(bad_toml(file, format!("requires-python: {why}"))),
+        }
+    }
+    if let Some(environments) = &lock.environments {
+        let mut any = environments.is_empty();
+        for e in environments {
+            any |= parse_marker(file, "environments", e)?.evaluate(env);
+        }
+        if !any {
+            return Err(LockError::NotForThisPlatform {
+                file: file.to_string(),
+                environments: environments.join(" or "),
+                version: interpreter.version.clone(),
+                platform: env
+                    .values
+                    .get("sys_platform")
+                    .cloned()
+                    .unwrap_or_else(|| "?".into()),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `./a/b/` → `a/b`; `.` stays.
@@ -489,36 +501,7 @@ pub fn read_poetry(
         }
         .into());
     }
-    let extras_table: std::collections::BTreeMap<String, BTreeSet<String>> = lock
-        .extras
-        .iter()
-        .map(|(k, v)| {
-            (
-                normalize(k),
-                v.iter()
-                    .map(|n| {
-                        normalize(
-                            n.split(['[', ' ', '(', ';', '<', '>', '=', '!', '~'])
-                                .next()
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    for extra in extras {
-        if !extras_table.contains_key(&normalize(extra)) {
-            return Err(LockError::NoSuchSelection {
-                file: file.to_string(),
-                what: "extra",
-                name: extra.clone(),
-                offered: extras_table.keys().cloned().collect(),
-                fix: "declare it in pyproject.toml and run `poetry lock`, or drop it from the settings".into(),
-            }
-            .into());
-        }
-    }
+    let extras_table = poetry_extras(file, &lock, extras)?;
     let mut wanted_groups = vec!["main".to_string()];
     wanted_groups.extend(groups.iter().map(|g| normalize(g)));
     let env = env.with_selection(extras, &wanted_groups);
@@ -534,33 +517,7 @@ pub fn read_poetry(
         {
             continue;
         }
-        // Locks without groups (single-group projects) mean `main`.
-        let package_groups: Vec<String> = if package.groups.is_empty() {
-            vec!["main".into()]
-        } else {
-            package.groups.iter().map(|g| normalize(g)).collect()
-        };
-        let mut applies = false;
-        for group in package_groups.iter().filter(|g| wanted_groups.contains(g)) {
-            let marker = match &package.markers {
-                None => None,
-                Some(toml::Value::String(m)) => Some(m.clone()),
-                Some(toml::Value::Table(t)) => t
-                    .iter()
-                    .find(|(g, _)| normalize(g) == *group)
-                    .and_then(|(_, m)| m.as_str().map(str::to_string)),
-                Some(other) => return Err(bad_toml(file, format!("{name}: markers = {other}"))),
-            };
-            let ok = match marker {
-                None => true,
-                Some(m) => parse_marker(file, &name, &m)?.evaluate(&env),
-            };
-            if ok {
-                applies = true;
-                break;
-            }
-        }
-        if !applies {
+        if !poetry_applies(file, &package, &wanted_groups, &env)? {
             continue;
         }
         match package.source.as_ref().map(|s| s.kind.as_str()) {
@@ -599,6 +556,81 @@ pub fn read_poetry(
         )?;
     }
     Ok(locked)
+}
+
+/// The lock's `[extras]`: each extra's package names (normalised), after
+/// checking that every extra asked for is there.
+fn poetry_extras(
+    file: &str,
+    lock: &PoetryLock,
+    extras: &[String],
+) -> Result<std::collections::BTreeMap<String, BTreeSet<String>>> {
+    let table: std::collections::BTreeMap<String, BTreeSet<String>> = lock
+        .extras
+        .iter()
+        .map(|(k, v)| {
+            (
+                normalize(k),
+                v.iter()
+                    .map(|n| {
+                        normalize(
+                            n.split(['[', ' ', '(', ';', '<', '>', '=', '!', '~'])
+                                .next()
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    for extra in extras {
+        if !table.contains_key(&normalize(extra)) {
+            return Err(LockError::NoSuchSelection {
+                file: file.to_string(),
+                what: "extra",
+                name: extra.clone(),
+                offered: table.keys().cloned().collect(),
+                fix: "declare it in pyproject.toml and run `poetry lock`, or drop it from the settings".into(),
+            }
+            .into());
+        }
+    }
+    Ok(table)
+}
+
+/// Whether a Poetry package is in a wanted group whose marker holds.
+fn poetry_applies(
+    file: &str,
+    package: &PoetryPackage,
+    wanted_groups: &[String],
+    env: &Env,
+) -> Result<bool> {
+    let name = normalize(&package.name);
+    // Locks without groups (single-group projects) mean `main`.
+    let package_groups: Vec<String> = if package.groups.is_empty() {
+        vec!["main".into()]
+    } else {
+        package.groups.iter().map(|g| normalize(g)).collect()
+    };
+    for group in package_groups.iter().filter(|g| wanted_groups.contains(g)) {
+        let marker = match &package.markers {
+            None => None,
+            Some(toml::Value::String(m)) => Some(m.clone()),
+            Some(toml::Value::Table(t)) => t
+                .iter()
+                .find(|(g, _)| normalize(g) == *group)
+                .and_then(|(_, m)| m.as_str().map(str::to_string)),
+            Some(other) => return Err(bad_toml(file, format!("{name}: markers = {other}"))),
+        };
+        let ok = match marker {
+            None => true,
+            Some(m) => parse_marker(file, &name, &m)?.evaluate(env),
+        };
+        if ok {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `uv` on PATH, or the error naming the fix.
@@ -816,41 +848,54 @@ pub fn unsatisfied(
             Some(None) => {}
         }
     }
-    // Poetry's own tables: the names of non-optional dependencies of `main`
-    // and of the selected groups must be locked.
     if format == Format::PoetryLock {
         if let Some(poetry) = file.tool.and_then(|t| t.poetry) {
-            let mut tables = vec![&poetry.dependencies];
-            for group in groups {
-                if let Some((_, g)) = poetry
-                    .group
-                    .iter()
-                    .find(|(k, _)| normalize(k) == normalize(group))
-                {
-                    tables.push(&g.dependencies);
-                }
-            }
-            for table in tables {
-                for (name, value) in table {
-                    let optional =
-                        value.get("optional").and_then(toml::Value::as_bool) == Some(true);
-                    let has_markers = value.get("markers").is_some()
-                        || value.get("python").is_some()
-                        || value.get("platform").is_some();
-                    let name = normalize(name);
-                    if name == "python" || optional || has_markers || Some(&name) == own.as_ref() {
-                        continue;
-                    }
-                    if version_of(&name).is_none() {
-                        problems.push(format!("{name} is not in the lock"));
-                    }
-                }
-            }
+            problems.extend(poetry_unlocked(&poetry, groups, own.as_deref(), locked));
         }
     }
     problems.sort();
     problems.dedup();
     Ok(problems)
+}
+
+/// Poetry's own tables: the names of the non-optional dependencies of
+/// `main` and of the selected groups that the lock does not hold.
+fn poetry_unlocked(
+    poetry: &PoetryTable,
+    groups: &[String],
+    own: Option<&str>,
+    locked: &Locked,
+) -> Vec<String> {
+    let mut tables = vec![&poetry.dependencies];
+    for group in groups {
+        if let Some((_, g)) = poetry
+            .group
+            .iter()
+            .find(|(k, _)| normalize(k) == normalize(group))
+        {
+            tables.push(&g.dependencies);
+        }
+    }
+    let mut missing = Vec::new();
+    for table in tables {
+        for (name, value) in table {
+            let optional = value.get("optional").and_then(toml::Value::as_bool) == Some(true);
+            // A dependency for some environments only may rightly be absent.
+            let conditional = value.get("markers").is_some()
+                || value.get("python").is_some()
+                || value.get("platform").is_some();
+            let name = normalize(name);
+            if name == "python" || optional || conditional || Some(name.as_str()) == own {
+                continue;
+            }
+            let held = locked.pins.iter().any(|p| p.name == name)
+                || locked.dirs.iter().any(|d| d.name == name);
+            if !held {
+                missing.push(format!("{name} is not in the lock"));
+            }
+        }
+    }
+    missing
 }
 
 /// The refusal of a stale lock.
@@ -1060,6 +1105,33 @@ content-hash = "00"
             err.to_string()
                 .contains("django==5.2.19 has no file hashes"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn poetry_tables_name_what_the_lock_lacks() {
+        let poetry: PoetryTable = toml::from_str(
+            r#"
+[dependencies]
+python = "^3.11"
+Django = "^5.2"
+boto3 = { version = "^1", optional = true }
+pywin32 = { version = "*", markers = "sys_platform == 'win32'" }
+requests = "^2"
+
+[group.dev.dependencies]
+pytest = "^8"
+"#,
+        )
+        .unwrap();
+        let locked = read_poetry(POETRY, "poetry.lock", &env(), &[], &[]).unwrap();
+        assert_eq!(
+            poetry_unlocked(&poetry, &[], Some("mysite"), &locked),
+            ["requests is not in the lock"]
+        );
+        assert_eq!(
+            poetry_unlocked(&poetry, &["dev".into()], None, &locked),
+            ["requests is not in the lock", "pytest is not in the lock"]
         );
     }
 
