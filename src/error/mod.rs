@@ -16,6 +16,7 @@ mod artifact;
 mod build;
 mod fetch;
 mod install;
+mod lock;
 mod python;
 mod release;
 mod reload;
@@ -34,6 +35,7 @@ pub use artifact::ArtifactError;
 pub use build::{BuildError, Unpackable};
 pub use fetch::{Cause, Doing, DownloadFailure, FetchError};
 pub use install::{InstallError, NoSpace};
+pub use lock::LockError;
 pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};
 pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
@@ -59,6 +61,7 @@ pub enum Error {
     Stopped,
     Source(SourceError),
     Build(BuildError),
+    Lock(LockError),
     Python(PythonError),
     Artifact(ArtifactError),
     Root(RootError),
@@ -112,6 +115,7 @@ impl Error {
         Some(match self {
             Error::Source(e) => e,
             Error::Build(e) => e,
+            Error::Lock(e) => e,
             Error::Python(e) => e,
             Error::Artifact(e) => e,
             Error::Root(e) => e,
@@ -201,6 +205,7 @@ macro_rules! from_concern {
 from_concern!(
     Source(SourceError),
     Build(BuildError),
+    Lock(LockError),
     Python(PythonError),
     Artifact(ArtifactError),
     Root(RootError),

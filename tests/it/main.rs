@@ -12,6 +12,7 @@ mod fleet;
 mod fresh_host;
 mod host;
 mod hostile;
+mod locks;
 mod reload;
 mod services;
 mod store;
