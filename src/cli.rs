@@ -61,9 +61,12 @@ pub enum HostCommand {
     Activate {
         /// Release id or commit, or a unique prefix of one.
         id: String,
+        /// Do not run the before_activate hook (e.g. on every host but the first of a fleet).
+        #[arg(long)]
+        skip_before_activate: bool,
     },
     /// Install an artifact (or reuse it when installed), activate it and prune, under one lock.
-    Deploy(InstallArgs),
+    Deploy(DeployArgs),
     /// Switch back to the release that was live before the current one (by the journal).
     Rollback {
         /// Go to this release instead (id or commit prefix).
@@ -104,6 +107,15 @@ pub struct InstallArgs {
     /// Recreate the venv offline from the release's wheels/ with this host's python3.
     #[arg(long)]
     pub rebuild_venv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub install: InstallArgs,
+    /// Do not run the before_activate hook (e.g. on every host but the first of a fleet).
+    #[arg(long)]
+    pub skip_before_activate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

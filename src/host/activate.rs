@@ -7,11 +7,15 @@
 //!    **services preflight** — every `[[service]]` pidfile names a live
 //!    process of this app (on a first deploy, one that is down may be);
 //!    otherwise stop with `current` untouched (exit 1).
+//!    **before_activate** — (activate only, not rollback) the hook that
+//!    migrates, inside the target release; failure journals `failed` and
+//!    stops with `current` and the services untouched (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
 //!    `[[service]]` and `[health]`. On failure: switch back, reload the old
-//!    release, journal `failed` with `reverted`, exit 3.
+//!    release (its health check is a 2xx alone: `expect` is for the new
+//!    release), journal `failed` with `reverted`, exit 3.
 //! 5. **after** — the `after_activate` hook (a failure is a warning: the
 //!    release is live) and `notify` (POST the journal event; never fatal).
 
@@ -179,6 +183,33 @@ pub fn activate(
             from.as_deref().unwrap_or("no release")
         )));
     }
+
+    // 2c. before_activate (migrations), inside the new release, last before
+    //     the switch: a failure leaves current and the services as they are
+    if let (Some(before), Switch::Activate) = (&config.hooks.before_activate, switch) {
+        printer.progress(&format!("before_activate ({}): {before}", target.name));
+        if let Err(failure) = hooks::run(before, &target.dir, &target.name, switch.hook_name()) {
+            let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
+            event.step = Some("before_activate".into());
+            event.error = Some(format!(
+                "before_activate hook `{before}` failed ({})",
+                failure.status
+            ));
+            journal.append(lock, &event)?;
+            hooks::notify(config, &event, printer);
+            let still = from
+                .as_deref()
+                .map(|f| format!("{f} is still current"))
+                .unwrap_or_else(|| "no release is current".into());
+            return Err(Error::failed(format!(
+                "the before_activate hook `{before}` failed in {} ({}); current and the services were not touched, {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {} to see why, fix the release and deploy again; what the hook changed before it failed (e.g. migrations applied before the failing one) stays: see \"Migrations\" in the README",
+                target.name,
+                failure.status,
+                failure.tail,
+                target.dir.display()
+            )));
+        }
+    }
     crashpoint(point("activate:checked", "rollback:checked"));
 
     // 3. switch
@@ -275,7 +306,13 @@ fn revert(
     let restored = match &from {
         Some(previous) => {
             host.switch_current(lock, previous)?;
-            let again = services::reload_and_check(config, host, previous, false, printer);
+            // The previous release was serving before this switch: it need
+            // not pass the text check `expect` asks of a new release.
+            let mut back = config.clone();
+            if let Some(health) = &mut back.health {
+                health.expect = None;
+            }
+            let again = services::reload_and_check(&back, host, previous, false, printer);
             match again {
                 Ok(_) => format!("switched current back: {previous} is live again"),
                 Err(f) => format!(

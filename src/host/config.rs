@@ -73,6 +73,10 @@ impl Default for HostConfig {
 pub struct Hooks {
     /// Shell command run inside the new release before the switch; failure aborts.
     pub check: Option<String>,
+    /// Shell command run inside the new release after `check` and the
+    /// services' preflight, right before `current` moves (migrations); a
+    /// failure aborts with nothing live changed. Not run by rollback.
+    pub before_activate: Option<String>,
     /// Shell command run after a successful activation.
     pub after_activate: Option<String>,
     /// URL the journal event is POSTed to after an activation (never fatal).
@@ -259,15 +263,13 @@ impl ServiceConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     pub url: String,
-    /// The body must contain this; `{release}` is the new release's commit12
-    /// (what the app reads from its own release.json), `{id}` its directory name.
-    #[serde(default = "default_expect")]
-    pub expect: String,
+    /// Opt-in: the body must also contain this; `{release}` is the new
+    /// release's commit12 (what the app reads from its own release.json),
+    /// `{id}` its directory name. Without it, any 2xx answer will do: which
+    /// release the processes run is confirmed from /proc by the reloads.
+    #[serde(default)]
+    pub expect: Option<String>,
     pub timeout: Option<Timeout>,
-}
-
-fn default_expect() -> String {
-    "{release}".into()
 }
 
 impl HealthConfig {
@@ -277,10 +279,10 @@ impl HealthConfig {
 
     /// The text the health URL must answer with for release `release`
     /// (commit12) installed as `id`.
-    pub fn expected(&self, release: &str, id: &str) -> String {
+    pub fn expected(&self, release: &str, id: &str) -> Option<String> {
         self.expect
-            .replace("{release}", release)
-            .replace("{id}", id)
+            .as_ref()
+            .map(|e| e.replace("{release}", release).replace("{id}", id))
     }
 }
 

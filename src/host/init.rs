@@ -39,13 +39,14 @@ pub const TEMPLATE: &str = r#"# release.toml: settings of this host root (docs/h
 
 # Polled after the reloads; on failure the previous release is restored (exit 3).
 # [health]
-# url = "http://127.0.0.1:8000/healthz"
-# expect = "{release}"            # body must contain it; {release} = commit12, {id} = directory name
+# url = "http://127.0.0.1:8000/healthz"   # any 2xx answer will do
+# expect = "{release}"            # opt-in: the body must also contain it; {release} = commit12, {id} = directory name
 # timeout = "30s"
 
 # [hooks]
 # check = "venv/bin/python -c 'import mysite.wsgi'"   # in the new release, before the switch
-# after_activate = "venv/bin/python app/manage.py migrate --noinput"
+# before_activate = "venv/bin/python app/manage.py migrate --noinput"   # in the new release, right before the switch; failure changes nothing live
+# after_activate = "venv/bin/python app/manage.py clearsessions"        # after the switch and the health check; failure is a warning
 # notify = "https://deploys.example.invalid/hook"    # POST of the journal event; never fatal
 "#;
 

@@ -138,6 +138,17 @@ pub struct Gunicorn {
 
 impl Gunicorn {
     pub fn start(root: &Path, run_dir: &Path, extra: &[&str]) -> Gunicorn {
+        Gunicorn::start_app(root, run_dir, extra, "mysite.wsgi:application", "/healthz")
+    }
+
+    /// gunicorn serving `wsgi_app`, ready once `ready_path` answers 200.
+    pub fn start_app(
+        root: &Path,
+        run_dir: &Path,
+        extra: &[&str],
+        wsgi_app: &str,
+        ready_path: &str,
+    ) -> Gunicorn {
         let port = free_port();
         let pidfile = run_dir.join("gunicorn.pid");
         let app = root.join("current/app");
@@ -150,7 +161,7 @@ impl Gunicorn {
             .arg(&pidfile)
             .args(["--workers", "2", "--graceful-timeout", "15"])
             .args(extra)
-            .arg("mysite.wsgi:application")
+            .arg(wsgi_app)
             .current_dir(&app)
             .env("PWD", &app);
         let group = Group::spawn("gunicorn", cmd, run_dir.join("gunicorn.log"));
@@ -160,7 +171,7 @@ impl Gunicorn {
             pidfile,
         };
         wait_for("gunicorn to serve", Duration::from_secs(30), || {
-            get(g.port, "/healthz", false).is_ok_and(|(s, _)| s == 200)
+            get(g.port, ready_path, false).is_ok_and(|(s, _)| s == 200)
         });
         g
     }
