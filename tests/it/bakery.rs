@@ -726,3 +726,45 @@ fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
     assert_eq!(current(), b);
     assert_eq!(web.get("/").0, 200);
 }
+
+#[test]
+fn a_requirement_needing_another_python_is_named_with_the_version_it_needs() {
+    // A wheel whose metadata says Requires-Python >=3.99, in a find-links dir.
+    let app = App::new();
+    let links = app.tmp.path().join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import base64, hashlib, sys, zipfile\n\
+             files = {'toonew/__init__.py': b'', 'toonew-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\\nName: toonew\\nVersion: 1.0\\nRequires-Python: >=3.99\\n', 'toonew-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n'}\n\
+             record = ''.join('%s,sha256=%s,%d\\n' % (n, base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode(), len(d)) for n, d in files.items())\n\
+             with zipfile.ZipFile(sys.argv[1] + '/toonew-1.0-py3-none-any.whl', 'w') as z:\n\
+             \x20   [z.writestr(n, d) for n, d in files.items()]\n\
+             \x20   z.writestr('toonew-1.0.dist-info/RECORD', record + 'toonew-1.0.dist-info/RECORD,,\\n')\n",
+        )
+        .arg(&links)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let mut reqs = std::fs::read_to_string(app.path("requirements.txt")).unwrap();
+    reqs.push_str("toonew==1.0\n");
+    app.write("requirements.txt", &reqs);
+    app.commit("a requirement for a newer Python");
+    let out = app.build(
+        &app.tmp.path().join("out"),
+        &app.tmp.path().join("cache"),
+        &[
+            "--installer",
+            "pip",
+            "--find-links",
+            links.to_str().unwrap(),
+        ],
+    );
+    let err = fails_with(&out, 1);
+    assert!(
+        err.contains("`toonew` needs Python >=3.99; this build uses Python 3."),
+        "{err}"
+    );
+    assert!(err.contains("--python"), "{err}");
+}
