@@ -9,7 +9,13 @@ use crate::build::BuildFlags;
 /// Build reproducible release artifacts of Python web apps, and deploy them
 /// atomically with graceful reloads and one-step rollback.
 #[derive(Debug, Parser)]
-#[command(name = "release", version, max_term_width = 100)]
+#[command(
+    name = "release",
+    version,
+    max_term_width = 100,
+    disable_help_subcommand = true,
+    after_help = "`release help config` prints the release.toml reference."
+)]
 pub struct Cli {
     /// Host root holding releases/, current and history.jsonl.
     #[arg(long, global = true, env = "RELEASE_ROOT", value_name = "DIR")]
@@ -48,13 +54,19 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from this command line: `release man > release.1`.
     Man,
+    /// Print the help of a command, or a topic: `release help config` (the release.toml reference).
+    Help {
+        /// A command name, or `config`.
+        topic: Option<String>,
+    },
 }
 
 /// The host-side commands (docs/host.md). All need --root or $RELEASE_ROOT.
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
-    /// Create the host layout (root, releases/, shared/) with safe permissions and a commented release.toml.
-    Init,
+    /// Create the host layout (root, releases/, shared/) and a commented release.toml; with
+    /// --wsgi/--celery, the services and their systemd units too.
+    Init(InitArgs),
     /// Verify an artifact and install it into releases/<id>, read-only (host side).
     Install(InstallArgs),
     /// Switch `current` to an installed release (ID: unique prefix of a release id or commit).
@@ -91,6 +103,42 @@ pub enum HostCommand {
         /// Release id or commit prefix; default: the current release.
         id: Option<String>,
     },
+}
+
+/// `release init`: with `--wsgi` and/or `--celery`, release.toml gets a `web`
+/// (gunicorn) and/or `worker` (celery) service with its launch line through
+/// `current`, and the systemd units that run those lines are printed (or
+/// written with --systemd DIR).
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The WSGI app gunicorn serves, e.g. mysite.wsgi:application: adds the `web` service.
+    #[arg(long, value_name = "MODULE:APP")]
+    pub wsgi: Option<String>,
+    /// The celery app (`celery -A APP`), e.g. mysite: adds the `worker` service.
+    #[arg(long, value_name = "APP")]
+    pub celery: Option<String>,
+    /// Directory of the pidfiles [default: /run/NAME].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Address gunicorn listens on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    pub bind: String,
+    /// gunicorn worker processes.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub workers: u32,
+    /// URL path polled after every deploy (e.g. /healthz): writes [health] for the bind address.
+    #[arg(long, value_name = "PATH")]
+    pub health: Option<String>,
+    /// Prefix of the unit names and the default run directory [default: the root's directory name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// User= of the systemd units.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Write the systemd units into DIR (e.g. /etc/systemd/system) instead of printing them;
+    /// release.toml then starts the services with `systemctl start` on the first deploy.
+    #[arg(long, value_name = "DIR")]
+    pub systemd: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

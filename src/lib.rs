@@ -49,6 +49,31 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// `release help [TOPIC]`: a command's help, or the release.toml reference.
+fn help(topic: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let text = match topic {
+        None => command.render_long_help().to_string(),
+        Some("config" | "release.toml") => host::config::REFERENCE.to_string(),
+        Some(name) if command.find_subcommand(name).is_some() => {
+            // Exactly what `release NAME --help` prints.
+            match command.try_get_matches_from_mut(["release", name, "--help"]) {
+                Err(help) => help.render().to_string(),
+                Ok(_) => unreachable!("--help always ends parsing"),
+            }
+        }
+        Some(name) => {
+            return Err(error::Error::Usage(format!(
+                "no help topic {name:?}\n  fix: `release help config` (the release.toml reference) or `release help COMMAND`; `release --help` lists the commands"
+            )))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
 fn dispatch(cli: &Cli, printer: &Printer) -> Result<ExitCode> {
     match &cli.command {
         Command::Build(flags) => {
@@ -70,6 +95,7 @@ fn dispatch(cli: &Cli, printer: &Printer) -> Result<ExitCode> {
             let command = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
         }
+        Command::Help { topic } => help(topic.as_deref())?,
     }
     Ok(ExitCode::Success)
 }

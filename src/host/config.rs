@@ -33,6 +33,99 @@ pub const DEFAULT_KEEP: usize = 5;
 pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `release help config`: the reference of every key, shipped in the binary
+/// (a host has no docs/ directory). docs/host.md says the same at length.
+pub const REFERENCE: &str = r#"release.toml: the settings of one host root (<root>/release.toml)
+
+The file is optional and every key has a default. Unknown keys are errors, so
+a typo never passes silently. It must not be writable by group or others.
+`release init` writes one with every key commented out; `release init --wsgi
+MODULE:APP --celery APP` also writes the services and prints their systemd
+units.
+
+TOP LEVEL
+  keep = 5
+      `release prune` (and `deploy`) keep the N newest installs, besides the
+      current release, the rollback target and any release a process uses.
+  shared = ["app/media", "app/.env"]
+      Release paths replaced by links to <root>/shared/<same path>, the same
+      in every release (uploads, env files, a sqlite database). Not a
+      top-level directory; no overlaps. A missing target is created: a copy
+      of the first release's file, else an empty directory.
+
+[[service]]   one table per process to reload after `current` moves
+  name = "web"                      required; unique
+  pidfile = "/run/mysite/gunicorn.pid"
+      The master's pidfile. Required for hup and gunicorn-upgrade; for the
+      other strategies it lets the reload be confirmed from the processes.
+  reload = "gunicorn-upgrade"       required:
+      hup                 SIGHUP to the pidfile's pid (celery, uWSGI; gunicorn
+                          gets new code but keeps its interpreter)
+      gunicorn-upgrade    USR2, new master from current/venv, health check,
+                          then TERM to the old master
+      systemd:UNIT        systemctl reload UNIT
+      supervisor:PROG     supervisorctl signal HUP PROG
+      command:CMD         sh -c CMD, with RELEASE_ID, RELEASE, RELEASE_ROOT
+  timeout = "60s"                   how long the reload may take to show
+                                    (celery: longer than the longest task)
+  required = true
+      false: a service that is down is skipped with a warning. true: a
+      service that is down stops an activation before the switch (exit 1),
+      except on the first deploy (below).
+  start = "systemctl start mysite-web"
+      Optional. How release starts the service when it is down on the first
+      deploy; it must start it and return. systemd:UNIT and supervisor:PROG
+      services are started without it (systemctl/supervisorctl start).
+  launch = "cd /srv/mysite/current/app && exec …"
+      Optional, never run: the line that runs the service through current
+      (`release init` writes it). Shown when the service is down on the first
+      deploy and release cannot start it.
+
+The first deploy (no release was live): services that are down do not stop
+the switch. Those release can start are started, confirmed from their
+processes and health-checked; the others are listed with their `launch`
+line, the health check is skipped, and the command exits 0 with a warning.
+A first deploy that fails after the switch removes `current` again and
+stops what it started (exit 3).
+
+[health]   polled after the reloads; failure switches back (exit 3)
+  url = "http://127.0.0.1:8000/healthz"   required in the table
+      A 2xx answer is enough: which release the processes run is confirmed
+      from /proc by the reloads, so any page of the app will do.
+  expect = "{release}"    opt-in: the body must also contain it;
+                          {release} = the new release's commit12, {id} = its
+                          directory name. Never asked of the release switched
+                          back to after a failure (a 2xx is enough there).
+  timeout = "30s"
+
+[hooks]   shell commands (/bin/sh -c) run in <root>/releases/<id>, with
+          venv/bin first on PATH, app/ first on PYTHONPATH, VIRTUAL_ENV,
+          RELEASE_ID, RELEASE_DIR, RELEASE_ROOT and RELEASE_SWITCH
+          (activate | rollback)
+  check = "venv/bin/python -c 'import mysite.wsgi'"
+      Before the switch; a failure stops the activation (exit 1).
+  before_activate = "venv/bin/python app/manage.py migrate --noinput"
+      After `check` and the services' preflight, right before the switch,
+      while the old release still serves; on `activate` and `deploy`, never
+      on `rollback`. A failure stops the activation (exit 1): current and
+      the services are untouched (what the command itself did before failing
+      stays done). `--skip-before-activate` leaves it out for one run (every
+      host of a fleet but the one that migrates). Migrations go here: the old
+      code then runs against the new schema for a moment, and after a
+      rollback for longer, so keep them backward compatible (add first,
+      remove a release later). Rollback never unapplies them.
+  after_activate = "venv/bin/python app/manage.py clearsessions"
+      After a successful switch and reloads, on `activate`, `deploy` AND
+      `rollback` (in the release switched to); a failure is a warning, the
+      release stays live.
+  notify = "https://deploys.example.invalid/hook"
+      POST of each activation's journal event as JSON (also failures);
+      never fatal, and release says whether it worked.
+
+Durations: "500ms", "30s", "2m", "10m". Exit codes: 0 ok; 1 failed, current
+untouched; 2 usage; 3 failed after the switch and undone; 4 locked.
+"#;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
@@ -93,7 +186,7 @@ impl HostConfig {
         };
         let bad = |message: String| {
             Error::failed(format!(
-                "{}: {message}\n  fix: correct the file (docs/host.md lists every key)",
+                "{}: {message}\n  fix: correct the file (`release help config` lists every key)",
                 path.display()
             ))
         };
@@ -361,6 +454,33 @@ notify = "https://example.invalid/deploys"
         assert!(parse("[[service]]\nname = \"w\"\nreload = \"hup\"\n[[service]]\nname = \"w\"\nreload = \"hup\"")
             .unwrap_err()
             .contains("two [[service]]"));
+    }
+
+    #[test]
+    fn the_reference_names_every_key() {
+        for key in [
+            "keep =",
+            "shared =",
+            "[[service]]",
+            "name =",
+            "pidfile =",
+            "reload =",
+            "timeout =",
+            "required =",
+            "start =",
+            "launch =",
+            "[health]",
+            "url =",
+            "expect =",
+            "[hooks]",
+            "check =",
+            "before_activate =",
+            "after_activate =",
+            "notify =",
+            "RELEASE_SWITCH",
+        ] {
+            assert!(REFERENCE.contains(key), "release help config lacks {key}");
+        }
     }
 
     #[test]

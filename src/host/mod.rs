@@ -39,7 +39,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{HostCommand, InstallArgs};
+use crate::cli::{HostCommand, InitArgs, InstallArgs};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::output::Printer;
@@ -57,6 +57,22 @@ impl InstallArgs {
             sha256: self.sha256.clone(),
             python: self.python.clone(),
             rebuild_venv: self.rebuild_venv,
+        }
+    }
+}
+
+impl InitArgs {
+    fn options(&self) -> init::InitOptions {
+        init::InitOptions {
+            wsgi: self.wsgi.clone(),
+            celery: self.celery.clone(),
+            run_dir: self.run_dir.clone(),
+            bind: self.bind.clone(),
+            workers: self.workers,
+            health: self.health.clone(),
+            name: self.name.clone(),
+            user: self.user.clone(),
+            systemd: self.systemd.clone(),
         }
     }
 }
@@ -192,8 +208,8 @@ pub fn run(
             let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
             printer.data(&report, || report.human());
         }
-        HostCommand::Init => {
-            let report = init::init(&host)?;
+        HostCommand::Init(args) => {
+            let report = init::init(&host, &args.options(), printer)?;
             printer.data(&report, || report.human());
         }
         HostCommand::List => {

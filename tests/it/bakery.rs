@@ -571,14 +571,6 @@ fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
     let root = app.tmp.path().join("srv/bakery");
     let run_dir = app.tmp.path().join("run");
     std::fs::create_dir_all(&run_dir).unwrap();
-    let host = |args: &[&str]| -> Output {
-        release()
-            .arg("--root")
-            .arg(&root)
-            .args(args)
-            .output()
-            .unwrap()
-    };
     let deploy = |name: &str| -> Output {
         let artifact = artifact(&json_ok(&build(&app, name, &shared_cache(), &[])));
         release()
@@ -589,7 +581,26 @@ fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
             .output()
             .unwrap()
     };
-    json_ok(&host(&["--json", "init"]));
+    // The launch line `release init` writes for this app.
+    let port = crate::services::free_port();
+    let init = json_ok(
+        &release()
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "init",
+                "--json",
+                "--wsgi",
+                "bakery.wsgi:application",
+                "--run-dir",
+            ])
+            .arg(&run_dir)
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap(),
+    );
+    let launch = crate::services::launch_line(&init, "web");
     let db = root.join("shared/app/var/db.sqlite3");
     // The hook notes where `current` pointed when it ran, then migrates.
     let hooks = "[hooks]\ncheck = \"venv/bin/python -c 'import bakery.wsgi'\"\nbefore_activate = \"readlink \\\"$RELEASE_ROOT/current\\\" > \\\"$RELEASE_ROOT/shared/seen-current\\\" || true; venv/bin/python app/manage.py migrate --noinput\"\n";
@@ -620,7 +631,7 @@ fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
     assert_eq!(seen(), "", "no current before the first release");
     assert_eq!(schema(&db), ("id,name".into(), "0001_initial".into()));
 
-    let web = Gunicorn::start_app(&root, &run_dir, &[], "bakery.wsgi:application", "/");
+    let web = Gunicorn::from_launch_ready(&launch, &run_dir, port, "/");
     let (status, body) = web.get("/");
     assert_eq!(status, 200);
     assert!(

@@ -68,7 +68,10 @@ fn the_readme_fresh_host_flow_works_without_editing_a_generated_file() {
         assert!(printed.contains(line.as_str()), "{line}\n{printed}");
     }
     let help = stdout(&release().args(["help", "config"]).output().unwrap());
-    assert!(help.contains("launch =") && help.contains("after_activate"), "{help}");
+    assert!(
+        help.contains("launch =") && help.contains("after_activate"),
+        "{help}"
+    );
 
     // 2. The first deploy: both services configured, neither running.
     let a = app.build_ok(&dist, &[]);
@@ -153,9 +156,11 @@ fn the_readme_fresh_host_flow_works_without_editing_a_generated_file() {
     let out = r(&["rollback"]);
     assert!(out.status.success(), "rollback failed:\n{}", stderr(&out));
     assert_eq!(web.get("/healthz").1, a_id[..12]);
-    wait_for("the worker to answer from A", Duration::from_secs(60), || {
-        whoami()["release"] == a_id[..12]
-    });
+    wait_for(
+        "the worker to answer from A",
+        Duration::from_secs(60),
+        || whoami()["release"] == a_id[..12],
+    );
 
     // Nothing generated was edited.
     assert_eq!(
@@ -179,7 +184,7 @@ fn readme_example() -> String {
 #[test]
 fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() {
     let example: toml::Table = toml::from_str(&readme_example()).unwrap();
-    // Its keep, shared and check/after_activate hooks as written; its
+    // Its keep, shared and check/before_activate hooks as written; its
     // services, health URL and notify URL name a host this test is not.
     let mut config = toml::Table::new();
     for key in ["keep", "shared"] {
@@ -187,7 +192,10 @@ fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() 
     }
     let mut hooks = example["hooks"].as_table().unwrap().clone();
     hooks.remove("notify");
-    assert!(hooks["after_activate"].as_str().unwrap().contains("migrate"));
+    assert!(hooks["before_activate"]
+        .as_str()
+        .unwrap()
+        .contains("migrate"));
     config.insert("hooks".into(), toml::Value::Table(hooks));
 
     let app = App::new();
@@ -226,5 +234,10 @@ fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() 
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_ne!(stdout(&out).trim(), "0", "no migrations in {}", db.display());
+    assert_ne!(
+        stdout(&out).trim(),
+        "0",
+        "no migrations in {}",
+        db.display()
+    );
 }

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod demo;
 mod faults;
+mod fresh_host;
 mod host;
 mod hostile;
 mod reload;

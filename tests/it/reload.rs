@@ -112,7 +112,7 @@ fn gunicorn_under_load_through_20_switches_drops_nothing() {
     // keep-alive clients follow. (gthread workers were measured to reset
     // connections they had accepted but not served when they stop: see the
     // README.)
-    let g = Gunicorn::start(&host.root, &host.run, &[]);
+    let g = Gunicorn::start(&host.root, &host.run);
     host.write_config(&web_config(&g, "hup", ""));
     assert_eq!(g.get("/healthz").1, a.1);
 
@@ -192,7 +192,7 @@ fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
     let c = host.install_head();
     host.ok(&["activate", &a.0]);
 
-    let g = Gunicorn::start(&host.root, &host.run, &[]);
+    let g = Gunicorn::start(&host.root, &host.run);
     let info = |g: &Gunicorn| -> Value { serde_json::from_str(&g.get("/info").1).unwrap() };
     assert_eq!(info(&g)["gunicorn"], "23.0.0");
 
@@ -249,7 +249,7 @@ fn a_release_that_fails_to_import_is_stopped_by_check_or_rolled_back() {
     host.app.commit("broken");
     let (broken, _) = host.install_head();
     host.ok(&["activate", &a.0]);
-    let g = Gunicorn::start(&host.root, &host.run, &[]);
+    let g = Gunicorn::start(&host.root, &host.run);
 
     // 1. The check hook stops it before anything changes.
     host.write_config(&web_config(

@@ -128,8 +128,55 @@ impl Redis {
     }
 }
 
-/// gunicorn started the way the README says: through `current`, with --chdir
-/// through `current`, from `current/app` as its (logical) working directory.
+/// What `release init --wsgi … --celery … --run-dir RUN --bind
+/// 127.0.0.1:PORT --json` reports for `root`: the services with their launch
+/// lines and systemd units. The tests start gunicorn and celery with exactly
+/// these lines (one source of truth with the units). A release.toml this
+/// writes is removed again: the tests write their own.
+pub fn init_services(root: &Path, run_dir: &Path, port: u16) -> serde_json::Value {
+    let out = crate::common::release()
+        .arg("--root")
+        .arg(root)
+        .args(["init", "--json", "--wsgi", "mysite.wsgi:application"])
+        .args(["--celery", "mysite", "--run-dir"])
+        .arg(run_dir)
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let report = crate::common::json_ok(&out);
+    if report["config_written"] == true {
+        std::fs::remove_file(root.join("release.toml")).unwrap();
+    }
+    report
+}
+
+/// The launch line of service `name` in an [`init_services`] report.
+pub fn launch_line(report: &serde_json::Value, name: &str) -> String {
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["launch"].as_str())
+        .unwrap_or_else(|| panic!("no {name} service in {report}"))
+        .to_string()
+}
+
+/// Run a launch line with /bin/sh, in a process group of its own, without a
+/// terminal (as under systemd), its output to `log`.
+pub fn spawn_launch(name: &str, line: &str, env: &[(&str, &str)], log: PathBuf) -> Group {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(line).current_dir("/");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    Group::spawn(name, cmd, log)
+}
+
+/// gunicorn started with the launch line `release init` generates: through
+/// `current`, with --chdir through `current`, from `current/app` as its
+/// (logical) working directory.
 pub struct Gunicorn {
     pub group: Group,
     pub port: u16,
@@ -137,38 +184,25 @@ pub struct Gunicorn {
 }
 
 impl Gunicorn {
-    pub fn start(root: &Path, run_dir: &Path, extra: &[&str]) -> Gunicorn {
-        Gunicorn::start_app(root, run_dir, extra, "mysite.wsgi:application", "/healthz")
+    pub fn start(root: &Path, run_dir: &Path) -> Gunicorn {
+        let port = free_port();
+        let line = launch_line(&init_services(root, run_dir, port), "web");
+        Gunicorn::from_launch(&line, run_dir, port)
     }
 
-    /// gunicorn serving `wsgi_app`, ready once `ready_path` answers 200.
-    pub fn start_app(
-        root: &Path,
-        run_dir: &Path,
-        extra: &[&str],
-        wsgi_app: &str,
-        ready_path: &str,
-    ) -> Gunicorn {
-        let port = free_port();
-        let pidfile = run_dir.join("gunicorn.pid");
-        let app = root.join("current/app");
-        let mut cmd = Command::new(root.join("current/venv/bin/gunicorn"));
-        cmd.arg("--chdir")
-            .arg(&app)
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--pid")
-            .arg(&pidfile)
-            .args(["--workers", "2", "--graceful-timeout", "15"])
-            .args(extra)
-            .arg(wsgi_app)
-            .current_dir(&app)
-            .env("PWD", &app);
-        let group = Group::spawn("gunicorn", cmd, run_dir.join("gunicorn.log"));
+    /// Start gunicorn with `line` (a generated launch line whose pidfile is
+    /// `run_dir/gunicorn.pid` and which binds `port`) and wait until it serves.
+    pub fn from_launch(line: &str, run_dir: &Path, port: u16) -> Gunicorn {
+        Gunicorn::from_launch_ready(line, run_dir, port, "/healthz")
+    }
+
+    /// As [`Gunicorn::from_launch`], ready once `ready_path` answers 200.
+    pub fn from_launch_ready(line: &str, run_dir: &Path, port: u16, ready_path: &str) -> Gunicorn {
+        let group = spawn_launch("gunicorn", line, &[], run_dir.join("gunicorn.log"));
         let g = Gunicorn {
             group,
             port,
-            pidfile,
+            pidfile: run_dir.join("gunicorn.pid"),
         };
         wait_for("gunicorn to serve", Duration::from_secs(30), || {
             get(g.port, ready_path, false).is_ok_and(|(s, _)| s == 200)
@@ -402,8 +436,8 @@ fn client(
     report
 }
 
-/// celery worker started without a tty through `current/venv/...`, with
-/// `--workdir` through `current`.
+/// celery worker started without a tty with the launch line `release init`
+/// generates (through `current/venv/...`, `--workdir` through `current`).
 pub struct Celery {
     pub group: Group,
     pub pidfile: PathBuf,
@@ -411,28 +445,19 @@ pub struct Celery {
 
 impl Celery {
     pub fn start(root: &Path, run_dir: &Path, broker: &str) -> Celery {
-        let pidfile = run_dir.join("celery.pid");
-        let app = root.join("current/app");
-        let mut cmd = Command::new(root.join("current/venv/bin/celery"));
-        // --workdir is one of celery's global options: before the subcommand.
-        cmd.arg("--workdir")
-            .arg(&app)
-            .args(["-A", "mysite", "worker", "--loglevel", "info", "-c", "1"])
-            .args([
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-            ])
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .arg("--hostname")
-            .arg(format!("test-{}@localhost", std::process::id()))
-            .current_dir(&app)
-            .env("PWD", &app)
-            .env("CELERY_BROKER_URL", broker)
-            .env("C_FORCE_ROOT", "1");
-        let group = Group::spawn("celery", cmd, run_dir.join("celery.log"));
-        let c = Celery { group, pidfile };
+        let line = launch_line(&init_services(root, run_dir, free_port()), "worker");
+        Celery::from_launch(&line, run_dir, broker)
+    }
+
+    /// Start celery with `line` (pidfile `run_dir/celery.pid`) and the broker
+    /// in its environment, and wait until it is ready.
+    pub fn from_launch(line: &str, run_dir: &Path, broker: &str) -> Celery {
+        let env = [("CELERY_BROKER_URL", broker), ("C_FORCE_ROOT", "1")];
+        let group = spawn_launch("celery", line, &env, run_dir.join("celery.log"));
+        let c = Celery {
+            group,
+            pidfile: run_dir.join("celery.pid"),
+        };
         wait_for("celery to be ready", Duration::from_secs(60), || {
             c.group.log_text().contains("ready.")
         });
