@@ -45,7 +45,13 @@ fn main() {
     println!("{table}");
     if only.is_empty() {
         let path = Path::new(REPO).join("benches/RESULTS.md");
-        std::fs::write(&path, results_md(&table, quick)).unwrap();
+        // The fleet section is `cargo bench --bench fleet`'s: keep it.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let fleet = old
+            .find("<!-- fleet bench")
+            .map(|i| format!("\n{}", &old[i..]))
+            .unwrap_or_default();
+        std::fs::write(&path, results_md(&table, quick) + &fleet).unwrap();
         eprintln!("wrote {}", path.display());
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{ArtifactError, Error, Result};
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES};
 
 /// zstd level of artifacts. Measured on the mysite fixture (75 MB of tar):
@@ -296,18 +296,18 @@ impl ArtifactWriter {
                 let mut reader = HashingReader::new(file, size);
                 self.tar
                     .append_data(&mut h, &entry.path, &mut reader)
-                    .map_err(|e| Error::FileChanged {
+                    .map_err(|e| ArtifactError::FileChanged {
                         path: source.to_path_buf(),
                         message: format!("changed while the artifact was written: {e}"),
                     })?;
                 let read = reader.bytes_read();
                 if read != size || entry.sha256.as_deref() != Some(reader.digest().as_str()) {
-                    return Err(Error::FileChanged {
+                    return Err(ArtifactError::FileChanged {
                         path: source.to_path_buf(),
                         message: format!(
                             "changed while the artifact was written (expected {size} bytes with the hash recorded earlier, read {read}); if it is in the build cache, delete the cache entry and build again"
                         ),
-                    });
+                    }.into());
                 }
             }
         }
@@ -331,8 +331,8 @@ impl ArtifactWriter {
     pub fn finish_with_tail(self, tail: fs::File) -> Result<Written> {
         let withhold = self.tar.into_inner()?;
         if withhold.held != [0u8; TAR_END] {
-            return Err(Error::failed(
-                "internal error: the tar stream did not end in its end-of-archive marker",
+            return Err(Error::internal(
+                "the tar stream did not end in its end-of-archive marker",
             ));
         }
         Self::close(withhold.inner, Some(tail))
@@ -385,9 +385,12 @@ impl<R: io::BufRead> Decoder<R> {
     /// Sniff the format from the first bytes; `path` names the artifact in errors.
     pub fn new(path: &Path, mut reader: R) -> Result<(Format, Decoder<R>)> {
         let magic = reader.fill_buf()?.get(..4).map(<[u8]>::to_vec);
-        let not_artifact = |reason: &str| Error::NotAnArtifact {
-            path: path.to_path_buf(),
-            reason: reason.into(),
+        let not_artifact = |reason: &str| -> Error {
+            ArtifactError::NotAnArtifact {
+                path: path.to_path_buf(),
+                reason: reason.into(),
+            }
+            .into()
         };
         let Some(magic) = magic else {
             return Err(not_artifact("shorter than any compressed archive"));
@@ -524,28 +527,62 @@ impl Read for Background {
 
 /// Parse a `.sha256` file in `sha256sum --check` format and return the digest
 /// it lists for `file_name` (`<hex>  <name>` or `<hex> *<name>`, one per line).
-pub fn parse_checksum_file(text: &str, file_name: &str) -> std::result::Result<String, String> {
+pub fn parse_checksum_file(
+    text: &str,
+    file_name: &str,
+) -> std::result::Result<String, ChecksumFileProblem> {
     let mut names = Vec::new();
     for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
         let (digest, name) = line
             .split_once(' ')
-            .ok_or_else(|| format!("line {line:?} is not `<sha256>  <file name>`"))?;
+            .ok_or_else(|| ChecksumFileProblem::Malformed(line.to_string()))?;
         let name = name
             .strip_prefix(' ')
             .or_else(|| name.strip_prefix('*'))
             .unwrap_or(name);
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{digest:?} is not a sha256 (64 hex digits)"));
+            return Err(ChecksumFileProblem::NotADigest(digest.to_string()));
         }
         if name == file_name || name.rsplit('/').next() == Some(file_name) {
             return Ok(digest.to_ascii_lowercase());
         }
         names.push(name.to_string());
     }
-    Err(format!(
-        "it lists no digest for {file_name} (it names: {})",
-        names.join(", ")
-    ))
+    Err(ChecksumFileProblem::NotListed {
+        file: file_name.to_string(),
+        names,
+    })
+}
+
+/// Why a `.sha256` file gives no digest for the artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChecksumFileProblem {
+    /// A line that is not `<sha256>  <file name>`.
+    Malformed(String),
+    NotADigest(String),
+    /// The file names other files only.
+    NotListed {
+        file: String,
+        names: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for ChecksumFileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChecksumFileProblem::Malformed(line) => {
+                write!(f, "line {line:?} is not `<sha256>  <file name>`")
+            }
+            ChecksumFileProblem::NotADigest(digest) => {
+                write!(f, "{digest:?} is not a sha256 (64 hex digits)")
+            }
+            ChecksumFileProblem::NotListed { file, names } => write!(
+                f,
+                "it lists no digest for {file} (it names: {})",
+                names.join(", ")
+            ),
+        }
+    }
 }
 
 /// The largest GNU long name, long link name or PAX extended header a member
@@ -561,6 +598,72 @@ pub const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
 /// [`Extensions`] to read within [`MAX_EXTENSION_BYTES`].
 pub fn raw_entries<'a, R: Read>(archive: &'a mut tar::Archive<R>) -> Result<tar::Entries<'a, R>> {
     Ok(archive.entries()?.raw(true))
+}
+
+/// Why an extension header (GNU long name or link, PAX header) is refused.
+/// `what` names the kind of header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtensionProblem {
+    PaxGlobal,
+    UnreadableSize {
+        what: &'static str,
+        error: String,
+    },
+    TooLarge {
+        what: &'static str,
+        size: u64,
+    },
+    Unreadable {
+        what: &'static str,
+        error: String,
+    },
+    Truncated {
+        what: &'static str,
+        read: u64,
+        size: u64,
+    },
+    Malformed {
+        what: &'static str,
+        error: String,
+    },
+    UnsupportedRecord {
+        what: &'static str,
+        key: String,
+    },
+    /// A second long name for one member.
+    Twice {
+        what: &'static str,
+    },
+}
+
+impl std::fmt::Display for ExtensionProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ExtensionProblem::*;
+        match self {
+            PaxGlobal => f.write_str(
+                "a PAX global header; artifacts have none (it would apply to every later member)",
+            ),
+            UnreadableSize { what, error } => write!(f, "{what} with an unreadable size: {error}"),
+            TooLarge { what, size } => write!(
+                f,
+                "{what} of {size} bytes, more than the {MAX_EXTENSION_BYTES} allowed (a path is at most 4096 bytes); refused before reading it"
+            ),
+            Unreadable { what, error } => write!(
+                f,
+                "{what} cannot be read (the archive is corrupt or truncated): {error}"
+            ),
+            Truncated { what, read, size } => write!(
+                f,
+                "{what} ends after {read} of {size} bytes: the archive is truncated"
+            ),
+            Malformed { what, error } => write!(f, "{what} with a malformed record: {error}"),
+            UnsupportedRecord { what, key } => write!(
+                f,
+                "{what} with the record `{key}`, which is not supported (only path, linkpath, times and owners; artifacts have no PAX headers at all)"
+            ),
+            Twice { what } => write!(f, "{what} for a member that already has a long name"),
+        }
+    }
 }
 
 /// The long path and link name that extension headers (GNU `L`/`K`, PAX `x`)
@@ -583,7 +686,7 @@ impl Extensions {
     pub fn absorb<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
-    ) -> std::result::Result<bool, String> {
+    ) -> std::result::Result<bool, ExtensionProblem> {
         let kind = entry.header().entry_type();
         let what = if kind.is_gnu_longname() {
             "a GNU long name"
@@ -592,36 +695,42 @@ impl Extensions {
         } else if kind.is_pax_local_extensions() {
             "a PAX extended header"
         } else if kind.is_pax_global_extensions() {
-            return Err(
-                "a PAX global header; artifacts have none (it would apply to every later member)"
-                    .into(),
-            );
+            return Err(ExtensionProblem::PaxGlobal);
         } else {
             return Ok(false);
         };
         let size = entry
             .header()
             .entry_size()
-            .map_err(|e| format!("{what} with an unreadable size: {e}"))?;
+            .map_err(|e| ExtensionProblem::UnreadableSize {
+                what,
+                error: e.to_string(),
+            })?;
         if size > MAX_EXTENSION_BYTES {
-            return Err(format!(
-                "{what} of {size} bytes, more than the {MAX_EXTENSION_BYTES} allowed (a path is at most 4096 bytes); refused before reading it"
-            ));
+            return Err(ExtensionProblem::TooLarge { what, size });
         }
         let mut data = Vec::with_capacity(size as usize);
-        entry.take(size).read_to_end(&mut data).map_err(|e| {
-            format!("{what} cannot be read (the archive is corrupt or truncated): {e}")
-        })?;
+        entry
+            .take(size)
+            .read_to_end(&mut data)
+            .map_err(|e| ExtensionProblem::Unreadable {
+                what,
+                error: e.to_string(),
+            })?;
         if data.len() as u64 != size {
-            return Err(format!(
-                "{what} ends after {} of {size} bytes: the archive is truncated",
-                data.len()
-            ));
+            return Err(ExtensionProblem::Truncated {
+                what,
+                read: data.len() as u64,
+                size,
+            });
         }
-        let twice = || format!("{what} for a member that already has a long name");
+        let twice = || ExtensionProblem::Twice { what };
         if kind.is_pax_local_extensions() {
             for record in tar::PaxExtensions::new(&data) {
-                let record = record.map_err(|e| format!("{what} with a malformed record: {e}"))?;
+                let record = record.map_err(|e| ExtensionProblem::Malformed {
+                    what,
+                    error: e.to_string(),
+                })?;
                 let slot = match record.key_bytes() {
                     b"path" => &mut self.path,
                     b"linkpath" => &mut self.link,
@@ -629,10 +738,10 @@ impl Extensions {
                         continue
                     }
                     key => {
-                        return Err(format!(
-                            "{what} with the record `{}`, which is not supported (only path, linkpath, times and owners; artifacts have no PAX headers at all)",
-                            String::from_utf8_lossy(key).escape_debug()
-                        ))
+                        return Err(ExtensionProblem::UnsupportedRecord {
+                            what,
+                            key: String::from_utf8_lossy(key).escape_debug().to_string(),
+                        })
                     }
                 };
                 if slot.is_some() {
@@ -675,9 +784,12 @@ pub fn read_manifest_entry<R: Read>(
     path: &Path,
     entries: &mut tar::Entries<'_, R>,
 ) -> Result<(Manifest, Vec<u8>)> {
-    let bad = |reason: String| Error::BadManifest {
-        path: path.to_path_buf(),
-        reason,
+    let bad = |reason: String| -> Error {
+        ArtifactError::BadManifest {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .into()
     };
     let first = entries
         .next()
@@ -704,7 +816,7 @@ pub fn read_manifest_entry<R: Read>(
         .take(MAX_MANIFEST_BYTES)
         .read_to_end(&mut json)
         .map_err(|e| bad(format!("cannot read {MANIFEST_NAME}: {e}")))?;
-    let manifest = Manifest::from_json(&json).map_err(bad)?;
+    let manifest = Manifest::from_json(&json).map_err(|why| bad(why.to_string()))?;
     Ok((manifest, json))
 }
 

@@ -76,6 +76,9 @@ pub enum HostCommand {
         /// Do not run the before_activate hook (e.g. on every host but the first of a fleet).
         #[arg(long)]
         skip_before_activate: bool,
+        /// Only say what would happen (the preflight, without the check hook); change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Install an artifact (or reuse it when installed), activate it and prune, under one lock.
     Deploy(DeployArgs),
@@ -84,6 +87,9 @@ pub enum HostCommand {
         /// Go to this release instead (id or commit prefix).
         #[arg(long, value_name = "ID")]
         to: Option<String>,
+        /// Only say where it would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List installed releases, newest install first, with their state.
     List,
@@ -155,6 +161,9 @@ pub struct InstallArgs {
     /// Recreate the venv offline from the release's wheels/ with this host's python3.
     #[arg(long)]
     pub rebuild_venv: bool,
+    /// Only say what would happen (digest, manifest, interpreter and space checks); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

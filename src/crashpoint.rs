@@ -15,149 +15,273 @@
 //!   so a test can change the world at that moment (fill the disk) and let it
 //!   go on with SIGCONT.
 
-/// One crash point: its name and the commands that pass through it.
-#[derive(Debug, Clone, Copy)]
-pub struct CrashPoint {
-    pub name: &'static str,
-    /// `install`, `activate` or `rollback`.
-    pub commands: &'static [&'static str],
-    /// What the root holds when the process dies there.
-    pub leaves: &'static str,
+/// One crash point: a named step of `install`, `activate` or `rollback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrashPoint {
+    InstallManifestRead,
+    InstallIncomingCreated,
+    InstallMidExtract,
+    InstallExtracted,
+    InstallSharedLinked,
+    InstallReadOnly,
+    InstallSynced,
+    InstallRenamed,
+    InstallJournaled,
+    ActivateChecked,
+    ActivateTmpLink,
+    ActivateRenamed,
+    ActivateFsynced,
+    ActivateJournaled,
+    ActivateReloaded,
+    RollbackChecked,
+    RollbackTmpLink,
+    RollbackRenamed,
+    RollbackFsynced,
+    RollbackJournaled,
+    RollbackReloaded,
+    JournalTorn,
 }
 
-const fn point(
+const INSTALL: &[&str] = &["install"];
+const ACTIVATE: &[&str] = &["activate"];
+const ROLLBACK: &[&str] = &["rollback"];
+const INSTALL_ACTIVATE: &[&str] = &["install", "activate"];
+
+/// Every crash point, in the order a command reaches them.
+pub const ALL: &[CrashPoint] = &[
+    CrashPoint::InstallManifestRead,
+    CrashPoint::InstallIncomingCreated,
+    CrashPoint::InstallMidExtract,
+    CrashPoint::InstallExtracted,
+    CrashPoint::InstallSharedLinked,
+    CrashPoint::InstallReadOnly,
+    CrashPoint::InstallSynced,
+    CrashPoint::InstallRenamed,
+    CrashPoint::InstallJournaled,
+    CrashPoint::ActivateChecked,
+    CrashPoint::ActivateTmpLink,
+    CrashPoint::ActivateRenamed,
+    CrashPoint::ActivateFsynced,
+    CrashPoint::ActivateJournaled,
+    CrashPoint::ActivateReloaded,
+    CrashPoint::RollbackChecked,
+    CrashPoint::RollbackTmpLink,
+    CrashPoint::RollbackRenamed,
+    CrashPoint::RollbackFsynced,
+    CrashPoint::RollbackJournaled,
+    CrashPoint::RollbackReloaded,
+    CrashPoint::JournalTorn,
+];
+
+/// A crash point's name, commands and what it leaves.
+struct Described {
+    point: CrashPoint,
     name: &'static str,
     commands: &'static [&'static str],
     leaves: &'static str,
-) -> CrashPoint {
-    CrashPoint {
+}
+
+const fn d(
+    point: CrashPoint,
+    name: &'static str,
+    commands: &'static [&'static str],
+    leaves: &'static str,
+) -> Described {
+    Described {
+        point,
         name,
         commands,
         leaves,
     }
 }
 
-const INSTALL: &[&str] = &["install"];
-const ACTIVATE: &[&str] = &["activate"];
-const ROLLBACK: &[&str] = &["rollback"];
-
-/// Every crash point, in the order a command reaches them.
-pub const ALL: &[CrashPoint] = &[
-    point("install:manifest-read", INSTALL, "nothing new"),
-    point(
+const TABLE: &[Described] = &[
+    d(
+        CrashPoint::InstallManifestRead,
+        "install:manifest-read",
+        INSTALL,
+        "nothing new",
+    ),
+    d(
+        CrashPoint::InstallIncomingCreated,
         "install:incoming-created",
         INSTALL,
         "an empty releases/.incoming-*",
     ),
-    point(
+    d(
+        CrashPoint::InstallMidExtract,
         "install:mid-extract",
         INSTALL,
         "a half-unpacked releases/.incoming-* (after 100 files)",
     ),
-    point(
+    d(
+        CrashPoint::InstallExtracted,
         "install:extracted",
         INSTALL,
         "a fully unpacked releases/.incoming-*",
     ),
-    point(
+    d(
+        CrashPoint::InstallSharedLinked,
         "install:shared-linked",
         INSTALL,
         "releases/.incoming-* with shared links; new shared/ targets",
     ),
-    point(
+    d(
+        CrashPoint::InstallReadOnly,
         "install:read-only",
         INSTALL,
         "a read-only releases/.incoming-*",
     ),
-    point(
+    d(
+        CrashPoint::InstallSynced,
         "install:synced",
         INSTALL,
         "a read-only releases/.incoming-*, on disk",
     ),
-    point(
+    d(
+        CrashPoint::InstallRenamed,
         "install:renamed",
         INSTALL,
         "releases/<id> complete, not journaled",
     ),
-    point(
+    d(
+        CrashPoint::InstallJournaled,
         "install:journaled",
         INSTALL,
         "releases/<id> complete and journaled",
     ),
-    point("activate:checked", ACTIVATE, "nothing new (check hook ran)"),
-    point("activate:tmp-link", ACTIVATE, "a current.tmp-* link"),
-    point(
+    d(
+        CrashPoint::ActivateChecked,
+        "activate:checked",
+        ACTIVATE,
+        "nothing new (check hook ran)",
+    ),
+    d(
+        CrashPoint::ActivateTmpLink,
+        "activate:tmp-link",
+        ACTIVATE,
+        "a current.tmp-* link",
+    ),
+    d(
+        CrashPoint::ActivateRenamed,
         "activate:renamed",
         ACTIVATE,
         "current switched, not fsynced, not journaled",
     ),
-    point(
+    d(
+        CrashPoint::ActivateFsynced,
         "activate:fsynced",
         ACTIVATE,
         "current switched, not journaled",
     ),
-    point(
+    d(
+        CrashPoint::ActivateJournaled,
         "activate:journaled",
         ACTIVATE,
         "current switched and journaled, services not reloaded",
     ),
-    point(
+    d(
+        CrashPoint::ActivateReloaded,
         "activate:reloaded",
         ACTIVATE,
         "done but the after_activate hook and notify",
     ),
-    point("rollback:checked", ROLLBACK, "nothing new (check hook ran)"),
-    point("rollback:tmp-link", ROLLBACK, "a current.tmp-* link"),
-    point(
+    d(
+        CrashPoint::RollbackChecked,
+        "rollback:checked",
+        ROLLBACK,
+        "nothing new (check hook ran)",
+    ),
+    d(
+        CrashPoint::RollbackTmpLink,
+        "rollback:tmp-link",
+        ROLLBACK,
+        "a current.tmp-* link",
+    ),
+    d(
+        CrashPoint::RollbackRenamed,
         "rollback:renamed",
         ROLLBACK,
         "current switched back, not fsynced, not journaled",
     ),
-    point(
+    d(
+        CrashPoint::RollbackFsynced,
         "rollback:fsynced",
         ROLLBACK,
         "current switched back, not journaled",
     ),
-    point(
+    d(
+        CrashPoint::RollbackJournaled,
         "rollback:journaled",
         ROLLBACK,
         "current switched back and journaled, services not reloaded",
     ),
-    point(
+    d(
+        CrashPoint::RollbackReloaded,
         "rollback:reloaded",
         ROLLBACK,
         "done but the after_activate hook and notify",
     ),
-    point(
+    d(
+        CrashPoint::JournalTorn,
         "journal:torn",
-        &["install", "activate"],
+        INSTALL_ACTIVATE,
         "half a journal line (the first append of the command)",
     ),
 ];
 
+impl CrashPoint {
+    /// The name `RELEASE_CRASHPOINT` and `RELEASE_STOPPOINT` take.
+    pub fn name(self) -> &'static str {
+        self.describe().name
+    }
+
+    /// The commands that pass through it.
+    pub fn commands(self) -> &'static [&'static str] {
+        self.describe().commands
+    }
+
+    /// What the root holds when the process dies there.
+    pub fn leaves(self) -> &'static str {
+        self.describe().leaves
+    }
+
+    fn describe(self) -> &'static Described {
+        TABLE
+            .iter()
+            .find(|d| d.point == self)
+            .expect("every crash point is in TABLE")
+    }
+
+    /// The crash point named `name`.
+    pub fn named(name: &str) -> Option<CrashPoint> {
+        ALL.iter().copied().find(|p| p.name() == name)
+    }
+}
+
 /// Die here (SIGKILL) or stop here (SIGSTOP) when the environment names this
 /// point.
 #[cfg(feature = "crashpoints")]
-pub fn crashpoint(name: &'static str) {
-    imp::hit(name);
+pub fn crashpoint(point: CrashPoint) {
+    imp::hit(point);
 }
 
 /// Nothing at all: the `crashpoints` feature is off.
 #[cfg(not(feature = "crashpoints"))]
 #[inline(always)]
-pub fn crashpoint(_name: &'static str) {}
+pub fn crashpoint(_point: CrashPoint) {}
 
 /// Whether `RELEASE_CRASHPOINT` names this point (to prepare a torn write
 /// before [`crashpoint`]).
 #[cfg(feature = "crashpoints")]
-pub fn armed(name: &'static str) -> bool {
-    imp::armed(name)
+pub fn armed(point: CrashPoint) -> bool {
+    imp::armed(point)
 }
 
 /// Always `false`: the `crashpoints` feature is off.
 #[cfg(not(feature = "crashpoints"))]
 #[inline(always)]
-pub fn armed(_name: &'static str) -> bool {
+pub fn armed(_point: CrashPoint) -> bool {
     false
 }
 
@@ -167,26 +291,27 @@ mod imp {
 
     use rustix::process::{getpid, kill_process, Signal};
 
-    fn named(var: &str, name: &str) -> bool {
-        debug_assert!(
-            super::ALL.iter().any(|p| p.name == name),
-            "crash point {name} is not in crashpoint::ALL"
-        );
-        std::env::var_os(var).is_some_and(|v| v == name)
+    use super::CrashPoint;
+
+    fn named(var: &str, point: CrashPoint) -> bool {
+        std::env::var_os(var).is_some_and(|v| v == point.name())
     }
 
-    pub fn armed(name: &str) -> bool {
-        named("RELEASE_CRASHPOINT", name)
+    pub fn armed(point: CrashPoint) -> bool {
+        named("RELEASE_CRASHPOINT", point)
     }
 
-    pub fn hit(name: &str) {
-        if armed(name) {
+    pub fn hit(point: CrashPoint) {
+        if armed(point) {
             let _ = kill_process(getpid(), Signal::KILL);
             // SIGKILL cannot be caught; it is delivered before kill returns.
-            unreachable!("SIGKILL at crash point {name} did not kill the process");
+            unreachable!(
+                "SIGKILL at crash point {} did not kill the process",
+                point.name()
+            );
         }
         static STOPPED: AtomicBool = AtomicBool::new(false);
-        if named("RELEASE_STOPPOINT", name) && !STOPPED.swap(true, Ordering::SeqCst) {
+        if named("RELEASE_STOPPOINT", point) && !STOPPED.swap(true, Ordering::SeqCst) {
             let _ = kill_process(getpid(), Signal::STOP);
         }
     }
@@ -194,56 +319,21 @@ mod imp {
 
 #[cfg(test)]
 mod tests {
-    use super::ALL;
-
-    fn sources() -> Vec<(String, String)> {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        walkdir::WalkDir::new(&src)
-            .into_iter()
-            .map(Result::unwrap)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
-            .filter(|e| !e.path().ends_with("crashpoint.rs"))
-            .map(|e| {
-                (
-                    e.path().display().to_string(),
-                    std::fs::read_to_string(e.path()).unwrap(),
-                )
-            })
-            .collect()
-    }
+    use super::{CrashPoint, ALL, TABLE};
 
     #[test]
-    fn every_crash_point_is_used_in_the_source_and_every_use_is_listed() {
-        let sources = sources();
+    fn every_crash_point_has_one_name_and_a_command() {
+        let described: Vec<CrashPoint> = TABLE.iter().map(|d| d.point).collect();
+        assert_eq!(described, ALL, "TABLE describes ALL, in order");
         for point in ALL {
-            let quoted = format!("\"{}\"", point.name);
+            assert_eq!(CrashPoint::named(point.name()), Some(*point));
+            assert!(!point.commands().is_empty());
+            let command = point.name().split(':').next().unwrap();
             assert!(
-                sources.iter().any(|(_, text)| text.contains(&quoted)),
-                "crash point {} is listed but no source file names it",
-                point.name
+                point.commands().contains(&command) || command == "journal",
+                "{point:?}"
             );
-            assert!(
-                ALL.iter().filter(|p| p.name == point.name).count() == 1,
-                "{} listed twice",
-                point.name
-            );
-            assert!(!point.commands.is_empty());
         }
-        // The other way round: each name passed to crashpoint()/armed() (or
-        // a switch's crash points) is listed.
-        for (path, text) in &sources {
-            for piece in text.split('"').skip(1).step_by(2) {
-                let looks_like_point = ["install:", "activate:", "rollback:", "journal:"]
-                    .iter()
-                    .any(|p| piece.starts_with(p))
-                    && !piece.contains(' ');
-                if looks_like_point {
-                    assert!(
-                        ALL.iter().any(|p| p.name == piece),
-                        "{path} names crash point {piece:?}, which is not in crashpoint::ALL"
-                    );
-                }
-            }
-        }
+        assert_eq!(CrashPoint::named("install:nowhere"), None);
     }
 }

@@ -215,7 +215,7 @@ impl Manifest {
     }
 
     /// Parse and check the invariants every reader relies on.
-    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, Invalid> {
         // The header first; the file list is skipped without being stored.
         #[derive(Deserialize)]
         struct Version {
@@ -223,92 +223,69 @@ impl Manifest {
             file_count: Option<serde_json::Value>,
         }
         let version: Version =
-            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| Invalid::NotJson(e.to_string()))?;
         match version.format {
             Some(serde_json::Value::Number(n)) if n.as_u64() == Some(FORMAT as u64) => {}
-            Some(other) => {
-                return Err(format!(
-                    "unknown manifest format {other}; this release {} reads format {FORMAT} (upgrade `release` on this host)",
-                    env!("CARGO_PKG_VERSION")
-                ))
-            }
-            None => return Err("no `format` field".into()),
+            Some(other) => return Err(Invalid::UnknownFormat(other.to_string())),
+            None => return Err(Invalid::NoFormat),
         }
         if let Some(count) = version.file_count.as_ref().and_then(|c| c.as_u64()) {
             if count > MAX_FILES {
-                return Err(format!(
-                    "it declares {count} files, more than the {MAX_FILES} a release may have; refused before reading the file list"
-                ));
+                return Err(Invalid::TooManyDeclared(count));
             }
         }
         let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| Invalid::Fields(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let hex40 = self.commit.len() == 40 && self.commit.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex40 {
-            return Err(format!("commit {:?} is not 40 hex digits", self.commit));
+            return Err(Invalid::Commit(self.commit.clone()));
         }
         if self.release != self.commit[..12] {
-            return Err(format!(
-                "release {:?} is not the commit's first 12 digits",
-                self.release
-            ));
+            return Err(Invalid::Release(self.release.clone()));
         }
         if self.files.len() as u64 > MAX_FILES {
-            return Err(format!(
-                "it lists {} files, more than the {MAX_FILES} a release may have",
-                self.files.len()
-            ));
+            return Err(Invalid::TooManyListed(self.files.len()));
         }
         if self.app.is_empty() || !self.app.chars().all(is_name_char) {
-            return Err(format!("app name {:?} is not a valid name", self.app));
+            return Err(Invalid::AppName(self.app.clone()));
         }
         // The one link allowed to leave the release points here (docs/design.md §4):
         // a relative path would let `venv/bin/*` links escape it.
         let base = &self.python.base_executable;
         if !base.starts_with('/') || base.chars().any(char::is_control) {
-            return Err(format!(
-                "python.base_executable {base:?} is not an absolute path"
-            ));
+            return Err(Invalid::BaseExecutable(base.clone()));
         }
         if self.file_count != self.files.len() as u64 {
-            return Err(format!(
-                "file_count {} does not match the {} entries listed",
-                self.file_count,
-                self.files.len()
-            ));
+            return Err(Invalid::FileCount {
+                declared: self.file_count,
+                listed: self.files.len(),
+            });
         }
         let mut bytes = 0u64;
         for pair in self.files.windows(2) {
             if pair[0].path >= pair[1].path {
-                return Err(format!(
-                    "files are not sorted and unique at {:?}",
-                    pair[1].path
-                ));
+                return Err(Invalid::Unsorted(pair[1].path.clone()));
             }
         }
         for e in &self.files {
             check_entry(e)?;
-            bytes = bytes.checked_add(e.size()).ok_or_else(|| {
-                format!(
-                    "the file sizes add up to more than {} bytes (at {:?})",
-                    u64::MAX,
-                    e.path
-                )
-            })?;
+            bytes = bytes
+                .checked_add(e.size())
+                .ok_or_else(|| Invalid::SizesOverflow(e.path.clone()))?;
         }
         if bytes != self.bytes {
-            return Err(format!(
-                "bytes {} does not match the sum of file sizes {bytes}",
-                self.bytes
-            ));
+            return Err(Invalid::Bytes {
+                declared: self.bytes,
+                sum: bytes,
+            });
         }
         if tree_digest(&self.files) != self.tree_sha256 {
-            return Err("tree_sha256 does not match the file list".into());
+            return Err(Invalid::TreeDigest);
         }
         Ok(())
     }
@@ -356,7 +333,7 @@ impl Summary {
     pub fn parse(
         prefix: &[u8],
         read_rest: impl FnOnce() -> std::io::Result<Vec<u8>>,
-    ) -> Result<Summary, String> {
+    ) -> Result<Summary, Invalid> {
         const FILES_KEY: &[u8] = b",\n  \"files\": [";
         if let Some(at) = prefix.windows(FILES_KEY.len()).position(|w| w == FILES_KEY) {
             let mut header = prefix[..at].to_vec();
@@ -365,8 +342,95 @@ impl Summary {
                 return Ok(summary);
             }
         }
-        let all = read_rest().map_err(|e| e.to_string())?;
-        serde_json::from_slice(&all).map_err(|e| format!("not a valid manifest: {e}"))
+        let all = read_rest().map_err(|e| Invalid::Unreadable(e.to_string()))?;
+        serde_json::from_slice(&all).map_err(|e| Invalid::NotAManifest(e.to_string()))
+    }
+}
+
+/// Why a `release.json` is not a valid manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    NotJson(String),
+    /// The `format` field holds this, not [`FORMAT`].
+    UnknownFormat(String),
+    NoFormat,
+    /// `file_count` declares more than [`MAX_FILES`].
+    TooManyDeclared(u64),
+    /// The fields do not parse (serde's message).
+    Fields(String),
+    Commit(String),
+    Release(String),
+    TooManyListed(usize),
+    AppName(String),
+    BaseExecutable(String),
+    FileCount {
+        declared: u64,
+        listed: usize,
+    },
+    /// The entry list is not sorted and unique at this path.
+    Unsorted(String),
+    Entry {
+        path: String,
+        why: &'static str,
+    },
+    SizesOverflow(String),
+    Bytes {
+        declared: u64,
+        sum: u64,
+    },
+    TreeDigest,
+    /// The header could not be read ([`Summary::parse`]).
+    Unreadable(String),
+    NotAManifest(String),
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use Invalid::*;
+        match self {
+            NotJson(e) => write!(f, "not valid JSON: {e}"),
+            UnknownFormat(found) => write!(
+                f,
+                "unknown manifest format {found}; this release {} reads format {FORMAT} (upgrade `release` on this host)",
+                env!("CARGO_PKG_VERSION")
+            ),
+            NoFormat => f.write_str("no `format` field"),
+            TooManyDeclared(count) => write!(
+                f,
+                "it declares {count} files, more than the {MAX_FILES} a release may have; refused before reading the file list"
+            ),
+            Fields(e) => write!(f, "invalid manifest: {e}"),
+            Commit(commit) => write!(f, "commit {commit:?} is not 40 hex digits"),
+            Release(release) => {
+                write!(f, "release {release:?} is not the commit's first 12 digits")
+            }
+            TooManyListed(count) => write!(
+                f,
+                "it lists {count} files, more than the {MAX_FILES} a release may have"
+            ),
+            AppName(app) => write!(f, "app name {app:?} is not a valid name"),
+            BaseExecutable(base) => {
+                write!(f, "python.base_executable {base:?} is not an absolute path")
+            }
+            FileCount { declared, listed } => write!(
+                f,
+                "file_count {declared} does not match the {listed} entries listed"
+            ),
+            Unsorted(path) => write!(f, "files are not sorted and unique at {path:?}"),
+            Entry { path, why } => write!(f, "entry {path:?}: {why}"),
+            SizesOverflow(path) => write!(
+                f,
+                "the file sizes add up to more than {} bytes (at {path:?})",
+                u64::MAX
+            ),
+            Bytes { declared, sum } => write!(
+                f,
+                "bytes {declared} does not match the sum of file sizes {sum}"
+            ),
+            TreeDigest => f.write_str("tree_sha256 does not match the file list"),
+            Unreadable(e) => f.write_str(e),
+            NotAManifest(e) => write!(f, "not a valid manifest: {e}"),
+        }
     }
 }
 
@@ -398,9 +462,16 @@ pub fn is_name_char(c: char) -> bool {
 }
 
 /// Check one entry's path and fields against the format's rules.
-fn check_entry(e: &Entry) -> Result<(), String> {
-    check_path(&e.path).map_err(|why| format!("entry {:?}: {why}", e.path))?;
-    let bad = |why: &str| Err(format!("entry {:?}: {why}", e.path));
+fn check_entry(e: &Entry) -> Result<(), Invalid> {
+    let bad = |why: &'static str| {
+        Err(Invalid::Entry {
+            path: e.path.clone(),
+            why,
+        })
+    };
+    if let Err(why) = check_path(&e.path) {
+        return bad(why);
+    }
     match e.kind {
         EntryType::File => {
             if e.mode != 0o644 && e.mode != 0o755 {
@@ -521,20 +592,21 @@ mod tests {
         let mut m = sample();
         m.files[1].size = Some(4);
         m.bytes = 4;
-        assert!(m.validate().unwrap_err().contains("tree_sha256"));
+        assert_eq!(m.validate().unwrap_err(), Invalid::TreeDigest);
         let mut m = sample();
         m.files.swap(0, 1);
-        assert!(m.validate().unwrap_err().contains("sorted"));
+        assert!(m.validate().unwrap_err().to_string().contains("sorted"));
     }
 
     #[test]
     fn rejects_unknown_format_and_bad_json() {
-        assert!(Manifest::from_json(b"{\"format\": 2}")
-            .unwrap_err()
-            .contains("unknown manifest format 2"));
-        assert!(Manifest::from_json(b"nope")
-            .unwrap_err()
-            .contains("not valid JSON"));
+        let err = Manifest::from_json(b"{\"format\": 2}").unwrap_err();
+        assert_eq!(err, Invalid::UnknownFormat("2".into()));
+        assert!(err.to_string().contains("unknown manifest format 2"));
+        assert!(matches!(
+            Manifest::from_json(b"nope").unwrap_err(),
+            Invalid::NotJson(_)
+        ));
     }
 
     #[test]
@@ -559,7 +631,7 @@ mod tests {
         // target `archive` checks for it; this is its input's manifest).
         let json = br#"{"format":1,"app":"fuzz","commit":"0123456789abcdef0123456789abcdef01234567","release":"0123456789ab","source_date_epoch":0,"dirty":false,"builder":{"tool":"release","version":"0","installer":"pip"},"python":{"implementation":"cpython","version":"3.11.2","abi":"cp311","platform":"linux_x86_64","base_executable":"../../../../etc"},"requirements_sha256":"0000000000000000000000000000000000000000000000000000000000000000","file_count":3,"bytes":0,"tree_sha256":"0d0224dcebdb1bdb2c198c21b3906140e01841aa744b97a4ec20f9fac8bf1229","files":[{"path":"venv","type":"dir","mode":"0755"},{"path":"venv/bin","type":"dir","mode":"0755"},{"path":"venv/bin/python","type":"symlink","mode":"0777","target":"../../../../etc"}]}"#;
         let err = Manifest::from_json(json).unwrap_err();
-        assert!(err.contains("base_executable"), "{err}");
+        assert_eq!(err, Invalid::BaseExecutable("../../../../etc".into()));
         let mut m: Manifest = serde_json::from_slice(json).unwrap();
         m.python.base_executable = "/usr/bin/python3".into();
         m.files[2].target = Some("/usr/bin/python3".into());

@@ -7,7 +7,7 @@ use std::path::Path;
 use fs_err as fs;
 
 use crate::archive;
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result, Unpackable};
 use crate::manifest::{self, Entry};
 
 /// Manifest entries for everything under `root`, with paths under `prefix`.
@@ -20,11 +20,9 @@ pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
     {
         let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
         let rel = item.path().strip_prefix(root).expect("under root");
-        let rel = rel.to_str().ok_or_else(|| {
-            Error::failed(format!(
-                "{}: file name is not UTF-8; rename it",
-                item.path().display()
-            ))
+        let rel = rel.to_str().ok_or_else(|| BuildError::Unpackable {
+            path: item.path().to_path_buf(),
+            why: Unpackable::NameNotUtf8,
         })?;
         let path = if rel.is_empty() {
             prefix.to_string()
@@ -32,10 +30,11 @@ pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
             format!("{prefix}/{rel}")
         };
         if let Err(why) = manifest::check_path(&path) {
-            return Err(Error::failed(format!(
-                "{}: cannot go into an artifact ({why}); rename or exclude it",
-                item.path().display()
-            )));
+            return Err(BuildError::Unpackable {
+                path: item.path().to_path_buf(),
+                why: Unpackable::BadPath(why),
+            }
+            .into());
         }
         let kind = item.file_type();
         let entry = if kind.is_dir() {
@@ -50,10 +49,11 @@ pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
             let (sha256, size) = archive::hash_file(item.path())?;
             Entry::file(path, meta.permissions().mode() & 0o111 != 0, size, sha256)
         } else {
-            return Err(Error::failed(format!(
-                "{}: not a regular file, directory or symlink; remove it from the tree",
-                item.path().display()
-            )));
+            return Err(BuildError::Unpackable {
+                path: item.path().to_path_buf(),
+                why: Unpackable::NotAFileDirOrLink,
+            }
+            .into());
         };
         entries.push(entry);
     }

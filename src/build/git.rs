@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::error::{PythonError, Result, SourceError};
 
 pub struct Source {
     /// Top of the git work tree.
@@ -27,11 +27,13 @@ fn git(dir: &Path) -> Command {
     cmd
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<std::process::Output> {
+fn run(mut cmd: Command, purpose: &'static str) -> Result<std::process::Output> {
     cmd.output().map_err(|e| {
-        Error::failed(format!(
-            "cannot run git ({e}) for {what}\n  fix: install git and make sure it is on PATH"
-        ))
+        SourceError::GitNotRunnable {
+            purpose,
+            error: e.to_string(),
+        }
+        .into()
     })
 }
 
@@ -42,18 +44,19 @@ fn stdout_text(out: &std::process::Output) -> String {
 impl Source {
     pub fn open(dir: &Path) -> Result<Source> {
         if !dir.is_dir() {
-            return Err(Error::failed(format!(
-                "source directory {} does not exist\n  fix: pass --source DIR pointing at the app's checkout",
-                dir.display()
-            )));
+            return Err(SourceError::SourceMissing {
+                dir: dir.to_path_buf(),
+            }
+            .into());
         }
         let mut cmd = git(dir);
         cmd.args(["rev-parse", "--show-toplevel", "--show-prefix"]);
         let out = run(cmd, "finding the repository")?;
         if !out.status.success() {
-            return Err(Error::NotGitRepo {
+            return Err(SourceError::NotGitRepo {
                 path: dir.to_path_buf(),
-            });
+            }
+            .into());
         }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = text.lines();
@@ -70,17 +73,20 @@ impl Source {
             .arg(format!("{wanted}^{{commit}}"));
         let out = run(cmd, "resolving the commit")?;
         if !out.status.success() {
-            return Err(Error::UnknownCommit {
+            return Err(SourceError::UnknownCommit {
                 rev: wanted.to_string(),
                 repo: self.toplevel.clone(),
-            });
+            }
+            .into());
         }
         let sha = stdout_text(&out);
         let mut cmd = git(&self.toplevel);
         cmd.args(["log", "-1", "--format=%ct", &sha]);
         let epoch = stdout_text(&run(cmd, "reading the commit time")?)
             .parse::<i64>()
-            .map_err(|_| Error::failed(format!("cannot read the time of commit {sha}")))?;
+            .map_err(|_| SourceError::CommitTimeUnreadable {
+                commit: sha.clone(),
+            })?;
 
         let mut dirty = false;
         if rev.is_none() {
@@ -92,10 +98,11 @@ impl Source {
             if !changes.trim().is_empty() {
                 if !allow_dirty {
                     let files = crate::error::tail(&changes, 20);
-                    return Err(Error::DirtyTree {
+                    return Err(SourceError::DirtyTree {
                         path: self.toplevel.join(&self.prefix),
                         files,
-                    });
+                    }
+                    .into());
                 }
                 dirty = true;
             }
@@ -115,8 +122,9 @@ impl Source {
             .arg(format!("{}:{}", commit.sha, self.prefix))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
-            Error::failed(format!("cannot run git archive ({e})\n  fix: install git"))
+        let mut child = cmd.spawn().map_err(|e| SourceError::GitNotRunnable {
+            purpose: "exporting the tracked files (git archive)",
+            error: e.to_string(),
         })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut archive = tar::Archive::new(stdout);
@@ -125,12 +133,13 @@ impl Source {
         let unpacked = archive.unpack(dest);
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            return Err(Error::ToolFailed {
+            return Err(PythonError::ToolFailed {
                 tool: "git archive".into(),
                 command: format!("git archive {}:{}", commit.sha, self.prefix),
                 status: out.status.to_string(),
                 tail: crate::error::tail(&String::from_utf8_lossy(&out.stderr), 10),
-            });
+            }
+            .into());
         }
         unpacked.map_err(|e| crate::fsutil::fs_err_io(e, dest))?;
         Ok(())

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::error::{PythonError, Result};
 use crate::output::Printer;
 use crate::python::{self, Interpreter, Probe};
 
@@ -94,7 +94,7 @@ fn minor_of(text: &str) -> Option<String> {
 }
 
 /// Whether `probe`'s interpreter meets every need: `Err` says which it misses.
-fn meets(probe: &Probe, needs: &[Need]) -> std::result::Result<(), String> {
+fn meets(probe: &Probe, needs: &[Need]) -> std::result::Result<(), Missed> {
     let mut missed = Vec::new();
     let specs: Vec<&str> = needs
         .iter()
@@ -106,7 +106,7 @@ fn meets(probe: &Probe, needs: &[Need]) -> std::result::Result<(), String> {
     let spec_ok = if specs.is_empty() {
         Vec::new()
     } else {
-        spec_contains(&probe.executable, &specs)?
+        spec_contains(&probe.executable, &specs).map_err(Missed::Check)?
     };
     let mut spec_results = spec_ok.into_iter();
     for need in needs {
@@ -123,13 +123,62 @@ fn meets(probe: &Probe, needs: &[Need]) -> std::result::Result<(), String> {
     if missed.is_empty() {
         Ok(())
     } else {
-        Err(missed.join(" and "))
+        Err(Missed::Needs(missed.join(" and ")))
+    }
+}
+
+/// What an interpreter misses of what the app asks for.
+#[derive(Debug)]
+enum Missed {
+    /// The needs it does not meet, described.
+    Needs(String),
+    /// Its version could not be checked against requires-python.
+    Check(SpecCheck),
+}
+
+impl std::fmt::Display for Missed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missed::Needs(needs) => f.write_str(needs),
+            Missed::Check(why) => why.fmt(f),
+        }
+    }
+}
+
+/// Why a version could not be checked against requires-python.
+#[derive(Debug)]
+enum SpecCheck {
+    NotRunnable {
+        python: String,
+        error: String,
+    },
+    NoPackaging {
+        python: String,
+        stderr: String,
+    },
+    /// requires-python is not a PEP 440 specifier.
+    BadSpec(String),
+}
+
+impl std::fmt::Display for SpecCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecCheck::NotRunnable { python, error } => write!(f, "cannot run {python} ({error})"),
+            SpecCheck::NoPackaging { python, stderr } => write!(
+                f,
+                "{python} cannot check requires-python (it has no pip/packaging): {stderr}"
+            ),
+            SpecCheck::BadSpec(what) => write!(
+                f,
+                "requires-python in pyproject.toml is not a version specifier: {what}"
+            ),
+        }
     }
 }
 
 /// Ask the interpreter itself whether its version is in each specifier set,
 /// with the `packaging` library pip vendors (pip is needed for the build anyway).
-fn spec_contains(python: &str, specs: &[&str]) -> std::result::Result<Vec<bool>, String> {
+fn spec_contains(python: &str, specs: &[&str]) -> std::result::Result<Vec<bool>, SpecCheck> {
     const CHECK: &str = r#"
 import platform, sys
 try:
@@ -148,21 +197,22 @@ for spec in sys.argv[1:]:
         .args(specs)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {python} ({e})"))?;
+        .map_err(|e| SpecCheck::NotRunnable {
+            python: python.to_string(),
+            error: e.to_string(),
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "{python} cannot check requires-python (it has no pip/packaging): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(SpecCheck::NoPackaging {
+            python: python.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .map(|l| match l {
             "1" => Ok(true),
             "0" => Ok(false),
-            other => Err(format!(
-                "requires-python in pyproject.toml is not a version specifier: {other}"
-            )),
+            other => Err(SpecCheck::BadSpec(other.to_string())),
         })
         .collect()
 }
@@ -174,12 +224,13 @@ pub fn select(explicit: Option<&str>, needs: &[Need], printer: &Printer) -> Resu
         let interpreter = python::find_interpreter(python)?;
         let probe = probe_of(&interpreter);
         if let Err(missed) = meets(&probe, needs) {
-            return Err(Error::failed(format!(
-                "the app asks for {missed}, but this build uses Python {} at {}\n  fix: pass --python naming a matching interpreter (e.g. --python {}), or set `python` under [tool.release]",
-                interpreter.version,
-                interpreter.executable.display(),
-                suggestion(needs)
-            )));
+            return Err(PythonError::NotWhatTheAppAsks {
+                missed: missed.to_string(),
+                version: interpreter.version,
+                executable: interpreter.executable,
+                suggestion: suggestion(needs),
+            }
+            .into());
         }
         return Ok(interpreter);
     }
@@ -207,10 +258,8 @@ pub fn select(explicit: Option<&str>, needs: &[Need], printer: &Printer) -> Resu
                 ));
                 return python::find_interpreter(&probe.executable);
             }
-            Err(why) if why.starts_with("requires-python") => {
-                return Err(Error::failed(format!(
-                "{why}\n  fix: write it as a PEP 440 specifier, e.g. requires-python = \">=3.11\""
-            )))
+            Err(Missed::Check(SpecCheck::BadSpec(spec))) => {
+                return Err(PythonError::BadRequiresPython { spec }.into())
             }
             Err(_) => tried.push(format!(
                 "{} is {} at {}",
@@ -220,16 +269,16 @@ pub fn select(explicit: Option<&str>, needs: &[Need], printer: &Printer) -> Resu
             )),
         }
     }
-    Err(Error::failed(format!(
-        "the app asks for {}, and no interpreter on PATH matches ({})\n  fix: install a matching Python and pass --python /path/to/python{} (or set `python` under [tool.release]), or change what the app declares",
-        needs.iter().map(Need::describe).collect::<Vec<_>>().join(" and "),
-        if tried.is_empty() {
-            "none of python3, python3.N could be run".to_string()
-        } else {
-            format!("tried: {}", tried.join("; "))
-        },
-        suggestion(needs)
-    )))
+    Err(PythonError::NoMatchingInterpreter {
+        needs: needs
+            .iter()
+            .map(Need::describe)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        tried,
+        suggestion: suggestion(needs),
+    }
+    .into())
 }
 
 fn probe_of(i: &Interpreter) -> Probe {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, ArtifactWriter, Format};
-use crate::error::{tail, Error, Result};
+use crate::error::{tail, BuildError, Error, PythonError, Result, SourceError};
 use crate::fsutil;
 use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
@@ -119,13 +119,14 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
 
     let requirements = app_dir.join(&settings.requirements);
     if !requirements.is_file() {
-        return Err(Error::RequirementsMissing {
+        return Err(SourceError::RequirementsMissing {
             path: source
                 .toplevel
                 .join(&source.prefix)
                 .join(&settings.requirements),
             commit: commit.sha[..12].to_string(),
-        });
+        }
+        .into());
     }
     // Both checks come before anything is downloaded.
     let unpinned = requirements::unpinned(&requirements, &app_dir)?;
@@ -202,11 +203,9 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     }
     let static_done = !cached_env;
     let mut index: EnvIndex = serde_json::from_slice(&fs::read(env_dir.join("index.json"))?)
-        .map_err(|e| {
-            Error::failed(format!(
-                "{}: corrupt build cache entry ({e})\n  fix: delete that directory and build again",
-                env_dir.display()
-            ))
+        .map_err(|e| SourceError::CorruptCacheEntry {
+            dir: env_dir.clone(),
+            reason: e.to_string(),
         })?;
     if cached_env {
         steps.done("env (cached)");
@@ -214,11 +213,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     if !resolved.is_empty() {
         let wheels = requirements::wheel_pins(&env_dir.join("wheels"))?;
         if wheels != resolved {
-            return Err(Error::failed(format!(
-                "the unpinned requirements resolved to {} but the wheels built are {}: the index changed during the build\n  fix: build again (better: pin the requirements)",
-                resolved.join(" "),
-                wheels.join(" ")
-            )));
+            return Err(SourceError::IndexChanged { resolved, wheels }.into());
         }
     }
     index.resolved = resolved;
@@ -263,7 +258,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
             tail.map(|tail| {
                 move || {
                     tail.join()
-                        .unwrap_or_else(|_| Err(Error::failed("the archiving thread panicked")))
+                        .unwrap_or_else(|_| Err(Error::internal("the archiving thread panicked")))
                 }
             }),
             &mut steps,
@@ -336,7 +331,7 @@ fn make_rest_and_write(
         };
         let compiled = compiling
             .join()
-            .unwrap_or_else(|_| Err(Error::failed("compileall panicked")));
+            .unwrap_or_else(|_| Err(Error::internal("the byte-compiling thread panicked")));
         collected.and(compiled)
     })?;
     steps.done(if settings.static_cmd.is_some() {
@@ -376,19 +371,19 @@ fn make_rest_and_write(
         tree_sha256: manifest::tree_digest(&files),
         files,
     };
-    manifest.validate().map_err(|why| {
-        Error::failed(format!(
-            "the release would not install: {why}\n  fix: leave generated or vendored trees out of the artifact with `exclude` in [tool.release]"
-        ))
-    })?;
+    manifest
+        .validate()
+        .map_err(|why| BuildError::WouldNotInstall {
+            reason: why.to_string(),
+        })?;
     let manifest_json = manifest.to_json_bytes();
     if manifest_json.len() as u64 > manifest::MAX_MANIFEST_BYTES {
-        return Err(Error::failed(format!(
-            "the manifest of {} files is {} bytes, more than the {} a host reads\n  fix: leave generated or vendored trees out of the artifact with `exclude` in [tool.release]",
-            manifest.file_count,
-            manifest_json.len(),
-            manifest::MAX_MANIFEST_BYTES
-        )));
+        return Err(BuildError::ManifestTooLarge {
+            files: manifest.file_count,
+            bytes: manifest_json.len(),
+            max: manifest::MAX_MANIFEST_BYTES,
+        }
+        .into());
     }
     steps.done("manifest");
 
@@ -403,8 +398,8 @@ fn make_rest_and_write(
     printer.progress(&format!("writing {}", artifact.display()));
     let split = manifest.files.len() - tail_entries.len();
     if manifest.files[split..] != *tail_entries {
-        return Err(Error::failed(
-            "internal error: the venv and wheels are not the end of the sorted file list",
+        return Err(Error::internal(
+            "the venv and wheels are not the end of the sorted file list",
         ));
     }
     let tmp = tempfile::Builder::new()
@@ -422,8 +417,8 @@ fn make_rest_and_write(
             _ if entry.path == "app" => app_dir.to_path_buf(),
             _ if entry.path == "static" => static_dir.clone(),
             _ => {
-                return Err(Error::failed(format!(
-                    "internal error: {} sorts before the venv but is not in app/ or static/",
+                return Err(Error::internal(format!(
+                    "{} sorts before the venv but is not in app/ or static/",
                     entry.path
                 )))
             }
@@ -474,7 +469,7 @@ fn write_tail(
     let mut writer = ArtifactWriter::new(file, format, epoch)?;
     for entry in entries {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::failed("archiving stopped"));
+            return Err(Error::Stopped);
         }
         writer.append(entry, &env_dir.join(&entry.path))?;
     }
@@ -554,7 +549,7 @@ fn build_env(
         let compiled = python::compile(&venv, tmp.path(), &[site], commit.epoch);
         let other = beside
             .join()
-            .unwrap_or_else(|_| Err(Error::failed("the static step panicked")));
+            .unwrap_or_else(|_| Err(Error::internal("the static step's thread panicked")));
         compiled.map(|()| other)
     })?;
     steps.done("compile + static");
@@ -592,10 +587,10 @@ fn base_interpreter_link(venv: &Path) -> Result<String> {
         }
         link = venv.join("bin").join(target);
     }
-    Err(Error::failed(format!(
-        "{}: cannot find the base interpreter the venv links to",
-        venv.join("bin/python").display()
-    )))
+    Err(PythonError::BaseInterpreterUnknown {
+        link: venv.join("bin/python"),
+    }
+    .into())
 }
 
 /// The configured static step, if any, into `<work_dir>/static`.
@@ -643,7 +638,9 @@ fn run_static(
         .current_dir(app_dir)
         .env(
             "PATH",
-            std::env::join_paths(paths).map_err(|e| Error::failed(e.to_string()))?,
+            std::env::join_paths(paths).map_err(|e| BuildError::BadPathList {
+                error: e.to_string(),
+            })?,
         )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("VIRTUAL_ENV", venv)
@@ -656,11 +653,12 @@ fn run_static(
     }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Err(Error::StaticFailed {
+    Err(BuildError::StaticFailed {
         command: cmd.to_string(),
         status: out.status.to_string(),
         tail: tail(&text, 20),
-    })
+    }
+    .into())
 }
 
 /// Symlinks must stay inside the release; the only exception is the venv's
@@ -675,10 +673,11 @@ fn check_symlinks(files: &[Entry], base_executable: &str) -> Result<()> {
             continue;
         }
         if !manifest::symlink_stays_inside(&e.path, target) {
-            return Err(Error::failed(format!(
-                "{}: symlink to {target} leaves the release; the host would refuse it\n  fix: make it a relative link inside the tree, or exclude it",
-                e.path
-            )));
+            return Err(BuildError::LinkLeavesRelease {
+                path: e.path.clone(),
+                target: target.to_string(),
+            }
+            .into());
         }
     }
     Ok(())

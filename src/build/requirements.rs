@@ -16,7 +16,7 @@ use std::process::Command;
 use fs_err as fs;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PythonError, Result, SourceError};
 use crate::python::{self, Interpreter, WheelOptions};
 
 /// A requirement line that does not pin one version.
@@ -299,11 +299,12 @@ pub fn refusal(requirements: &str, found: &[Unpinned]) -> Error {
     if found.len() > 8 {
         lines.push(format!("    ... and {} more", found.len() - 8));
     }
-    Error::failed(format!(
-        "{requirements} does not pin every requirement to one version, so the same commit could build different bytes tomorrow; {} not pinned:\n{}\n  fix: pin each one with == (e.g. `pip freeze` in a venv where the app works, or `pip-compile` / `uv pip compile` into a lock file named by `requirements`), or pass --allow-unpinned to build anyway (the versions resolved are then recorded in the manifest)",
-        found.len(),
-        lines.join("\n")
-    ))
+    SourceError::Unpinned {
+        requirements: requirements.to_string(),
+        count: found.len(),
+        lines,
+    }
+    .into()
 }
 
 #[derive(Deserialize)]
@@ -360,7 +361,7 @@ pub fn resolve(
     }
     python::build_env(&mut cmd, epoch);
     let line = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| Error::ToolFailed {
+    let out = cmd.output().map_err(|e| PythonError::ToolFailed {
         tool: "pip install --dry-run".into(),
         command: line,
         status: "not started".into(),
@@ -372,11 +373,11 @@ pub fn resolve(
         return Err(python::requirement_error(&text, interpreter));
     }
     let report: Report = serde_json::from_slice(&fs::read(&report)?).map_err(|e| {
-        Error::failed(format!(
-            "pip's resolution report could not be read ({e}); pip {} may be too old for --report\n  fix: upgrade pip in the build interpreter (`{} -m pip install -U pip`)",
-            interpreter.pip_version,
-            interpreter.executable.display()
-        ))
+        PythonError::PipReportUnreadable {
+            error: e.to_string(),
+            pip: interpreter.pip_version.clone(),
+            executable: interpreter.executable.clone(),
+        }
     })?;
     let mut pins: Vec<String> = report
         .install

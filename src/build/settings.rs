@@ -9,7 +9,7 @@ use fs_err as fs;
 use serde::Deserialize;
 
 use crate::archive::Format;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceError};
 use crate::manifest;
 use crate::python::InstallerChoice;
 
@@ -74,10 +74,10 @@ pub struct BuildFlags {
 }
 
 /// `KEY=VALUE` of `--env`.
-fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
+fn parse_env(text: &str) -> std::result::Result<(String, String), BadEnv> {
     let (key, value) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+        .ok_or_else(|| BadEnv::NotKeyValue(text.to_string()))?;
     check_env_name(key)?;
     Ok((key.to_string(), value.to_string()))
 }
@@ -93,21 +93,44 @@ const RESERVED_ENV: &[&str] = &[
     "PATH",
 ];
 
-fn check_env_name(key: &str) -> std::result::Result<(), String> {
+/// Why a build environment variable is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadEnv {
+    NotKeyValue(String),
+    BadName(String),
+    /// Set by the build itself.
+    Reserved(String),
+}
+
+impl std::fmt::Display for BadEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadEnv::NotKeyValue(text) => write!(f, "{text:?} is not KEY=VALUE"),
+            BadEnv::BadName(key) => write!(
+                f,
+                "{key:?} is not an environment variable name (letters, digits, _)"
+            ),
+            BadEnv::Reserved(key) => write!(
+                f,
+                "{key} is set by the build itself (reproducible output, the venv, the static root) and cannot be overridden"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BadEnv {}
+
+fn check_env_name(key: &str) -> std::result::Result<(), BadEnv> {
     let mut chars = key.chars();
     let valid = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(format!(
-            "{key:?} is not an environment variable name (letters, digits, _)"
-        ));
+        return Err(BadEnv::BadName(key.to_string()));
     }
     if RESERVED_ENV.contains(&key) {
-        return Err(format!(
-            "{key} is set by the build itself (reproducible output, the venv, the static root) and cannot be overridden"
-        ));
+        return Err(BadEnv::Reserved(key.to_string()));
     }
     Ok(())
 }
@@ -199,7 +222,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     let pyproject_path = app_dir.join("pyproject.toml");
     let pyproject: PyProject = if pyproject_path.is_file() {
         toml::from_str(&fs::read_to_string(&pyproject_path)?).map_err(|e| {
-            Error::BadProjectConfig {
+            SourceError::BadProjectConfig {
                 path: flags.source.join("pyproject.toml"),
                 message: e.to_string(),
             }
@@ -211,15 +234,15 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     let build_toml_path = app_dir.join(BUILD_TOML);
     let (tool, source) = match (in_pyproject, build_toml_path.is_file()) {
         (Some(_), true) => {
-            return Err(Error::BadProjectConfig {
+            return Err(SourceError::SettingsTwice {
                 path: flags.source.join(BUILD_TOML),
-                message: "the settings are in two places, here and under [tool.release] in pyproject.toml\n  fix: keep them in one of the two".into(),
-            })
+            }
+            .into())
         }
         (Some(tool), false) => (tool, "[tool.release] in pyproject.toml"),
         (None, true) => (
             toml::from_str(&fs::read_to_string(&build_toml_path)?).map_err(|e| {
-                Error::BadProjectConfig {
+                SourceError::BadProjectConfig {
                     path: flags.source.join(BUILD_TOML),
                     message: e.to_string(),
                 }
@@ -233,7 +256,7 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     };
     let mut env: std::collections::BTreeMap<String, String> = tool.env;
     for key in env.keys() {
-        check_env_name(key).map_err(|why| Error::BadProjectConfig {
+        check_env_name(key).map_err(|why| SourceError::BadProjectConfig {
             path: flags.source.join(if source == BUILD_TOML {
                 BUILD_TOML
             } else {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 
 use super::settings::Untracked;
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 
 /// The paths (relative, files and directories) of the app tree before the step.
 pub struct Snapshot {
@@ -84,18 +84,14 @@ pub fn settle(
                 Some(root) => format!("app/{}/", root.display()),
                 None => "several places in app/".into(),
             };
-            let mover = if root.is_some() {
-                format!(
-                    ", or set `untracked = \"move-to-static\"` in {settings_source} to move them into static/"
-                )
-            } else {
-                String::new()
-            };
-            Err(Error::failed(format!(
-                "the static step `{command}` wrote {} that git does not track into {place} instead of $STATIC_ROOT (they would ship in app/, and static/ would stay empty):\n{}\n  fix: make the app's settings read STATIC_ROOT from the environment, e.g. `STATIC_ROOT = os.environ.get(\"STATIC_ROOT\", <the path it has now>)` (README: \"Static files\"){mover}",
-                if new.len() == 1 { "1 file".to_string() } else { format!("{} files", new.len()) },
-                named.join("\n")
-            )))
+            Err(BuildError::StaticWroteIntoApp {
+                command: command.to_string(),
+                count: new.len(),
+                named,
+                place,
+                settings: root.is_some().then(|| settings_source.to_string()),
+            }
+            .into())
         }
     }
 }
@@ -155,10 +151,10 @@ fn move_into(app_dir: &Path, root: &Path, static_dir: &Path) -> Result<()> {
     }
     for (src, dest) in moves {
         if dest.symlink_metadata().is_ok() {
-            return Err(Error::failed(format!(
-                "moving the static step's files into static/: {} exists there too\n  fix: make the app's settings read STATIC_ROOT from the environment (README: \"Static files\")",
-                dest.strip_prefix(static_dir).unwrap_or(&dest).display()
-            )));
+            return Err(BuildError::StaticMoveClash {
+                path: dest.strip_prefix(static_dir).unwrap_or(&dest).to_path_buf(),
+            }
+            .into());
         }
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;

@@ -18,20 +18,26 @@
 //!    release), journal `failed` with `reverted`, exit 3.
 //! 5. **after** — the `after_activate` hook (a failure is a warning: the
 //!    release is live) and `notify` (POST the journal event; never fatal).
+//!
+//! Each step is a function of its own below, in that order.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::crashpoint::crashpoint;
-use crate::error::{Error, Result};
+use crate::crashpoint::{crashpoint, CrashPoint};
+use crate::error::{
+    ActivateError, CheckFailed, Error, FailedStep, NoCurrentFor, ReleaseError, Restored, Result,
+    ServicesFailure,
+};
 use crate::host::config::HostConfig;
 use crate::host::hooks;
-use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::journal::{Event, EventKind, Journal, What};
 use crate::host::layout::{Current, Host};
 use crate::host::lock::Lock;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases::{self, Installed};
-use crate::host::services;
+use crate::host::services::{self, Reloaded};
 use crate::host::state::ReleaseHistory;
 use crate::output::Printer;
 
@@ -42,15 +48,42 @@ pub enum Switch {
     Rollback,
 }
 
+impl Switch {
+    /// `RELEASE_SWITCH` for the hooks: `activate` or `rollback`.
+    fn hook_name(self) -> &'static str {
+        match self {
+            Switch::Activate => "activate",
+            Switch::Rollback => "rollback",
+        }
+    }
+
+    /// The journal event a finished switch writes.
+    pub fn event(self) -> EventKind {
+        match self {
+            Switch::Activate => EventKind::Activated,
+            Switch::Rollback => EventKind::RolledBack,
+        }
+    }
+
+    /// The crash point of this kind of switch.
+    fn point(self, activate: CrashPoint, rollback: CrashPoint) -> CrashPoint {
+        match self {
+            Switch::Activate => activate,
+            Switch::Rollback => rollback,
+        }
+    }
+}
+
 /// What `release activate --json` (and rollback) prints.
 #[derive(Debug, Serialize)]
 pub struct ActivateReport {
-    pub id: String,
+    pub id: ReleaseId,
     pub commit: String,
     /// The release that was current before.
     pub from: Option<String>,
-    /// `activated` or `rolled_back` (the journal event written).
-    pub event: &'static str,
+    /// [`EventKind::Activated`] or [`EventKind::RolledBack`]: the journal
+    /// event written.
+    pub event: EventKind,
     pub already_current: bool,
     /// Services left down on a first deploy because `release` cannot start
     /// them (the warning gives their launch lines); empty otherwise.
@@ -64,6 +97,83 @@ impl ActivateReport {
     }
 }
 
+/// What `release activate --dry-run --json` and `release rollback --dry-run
+/// --json` print (and `deploy --dry-run` under `activate`).
+#[derive(Debug, Serialize)]
+pub struct SwitchPlan {
+    pub dry_run: bool,
+    /// The release that would become current (null in `deploy --dry-run`
+    /// when the artifact is not installed yet: its id is made by the install).
+    pub id: Option<String>,
+    pub commit: String,
+    /// The release it would switch from.
+    pub from: Option<String>,
+    /// The journal event the switch would write.
+    pub event: EventKind,
+    /// True when nothing would change.
+    pub already_current: bool,
+}
+
+impl SwitchPlan {
+    pub fn human(&self) -> String {
+        let id = self.id.as_deref().unwrap_or(&self.commit);
+        if self.already_current {
+            format!("{id} is already current: nothing would change\n")
+        } else {
+            format!(
+                "would switch current from {} to {id}\n",
+                self.from.as_deref().unwrap_or("none")
+            )
+        }
+    }
+}
+
+/// `activate --dry-run` / `rollback --dry-run`: step 1 and the services
+/// preflight of a switch to `target`, with nothing written and no lock
+/// taken. The services preflight reads pidfiles and /proc; the check hook is
+/// not run (it runs the app's code). What the switch would refuse, this
+/// refuses with the same error.
+pub fn plan(
+    host: &Host,
+    config: &HostConfig,
+    target: &Installed,
+    switch: Switch,
+    printer: &Printer,
+) -> Result<SwitchPlan> {
+    let commit = target.require_complete()?.commit.clone();
+    let (from, already_current) = where_from(host, &Journal::new(&host.journal), target, printer)?;
+    if !already_current {
+        if let Err(failure) = services::preflight(config, host, from.is_none()) {
+            return Err(ActivateError::ServicesNotReady {
+                failure,
+                current: from,
+            }
+            .into());
+        }
+    }
+    Ok(SwitchPlan {
+        dry_run: true,
+        id: Some(target.name().to_string()),
+        commit,
+        from,
+        event: switch.event(),
+        already_current,
+    })
+}
+
+/// One activation's fixed inputs, shared by its steps.
+struct Activation<'a> {
+    host: &'a Host,
+    lock: &'a Lock,
+    config: &'a HostConfig,
+    target: &'a Installed,
+    switch: Switch,
+    printer: &'a Printer,
+    journal: Journal,
+    /// The release that was live before, by the journal.
+    from: Option<String>,
+}
+
 pub fn activate(
     host: &Host,
     lock: &Lock,
@@ -74,19 +184,54 @@ pub fn activate(
 ) -> Result<ActivateReport> {
     let started = Instant::now();
     let journal = Journal::new(&host.journal);
-    let (kind, event_name) = match switch {
-        Switch::Activate => (EventKind::Activated, "activated"),
-        Switch::Rollback => (EventKind::RolledBack, "rolled_back"),
-    };
-
-    // Crash point names for this kind of switch.
-    let point = |activate: &'static str, rollback: &'static str| match switch {
-        Switch::Activate => activate,
-        Switch::Rollback => rollback,
-    };
-
     // 1. preflight
-    let summary = target.require_complete()?;
+    let commit = target.require_complete()?.commit.clone();
+    let (from, already) = where_from(host, &journal, target, printer)?;
+    let a = Activation {
+        host,
+        lock,
+        config,
+        target,
+        switch,
+        printer,
+        journal,
+        from,
+    };
+    let report = |already_current: bool, not_running: Vec<String>| ActivateReport {
+        id: target.id.clone(),
+        commit: commit.clone(),
+        from: a.from.clone(),
+        event: switch.event(),
+        already_current,
+        not_running,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if already {
+        return Ok(report(true, Vec::new()));
+    }
+    // No release was live: there is nothing to keep serving, so services
+    // that are down do not stop the switch (they are started, or listed).
+    let first = a.from.is_none();
+    a.check()?; // 2.
+    a.services_ready(first)?;
+    a.before_activate()?;
+    crashpoint(switch.point(CrashPoint::ActivateChecked, CrashPoint::RollbackChecked));
+    let event = a.switch_current()?; // 3.
+    let reloaded = a.reload(first)?; // 4.
+    crashpoint(switch.point(CrashPoint::ActivateReloaded, CrashPoint::RollbackReloaded));
+    a.after(&event, &reloaded); // 5.
+    Ok(report(false, reloaded.not_running))
+}
+
+/// Step 1: the release that was live before (by the journal), and whether
+/// the target is already current (then there is nothing to do). Warns about
+/// a switch a killed command left unjournaled and about a foreign `current`.
+pub fn where_from(
+    host: &Host,
+    journal: &Journal,
+    target: &Installed,
+    printer: &Printer,
+) -> Result<(Option<String>, bool)> {
     let current = host.current()?;
     // Where we come from is what the journal last recorded as live. It
     // differs from `current` only when a command died after switching
@@ -95,37 +240,22 @@ pub fn activate(
     let recorded = ReleaseHistory::from_events(&journal.read()?.events)
         .live_now()
         .map(str::to_string);
-    let linked = current.id() == Some(target.name.as_str());
+    let name = target.name();
+    let linked = current.id() == Some(name);
     let from = match (recorded.clone(), linked) {
-        (Some(r), _) if r != target.name => Some(r),
+        (Some(r), _) if r != name => Some(r),
         // The first switch of this root was never journaled.
         (None, true) => None,
         _ => current.id().map(str::to_string),
     };
-    // No release was live: there is nothing to keep serving, so services
-    // that are down do not stop the switch (they are started, or listed).
-    let first = from.is_none();
-    let report = |already_current: bool, not_running: Vec<String>| ActivateReport {
-        id: target.name.clone(),
-        commit: summary.commit.clone(),
-        from: from.clone(),
-        event: event_name,
-        already_current,
-        not_running,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    if linked && recorded.as_deref() == Some(target.name.as_str()) {
-        printer.progress(&format!(
-            "{} is already current; nothing changed",
-            target.name
-        ));
-        return Ok(report(true, Vec::new()));
+    if linked && recorded.as_deref() == Some(name) {
+        printer.progress(&format!("{name} is already current; nothing changed"));
+        return Ok((from, true));
     }
     if linked {
         printer.warn(&format!(
-            "{} already points to {}, but {} does not record that switch (a command was interrupted after it); finishing it",
+            "{} already points to {name}, but {} does not record that switch (a command was interrupted after it); finishing it",
             host.current.display(),
-            target.name,
             host.journal.display()
         ));
     } else if let (Some(link), Some(recorded)) = (current.id(), recorded.as_deref()) {
@@ -144,203 +274,228 @@ pub fn activate(
             link.display()
         ));
     }
+    Ok((from, false))
+}
 
-    // 2. check, inside the new release, before anything changes
-    if let Some(check) = &config.hooks.check {
-        printer.progress(&format!("check ({}): {check}", target.name));
-        if let Err(failure) = hooks::run(check, &target.dir, &target.name, switch.hook_name()) {
-            let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-            event.step = Some("check".into());
-            event.error = Some(format!("check hook `{check}` failed ({})", failure.status));
-            journal.append(lock, &event)?;
-            let still = from
-                .as_deref()
-                .map(|f| format!("{f} is still current"))
-                .unwrap_or_else(|| "no release is current".into());
-            return Err(Error::failed(format!(
-                "the check hook `{check}` failed in {} ({}); current was not touched: {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {}/app to see why (PATH={}/venv/bin:$PATH), or change [hooks] check in {}",
-                target.name,
-                failure.status,
-                failure.tail,
-                target.dir.display(),
-                target.dir.display(),
-                host.config.display()
-            )));
-        }
+impl Activation<'_> {
+    fn name(&self) -> &str {
+        self.target.name()
     }
 
-    // 2b. every service can be reloaded (live pidfile of this app), before
-    //     anything changes
-    if let Err(failure) = services::preflight(config, host, first) {
-        let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-        event.step = Some(failure.step.into());
-        event.error = Some(failure.reason.clone());
-        journal.append(lock, &event)?;
-        hooks::notify(config, &event, printer);
-        return Err(Error::failed(format!(
-            "{}\n  current was not touched: {} is still current",
-            failure.reason,
-            from.as_deref().unwrap_or("no release")
-        )));
+    fn event(&self, what: What) -> Event {
+        Event::new(what, self.name(), self.from.as_deref())
     }
 
-    // 2c. before_activate (migrations), inside the new release, last before
-    //     the switch: a failure leaves current and the services as they are
-    if let (Some(before), Switch::Activate) = (&config.hooks.before_activate, switch) {
-        printer.progress(&format!("before_activate ({}): {before}", target.name));
-        if let Err(failure) = hooks::run(before, &target.dir, &target.name, switch.hook_name()) {
-            let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-            event.step = Some("before_activate".into());
-            event.error = Some(format!(
+    /// Step 2: the `check` hook, inside the new release, before anything
+    /// changes.
+    fn check(&self) -> Result<()> {
+        let Some(check) = &self.config.hooks.check else {
+            return Ok(());
+        };
+        let (target, name) = (self.target, self.name());
+        self.printer.progress(&format!("check ({name}): {check}"));
+        let Err(failure) = hooks::run(check, &target.dir, name, self.switch.hook_name()) else {
+            return Ok(());
+        };
+        let failed = What::Failed {
+            step: Some(FailedStep::Check),
+            error: Some(format!("check hook `{check}` failed ({})", failure.status)),
+            reverted: false,
+        };
+        self.journal.append(self.lock, &self.event(failed))?;
+        Err(ActivateError::CheckFailed(Box::new(CheckFailed {
+            hook: check.clone(),
+            release: name.to_string(),
+            status: failure.status,
+            tail: failure.tail,
+            current: self.from.clone(),
+            dir: target.dir.clone(),
+            config: self.host.config.clone(),
+        }))
+        .into())
+    }
+
+    /// Step 2c: the `before_activate` hook (migrations), inside the new
+    /// release while the old one serves, last before the switch; never on
+    /// a rollback. A failure leaves `current` and the services untouched.
+    fn before_activate(&self) -> Result<()> {
+        let (Some(before), Switch::Activate) = (&self.config.hooks.before_activate, self.switch)
+        else {
+            return Ok(());
+        };
+        let (target, name) = (self.target, self.name());
+        self.printer
+            .progress(&format!("before_activate ({name}): {before}"));
+        let Err(failure) = hooks::run(before, &target.dir, name, self.switch.hook_name()) else {
+            return Ok(());
+        };
+        let failed = What::Failed {
+            step: Some(FailedStep::BeforeActivate),
+            error: Some(format!(
                 "before_activate hook `{before}` failed ({})",
                 failure.status
-            ));
-            journal.append(lock, &event)?;
-            hooks::notify(config, &event, printer);
-            let still = from
-                .as_deref()
-                .map(|f| format!("{f} is still current"))
-                .unwrap_or_else(|| "no release is current".into());
-            return Err(Error::failed(format!(
-                "the before_activate hook `{before}` failed in {} ({}); current and the services were not touched, {still}\n  last lines of its output:\n{}\n  fix: run it yourself in {} to see why, fix the release and deploy again; what the hook changed before it failed (e.g. migrations applied before the failing one) stays: see \"Migrations\" in the README",
-                target.name,
-                failure.status,
-                failure.tail,
-                target.dir.display()
-            )));
-        }
+            )),
+            reverted: false,
+        };
+        let event = self.event(failed);
+        self.journal.append(self.lock, &event)?;
+        hooks::notify(self.config, &event, self.printer);
+        Err(ActivateError::BeforeActivateFailed(Box::new(CheckFailed {
+            hook: before.clone(),
+            release: name.to_string(),
+            status: failure.status,
+            tail: failure.tail,
+            current: self.from.clone(),
+            dir: target.dir.clone(),
+            config: self.host.config.clone(),
+        }))
+        .into())
     }
-    crashpoint(point("activate:checked", "rollback:checked"));
 
-    // 3. switch
-    let crash = match switch {
-        _ if !cfg!(feature = "crashpoints") => None,
-        Switch::Activate => Some(("activate:tmp-link", "activate:renamed")),
-        Switch::Rollback => Some(("rollback:tmp-link", "rollback:renamed")),
-    };
-    host.switch_current_at(lock, &target.name, crash)?;
-    crashpoint(point("activate:fsynced", "rollback:fsynced"));
-    let event = Event::new(kind, &target.name, from.as_deref());
-    journal.append(lock, &event)?;
-    crashpoint(point("activate:journaled", "rollback:journaled"));
-    printer.progress(&format!(
-        "{} {} (was {})",
-        if switch == Switch::Activate {
-            "activated"
-        } else {
-            "rolled back to"
-        },
-        target.name,
-        from.as_deref().unwrap_or("none")
-    ));
-
-    // 4. reload services + health check; on failure switch back (exit 3)
-    let reloaded = match services::reload_and_check(config, host, &target.name, first, printer) {
-        Ok(reloaded) => reloaded,
-        Err(failure) => {
-            return Err(revert(
-                host, lock, config, target, &from, &failure, printer, &journal,
-            )?)
+    /// Step 2b: every service can be reloaded (live pidfile of this app),
+    /// before anything changes.
+    fn services_ready(&self, first: bool) -> Result<()> {
+        let Err(failure) = services::preflight(self.config, self.host, first) else {
+            return Ok(());
+        };
+        let event = self.event(failed(&failure, false));
+        self.journal.append(self.lock, &event)?;
+        hooks::notify(self.config, &event, self.printer);
+        Err(ActivateError::ServicesNotReady {
+            failure,
+            current: self.from.clone(),
         }
-    };
-    crashpoint(point("activate:reloaded", "rollback:reloaded"));
-
-    // 5. after_activate (a failure is reported, the release stays live) and notify
-    if let Some(after) = &config.hooks.after_activate {
-        if let Err(failure) = hooks::run(after, &target.dir, &target.name, switch.hook_name()) {
-            printer.warn(&format!(
-                "after_activate hook `{after}` failed ({}); {} stays live:\n{}",
-                failure.status, target.name, failure.tail
-            ));
-        }
+        .into())
     }
-    hooks::notify(config, &event, printer);
-    if !reloaded.not_running.is_empty() {
-        printer.warn(&format!(
-            "{} is live, but {} {} not running: start {} as shown above",
-            target.name,
-            reloaded.not_running.join(", "),
-            if reloaded.not_running.len() == 1 {
-                "is"
-            } else {
-                "are"
+
+    /// Step 3: switch `current` and journal it; the event written.
+    fn switch_current(&self) -> Result<Event> {
+        let switch = self.switch;
+        let crash = match switch {
+            _ if !cfg!(feature = "crashpoints") => None,
+            Switch::Activate => Some((CrashPoint::ActivateTmpLink, CrashPoint::ActivateRenamed)),
+            Switch::Rollback => Some((CrashPoint::RollbackTmpLink, CrashPoint::RollbackRenamed)),
+        };
+        self.host.switch_current_at(self.lock, self.name(), crash)?;
+        crashpoint(switch.point(CrashPoint::ActivateFsynced, CrashPoint::RollbackFsynced));
+        let what = match switch {
+            Switch::Activate => What::Activated,
+            Switch::Rollback => What::RolledBack,
+        };
+        let event = self.event(what);
+        self.journal.append(self.lock, &event)?;
+        crashpoint(switch.point(CrashPoint::ActivateJournaled, CrashPoint::RollbackJournaled));
+        self.printer.progress(&format!(
+            "{} {} (was {})",
+            match switch {
+                Switch::Activate => "activated",
+                Switch::Rollback => "rolled back to",
             },
-            if reloaded.not_running.len() == 1 {
-                "it"
-            } else {
-                "them"
-            }
+            self.name(),
+            self.from.as_deref().unwrap_or("none")
         ));
+        Ok(event)
     }
-    Ok(report(false, reloaded.not_running))
+
+    /// Step 4: reload the services and check health; on failure switch back
+    /// (exit 3).
+    fn reload(&self, first: bool) -> Result<Reloaded> {
+        match services::reload_and_check(
+            self.config,
+            self.host,
+            &self.target.id,
+            first,
+            self.printer,
+        ) {
+            Ok(reloaded) => Ok(reloaded),
+            Err(failure) => Err(self.revert(failure)?),
+        }
+    }
+
+    /// Step 4 failed after the switch: put `current` back where it was (or
+    /// remove it when no release was live, stopping what this attempt
+    /// started), reload the previous release, journal `failed` with
+    /// `reverted`; the exit-3 error.
+    fn revert(&self, failure: ServicesFailure) -> Result<Error> {
+        let (host, name) = (self.host, self.name());
+        self.printer.warn(&format!(
+            "{} failed on {name}: {}; switching back",
+            failure.step, failure.cause
+        ));
+        let restored = match &self.from {
+            Some(previous) => {
+                host.switch_current(self.lock, previous)?;
+                // The previous release was serving before this switch: it
+                // need not pass the text check `expect` asks of a new release.
+                let mut back = self.config.clone();
+                if let Some(health) = &mut back.health {
+                    health.expect = None;
+                }
+                let again = ReleaseId::parse(previous).and_then(|id| {
+                    services::reload_and_check(&back, host, &id, false, self.printer).err()
+                });
+                match again {
+                    None => Restored::Previous(previous.clone()),
+                    Some(failure) => Restored::PreviousFailed {
+                        previous: previous.clone(),
+                        failure,
+                    },
+                }
+            }
+            None => {
+                let _ = fs_err::remove_file(&host.current);
+                crate::fsutil::fsync_dir(&host.root)?;
+                let id = &self.target.id;
+                services::stop_started(self.config, host, id, &failure.started, self.printer);
+                Restored::Removed
+            }
+        };
+        let event = self.event(failed(&failure, true));
+        self.journal.append(self.lock, &event)?;
+        hooks::notify(self.config, &event, self.printer);
+        Ok(ActivateError::ActivationFailed {
+            release: name.to_string(),
+            failure: Box::new(failure),
+            restored: Box::new(restored),
+        }
+        .into())
+    }
+
+    /// Step 5: the `after_activate` hook (a failure is reported, the release
+    /// stays live), `notify`, and what was left down on a first deploy.
+    fn after(&self, event: &Event, reloaded: &Reloaded) {
+        let (target, name) = (self.target, self.name());
+        if let Some(after) = &self.config.hooks.after_activate {
+            if let Err(failure) = hooks::run(after, &target.dir, name, self.switch.hook_name()) {
+                self.printer.warn(&format!(
+                    "after_activate hook `{after}` failed ({}); {name} stays live:\n{}",
+                    failure.status, failure.tail
+                ));
+            }
+        }
+        hooks::notify(self.config, event, self.printer);
+        let down = &reloaded.not_running;
+        if !down.is_empty() {
+            let (verb, them) = if down.len() == 1 {
+                ("is", "it")
+            } else {
+                ("are", "them")
+            };
+            self.printer.warn(&format!(
+                "{name} is live, but {} {verb} not running: start {them} as shown above",
+                down.join(", ")
+            ));
+        }
+    }
 }
 
-impl Switch {
-    /// `RELEASE_SWITCH` for the hooks: `activate` or `rollback`.
-    fn hook_name(self) -> &'static str {
-        match self {
-            Switch::Activate => "activate",
-            Switch::Rollback => "rollback",
-        }
+/// The journal's `failed` event for a failure of the services.
+fn failed(failure: &ServicesFailure, reverted: bool) -> What {
+    What::Failed {
+        step: Some(failure.step),
+        error: Some(failure.cause.to_string()),
+        reverted,
     }
-}
-
-/// Step 4 failed after the switch: put `current` back where it was (or remove
-/// it when no release was live, stopping what this attempt started), reload
-/// the previous release, journal `failed` with `reverted`; the exit-3 error.
-#[allow(clippy::too_many_arguments)]
-fn revert(
-    host: &Host,
-    lock: &Lock,
-    config: &HostConfig,
-    target: &Installed,
-    from: &Option<String>,
-    failure: &services::ReloadFailure,
-    printer: &Printer,
-    journal: &Journal,
-) -> Result<Error> {
-    printer.warn(&format!(
-        "{} failed on {}: {}; switching back",
-        failure.step, target.name, failure.reason
-    ));
-    let restored = match &from {
-        Some(previous) => {
-            host.switch_current(lock, previous)?;
-            // The previous release was serving before this switch: it need
-            // not pass the text check `expect` asks of a new release.
-            let mut back = config.clone();
-            if let Some(health) = &mut back.health {
-                health.expect = None;
-            }
-            let again = services::reload_and_check(&back, host, previous, false, printer);
-            match again {
-                Ok(_) => format!("switched current back: {previous} is live again"),
-                Err(f) => format!(
-                    "switched current back to {previous}, but reloading it failed too ({}: {})",
-                    f.step, f.reason
-                ),
-            }
-        }
-        None => {
-            let _ = fs_err::remove_file(&host.current);
-            crate::fsutil::fsync_dir(&host.root)?;
-            services::stop_started(config, host, &target.name, &failure.started, printer);
-            "removed current again: no release was live before this one, and none is now"
-                .to_string()
-        }
-    };
-    let mut event = Event::new(EventKind::Failed, &target.name, from.as_deref());
-    event.step = Some(failure.step.into());
-    event.error = Some(failure.reason.clone());
-    event.reverted = true;
-    journal.append(lock, &event)?;
-    hooks::notify(config, &event, printer);
-    Ok(Error::ActivationFailed {
-        release: target.name.clone(),
-        reason: format!("{} failed: {}", failure.step, failure.reason),
-        restored,
-        fix: "see `release status` and the service logs; the release is marked rolled back".into(),
-    })
 }
 
 /// `release rollback [--to ID]`: back to the release that was live before the
@@ -353,19 +508,30 @@ pub fn rollback(
     printer: &Printer,
 ) -> Result<ActivateReport> {
     let list = releases::installed(host)?;
+    let target = rollback_target(host, &list, to)?;
+    activate(host, lock, config, target, Switch::Rollback, printer)
+}
+
+/// The release `release rollback [--to ID]` goes to; refused (nothing
+/// changed) when there is none, or it is not installed and complete.
+pub fn rollback_target<'a>(
+    host: &Host,
+    list: &'a [Installed],
+    to: Option<&str>,
+) -> Result<&'a Installed> {
     let current = host.current()?;
     let Current::Release(current_id) = &current else {
-        return Err(Error::failed(format!(
-            "no release is current under {} ({}), so there is nothing to roll back\n  fix: activate one with `release activate ID` (see `release list`)",
-            host.root.display(),
-            match &current {
-                Current::Foreign(t) => format!("current points to {}", t.display()),
-                _ => "current does not exist".into(),
-            }
-        )));
+        return Err(ReleaseError::NoCurrent {
+            root: host.root.clone(),
+            command: NoCurrentFor::Rollback(match &current {
+                Current::Foreign(t) => Some(t.clone()),
+                _ => None,
+            }),
+        }
+        .into());
     };
     let target = match to {
-        Some(query) => releases::resolve(host, &list, query)?,
+        Some(query) => releases::resolve(host, list, query)?,
         None => {
             let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
             // From what the journal last recorded as live: after a rollback
@@ -373,26 +539,30 @@ pub fn rollback(
             // again finishes that rollback instead of going back again.
             let current_id = history.live_now().unwrap_or(current_id);
             let Some(target) = history.rollback_target(Some(current_id)) else {
-                return Err(Error::failed(format!(
-                    "nothing to roll back to from {current_id}: {} records no earlier live release that was not rolled back; nothing changed\n  fix: pick one with `release rollback --to ID` or `release activate ID` (see `release list`)",
-                    host.journal.display()
-                )));
+                return Err(ActivateError::NothingToRollBack {
+                    current: current_id.to_string(),
+                    journal: host.journal.clone(),
+                }
+                .into());
             };
-            match list.iter().find(|r| r.name == target) {
+            match list.iter().find(|r| r.name() == target) {
                 Some(release) => release,
                 None => {
-                    return Err(Error::failed(format!(
-                        "the release before {current_id} was {target}, which is no longer installed (pruned or removed); nothing changed\n  fix: pick an installed one with `release rollback --to ID` (see `release list`), or install its artifact again"
-                    )))
+                    return Err(ActivateError::RollbackTargetGone {
+                        current: current_id.to_string(),
+                        target: target.to_string(),
+                    }
+                    .into())
                 }
             }
         }
     };
     if let Err(why) = &target.summary {
-        return Err(Error::failed(format!(
-            "rollback target {} is incomplete ({why}); nothing changed\n  fix: pick another with `release rollback --to ID`, or install its artifact again",
-            target.name
-        )));
+        return Err(ActivateError::RollbackTargetIncomplete {
+            target: target.name().to_string(),
+            why: why.to_string(),
+        }
+        .into());
     }
-    activate(host, lock, config, target, Switch::Rollback, printer)
+    Ok(target)
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Result, RootError};
 use crate::manifest;
 
 pub const DEFAULT_KEEP: usize = 5;
@@ -184,38 +184,42 @@ impl HostConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
             Err(e) => return Err(e.into()),
         };
-        let bad = |message: String| {
-            Error::failed(format!(
-                "{}: {message}\n  fix: correct the file (`release help config` lists every key)",
-                path.display()
-            ))
+        HostConfig::parse(&text, path)
+    }
+
+    /// Parse and check the text of `release.toml` (read from `path`).
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
+        let bad = |message: String| RootError::BadHostConfig {
+            path: path.to_path_buf(),
+            message,
         };
-        let config: HostConfig = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
-        config.validate().map_err(bad)?;
+        let config: HostConfig = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        config.validate().map_err(|why| bad(why.to_string()))?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), BadSetting> {
         for (i, path) in self.shared.iter().enumerate() {
-            manifest::check_path(path).map_err(|why| format!("shared path {path:?}: {why}"))?;
+            manifest::check_path(path).map_err(|why| BadSetting::SharedPath {
+                path: path.clone(),
+                why,
+            })?;
             if !path.contains('/') {
-                return Err(format!(
-                    "shared path {path:?} would replace a whole top-level directory; name a path inside it, like \"app/media\""
-                ));
+                return Err(BadSetting::SharedTopLevel(path.clone()));
             }
             for other in &self.shared[..i] {
                 if other == path
                     || path.starts_with(&format!("{other}/"))
                     || other.starts_with(&format!("{path}/"))
                 {
-                    return Err(format!("shared paths {other:?} and {path:?} overlap"));
+                    return Err(BadSetting::SharedOverlap(other.clone(), path.clone()));
                 }
             }
         }
         let mut names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
-            return Err(format!("two [[service]] tables are named {:?}", pair[0]));
+            return Err(BadSetting::DuplicateService(pair[0].to_string()));
         }
         Ok(())
     }
@@ -246,12 +250,15 @@ pub enum Strategy {
 }
 
 impl FromStr for Strategy {
-    type Err = String;
+    type Err = BadSetting;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let nonempty = |rest: &str, what: &str| {
+        let nonempty = |rest: &str, what: &'static str| {
             if rest.trim().is_empty() {
-                Err(format!("reload = {s:?} needs a {what} after the colon"))
+                Err(BadSetting::StrategyWithout {
+                    strategy: s.to_string(),
+                    what,
+                })
             } else {
                 Ok(rest.trim().to_string())
             }
@@ -262,16 +269,14 @@ impl FromStr for Strategy {
             Some(("systemd", unit)) => Ok(Strategy::Systemd(nonempty(unit, "unit name")?)),
             Some(("supervisor", prog)) => Ok(Strategy::Supervisor(nonempty(prog, "program name")?)),
             Some(("command", cmd)) => Ok(Strategy::Command(nonempty(cmd, "command")?)),
-            _ => Err(format!(
-                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
-            )),
+            _ => Err(BadSetting::UnknownStrategy(s.to_string())),
         }
     }
 }
 
 impl TryFrom<String> for Strategy {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadSetting;
+    fn try_from(s: String) -> Result<Self, BadSetting> {
         s.parse()
     }
 }
@@ -300,11 +305,65 @@ impl std::fmt::Display for Strategy {
 pub struct Timeout(pub Duration);
 
 impl TryFrom<String> for Timeout {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadSetting;
+    fn try_from(s: String) -> Result<Self, BadSetting> {
         humantime::parse_duration(&s)
             .map(Timeout)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30s\" or \"2m\""))
+            .map_err(|e| BadSetting::Duration {
+                text: s,
+                error: e.to_string(),
+            })
+    }
+}
+
+/// A value release.toml may not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadSetting {
+    SharedPath {
+        path: String,
+        why: &'static str,
+    },
+    /// A shared path that would replace a whole top-level directory.
+    SharedTopLevel(String),
+    SharedOverlap(String, String),
+    DuplicateService(String),
+    UnknownStrategy(String),
+    /// `systemd:` and the like without what follows the colon.
+    StrategyWithout {
+        strategy: String,
+        what: &'static str,
+    },
+    Duration {
+        text: String,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for BadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadSetting::SharedPath { path, why } => write!(f, "shared path {path:?}: {why}"),
+            BadSetting::SharedTopLevel(path) => write!(
+                f,
+                "shared path {path:?} would replace a whole top-level directory; name a path inside it, like \"app/media\""
+            ),
+            BadSetting::SharedOverlap(a, b) => write!(f, "shared paths {a:?} and {b:?} overlap"),
+            BadSetting::DuplicateService(name) => {
+                write!(f, "two [[service]] tables are named {name:?}")
+            }
+            BadSetting::UnknownStrategy(s) => write!(
+                f,
+                "unknown reload strategy {s:?}: use hup, gunicorn-upgrade, systemd:UNIT, supervisor:PROG or command:CMD"
+            ),
+            BadSetting::StrategyWithout { strategy, what } => write!(
+                f,
+                "reload = {strategy:?} needs a {what} after the colon"
+            ),
+            BadSetting::Duration { text, error } => write!(
+                f,
+                "invalid duration {text:?} ({error}); write e.g. \"30s\" or \"2m\""
+            ),
+        }
     }
 }
 
@@ -383,10 +442,12 @@ impl HealthConfig {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<HostConfig, String> {
-        let config: HostConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
+    fn parse(text: &str) -> Result<HostConfig> {
+        HostConfig::parse(text, Path::new("release.toml"))
+    }
+
+    fn refusal(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]
@@ -440,19 +501,12 @@ notify = "https://example.invalid/deploys"
             (empty.keep, empty.shared.len(), empty.services.len()),
             (5, 0, 0)
         );
-        assert!(parse("kep = 3").unwrap_err().contains("unknown field"));
-        assert!(parse("shared = [\"app\"]")
-            .unwrap_err()
-            .contains("top-level"));
+        assert!(refusal("kep = 3").contains("unknown field"));
+        assert!(refusal("shared = [\"app\"]").contains("top-level"));
         assert!(parse("shared = [\"../etc\"]").is_err());
-        assert!(parse("shared = [\"app/m\", \"app/m/x\"]")
-            .unwrap_err()
-            .contains("overlap"));
-        assert!(parse("[[service]]\nname = \"w\"\nreload = \"usr1\"")
-            .unwrap_err()
-            .contains("unknown reload"));
-        assert!(parse("[[service]]\nname = \"w\"\nreload = \"hup\"\n[[service]]\nname = \"w\"\nreload = \"hup\"")
-            .unwrap_err()
+        assert!(refusal("shared = [\"app/m\", \"app/m/x\"]").contains("overlap"));
+        assert!(refusal("[[service]]\nname = \"w\"\nreload = \"usr1\"").contains("unknown reload"));
+        assert!(refusal("[[service]]\nname = \"w\"\nreload = \"hup\"\n[[service]]\nname = \"w\"\nreload = \"hup\"")
             .contains("two [[service]]"));
     }
 
@@ -509,9 +563,14 @@ notify = "https://example.invalid/deploys"
             Strategy::Command("kill -HUP $(cat /run/x.pid)".into())
         );
         assert!("systemd:".parse::<Strategy>().is_err());
+        assert_eq!(
+            "usr2".parse::<Strategy>().unwrap_err(),
+            BadSetting::UnknownStrategy("usr2".into())
+        );
         assert!("usr2"
             .parse::<Strategy>()
             .unwrap_err()
+            .to_string()
             .contains("gunicorn-upgrade"));
     }
 

@@ -27,7 +27,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::archive::{Extensions, HashingReader};
-use crate::error::{Error, Result};
+use crate::crashpoint::CrashPoint;
+use crate::error::{ArtifactError, Error, Result};
 use crate::fsutil;
 use crate::host::layout::installed_mode;
 use crate::host::reuse::Reuse;
@@ -149,11 +150,12 @@ impl<'a> Extractor<'a> {
     }
 
     fn refuse(&self, entry: &str, rule: impl Into<String>) -> Error {
-        Error::UnsafeEntry {
+        ArtifactError::UnsafeEntry {
             artifact: self.artifact.to_path_buf(),
             entry: shorten(entry),
             rule: rule.into(),
         }
+        .into()
     }
 
     /// Unpack every remaining member of `entries` (raw entries, see
@@ -167,7 +169,7 @@ impl<'a> Extractor<'a> {
             let mut entry = entry.map_err(|e| self.corrupt(&last, &e))?;
             if names
                 .absorb(&mut entry)
-                .map_err(|why| self.refuse_after(&last, &why))?
+                .map_err(|why| self.refuse_after(&last, &why.to_string()))?
             {
                 continue;
             }
@@ -176,7 +178,7 @@ impl<'a> Extractor<'a> {
             writeback.wrote(self.out.bytes - before);
             self.progress.inc(1);
             if self.out.files + self.out.linked == 100 {
-                crate::crashpoint::crashpoint("install:mid-extract");
+                crate::crashpoint::crashpoint(CrashPoint::InstallMidExtract);
             }
         }
         drop(writeback);
@@ -205,19 +207,21 @@ impl<'a> Extractor<'a> {
 
     /// Refuse at an extension header, which names no member of its own.
     fn refuse_after(&self, last: &str, why: &str) -> Error {
-        Error::failed(format!(
-            "{}: the member after `{}` refused: {why}\n  nothing was installed; fix: rebuild the artifact with `release build` (never edit an artifact by hand), or check where this file came from",
-            self.artifact.display(),
-            shorten(last)
-        ))
+        ArtifactError::UnsafeMemberAfter {
+            artifact: self.artifact.to_path_buf(),
+            last: shorten(last),
+            rule: why.to_string(),
+        }
+        .into()
     }
 
     fn corrupt(&self, after: &str, err: &std::io::Error) -> Error {
-        Error::failed(format!(
-            "{}: the archive is corrupt or truncated after member `{}`: {err}\n  nothing was installed; fix: copy the artifact again and compare it with its .sha256",
-            self.artifact.display(),
-            after.escape_debug()
-        ))
+        ArtifactError::CorruptArchive {
+            artifact: self.artifact.to_path_buf(),
+            after: after.escape_debug().to_string(),
+            error: err.to_string(),
+        }
+        .into()
     }
 
     /// Check and unpack one member; returns its path.

@@ -87,16 +87,16 @@ pub fn notify(
     let Some(url) = &config.hooks.notify else {
         return;
     };
-    use crate::host::journal::EventKind;
+    use crate::host::journal::What;
     let body = serde_json::to_value(event).unwrap_or_default();
     match post(url, &body) {
-        Ok(()) => printer.progress(&format!("notified {url} ({})", event_name(event.event))),
+        Ok(()) => printer.progress(&format!("notified {url} ({})", event_name(event.kind()))),
         Err(why) => {
-            let state = match event.event {
-                EventKind::Activated | EventKind::RolledBack => {
+            let state = match event.what {
+                What::Activated | What::RolledBack => {
                     format!("{} is live all the same", event.release)
                 }
-                EventKind::Failed if event.reverted => {
+                What::Failed { reverted: true, .. } => {
                     format!("the activation of {} failed and was undone", event.release)
                 }
                 _ => format!(
@@ -106,7 +106,7 @@ pub fn notify(
             };
             printer.warn(&format!(
                 "could not report the `{}` event: {why}; {state}",
-                event_name(event.event)
+                event_name(event.kind())
             ));
         }
     }
@@ -120,7 +120,7 @@ fn event_name(kind: crate::host::journal::EventKind) -> String {
 }
 
 /// POST a journal event as JSON; failures are returned for a warning, never fatal.
-fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+fn post(url: &str, event: &serde_json::Value) -> Result<(), NotifyFailed> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
@@ -129,5 +129,21 @@ fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
         .post(url)
         .send_json(event)
         .map(|_| ())
-        .map_err(|e| format!("notify {url}: {e}"))
+        .map_err(|e| NotifyFailed {
+            url: url.to_string(),
+            error: e.to_string(),
+        })
+}
+
+/// The notify POST failed (a warning: the deploy is done).
+#[derive(Debug)]
+struct NotifyFailed {
+    url: String,
+    error: String,
+}
+
+impl std::fmt::Display for NotifyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "notify {}: {}", self.url, self.error)
+    }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RootError};
 use crate::fsutil;
 use crate::host::layout::Host;
 use crate::output::Printer;
@@ -381,11 +381,11 @@ pub fn init(host: &Host, options: &InitOptions, printer: &Printer) -> Result<Ini
             match fs::read_to_string(&path) {
                 Ok(existing) if existing == service.unit => {}
                 Ok(_) => {
-                    return Err(Error::failed(format!(
-                        "{} exists and differs from the unit release init would write; release.toml is written, no unit was changed\n  fix: compare it with `release --root {} init --wsgi … --celery …` (which prints the units), then move it away and run init again, or edit it by hand",
-                        path.display(),
-                        host.root.display()
-                    )))
+                    return Err(RootError::UnitDiffers {
+                        path,
+                        root: host.root.clone(),
+                    }
+                    .into())
                 }
                 Err(_) => {
                     fs::create_dir_all(dir)?;

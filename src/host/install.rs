@@ -11,13 +11,13 @@ use fs_err as fs;
 use serde::Serialize;
 
 use crate::archive;
-use crate::crashpoint::crashpoint;
-use crate::error::{Error, Result};
+use crate::crashpoint::{crashpoint, CrashPoint};
+use crate::error::{ArtifactError, Error, InstallError, Result};
 use crate::fsutil;
 use crate::fsutil::{random_suffix, remove_tree};
 use crate::host::config::HostConfig;
 use crate::host::extract::{Extracted, Extractor};
-use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::journal::{Event, EventKind, Journal, What};
 use crate::host::layout::{installed_mode, Host, INCOMING_PREFIX};
 use crate::host::lock::Lock;
 use crate::host::python;
@@ -139,10 +139,11 @@ fn expected_digests(options: &InstallOptions) -> Result<Vec<(String, String)>> {
             .unwrap_or_default();
         let text = fs::read_to_string(&sidecar)?;
         let hex = archive::parse_checksum_file(&text, &name).map_err(|why| {
-            Error::failed(format!(
-                "{}: {why}\n  fix: regenerate it (`sha256sum {name} > {name}.sha256`) or remove it and pass --sha256",
-                sidecar.display()
-            ))
+            ArtifactError::BadChecksumFile {
+                path: sidecar.clone(),
+                name: name.clone(),
+                reason: why.to_string(),
+            }
         })?;
         digests.push((sidecar.display().to_string(), hex));
     }
@@ -169,9 +170,9 @@ fn find_installed(
         }
         printer.warn(&format!(
             "release {} has this commit but has drifted ({} problem(s); see `release verify {}`); installing a fresh copy",
-            release.name,
+            release.name(),
             report.problems.len(),
-            release.name
+            release.name()
         ));
     }
     Ok(None)
@@ -179,12 +180,12 @@ fn find_installed(
 
 fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> {
     if options.rebuild_venv && !manifest.files.iter().any(|e| e.path == "wheels") {
-        return Err(Error::failed(format!(
-            "--rebuild-venv: release {} carries no wheels/ (it was built with `wheels = false`), so its venv cannot be recreated on this host\n  nothing was installed; fix: install {} at {} and install without --rebuild-venv, or pass --python PATH alone to re-point the venv to a matching interpreter, or rebuild the artifact with its wheels (the default)",
-            manifest.release,
-            python::describe_need(&manifest.python),
-            manifest.python.base_executable
-        )));
+        return Err(InstallError::NoWheels {
+            release: manifest.release.clone(),
+            need: python::describe_need(&manifest.python),
+            at: manifest.python.base_executable.clone(),
+        }
+        .into());
     }
     if options.rebuild_venv {
         let python = options
@@ -192,11 +193,11 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
             .clone()
             .unwrap_or_else(|| PathBuf::from("python3"));
         let found = python::HostPython::run(python.as_os_str()).map_err(|why| {
-            Error::failed(format!(
-                "--rebuild-venv: the interpreter {}: {why}\n  fix: pass --python PATH naming a {} interpreter",
-                python.display(),
-                python::describe_need(&manifest.python)
-            ))
+            InstallError::RebuildInterpreterUnusable {
+                python: python.clone(),
+                why: why.to_string(),
+                need: python::describe_need(&manifest.python),
+            }
         })?;
         return Ok(VenvPlan::Rebuild(PathBuf::from(found.executable)));
     }
@@ -272,45 +273,31 @@ fn check_space(
     let available = stat.f_bavail.saturating_mul(stat.f_frsize);
     let mib = |b: u64| b.div_ceil(1024 * 1024);
     if available < need {
-        let largest = manifest
-            .files
-            .iter()
-            .max_by_key(|e| e.size())
-            .map(|e| {
-                format!(
-                    " (its largest file, `{}`, is {} MiB)",
-                    e.path.escape_debug(),
-                    mib(e.size())
-                )
-            })
-            .unwrap_or_default();
         let whole = stat.f_blocks.saturating_mul(stat.f_frsize);
-        let fix = if need > whole {
-            format!(
-                "it needs more than the whole filesystem holds ({} MiB), so no prune can make room: give releases/ a larger filesystem; if the release cannot really be this large, do not trust this artifact and rebuild it with `release build`",
-                mib(whole)
-            )
-        } else {
-            "free space, e.g. remove old releases with `release prune --keep N`".to_string()
-        };
-        return Err(Error::failed(format!(
-            "{}: not enough free space for release {} under {}: it needs about {} MiB{largest}, {} MiB are available\n  nothing was installed; fix: {fix}",
-            artifact.display(),
-            manifest.release,
-            host.releases.display(),
-            mib(need),
-            mib(available)
-        )));
+        return Err(InstallError::NoSpace(Box::new(crate::error::NoSpace {
+            artifact: artifact.to_path_buf(),
+            release: manifest.release.clone(),
+            dir: host.releases.clone(),
+            need_mib: mib(need),
+            available_mib: mib(available),
+            largest: manifest
+                .files
+                .iter()
+                .max_by_key(|e| e.size())
+                .map(|e| (e.path.clone(), mib(e.size()))),
+            larger_than_fs: (need > whole).then(|| mib(whole)),
+        }))
+        .into());
     }
     let inodes = manifest.file_count - reuse.map_or(0, |r| r.files) + 1024;
     if stat.f_files > 0 && stat.f_favail < inodes {
-        return Err(Error::failed(format!(
-            "not enough free inodes for release {} under {}: it needs {}, {} are free\n  fix: remove old releases with `release prune --keep N`",
-            manifest.release,
-            host.releases.display(),
-            inodes,
-            stat.f_favail
-        )));
+        return Err(InstallError::NoInodes {
+            release: manifest.release.clone(),
+            dir: host.releases.clone(),
+            need: inodes,
+            free: stat.f_favail,
+        }
+        .into());
     }
     Ok(need)
 }
@@ -351,10 +338,12 @@ fn link_shared(
             match fs::symlink_metadata(&dir) {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
-                    return Err(Error::failed(format!(
-                        "shared path {path:?} (release.toml): `{parent_rel}` in the release is not a directory, so {path} cannot be linked\n  fix: change `shared` in {}",
-                        host.config.display()
-                    )))
+                    return Err(InstallError::SharedParentNotADirectory {
+                        path: path.clone(),
+                        parent: parent_rel,
+                        config: host.config.clone(),
+                    }
+                    .into())
                 }
                 Err(_) => {
                     std::fs::DirBuilder::new()
@@ -514,7 +503,7 @@ fn install_steps(
             "installing {} {} (commit {})",
             manifest.app, manifest.release, manifest.commit
         ));
-        crashpoint("install:manifest-read");
+        crashpoint(CrashPoint::InstallManifestRead);
         // One listing of releases/ for both questions below.
         let installed = releases::installed(host)?;
         if let Some(existing) = find_installed(&installed, &manifest, printer)? {
@@ -532,17 +521,17 @@ fn install_steps(
             *need = Some((manifest.release.clone(), bytes));
             let interpreter = check_interpreter_beside(&plan, &manifest);
             let incoming = Incoming::create(host)?;
-            crashpoint("install:incoming-created");
+            crashpoint(CrashPoint::InstallIncomingCreated);
             let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
                 .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
                 .with_reuse(reuse.as_deref())
                 .run(entries)?;
             if let Some(check) = interpreter {
-                check
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::failed("the interpreter check panicked")))?;
+                check.join().unwrap_or_else(|_| {
+                    Err(Error::internal("the interpreter check's thread panicked"))
+                })?;
             }
-            crashpoint("install:extracted");
+            crashpoint(CrashPoint::InstallExtracted);
             if printer.verbose > 0 {
                 printer.progress(&format!(
                     "unpacked {} files ({} bytes), every one checked against the manifest",
@@ -565,25 +554,14 @@ fn install_steps(
             }
         }
     };
-    // The whole file's sha256, its compressed tail included, then compare.
-    let digest = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    for (source, want) in &digests {
-        if &digest != want {
-            return Err(Error::failed(format!(
-                "{}: sha256 is {digest}, but {source} says {want}\n  nothing was installed; fix: copy the artifact again (it is corrupt or not the one meant), or correct the expected digest",
-                artifact.display()
-            )));
-        }
-    }
+    let digest = check_digest(artifact, archive.into_inner(), &digests)?;
 
     let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
         Stage::Existing(manifest, existing) => {
             printer.progress(&format!(
                 "{} is already installed as {} and verifies; not installing it again",
-                manifest.release, existing.name
+                manifest.release,
+                existing.name()
             ));
             journal_if_missing(host, lock, &existing, &manifest, printer)?;
             if options.python.is_some() || options.rebuild_venv {
@@ -592,7 +570,7 @@ fn install_steps(
                 );
             }
             return Ok(InstallReport {
-                id: existing.name.clone(),
+                id: existing.name().to_string(),
                 commit: manifest.commit,
                 path: existing.dir,
                 files: manifest.file_count,
@@ -638,14 +616,12 @@ fn install_steps(
                 "recreating the venv from wheels/ with {} (offline)",
                 python.display()
             ));
-            python::rebuild_venv(&dir, python).map_err(|e| {
-                Error::failed(format!(
-                    "recreating the venv of {} with {} failed: {e}\n  nothing was installed; fix: use an interpreter the release's wheels/ fit ({}), or install the one it was built with ({}) and drop --rebuild-venv",
-                    manifest.release,
-                    python.display(),
-                    python::describe_need(&manifest.python),
-                    manifest.python.base_executable
-                ))
+            python::rebuild_venv(&dir, python).map_err(|e| InstallError::RebuildFailed {
+                release: manifest.release.clone(),
+                python: python.clone(),
+                need: python::describe_need(&manifest.python),
+                built_with: manifest.python.base_executable.clone(),
+                error: Box::new(e),
             })?;
             record.replaced.push("venv".into());
             for entry in crate::tree::scan_tree(&dir.join("venv"), "venv")? {
@@ -657,35 +633,40 @@ fn install_steps(
     }
     let mut created = CreatedOutside::default();
     link_shared(host, &dir, config, &mut record, &mut created)?;
-    crashpoint("install:shared-linked");
+    crashpoint(CrashPoint::InstallSharedLinked);
     fsutil::write_new_file(
         &dir.join(RECORD_NAME),
         &serde_json::to_vec_pretty(&record).expect("record serialises"),
         0o444,
     )?;
     make_read_only(&dir, &manifest, &unpacked.dirs, &record)?;
-    crashpoint("install:read-only");
+    crashpoint(CrashPoint::InstallReadOnly);
 
     // Durable before it becomes visible: one syncfs for the whole tree.
     let handle = fs::File::open(&dir)?;
     rustix::fs::syncfs(&handle).map_err(|e| fsutil::fs_err_io(e.into(), &dir))?;
     drop(handle);
-    crashpoint("install:synced");
+    crashpoint(CrashPoint::InstallSynced);
     let final_dir = host.release_dir(&id_text);
     fs::rename(&dir, &final_dir)?;
     incoming.keep = true;
     created.keep = true;
     *need = None;
-    crashpoint("install:renamed");
+    crashpoint(CrashPoint::InstallRenamed);
     fsutil::fsync_dir(&host.releases)?;
 
-    let mut event = Event::new(EventKind::Installed, &id_text, None);
+    let mut event = Event::new(
+        What::Installed {
+            commit: Some(manifest.commit.clone()),
+            python: record.python.clone(),
+            venv_rebuilt: record.venv_rebuilt,
+        },
+        &id_text,
+        None,
+    );
     event.at = rfc3339(id.installed);
-    event.commit = Some(manifest.commit.clone());
-    event.python = record.python.clone();
-    event.venv_rebuilt = record.venv_rebuilt;
     Journal::new(&host.journal).append(lock, &event)?;
-    crashpoint("install:journaled");
+    crashpoint(CrashPoint::InstallJournaled);
 
     let seconds = started.elapsed().as_secs_f64();
     let linked = match &reuse {
@@ -710,6 +691,135 @@ fn install_steps(
     })
 }
 
+/// The whole file's sha256, its compressed tail included (`stream` is read
+/// to its end), compared with every expected digest; returns it.
+fn check_digest(
+    artifact: &Path,
+    stream: archive::Background,
+    digests: &[(String, String)],
+) -> Result<String> {
+    let digest = stream
+        .finish()
+        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
+    for (source, want) in digests {
+        if &digest != want {
+            return Err(ArtifactError::DigestMismatch {
+                artifact: artifact.to_path_buf(),
+                digest,
+                source: source.clone(),
+                want: want.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(digest)
+}
+
+/// What `release install --dry-run --json` prints (and `deploy --dry-run`
+/// under `install`): what an install would do.
+#[derive(Debug, Serialize)]
+pub struct InstallPlan {
+    pub dry_run: bool,
+    /// The installed release when this one is already installed; otherwise
+    /// null (an id is made when the install runs).
+    pub id: Option<String>,
+    pub commit: String,
+    /// Entries in the manifest, and bytes of its regular files.
+    pub files: u64,
+    pub bytes: u64,
+    pub already_installed: bool,
+    /// The release unchanged files would be hard-linked from, and how many.
+    pub linked_from: Option<String>,
+    pub linked_files: u64,
+    pub linked_bytes: u64,
+    /// Disk the install needs (what the space check compares with what is
+    /// free); null when already installed.
+    pub need_bytes: Option<u64>,
+}
+
+impl InstallPlan {
+    pub fn human(&self) -> String {
+        match &self.id {
+            Some(id) => format!(
+                "{} is already installed as {id}: install would change nothing\n",
+                &self.commit[..12.min(self.commit.len())]
+            ),
+            None => format!(
+                "would install {} ({} files; {} MiB of disk, {} files linked from {})\n",
+                &self.commit[..12.min(self.commit.len())],
+                self.files,
+                self.need_bytes.unwrap_or(0).div_ceil(1024 * 1024),
+                self.linked_files,
+                self.linked_from.as_deref().unwrap_or("none")
+            ),
+        }
+    }
+}
+
+/// `install --dry-run`: the checks an install makes before it writes (the
+/// artifact's sha256, its manifest, whether it is installed already, the
+/// interpreter, the space), with nothing written and no lock taken. The
+/// members themselves are checked only by the install (they are unpacked
+/// then); a root that does not exist yet counts as empty.
+pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<InstallPlan> {
+    let artifact = &options.artifact;
+    let digests = expected_digests(options)?;
+    if digests.is_empty() {
+        printer.warn(&format!(
+            "no {}.sha256 beside the artifact and no --sha256: the artifact file itself is not verified",
+            artifact.display()
+        ));
+    }
+    let (_format, stream) = archive::Background::open(artifact)?;
+    let mut archive = tar::Archive::new(stream);
+    let plan = {
+        let mut entries = archive::raw_entries(&mut archive)?;
+        let (manifest, _json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        let root_exists = host.releases.is_dir();
+        let installed = if root_exists {
+            releases::installed(host)?
+        } else {
+            Vec::new()
+        };
+        let mut plan = InstallPlan {
+            dry_run: true,
+            id: None,
+            commit: manifest.commit.clone(),
+            files: manifest.file_count,
+            bytes: manifest.bytes,
+            already_installed: false,
+            linked_from: None,
+            linked_files: 0,
+            linked_bytes: 0,
+            need_bytes: None,
+        };
+        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
+            plan.id = Some(existing.name().to_string());
+            plan.already_installed = true;
+        } else {
+            let venv = plan_venv(options, &manifest)?;
+            if let VenvPlan::AsBuilt = venv {
+                python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+            }
+            let rebuild = matches!(venv, VenvPlan::Rebuild(_));
+            let reuse = Reuse::plan(host, &installed, &manifest);
+            plan.need_bytes = Some(if root_exists {
+                check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
+            } else {
+                space_needed(&manifest, rebuild)
+            });
+            if let Some(reuse) = reuse {
+                plan.linked_from = Some(reuse.name);
+                plan.linked_files = reuse.files;
+                plan.linked_bytes = reuse.bytes;
+            }
+        }
+        plan
+    };
+    check_digest(artifact, archive.into_inner(), &digests)?;
+    Ok(plan)
+}
+
 /// An install killed after its rename but before its journal line left a
 /// complete release without an `installed` event: write it now, once.
 fn journal_if_missing(
@@ -724,20 +834,25 @@ fn journal_if_missing(
         .read()?
         .events
         .iter()
-        .any(|e| e.event == EventKind::Installed && e.release == release.name);
+        .any(|e| e.kind() == EventKind::Installed && e.release == release.name());
     if known {
         return Ok(());
     }
     let record = InstallRecord::read(&release.dir).unwrap_or_default();
-    let mut event = Event::new(EventKind::Installed, &release.name, None);
+    let mut event = Event::new(
+        What::Installed {
+            commit: Some(manifest.commit.clone()),
+            python: record.python,
+            venv_rebuilt: record.venv_rebuilt,
+        },
+        release.name(),
+        None,
+    );
     event.at = rfc3339(release.id.installed);
-    event.commit = Some(manifest.commit.clone());
-    event.python = record.python;
-    event.venv_rebuilt = record.venv_rebuilt;
     journal.append(lock, &event)?;
     printer.progress(&format!(
         "journaled the install of {} (the command that installed it was interrupted before it could)",
-        release.name
+        release.name()
     ));
     Ok(())
 }
@@ -749,26 +864,27 @@ fn journal_if_missing(
 /// now, and the fix. Other errors pass through.
 pub fn explain_full_disk(err: Error, dir: &Path, need: Option<(String, u64)>) -> Error {
     use std::io::ErrorKind;
-    let (Error::Io(io), Some((release, bytes))) = (&err, need) else {
-        return err;
-    };
-    if !matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
-        return err;
+    match (err, need) {
+        (Error::Io(error), Some((release, bytes)))
+            if matches!(
+                error.kind(),
+                ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+            ) =>
+        {
+            let mib = |b: u64| b.div_ceil(1024 * 1024);
+            InstallError::DiskFull {
+                dir: dir.to_path_buf(),
+                error,
+                release,
+                need_mib: mib(bytes),
+                free_mib: rustix::fs::statvfs(dir)
+                    .ok()
+                    .map(|s| mib(s.f_bavail.saturating_mul(s.f_frsize))),
+            }
+            .into()
+        }
+        (err, _) => err,
     }
-    let mib = |b: u64| b.div_ceil(1024 * 1024);
-    let needs = format!("release {release} needs about {} MiB", mib(bytes));
-    let free = rustix::fs::statvfs(dir)
-        .map(|s| {
-            format!(
-                "{} MiB are free now",
-                mib(s.f_bavail.saturating_mul(s.f_frsize))
-            )
-        })
-        .unwrap_or_else(|_| "free space unknown".to_string());
-    Error::failed(format!(
-        "the filesystem of {} is full ({io}): {needs}, {free}; the partial copy was removed and nothing was installed\n  fix: free space on that filesystem, e.g. remove old releases with `release prune --keep N`, then install again",
-        dir.display()
-    ))
 }
 
 #[cfg(test)]
@@ -798,11 +914,8 @@ mod tests {
             parse_checksum_file(&format!("{hex} *dir/a.tar.zst\n"), "a.tar.zst").unwrap(),
             hex
         );
-        assert!(
-            parse_checksum_file(&format!("{hex}  b.tar.zst\n"), "a.tar.zst")
-                .unwrap_err()
-                .contains("no digest for a.tar.zst")
-        );
+        let err = parse_checksum_file(&format!("{hex}  b.tar.zst\n"), "a.tar.zst").unwrap_err();
+        assert!(err.to_string().contains("no digest for a.tar.zst"), "{err}");
         assert!(parse_checksum_file("xyz  a.tar.zst\n", "a.tar.zst").is_err());
     }
 }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::crashpoint::CrashPoint;
+use crate::error::{FailedStep, Result};
 use crate::fsutil;
 use crate::host::lock::Lock;
 
@@ -37,9 +38,11 @@ pub enum EventKind {
     Unknown,
 }
 
+/// One line of the journal: who did what to which release, and when. What
+/// only one kind of event carries is in its [`What`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Line", from = "Line")]
 pub struct Event {
-    pub event: EventKind,
     /// The release id the event is about.
     pub release: String,
     /// The release that was current before (activations), if any.
@@ -50,47 +53,162 @@ pub struct Event {
     pub user: String,
     /// The host name.
     pub host: String,
+    pub what: What,
+}
+
+/// The kind of an event, with the fields that kind carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    Installed {
+        /// The full commit.
+        commit: Option<String>,
+        /// The interpreter `venv/bin/python` was re-pointed to (`--python`).
+        python: Option<String>,
+        /// The venv was recreated from `wheels/` (`--rebuild-venv`).
+        venv_rebuilt: bool,
+    },
+    Activated,
+    RolledBack,
+    Failed {
+        /// The step that failed.
+        step: Option<FailedStep>,
+        /// Why, as the command reported it.
+        error: Option<String>,
+        /// The switch had happened and was undone.
+        reverted: bool,
+    },
+    Pruned,
+    /// An event written by a newer version; kept, otherwise ignored.
+    Unknown,
+}
+
+impl What {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            What::Installed { .. } => EventKind::Installed,
+            What::Activated => EventKind::Activated,
+            What::RolledBack => EventKind::RolledBack,
+            What::Failed { .. } => EventKind::Failed,
+            What::Pruned => EventKind::Pruned,
+            What::Unknown => EventKind::Unknown,
+        }
+    }
+}
+
+/// An event as it is written: one flat JSON object (the on-disk format since
+/// the first version; fields that do not belong to the kind are left out).
+#[derive(Serialize, Deserialize)]
+struct Line {
+    event: EventKind,
+    release: String,
+    from: Option<String>,
+    at: String,
+    user: String,
+    host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// `installed`: the full commit.
+    error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    /// `installed`: the interpreter `venv/bin/python` was re-pointed to (`--python`).
+    commit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub python: Option<String>,
-    /// `installed`: the venv was recreated from `wheels/` (`--rebuild-venv`).
+    python: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
-    pub venv_rebuilt: bool,
-    /// `failed`: the step that failed (`check`, `reload`, `health`).
+    venv_rebuilt: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    /// `failed`: the switch had happened and was undone.
+    step: Option<FailedStep>,
     #[serde(default, skip_serializing_if = "is_false")]
-    pub reverted: bool,
+    reverted: bool,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
 }
 
-impl Event {
-    /// A new event stamped with now, this user and this host.
-    pub fn new(event: EventKind, release: &str, from: Option<&str>) -> Event {
+impl From<Line> for Event {
+    fn from(line: Line) -> Event {
+        let what = match line.event {
+            EventKind::Installed => What::Installed {
+                commit: line.commit,
+                python: line.python,
+                venv_rebuilt: line.venv_rebuilt,
+            },
+            EventKind::Activated => What::Activated,
+            EventKind::RolledBack => What::RolledBack,
+            EventKind::Failed => What::Failed {
+                step: line.step,
+                error: line.error,
+                reverted: line.reverted,
+            },
+            EventKind::Pruned => What::Pruned,
+            EventKind::Unknown => What::Unknown,
+        };
         Event {
-            event,
-            release: release.to_string(),
-            from: from.map(str::to_string),
-            // Milliseconds: `status` compares process start times with it.
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            user: current_user(),
-            host: host_name(),
+            release: line.release,
+            from: line.from,
+            at: line.at,
+            user: line.user,
+            host: line.host,
+            what,
+        }
+    }
+}
+
+impl From<Event> for Line {
+    fn from(event: Event) -> Line {
+        let mut line = Line {
+            event: event.what.kind(),
+            release: event.release,
+            from: event.from,
+            at: event.at,
+            user: event.user,
+            host: event.host,
             error: None,
             commit: None,
             python: None,
             venv_rebuilt: false,
             step: None,
             reverted: false,
+        };
+        match event.what {
+            What::Installed {
+                commit,
+                python,
+                venv_rebuilt,
+            } => {
+                line.commit = commit;
+                line.python = python;
+                line.venv_rebuilt = venv_rebuilt;
+            }
+            What::Failed {
+                step,
+                error,
+                reverted,
+            } => {
+                line.step = step;
+                line.error = error;
+                line.reverted = reverted;
+            }
+            What::Activated | What::RolledBack | What::Pruned | What::Unknown => {}
         }
+        line
+    }
+}
+
+impl Event {
+    /// A new event stamped with now, this user and this host.
+    pub fn new(what: What, release: &str, from: Option<&str>) -> Event {
+        Event {
+            release: release.to_string(),
+            from: from.map(str::to_string),
+            // Milliseconds: `status` compares process start times with it.
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            user: current_user(),
+            host: host_name(),
+            what,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.what.kind()
     }
 }
 
@@ -167,11 +285,11 @@ impl Journal {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&self.path)?;
         repair_torn_tail(&mut file)?;
-        if crate::crashpoint::armed("journal:torn") {
+        if crate::crashpoint::armed(CrashPoint::JournalTorn) {
             // Half the line reaches the disk, then the writer dies.
             file.write_all(&line[..line.len() / 2])?;
             file.sync_data()?;
-            crate::crashpoint::crashpoint("journal:torn");
+            crate::crashpoint::crashpoint(CrashPoint::JournalTorn);
         }
         file.write_all(&line)?;
         file.sync_data()?;
@@ -255,14 +373,14 @@ mod tests {
         assert_eq!(h.events.len(), 2);
         assert!(h.torn);
         assert!(h.bad_lines.is_empty());
-        assert_eq!(h.events[1].event, EventKind::Activated);
+        assert_eq!(h.events[1].kind(), EventKind::Activated);
     }
 
     #[test]
     fn unknown_events_and_fields_are_tolerated() {
         let text = "{\"event\":\"reloaded\",\"release\":\"a\",\"from\":null,\"at\":\"t\",\"user\":\"u\",\"host\":\"h\",\"new\":1}\nnot json\n";
         let h = parse(text.as_bytes());
-        assert_eq!(h.events[0].event, EventKind::Unknown);
+        assert_eq!(h.events[0].kind(), EventKind::Unknown);
         assert_eq!(h.bad_lines, vec![2]);
         assert!(!h.torn);
     }
@@ -292,7 +410,7 @@ mod tests {
 
     #[test]
     fn events_serialise_without_empty_extras() {
-        let mut e = Event::new(EventKind::Activated, "r", Some("q"));
+        let mut e = Event::new(What::Activated, "r", Some("q"));
         e.at = "2026-01-01T00:00:00Z".into();
         e.user = "u".into();
         e.host = "h".into();
@@ -300,5 +418,55 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             "{\"event\":\"activated\",\"release\":\"r\",\"from\":\"q\",\"at\":\"2026-01-01T00:00:00Z\",\"user\":\"u\",\"host\":\"h\"}"
         );
+    }
+
+    /// A journal written by the binary before events became an enum of
+    /// kinds (fixtures/journal/history.jsonl: installs, activations, a
+    /// rollback, a failed check, a reverted reload, an install with
+    /// `--python`, prunes) reads into the same events and writes back byte
+    /// for byte.
+    #[test]
+    fn a_journal_of_the_flat_format_reads_and_writes_back_unchanged() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/journal/history.jsonl");
+        let bytes = std::fs::read(&path).unwrap();
+        let h = parse(&bytes);
+        assert!(!h.torn);
+        assert!(h.bad_lines.is_empty());
+        let kinds: Vec<EventKind> = h.events.iter().map(Event::kind).collect();
+        use EventKind::*;
+        assert_eq!(
+            kinds,
+            [
+                Installed, Installed, Activated, Activated, RolledBack, Failed, Activated, Failed,
+                Installed, Pruned, Pruned
+            ]
+        );
+        assert!(matches!(
+            &h.events[5].what,
+            What::Failed { step: Some(FailedStep::Check), reverted: false, error: Some(e) } if e.contains("check hook")
+        ));
+        assert!(matches!(
+            &h.events[7].what,
+            What::Failed {
+                step: Some(FailedStep::Reload),
+                reverted: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &h.events[8].what,
+            What::Installed { python: Some(_), commit: Some(c), venv_rebuilt: false } if c.len() == 40
+        ));
+        assert_eq!(
+            h.events[4].from.as_deref(),
+            Some(h.events[3].release.as_str())
+        );
+        let mut written = String::new();
+        for event in &h.events {
+            written.push_str(&serde_json::to_string(event).unwrap());
+            written.push('\n');
+        }
+        assert_eq!(written, String::from_utf8(bytes).unwrap());
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::crashpoint::CrashPoint;
+use crate::error::{Error, ForeignCurrentFor, Result, RootError};
 use crate::fsutil;
 use crate::host::lock::Lock;
 use crate::host::release_id::ReleaseId;
@@ -79,11 +80,10 @@ impl Host {
     pub fn check_exists(&self) -> Result<()> {
         match fs::symlink_metadata(&self.root) {
             Ok(_) => self.check_safe(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::failed(format!(
-                "host root {} does not exist\n  fix: check --root / RELEASE_ROOT, or install a first release with `release install ARTIFACT --root {}`",
-                self.root.display(),
-                self.root.display()
-            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RootError::NoRoot {
+                root: self.root.clone(),
+            }
+            .into()),
             Err(e) => Err(e.into()),
         }
     }
@@ -119,19 +119,14 @@ impl Host {
                 Err(e) => return Err(e.into()),
             };
             if meta.file_type().is_symlink() {
-                let real = std::fs::canonicalize(dir)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "the directory it points to".into());
-                return Err(Error::failed(format!(
-                    "{} is a symlink; release refuses a host root or releases/ that is a symlink, because the directory it points to could be swapped under a running deploy\n  fix: pass the real directory (--root {real}), or replace the link with a directory",
-                    dir.display()
-                )));
+                return Err(RootError::SymlinkedRoot {
+                    dir: dir.clone(),
+                    real: std::fs::canonicalize(dir).ok(),
+                }
+                .into());
             }
             if !meta.is_dir() {
-                return Err(Error::failed(format!(
-                    "{} is not a directory\n  fix: move it away; release manages this path",
-                    dir.display()
-                )));
+                return Err(RootError::NotADirectory { path: dir.clone() }.into());
             }
             check_owner(dir, &meta, "replace a release")?;
         }
@@ -156,11 +151,11 @@ impl Host {
         self.check_own_path(&self.lock, false, "its lock", "fake the lock's holder")?;
         self.check_release_entries()?;
         match fs::symlink_metadata(&self.current) {
-            Ok(meta) if !meta.file_type().is_symlink() => Err(Error::failed(format!(
-                "{} is a {}, not a symlink; release manages `current` as a symlink to releases/<id>\n  fix: move it away (mv {0} {0}.old), then activate a release",
-                self.current.display(),
-                if meta.is_dir() { "directory" } else { "file" },
-            ))),
+            Ok(meta) if !meta.file_type().is_symlink() => Err(RootError::CurrentNotALink {
+                path: self.current.clone(),
+                is_dir: meta.is_dir(),
+            }
+            .into()),
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
@@ -171,31 +166,34 @@ impl Host {
     /// directory (`dir`) or regular file, not a symlink, not writable by group
     /// or others, owned by us or root. `what` says what release keeps there,
     /// `harm` what a writer could do.
-    fn check_own_path(&self, path: &Path, dir: bool, what: &str, harm: &str) -> Result<()> {
+    fn check_own_path(
+        &self,
+        path: &Path,
+        dir: bool,
+        holds: &'static str,
+        harm: &'static str,
+    ) -> Result<()> {
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let p = path.display();
         if meta.file_type().is_symlink() {
-            let target = fs::read_link(path)
-                .map(|t| t.display().to_string())
-                .unwrap_or_else(|_| "?".into());
-            let fix = if dir {
-                format!("move the link away and put the real directory in its place (mv {p} {p}.link && mv {target} {p})")
-            } else {
-                format!("replace the link with a copy of the file it points to (cp --remove-destination {target} {p}), or move it away (mv {p} {p}.link)")
-            };
-            return Err(Error::failed(format!(
-                "{p} is a symlink (to {target}); release never uses {what} through a symlink, which could lead anywhere and be swapped at any time\n  fix: {fix}"
-            )));
+            return Err(RootError::SymlinkedOwnPath {
+                path: path.to_path_buf(),
+                target: link_target(path),
+                dir,
+                holds,
+            }
+            .into());
         }
         if (dir && !meta.is_dir()) || (!dir && !meta.is_file()) {
-            return Err(Error::failed(format!(
-                "{p} is not a {}; release keeps {what} there\n  fix: move it away (mv {p} {p}.old)",
-                if dir { "directory" } else { "regular file" }
-            )));
+            return Err(RootError::WrongTypeOwnPath {
+                path: path.to_path_buf(),
+                dir,
+                holds,
+            }
+            .into());
         }
         check_owner(path, &meta, harm)
     }
@@ -213,14 +211,11 @@ impl Host {
             let entry = entry?;
             if entry.file_type()?.is_symlink() {
                 let path = entry.path();
-                let target = fs::read_link(&path)
-                    .map(|t| t.display().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                return Err(Error::failed(format!(
-                    "{} is a symlink (to {target}); release installs every release as a real directory, so this link was planted and could make a release lead anywhere\n  fix: remove the link (rm {}; what it points to is left alone)",
-                    path.display(),
-                    path.display()
-                )));
+                return Err(RootError::PlantedReleaseLink {
+                    target: link_target(&path),
+                    path,
+                }
+                .into());
             }
         }
         Ok(())
@@ -231,12 +226,13 @@ impl Host {
     /// followed nor replaced (prune and rollback could not tell what is live).
     pub fn check_current_is_ours(&self) -> Result<()> {
         if let Current::Foreign(target) = self.current()? {
-            let c = self.current.display();
-            return Err(Error::failed(format!(
-                "{c} points to {}, not to a release under {}; release did not make this link (it was changed by hand or planted) and will neither follow nor replace it\n  fix: see where it leads (ls -l {c}); then move it away (mv {c} {c}.planted) and run `release activate ID` to put a release back live",
-                target.display(),
-                self.releases.display()
-            )));
+            return Err(RootError::ForeignCurrent {
+                link: self.current.clone(),
+                target,
+                releases: self.releases.clone(),
+                command: ForeignCurrentFor::Change,
+            }
+            .into());
         }
         Ok(())
     }
@@ -281,7 +277,7 @@ impl Host {
         &self,
         _lock: &Lock,
         id: &str,
-        crash: Option<(&'static str, &'static str)>,
+        crash: Option<(CrashPoint, CrashPoint)>,
     ) -> Result<()> {
         let tmp = self
             .root
@@ -335,26 +331,34 @@ impl Host {
 
 /// Refuse a path of the root that is writable by group or others, or owned by
 /// another user (not root): such a user could `harm`.
-fn check_owner(path: &Path, meta: &std::fs::Metadata, harm: &str) -> Result<()> {
+fn check_owner(path: &Path, meta: &std::fs::Metadata, harm: &'static str) -> Result<()> {
     let mode = meta.permissions().mode();
     if mode & 0o022 != 0 {
-        return Err(Error::failed(format!(
-            "{} is writable by group or others (mode {:04o}); anyone who can write it can {harm}\n  fix: chmod go-w {}",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        )));
+        return Err(RootError::GroupWritable {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+            harm,
+        }
+        .into());
     }
-    let uid = rustix::process::geteuid().as_raw();
-    if meta.uid() != uid && meta.uid() != 0 {
-        return Err(Error::failed(format!(
-            "{} belongs to uid {}, not to you (uid {uid}) or root; that user can {harm}\n  fix: run release as its owner, or chown it (chown {uid} {})",
-            path.display(),
-            meta.uid(),
-            path.display()
-        )));
+    let you = rustix::process::geteuid().as_raw();
+    if meta.uid() != you && meta.uid() != 0 {
+        return Err(RootError::ForeignOwner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            you,
+            harm,
+        }
+        .into());
     }
     Ok(())
+}
+
+/// Where a symlink points, for a message (`?` when it cannot be read).
+fn link_target(path: &Path) -> String {
+    fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Read-only modes of an installed release: files 0444 or 0555, dirs 0555.

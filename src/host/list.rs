@@ -74,18 +74,18 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
     Ok(installed
         .into_iter()
         .map(|r| {
-            let state = if current.id() == Some(r.name.as_str()) {
+            let state = if current.id() == Some(r.name()) {
                 State::Current
             } else if !r.is_complete() {
                 State::Incomplete
-            } else if target == Some(r.name.as_str()) {
+            } else if target == Some(r.name()) {
                 State::RollbackTarget
-            } else if history.is_rolled_back(&r.name) {
+            } else if history.is_rolled_back(r.name()) {
                 State::RolledBack
             } else {
                 State::Inactive
             };
-            let activation = history.last_activation(&r.name);
+            let activation = history.last_activation(r.name());
             Row {
                 commit: r.commit().to_string(),
                 installed_at: r.id.installed_rfc3339(),
@@ -93,7 +93,7 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
                 activated_by: activation.map(|a| a.user.clone()),
                 bytes: r.summary.as_ref().map_or(0, |s| s.bytes),
                 state,
-                id: r.name,
+                id: r.name().to_string(),
             }
         })
         .collect())
@@ -251,7 +251,7 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
         ));
     }
     let id = current.id();
-    let release = id.and_then(|id| installed.iter().find(|r| r.name == id));
+    let release = id.and_then(|id| installed.iter().find(|r| r.name() == id));
     if id.is_some() && release.is_none() {
         printer.warn(&format!(
             "{} points to a release that is not installed (dangling link)",

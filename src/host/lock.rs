@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::FlockOperation;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, RootError};
 use crate::fsutil;
 use crate::output::Printer;
 
@@ -24,7 +24,7 @@ pub struct Lock {
 
 impl Lock {
     /// Take the lock; with `wait`, wait up to that many seconds for it,
-    /// otherwise fail at once with [`Error::Locked`] naming the holder's pid.
+    /// otherwise fail at once with [`RootError::Locked`] naming the holder's pid.
     pub fn acquire(path: &Path, wait: Option<f64>, printer: &Printer) -> Result<Lock> {
         let path = path.to_path_buf();
         let file = std::fs::OpenOptions::new()
@@ -56,10 +56,11 @@ impl Lock {
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         _ => {
-                            return Err(Error::Locked {
+                            return Err(RootError::Locked {
                                 lock: path,
                                 holder: describe(holder.as_deref()),
-                            })
+                            }
+                            .into())
                         }
                     }
                 }

@@ -15,6 +15,7 @@
 
 pub mod activate;
 pub mod config;
+pub mod dry_run;
 pub mod extract;
 pub mod hooks;
 mod init;
@@ -40,7 +41,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cli::{HostCommand, InitArgs, InstallArgs};
-use crate::error::{Error, Result};
+use crate::error::{
+    ActivateError, Error, ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError,
+};
 use crate::exit_codes::ExitCode;
 use crate::output::Printer;
 
@@ -90,16 +93,16 @@ pub struct DeployReport {
 /// not "nothing changed".
 fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
     match err {
-        Error::Failed(message) => Error::Failed(format!(
-            "{message}\n  release {} {} and stays inactive; once fixed: `release activate {}`",
-            installed.id,
-            if installed.already_installed {
-                "was already installed"
-            } else {
-                "is installed"
-            },
-            installed.id
-        )),
+        Error::Activate(
+            refused @ (ActivateError::CheckFailed(_)
+            | ActivateError::BeforeActivateFailed(_)
+            | ActivateError::ServicesNotReady { .. }),
+        ) => ActivateError::RefusedAfterInstall {
+            refused: Box::new(refused),
+            release: installed.id.clone(),
+            already_installed: installed.already_installed,
+        }
+        .into(),
         other => other,
     }
 }
@@ -150,6 +153,9 @@ pub fn run(
     // release's tree) gets the mode we ask for, whatever the caller's umask:
     // check_safe refuses the root's own files group-writable. Set here once.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    if dry_run::run(command, &host, printer)? {
+        return Ok(ExitCode::Success);
+    }
     match command {
         HostCommand::Install(args) => {
             let s = Session::open(host, true, wait, printer)?;
@@ -159,6 +165,7 @@ pub fn run(
         HostCommand::Activate {
             id,
             skip_before_activate,
+            ..
         } => {
             let mut s = Session::open(host, false, wait, printer)?;
             s.skip_before_activate(*skip_before_activate, printer);
@@ -203,7 +210,7 @@ pub fn run(
             };
             printer.data(&report, || format!("{}\n", report.activate.id));
         }
-        HostCommand::Rollback { to } => {
+        HostCommand::Rollback { to, .. } => {
             let s = Session::open(host, false, wait, printer)?;
             let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
             printer.data(&report, || report.human());
@@ -244,18 +251,20 @@ pub fn run(
                 None => {
                     let current = host.current()?;
                     if let layout::Current::Foreign(target) = &current {
-                        return Err(Error::failed(format!(
-                            "{} points to {}, not to a release under {}; verify does not follow it\n  fix: name a release: `release verify ID` (see `release list`)",
-                            host.current.display(),
-                            target.display(),
-                            host.releases.display()
-                        )));
+                        return Err(RootError::ForeignCurrent {
+                            link: host.current.clone(),
+                            target: target.clone(),
+                            releases: host.releases.clone(),
+                            command: ForeignCurrentFor::Verify,
+                        }
+                        .into());
                     }
                     let Some(current) = current.id() else {
-                        return Err(Error::failed(format!(
-                            "no release is current under {}\n  fix: name one: `release verify ID` (see `release list`)",
-                            host.root.display()
-                        )));
+                        return Err(ReleaseError::NoCurrent {
+                            root: host.root.clone(),
+                            command: NoCurrentFor::Verify,
+                        }
+                        .into());
                     };
                     releases::resolve(&host, &list, current)?
                 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fsutil;
 use crate::fsutil::{random_suffix, remove_tree};
-use crate::host::journal::{Event, EventKind, Journal};
+use crate::host::journal::{Event, Journal, What};
 use crate::host::layout::{Host, REMOVING_PREFIX};
 use crate::host::lock::Lock;
 use crate::host::procs;
@@ -63,16 +63,16 @@ fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
     let mut kept = Vec::new();
     for (i, release) in list.into_iter().enumerate() {
         let mut reasons = Vec::new();
-        if current_id.as_deref() == Some(release.name.as_str()) {
+        if current_id.as_deref() == Some(release.name()) {
             reasons.push("current".to_string());
         }
-        if target.as_deref() == Some(release.name.as_str()) {
+        if target.as_deref() == Some(release.name()) {
             reasons.push("rollback target".to_string());
         }
         if i < keep {
             reasons.push(format!("one of the {keep} newest"));
         }
-        if let Some(pids) = in_use.get(&release.name) {
+        if let Some(pids) = in_use.get(release.name()) {
             let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
             reasons.push(format!("in use by pid {}", pids.join(", ")));
         }
@@ -80,7 +80,7 @@ fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
             remove.push(release);
         } else {
             kept.push(Kept {
-                id: release.name,
+                id: release.name().to_string(),
                 reason: reasons.join(", "),
             });
         }
@@ -94,7 +94,7 @@ pub fn dry_run(host: &Host, keep: usize) -> Result<PruneReport> {
     Ok(PruneReport {
         keep,
         dry_run: true,
-        removed: remove.into_iter().map(|r| r.name).collect(),
+        removed: remove.into_iter().map(|r| r.name().to_string()).collect(),
         kept,
     })
 }
@@ -109,15 +109,15 @@ pub fn prune(host: &Host, lock: &Lock, keep: usize, printer: &Printer) -> Result
     for release in remove {
         let trash = host.releases.join(format!(
             "{REMOVING_PREFIX}{}-{}",
-            release.name,
+            release.name(),
             random_suffix()
         ));
         fs_err::rename(&release.dir, &trash)?;
         fsutil::fsync_dir(&host.releases)?;
-        journal.append(lock, &Event::new(EventKind::Pruned, &release.name, None))?;
+        journal.append(lock, &Event::new(What::Pruned, release.name(), None))?;
         remove_tree(&trash)?;
-        printer.progress(&format!("removed {}", release.name));
-        removed.push(release.name);
+        printer.progress(&format!("removed {}", release.name()));
+        removed.push(release.name().to_string());
     }
     Ok(PruneReport {
         keep,

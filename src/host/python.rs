@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::error::{InstallError, Result};
 use crate::fsutil;
 use crate::manifest::{Entry, EntryType, Manifest, PythonInfo};
 
@@ -66,33 +66,33 @@ pub fn check_base_interpreter_for(release: &str, need: &PythonInfo) -> Result<()
         Err(_) if !base.exists() => format!("{} does not exist on this host", base.display()),
         Err(why) => format!("{}: {why}", base.display()),
     };
-    Err(Error::failed(format!(
-        "release {} needs {} at {}, but {problem}\n  fix: install that interpreter there, or pass --python PATH naming a matching {} interpreter on this host (the venv is re-pointed to it), or --rebuild-venv to recreate the venv offline from the release's wheels",
-        release,
-        describe_need(need),
-        need.base_executable,
-        describe_need(need),
-    )))
+    Err(InstallError::InterpreterMissing {
+        release: release.to_string(),
+        need: describe_need(need),
+        at: need.base_executable.clone(),
+        problem,
+    }
+    .into())
 }
 
 /// Check `python` against the manifest for `--python PATH`; its absolute path.
 pub fn check_replacement(python: &Path, manifest: &Manifest) -> Result<PathBuf> {
     let need = &manifest.python;
     let absolute = std::path::absolute(python)?;
-    let found = HostPython::run(absolute.as_os_str()).map_err(|why| {
-        Error::failed(format!(
-            "--python {}: {why}\n  fix: pass the path of a {} interpreter",
-            python.display(),
-            describe_need(need)
-        ))
-    })?;
+    let found =
+        HostPython::run(absolute.as_os_str()).map_err(|why| InstallError::PythonFlagUnusable {
+            python: python.to_path_buf(),
+            why: why.to_string(),
+            need: describe_need(need),
+        })?;
     if let Some(diff) = found.mismatch(need) {
-        return Err(Error::failed(format!(
-            "--python {} is {diff}, but release {} needs {}\n  fix: pass a matching interpreter, or use --rebuild-venv to recreate the venv from the release's wheels",
-            python.display(),
-            manifest.release,
-            describe_need(need)
-        )));
+        return Err(InstallError::PythonFlagMismatch {
+            python: python.to_path_buf(),
+            diff,
+            release: manifest.release.clone(),
+            need: describe_need(need),
+        }
+        .into());
     }
     Ok(absolute)
 }

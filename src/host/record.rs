@@ -12,7 +12,7 @@ use std::path::Path;
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{ReleaseError, Result};
 use crate::manifest::{Entry, Manifest};
 
 pub const RECORD_NAME: &str = "install.json";
@@ -54,12 +54,12 @@ impl InstallRecord {
     pub fn read(release_dir: &Path) -> Result<InstallRecord> {
         let path = release_dir.join(RECORD_NAME);
         let bytes = fs::read(&path)?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::failed(format!(
-                "{}: not a valid install record ({e})\n  fix: reinstall the release's artifact",
-                path.display()
-            ))
-        })
+        let record =
+            serde_json::from_slice(&bytes).map_err(|e| ReleaseError::BadInstallRecord {
+                reason: e.to_string(),
+                path,
+            })?;
+        Ok(record)
     }
 
     /// Record an entry as installed, replacing any earlier record of its path.

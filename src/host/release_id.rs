@@ -6,10 +6,13 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A release's id, which is also its directory name under `releases/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReleaseId {
     pub commit12: String,
     pub installed: DateTime<Utc>,
+    /// `<commit12>-<time>`, kept so the id reads as a `&str`.
+    name: String,
 }
 
 impl ReleaseId {
@@ -17,7 +20,13 @@ impl ReleaseId {
         ReleaseId {
             commit12: commit12.to_string(),
             installed,
+            name: format!("{commit12}-{}", installed.format(TIME_FORMAT)),
         }
+    }
+
+    /// The id as text: the directory name.
+    pub fn as_str(&self) -> &str {
+        &self.name
     }
 
     /// Parse a directory name; `None` when it is not a release id.
@@ -34,10 +43,9 @@ impl ReleaseId {
             return None;
         }
         let naive = NaiveDateTime::parse_from_str(time, TIME_FORMAT).ok()?;
-        Some(ReleaseId {
-            commit12: commit.to_string(),
-            installed: naive.and_utc(),
-        })
+        let id = ReleaseId::new(commit, naive.and_utc());
+        // Only the canonical spelling is an id (chrono accepts a few others).
+        (id.name == name).then_some(id)
     }
 
     /// The install time as RFC 3339 (`2026-01-01T00:00:00Z`).
@@ -48,12 +56,20 @@ impl ReleaseId {
 
 impl std::fmt::Display for ReleaseId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}-{}",
-            self.commit12,
-            self.installed.format(TIME_FORMAT)
-        )
+        f.write_str(&self.name)
+    }
+}
+
+/// In `--json` output an id is its text.
+impl serde::Serialize for ReleaseId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+impl PartialEq<str> for ReleaseId {
+    fn eq(&self, other: &str) -> bool {
+        self.name == other
     }
 }
 

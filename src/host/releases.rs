@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ReleaseError, Result};
 use crate::host::layout::Host;
 use crate::host::release_id::ReleaseId;
-use crate::manifest::{Summary, MANIFEST_NAME};
+use crate::manifest::{Invalid, Summary, MANIFEST_NAME};
 
 /// How much of `release.json` is read to find its header.
 const SUMMARY_PREFIX: u64 = 16 * 1024;
@@ -17,13 +17,17 @@ const SUMMARY_PREFIX: u64 = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub id: ReleaseId,
-    pub name: String,
     pub dir: PathBuf,
     /// The manifest header, or why the release is incomplete.
-    pub summary: std::result::Result<Summary, String>,
+    pub summary: std::result::Result<Summary, Incomplete>,
 }
 
 impl Installed {
+    /// The id as text: the directory name.
+    pub fn name(&self) -> &str {
+        self.id.as_str()
+    }
+
     pub fn is_complete(&self) -> bool {
         self.summary.is_ok()
     }
@@ -37,40 +41,70 @@ impl Installed {
 
     /// Fail unless the release has a readable manifest.
     pub fn require_complete(&self) -> Result<&Summary> {
-        self.summary.as_ref().map_err(|why| {
-            Error::failed(format!(
-                "release {} at {} is incomplete: {why}\n  fix: install its artifact again (`release install ARTIFACT`), and remove this directory with `release prune` or by hand",
-                self.name,
-                self.dir.display()
-            ))
-        })
+        let summary = self
+            .summary
+            .as_ref()
+            .map_err(|why| ReleaseError::ReleaseIncomplete {
+                release: self.name().to_string(),
+                dir: self.dir.clone(),
+                why: why.to_string(),
+            })?;
+        Ok(summary)
     }
 }
 
 /// Read the header of `<dir>/release.json`.
-pub fn read_summary(dir: &Path) -> std::result::Result<Summary, String> {
+pub fn read_summary(dir: &Path) -> std::result::Result<Summary, Incomplete> {
     let path = dir.join(MANIFEST_NAME);
-    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let unreadable = |e: std::io::Error| Incomplete::Manifest {
+        path: path.clone(),
+        why: Invalid::Unreadable(e.to_string()),
+    };
+    let mut file = std::fs::File::open(&path).map_err(unreadable)?;
     let mut prefix = Vec::with_capacity(SUMMARY_PREFIX as usize);
     (&mut file)
         .take(SUMMARY_PREFIX)
         .read_to_end(&mut prefix)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(unreadable)?;
     let summary = Summary::parse(&prefix, || {
         let mut rest = prefix.clone();
         file.read_to_end(&mut rest)?;
         Ok(rest)
     })
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+    .map_err(|why| Incomplete::Manifest {
+        path: path.clone(),
+        why,
+    })?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if !name.starts_with(&summary.release) {
-        return Err(format!(
-            "{} is the manifest of {}, not of this directory",
-            path.display(),
-            summary.release
-        ));
+        return Err(Incomplete::OtherRelease {
+            path,
+            release: summary.release,
+        });
     }
     Ok(summary)
+}
+
+/// Why an installed release is incomplete.
+#[derive(Debug, Clone)]
+pub enum Incomplete {
+    /// Its `release.json` is missing or unreadable.
+    Manifest { path: PathBuf, why: Invalid },
+    /// Its `release.json` belongs to another release.
+    OtherRelease { path: PathBuf, release: String },
+}
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incomplete::Manifest { path, why } => write!(f, "{}: {why}", path.display()),
+            Incomplete::OtherRelease { path, release } => write!(
+                f,
+                "{} is the manifest of {release}, not of this directory",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// Every installed release, newest install first. Names that are not release
@@ -95,14 +129,13 @@ pub fn installed(host: &Host) -> Result<Vec<Installed>> {
         list.push(Installed {
             summary: read_summary(&dir),
             id,
-            name,
             dir,
         });
     }
     list.sort_by(|a, b| {
         b.id.installed
             .cmp(&a.id.installed)
-            .then(b.name.cmp(&a.name))
+            .then(b.name().cmp(a.name()))
     });
     Ok(list)
 }
@@ -114,46 +147,33 @@ pub fn resolve<'a>(host: &Host, list: &'a [Installed], query: &str) -> Result<&'
     if query.is_empty() {
         return Err(Error::Usage("empty release ID".into()));
     }
-    if let Some(exact) = list.iter().find(|r| r.name == query) {
+    if let Some(exact) = list.iter().find(|r| r.name() == query) {
         return Ok(exact);
     }
     let matches: Vec<&Installed> = list
         .iter()
-        .filter(|r| r.name.starts_with(query) || r.commit().starts_with(query))
+        .filter(|r| r.name().starts_with(query) || r.commit().starts_with(query))
         .collect();
     match matches.as_slice() {
         [one] => Ok(one),
         [] => {
-            let shown: Vec<String> = list.iter().take(10).map(describe).collect();
-            let candidates = if shown.is_empty() {
-                "  (no releases are installed)".to_string()
-            } else {
-                let more = if list.len() > shown.len() {
-                    format!(
-                        "\n  ... and {} more (release list)",
-                        list.len() - shown.len()
-                    )
-                } else {
-                    String::new()
-                };
-                format!("  installed:\n{}{more}", shown.join("\n"))
-            };
-            Err(Error::failed(format!(
-                "no installed release matches `{query}` under {}\n{candidates}\n  fix: pass a prefix of one of these ids or commits",
-                host.releases.display()
-            )))
+            let installed: Vec<String> = list.iter().take(10).map(describe).collect();
+            Err(ReleaseError::NoSuchRelease {
+                query: query.to_string(),
+                releases: host.releases.clone(),
+                more: list.len() - installed.len(),
+                installed,
+            }
+            .into())
         }
-        many => Err(Error::failed(format!(
-            "`{query}` is ambiguous: it matches {} releases:\n{}\n  fix: pass more of the id",
-            many.len(),
-            many.iter()
-                .map(|r| describe(r))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ))),
+        many => Err(ReleaseError::AmbiguousRelease {
+            query: query.to_string(),
+            matches: many.iter().map(|r| describe(r)).collect(),
+        }
+        .into()),
     }
 }
 
 fn describe(r: &Installed) -> String {
-    format!("    {}  (commit {})", r.name, r.commit())
+    format!("    {}  (commit {})", r.name(), r.commit())
 }

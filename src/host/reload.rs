@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde::Serialize;
 
-use crate::error::tail;
+use crate::error::{tail, HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
 use crate::host::config::{HealthConfig, ServiceConfig, Strategy};
 use crate::host::procs::{self, Pid, PidfileProblem};
 
@@ -49,19 +49,6 @@ pub struct ReloadOutcome {
     pub started: bool,
 }
 
-/// A reload that did not happen or could not be confirmed.
-#[derive(Debug, Clone)]
-pub struct ReloadError {
-    pub service: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "service {}: {}", self.service, self.message)
-    }
-}
-
 /// A running service as found before the switch.
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -90,16 +77,15 @@ fn preflight_one(
     root: &Path,
     first: bool,
 ) -> Result<Option<Running>, ReloadError> {
-    let err = |message: String| ReloadError {
+    let err = |problem: ReloadProblem| ReloadError {
         service: service.name.clone(),
-        message,
+        problem,
     };
     let pid = match (&service.reload, &service.pidfile) {
         (Strategy::Hup | Strategy::GunicornUpgrade, None) => {
-            return Err(err(format!(
-                "reload = \"{}\" needs `pidfile`; add the master's pidfile to this [[service]] in release.toml",
-                service.reload
-            )))
+            return Err(err(ReloadProblem::NeedsPidfile {
+                strategy: service.reload.to_string(),
+            }))
         }
         (_, None) => return Ok(None),
         (_, Some(pidfile)) => match procs::read_pidfile(pidfile) {
@@ -110,20 +96,20 @@ fn preflight_one(
                 return Ok(None);
             }
             Err(problem) => {
-                return Err(err(format!(
-                    "pidfile {} {problem}\n  fix: start the service (it picks up `current` when it starts), correct `pidfile`, or set `required = false` on it to deploy while it is down",
-                    pidfile.display()
-                )))
+                return Err(err(ReloadProblem::Pidfile {
+                    path: pidfile.clone(),
+                    problem,
+                }))
             }
         },
     };
     if !belongs_to_root(pid, root) {
-        return Err(err(format!(
-            "pid {pid} from {} is `{}`, which does not use {} (not in its command line, working directory or memory maps); the pidfile is probably stale and the pid reused\n  fix: restart the service so it rewrites its pidfile, or correct `pidfile`",
-            service.pidfile.as_deref().unwrap_or(Path::new("?")).display(),
-            procs::cmdline(pid),
-            root.display()
-        )));
+        return Err(err(ReloadProblem::NotOurs {
+            pid,
+            pidfile: service.pidfile.clone().unwrap_or_default(),
+            cmdline: procs::cmdline(pid),
+            root: root.to_path_buf(),
+        }));
     }
     Ok(Some(Running {
         pid,
@@ -161,9 +147,9 @@ pub fn reload(
     health: Option<&HealthConfig>,
 ) -> Result<ReloadOutcome, ReloadError> {
     let started = Instant::now();
-    let err = |message: String| ReloadError {
+    let err = |problem: ReloadProblem| ReloadError {
         service: service.name.clone(),
-        message,
+        problem,
     };
     let deadline = started + service.timeout();
     let outcome = |pid: Option<Pid>, workers: Vec<Pid>| ReloadOutcome {
@@ -196,8 +182,7 @@ pub fn reload(
             match strategy {
                 Strategy::Hup => {
                     let running = running.expect("preflight found the process");
-                    procs::signal(running.pid, Signal::HUP)
-                        .map_err(|e| err(format!("cannot send HUP to pid {}: {e}", running.pid)))?;
+                    send(running.pid, Signal::HUP, "HUP").map_err(err)?;
                 }
                 Strategy::Systemd(unit) => {
                     run_trigger(Command::new("systemctl").args(["reload", unit]), target)
@@ -228,24 +213,36 @@ pub fn reload(
     }
 }
 
-fn run_trigger(cmd: &mut Command, target: &Target<'_>) -> Result<(), String> {
+fn run_trigger(cmd: &mut Command, target: &Target<'_>) -> Result<(), ReloadProblem> {
     let out = cmd
         .env("RELEASE_ID", target.id)
         .env("RELEASE", target.release)
         .env("RELEASE_ROOT", target.root)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        .map_err(|e| ReloadProblem::TriggerNotRunnable {
+            command: format!("{cmd:?}"),
+            error: e.to_string(),
+        })?;
     if out.status.success() {
         return Ok(());
     }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Err(format!(
-        "{cmd:?} failed ({}):\n{}",
-        out.status,
-        tail(&text, 10)
-    ))
+    Err(ReloadProblem::TriggerFailed {
+        command: format!("{cmd:?}"),
+        status: out.status.to_string(),
+        tail: tail(&text, 10),
+    })
+}
+
+/// Send `signal` (named `name` in errors) to `pid`.
+fn send(pid: Pid, signal: Signal, name: &'static str) -> Result<(), ReloadProblem> {
+    procs::signal(pid, signal).map_err(|e| ReloadProblem::Signal {
+        signal: name,
+        pid,
+        error: e.to_string(),
+    })
 }
 
 /// The command that starts `service` when it is down, if `release` knows one:
@@ -279,12 +276,11 @@ pub fn launch_hint(service: &ServiceConfig) -> String {
 /// command's exit status is all there is to go by (the health check follows).
 pub fn start(service: &ServiceConfig, target: &Target<'_>) -> Result<ReloadOutcome, ReloadError> {
     let started = Instant::now();
-    let err = |message: String| ReloadError {
+    let err = |problem: ReloadProblem| ReloadError {
         service: service.name.clone(),
-        message,
+        problem,
     };
-    let argv = start_command(service)
-        .ok_or_else(|| err("release does not know how to start it".into()))?;
+    let argv = start_command(service).ok_or_else(|| err(ReloadProblem::CannotStart))?;
     let deadline = started + service.timeout();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
@@ -310,21 +306,24 @@ pub fn start(service: &ServiceConfig, target: &Target<'_>) -> Result<ReloadOutco
                 if master.as_deref() == Some(target.id) && kids.iter().all(|k| on_target(*k)) {
                     return Ok(outcome(Some(pid), kids));
                 }
-                format!(
-                    "pid {pid} from {} works in {}, not in release {}; start it with its working directory through current (gunicorn --chdir, celery --workdir)",
-                    pidfile.display(),
-                    master.unwrap_or_else(|| "no release".into()),
-                    target.id
-                )
+                Box::new(StartSeen::Elsewhere {
+                    pid,
+                    pidfile: pidfile.clone(),
+                    cwd_release: master,
+                    release: target.id.to_string(),
+                })
             }
-            Err(problem) => format!("pidfile {} {problem}", pidfile.display()),
+            Err(problem) => Box::new(StartSeen::Pidfile {
+                path: pidfile.clone(),
+                problem,
+            }),
         };
         if Instant::now() >= deadline {
-            return Err(err(format!(
-                "started with `{}`, but within {:?}: {last}\n  fix: check the service's log; raise `timeout` on the [[service]] if it is just slow",
-                argv.join(" "),
-                service.timeout()
-            )));
+            return Err(err(ReloadProblem::StartNotShown {
+                command: argv.join(" "),
+                timeout: service.timeout(),
+                last,
+            }));
         }
         sleep(POLL);
     }
@@ -333,7 +332,7 @@ pub fn start(service: &ServiceConfig, target: &Target<'_>) -> Result<ReloadOutco
 /// Stop a service `release` started on a first deploy that it then undid:
 /// `systemctl stop` / `supervisorctl stop`, else TERM to the pidfile's pid.
 /// Best effort; returns what went wrong.
-pub fn stop_started(service: &ServiceConfig, target: &Target<'_>) -> Result<(), String> {
+pub fn stop_started(service: &ServiceConfig, target: &Target<'_>) -> Result<(), ReloadProblem> {
     let deadline = Instant::now() + service.timeout();
     match (&service.start, &service.reload) {
         (None, Strategy::Systemd(unit)) => run_bounded(
@@ -348,15 +347,15 @@ pub fn stop_started(service: &ServiceConfig, target: &Target<'_>) -> Result<(), 
         ),
         _ => {
             let Some(pidfile) = &service.pidfile else {
-                return Err("it has no pidfile, so release cannot tell what to stop".into());
+                return Err(ReloadProblem::NothingToStop);
             };
             let Ok(pid) = procs::read_pidfile(pidfile) else {
                 return Ok(());
             };
-            procs::signal(pid, Signal::TERM).map_err(|e| format!("TERM to pid {pid}: {e}"))?;
+            send(pid, Signal::TERM, "TERM")?;
             while procs::alive(pid) {
                 if Instant::now() >= deadline {
-                    return Err(format!("pid {pid} did not exit after TERM"));
+                    return Err(ReloadProblem::DidNotStop { pid });
                 }
                 sleep(POLL);
             }
@@ -369,17 +368,21 @@ pub fn stop_started(service: &ServiceConfig, target: &Target<'_>) -> Result<(), 
 /// temporary file (a daemon it leaves behind may keep the descriptors), in a
 /// process group of its own that is killed if it has not returned by
 /// `deadline`.
-fn run_bounded(cmd: &mut Command, target: &Target<'_>, deadline: Instant) -> Result<(), String> {
+fn run_bounded(
+    cmd: &mut Command,
+    target: &Target<'_>,
+    deadline: Instant,
+) -> Result<(), ReloadProblem> {
     use std::io::{Read, Seek};
     use std::os::unix::process::CommandExt;
     let shown = format!("{cmd:?}");
-    let mut log = tempfile::tempfile().map_err(|e| format!("cannot run {shown}: {e}"))?;
-    let out = log
-        .try_clone()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    let err_out = log
-        .try_clone()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let not_runnable = |e: std::io::Error| ReloadProblem::TriggerNotRunnable {
+        command: shown.clone(),
+        error: e.to_string(),
+    };
+    let mut log = tempfile::tempfile().map_err(not_runnable)?;
+    let out = log.try_clone().map_err(not_runnable)?;
+    let err_out = log.try_clone().map_err(not_runnable)?;
     let mut child = cmd
         .env("RELEASE_ID", target.id)
         .env("RELEASE", target.release)
@@ -389,7 +392,7 @@ fn run_bounded(cmd: &mut Command, target: &Target<'_>, deadline: Instant) -> Res
         .stderr(err_out)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+        .map_err(not_runnable)?;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -399,9 +402,7 @@ fn run_bounded(cmd: &mut Command, target: &Target<'_>, deadline: Instant) -> Res
                     let _ = rustix::process::kill_process_group(group, Signal::KILL);
                 }
                 let _ = child.wait();
-                return Err(format!(
-                    "{shown} did not return within the timeout and was killed (a start command must start the service and return, as `systemctl start` does)"
-                ));
+                return Err(ReloadProblem::TriggerTimedOut { command: shown });
             }
         }
     };
@@ -410,7 +411,11 @@ fn run_bounded(cmd: &mut Command, target: &Target<'_>, deadline: Instant) -> Res
     }
     let mut text = String::new();
     let _ = log.rewind().and_then(|()| log.read_to_string(&mut text));
-    Err(format!("{shown} failed ({status}):\n{}", tail(&text, 10)))
+    Err(ReloadProblem::TriggerFailed {
+        command: shown,
+        status: status.to_string(),
+        tail: tail(&text, 10),
+    })
 }
 
 /// Where a process works, as a release directory name, if it is in one.
@@ -426,20 +431,16 @@ fn confirm_in_place(
     running: &Running,
     target: &Target<'_>,
     deadline: Instant,
-) -> Result<Vec<Pid>, String> {
+) -> Result<Vec<Pid>, ReloadProblem> {
     let before: BTreeSet<Pid> = running.workers.iter().copied().collect();
     let pid = running.pid;
     let cwd_known = cwd_release(pid, target).is_some();
     if before.is_empty() && !cwd_known {
-        return Err(format!(
-            "pid {pid} has no worker processes and its working directory is not in a release, so a reload cannot be confirmed\n  fix: start it with its working directory through current (gunicorn --chdir, celery --workdir)"
-        ));
+        return Err(ReloadProblem::Unconfirmable { pid });
     }
     loop {
         if !procs::alive(pid) {
-            return Err(format!(
-                "pid {pid} exited during the reload (see the service's log)"
-            ));
+            return Err(ReloadProblem::Exited { pid });
         }
         let kids = procs::children(pid);
         let replaced =
@@ -449,14 +450,12 @@ fn confirm_in_place(
         if replaced && master_ok && kids.iter().all(|k| on_target(*k)) {
             return Ok(kids);
         }
-        let last = format!(
-            "workers now {kids:?} (before {before:?}), working directory in {}",
-            cwd_release(pid, target).unwrap_or_else(|| "no release".into())
-        );
         if Instant::now() >= deadline {
-            return Err(format!(
-                "the reload did not show within the timeout: {last}\n  fix: check the service's log; raise `timeout` on the [[service]] if it is just slow"
-            ));
+            return Err(ReloadProblem::NotShown {
+                workers: kids,
+                before: before.into_iter().collect(),
+                cwd_release: cwd_release(pid, target),
+            });
         }
         sleep(POLL);
     }
@@ -475,7 +474,7 @@ fn gunicorn_upgrade(
     target: &Target<'_>,
     health: Option<&HealthConfig>,
     deadline: Instant,
-) -> Result<(Pid, Vec<Pid>), String> {
+) -> Result<(Pid, Vec<Pid>), ReloadProblem> {
     let old = running.pid;
     let pidfile2 = PathBuf::from(format!("{}.2", pidfile.display()));
     if let Err(PidfileProblem::Dead(_) | PidfileProblem::Garbage(_)) =
@@ -483,10 +482,10 @@ fn gunicorn_upgrade(
     {
         let _ = std::fs::remove_file(&pidfile2);
     }
-    procs::signal(old, Signal::USR2).map_err(|e| format!("cannot send USR2 to pid {old}: {e}"))?;
+    send(old, Signal::USR2, "USR2")?;
 
     // Stop a new master that failed, so the old one stays in charge alone.
-    let abandon = |new: Option<Pid>, why: String| -> String {
+    let abandon = |new: Option<Pid>, why: ReloadProblem| -> ReloadProblem {
         if let Some(new) = new {
             let _ = procs::signal(new, Signal::TERM);
             let until = Instant::now() + Duration::from_secs(10);
@@ -494,13 +493,16 @@ fn gunicorn_upgrade(
                 sleep(POLL);
             }
         }
-        format!("{why}; the old master (pid {old}) keeps serving")
+        ReloadProblem::Abandoned {
+            why: Box::new(why),
+            old,
+        }
     };
 
     // 1. The new master: a live child of the old one, named in <pidfile>.2.
     let new = loop {
         if !procs::alive(old) {
-            return Err(format!("the old master (pid {old}) exited after USR2"));
+            return Err(ReloadProblem::OldMasterExited { old });
         }
         if let Ok(pid) = procs::read_pidfile(&pidfile2) {
             if pid != old {
@@ -514,10 +516,9 @@ fn gunicorn_upgrade(
         if Instant::now() >= deadline {
             return Err(abandon(
                 forked.first().copied(),
-                format!(
-                    "no new master wrote {} within the timeout",
-                    pidfile2.display()
-                ),
+                ReloadProblem::NoNewMaster {
+                    pidfile: pidfile2.clone(),
+                },
             ));
         }
         sleep(POLL);
@@ -526,10 +527,7 @@ fn gunicorn_upgrade(
     // 2. Its workers run, from the new release.
     loop {
         if !procs::alive(new) {
-            return Err(abandon(
-                None,
-                format!("the new master (pid {new}) exited: its workers failed to boot (see gunicorn's log)"),
-            ));
+            return Err(abandon(None, ReloadProblem::NewMasterDied { new }));
         }
         let kids = procs::children(new);
         let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
@@ -539,10 +537,10 @@ fn gunicorn_upgrade(
         if Instant::now() >= deadline {
             return Err(abandon(
                 Some(new),
-                format!(
-                    "the new master (pid {new}) has no workers on release {} within the timeout",
-                    target.id
-                ),
+                ReloadProblem::NoWorkersOnRelease {
+                    new,
+                    release: target.id.to_string(),
+                },
             ));
         }
         sleep(POLL);
@@ -551,31 +549,26 @@ fn gunicorn_upgrade(
     // 3. The new release answers (old and new workers share the socket now).
     if let Some(health) = health {
         if let Err(why) = health_check(health, target) {
-            return Err(abandon(
-                Some(new),
-                format!("health check during the upgrade failed: {why}"),
-            ));
+            return Err(abandon(Some(new), ReloadProblem::HealthDuringUpgrade(why)));
         }
     }
 
     // 4. Retire the old master gracefully; the new one promotes itself.
-    procs::signal(old, Signal::TERM)
-        .map_err(|e| format!("cannot send TERM to the old master {old}: {e}"))?;
+    send(old, Signal::TERM, "TERM")?;
     loop {
         let promoted = procs::read_pidfile(pidfile).is_ok_and(|p| p == new);
         if !procs::alive(old) && promoted {
             return Ok((new, procs::children(new)));
         }
         if !procs::alive(new) {
-            return Err(format!(
-                "the new master (pid {new}) exited while the old one stopped"
-            ));
+            return Err(ReloadProblem::NewMasterExitedLate { new });
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "the old master (pid {old}) did not stop, or the new one (pid {new}) did not take over {}, within the timeout",
-                pidfile.display()
-            ));
+            return Err(ReloadProblem::OldMasterStuck {
+                old,
+                new,
+                pidfile: pidfile.to_path_buf(),
+            });
         }
         sleep(POLL);
     }
@@ -591,7 +584,7 @@ fn workers_booted(kids: &[Pid]) -> bool {
 
 /// Poll the health URL until it answers 2xx (and, when `expect` is set, its
 /// body contains the expected text).
-pub fn health_check(health: &HealthConfig, target: &Target<'_>) -> Result<(), String> {
+pub fn health_check(health: &HealthConfig, target: &Target<'_>) -> Result<(), HealthError> {
     let expected = health.expected(target.release, target.id);
     let deadline = Instant::now() + health.timeout();
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -609,20 +602,25 @@ pub fn health_check(health: &HealthConfig, target: &Target<'_>) -> Result<(), St
                 if (200..300).contains(&status) && wanted {
                     return Ok(());
                 }
-                last = format!(
-                    "{} answered {status} with {:?}, expected a 2xx{}",
-                    health.url,
-                    body.chars().take(200).collect::<String>(),
-                    expected
-                        .as_deref()
-                        .map(|e| format!(" containing {e:?} (`expect` in [health])"))
-                        .unwrap_or_default()
-                );
+                last = HealthAnswer::Unexpected {
+                    url: health.url.clone(),
+                    status,
+                    body: body.chars().take(200).collect(),
+                    expected: expected.clone(),
+                };
             }
-            Err(e) => last = format!("{}: {e}", health.url),
+            Err(e) => {
+                last = HealthAnswer::Unreachable {
+                    url: health.url.clone(),
+                    error: e.to_string(),
+                }
+            }
         }
         if Instant::now() >= deadline {
-            return Err(format!("{last} (gave up after {:?})", health.timeout()));
+            return Err(HealthError {
+                last,
+                waited: health.timeout(),
+            });
         }
         sleep(Duration::from_millis(100));
     }

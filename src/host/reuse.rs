@@ -48,7 +48,7 @@ impl Reuse {
         let source = list
             .iter()
             .filter(|r| r.is_complete())
-            .find(|r| Some(&r.name) == current.as_ref())
+            .find(|r| current.as_deref() == Some(r.name()))
             .or_else(|| list.iter().find(|r| r.is_complete()))?;
         Reuse::from_release(source, manifest)
     }
@@ -60,7 +60,7 @@ impl Reuse {
         let tree = record.expected(&theirs);
         let mut reuse = Reuse {
             dir: source.dir.clone(),
-            name: source.name.clone(),
+            name: source.name().to_string(),
             linkable: vec![false; manifest.files.len()],
             files: 0,
             bytes: 0,

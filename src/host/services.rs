@@ -13,21 +13,13 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::error::{FailedStep, ServicesCause, ServicesFailure};
 use crate::host::config::{HostConfig, ServiceConfig, Strategy};
 use crate::host::layout::Host;
 use crate::host::procs::{self, Pid};
+use crate::host::release_id::ReleaseId;
 use crate::host::reload::{self, ReloadOutcome, Running, Target};
 use crate::output::Printer;
-
-/// Why the services did not come up on the new release.
-#[derive(Debug, Clone)]
-pub struct ReloadFailure {
-    /// `preflight`, `start`, `reload` or `health`.
-    pub step: &'static str,
-    pub reason: String,
-    /// Services this attempt started (first deploy), to stop if it is undone.
-    pub started: Vec<String>,
-}
 
 fn releases_dir(host: &Host) -> PathBuf {
     std::fs::canonicalize(&host.releases).unwrap_or_else(|_| host.releases.clone())
@@ -40,10 +32,10 @@ pub fn preflight(
     config: &HostConfig,
     host: &Host,
     first: bool,
-) -> Result<Vec<Option<Running>>, ReloadFailure> {
-    reload::preflight(&config.services, &host.root, first).map_err(|e| ReloadFailure {
-        step: "preflight",
-        reason: e.to_string(),
+) -> Result<Vec<Option<Running>>, ServicesFailure> {
+    reload::preflight(&config.services, &host.root, first).map_err(|e| ServicesFailure {
+        step: FailedStep::Preflight,
+        cause: ServicesCause::Reload(Box::new(e)),
         started: Vec::new(),
     })
 }
@@ -58,12 +50,16 @@ pub struct Reloaded {
     pub health_skipped: bool,
 }
 
-fn target<'a>(host: &'a Host, releases_dir: &'a std::path::Path, release: &'a str) -> Target<'a> {
+fn target<'a>(
+    host: &'a Host,
+    releases_dir: &'a std::path::Path,
+    release: &'a ReleaseId,
+) -> Target<'a> {
     Target {
         root: &host.root,
         releases_dir,
-        id: release,
-        release: release.split('-').next().unwrap_or(release),
+        id: release.as_str(),
+        release: &release.commit12,
     }
 }
 
@@ -77,10 +73,10 @@ fn target<'a>(host: &'a Host, releases_dir: &'a std::path::Path, release: &'a st
 pub fn reload_and_check(
     config: &HostConfig,
     host: &Host,
-    release: &str,
+    release: &ReleaseId,
     first: bool,
     printer: &Printer,
-) -> Result<Reloaded, ReloadFailure> {
+) -> Result<Reloaded, ServicesFailure> {
     let releases_dir = releases_dir(host);
     let target = target(host, &releases_dir, release);
     let running = preflight(config, host, first)?;
@@ -100,9 +96,9 @@ pub fn reload_and_check(
             let outcome = reload::start(service, &target);
             spinner.finish_and_clear();
             started.push(service.name.clone());
-            outcome.map_err(|e| ReloadFailure {
-                step: "start",
-                reason: e.to_string(),
+            outcome.map_err(|e| ServicesFailure {
+                step: FailedStep::Start,
+                cause: ServicesCause::Reload(Box::new(e)),
                 started: started.clone(),
             })?
         } else if down_at_first && service.pidfile.is_some() {
@@ -120,9 +116,9 @@ pub fn reload_and_check(
             let outcome =
                 reload::reload(service, running.as_ref(), &target, config.health.as_ref());
             spinner.finish_and_clear();
-            outcome.map_err(|e| ReloadFailure {
-                step: "reload",
-                reason: e.to_string(),
+            outcome.map_err(|e| ServicesFailure {
+                step: FailedStep::Reload,
+                cause: ServicesCause::Reload(Box::new(e)),
                 started: started.clone(),
             })?
         };
@@ -142,9 +138,9 @@ pub fn reload_and_check(
     if let Some(health) = &config.health {
         if done.not_running.is_empty() {
             printer.progress(&format!("health check {}", health.url));
-            reload::health_check(health, &target).map_err(|reason| ReloadFailure {
-                step: "health",
-                reason,
+            reload::health_check(health, &target).map_err(|e| ServicesFailure {
+                step: FailedStep::Health,
+                cause: ServicesCause::Health(Box::new(e)),
                 started: started.clone(),
             })?;
         } else {
@@ -165,11 +161,11 @@ pub fn reload_and_check(
 }
 
 /// Stop the services a failed first deploy started (see
-/// [`ReloadFailure::started`]), so that nothing runs the release it undid.
+/// [`ServicesFailure::started`]), so that nothing runs the release it undid.
 pub fn stop_started(
     config: &HostConfig,
     host: &Host,
-    release: &str,
+    release: &ReleaseId,
     names: &[String],
     printer: &Printer,
 ) {
@@ -186,12 +182,30 @@ pub fn stop_started(
     }
 }
 
+/// What a process is to its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The pidfile's pid.
+    Master,
+    /// A child of the master.
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        })
+    }
+}
+
 /// One process of a service, as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessStatus {
     pub pid: Pid,
-    /// `master` (the pidfile's pid) or `worker` (its children).
-    pub role: &'static str,
+    pub role: Role,
     /// The release its working directory is in.
     pub release: Option<String>,
     /// Every release it uses: working directory, executable, mapped files.
@@ -263,8 +277,8 @@ fn service_status(
     };
     status.pid = Some(pid);
     status.alive = true;
-    let mut pids = vec![(pid, "master")];
-    pids.extend(procs::children(pid).into_iter().map(|k| (k, "worker")));
+    let mut pids = vec![(pid, Role::Master)];
+    pids.extend(procs::children(pid).into_iter().map(|k| (k, Role::Worker)));
     for (pid, role) in pids {
         let used = procs::releases_used(pid, releases_dir);
         let started = procs::start_time(pid);
@@ -295,7 +309,7 @@ fn service_status(
             }
             // A gunicorn master keeps the interpreter and everything it imported
             // (gunicorn itself, its dependencies, a preloaded app) across HUP.
-            let gunicorn_master = role == "master" && procs::cmdline(pid).contains("gunicorn");
+            let gunicorn_master = role == Role::Master && procs::cmdline(pid).contains("gunicorn");
             // (Start times are known to a clock tick; allow for it.)
             if gunicorn_master && started.zip(activated_at).is_some_and(|(s, a)| s < a - 0.05) {
                 status.stale = true;
@@ -339,7 +353,7 @@ pub fn human(services: &[ServiceStatus], color: bool) -> String {
         for p in &s.processes {
             text.push_str(&format!(
                 "          {:<6} {:>7}  {}\n",
-                p.role,
+                p.role.to_string(),
                 p.pid,
                 p.release
                     .as_deref()

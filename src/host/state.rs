@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::host::journal::{Event, EventKind};
+use crate::host::journal::{Event, What};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
@@ -34,8 +34,8 @@ impl ReleaseHistory {
     pub fn from_events(events: &[Event]) -> ReleaseHistory {
         let mut h = ReleaseHistory::default();
         for e in events {
-            match e.event {
-                EventKind::Activated | EventKind::RolledBack => {
+            match e.what {
+                What::Activated | What::RolledBack => {
                     h.make_live(&e.release);
                     h.live_now = Some(e.release.clone());
                     h.last_activation.insert(
@@ -45,7 +45,7 @@ impl ReleaseHistory {
                             user: e.user.clone(),
                         },
                     );
-                    if e.event == EventKind::RolledBack {
+                    if e.what == What::RolledBack {
                         if let Some(from) = &e.from {
                             if from != &e.release {
                                 h.rolled_back.insert(from.clone());
@@ -53,7 +53,7 @@ impl ReleaseHistory {
                         }
                     }
                 }
-                EventKind::Failed if e.reverted => {
+                What::Failed { reverted: true, .. } => {
                     h.rolled_back.insert(e.release.clone());
                     if let Some(from) = &e.from {
                         h.make_live(from);
@@ -103,15 +103,31 @@ impl ReleaseHistory {
 mod tests {
     use super::*;
 
-    fn ev(kind: EventKind, release: &str, from: Option<&str>) -> Event {
-        let mut e = Event::new(kind, release, from);
+    fn ev(what: What, release: &str, from: Option<&str>) -> Event {
+        let mut e = Event::new(what, release, from);
         e.at = "t".into();
         e
     }
 
+    fn failed(reverted: bool) -> What {
+        What::Failed {
+            step: None,
+            error: None,
+            reverted,
+        }
+    }
+
+    fn installed() -> What {
+        What::Installed {
+            commit: None,
+            python: None,
+            venv_rebuilt: false,
+        }
+    }
+
     #[test]
     fn two_rollbacks_go_two_steps_back_and_activate_clears_the_mark() {
-        use EventKind::*;
+        use What::*;
         let mut events = vec![
             ev(Activated, "A", None),
             ev(Activated, "B", Some("A")),
@@ -138,9 +154,8 @@ mod tests {
 
     #[test]
     fn a_reverted_failure_marks_the_release_and_restores_the_old_one() {
-        use EventKind::*;
-        let mut failed = ev(Failed, "B", Some("A"));
-        failed.reverted = true;
+        use What::*;
+        let failed = ev(failed(true), "B", Some("A"));
         let events = vec![
             ev(Activated, "A", None),
             ev(Activated, "B", Some("A")),
@@ -154,32 +169,31 @@ mod tests {
 
     #[test]
     fn live_now_is_the_last_switch_and_ignores_everything_else() {
-        use EventKind::*;
+        use What::*;
         assert_eq!(ReleaseHistory::from_events(&[]).live_now(), None);
         let mut events = vec![
-            ev(Installed, "A", None),
+            ev(installed(), "A", None),
             ev(Activated, "A", None),
-            ev(Installed, "B", None),
+            ev(installed(), "B", None),
             ev(Activated, "B", Some("A")),
             ev(RolledBack, "A", Some("B")),
         ];
         assert_eq!(ReleaseHistory::from_events(&events).live_now(), Some("A"));
-        events.push(ev(Failed, "C", Some("A")));
+        events.push(ev(failed(false), "C", Some("A")));
         events.push(ev(Pruned, "B", None));
         assert_eq!(ReleaseHistory::from_events(&events).live_now(), Some("A"));
         // A first activation that failed and was reverted leaves nothing live.
-        let mut failed = ev(Failed, "A", None);
-        failed.reverted = true;
+        let failed = ev(failed(true), "A", None);
         let events = vec![ev(Activated, "A", None), failed];
         assert_eq!(ReleaseHistory::from_events(&events).live_now(), None);
     }
 
     #[test]
     fn check_failures_change_nothing() {
-        use EventKind::*;
+        use What::*;
         let events = vec![
             ev(Activated, "A", None),
-            ev(Failed, "B", Some("A")),
+            ev(failed(false), "B", Some("A")),
             ev(Activated, "C", Some("A")),
         ];
         let h = ReleaseHistory::from_events(&events);

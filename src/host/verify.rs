@@ -3,7 +3,7 @@
 //! `install.json` applied, and report every difference.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::host::layout::installed_mode;
 use crate::host::record::{InstallRecord, RECORD_NAME};
 use crate::host::releases::Installed;
-use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
+use crate::manifest::{Entry, EntryType, Invalid, Manifest, MANIFEST_NAME};
 
 #[derive(Debug, Serialize)]
 pub struct VerifyReport {
@@ -56,47 +56,74 @@ fn kind_of(file_type: std::fs::FileType) -> Option<EntryType> {
 }
 
 pub fn verify(release: &Installed) -> Result<VerifyReport> {
-    let id = release.name.clone();
+    let id = release.name().to_string();
     let dir = &release.dir;
-    let mut problems = Vec::new();
-    let fail = |problems: Vec<Problem>| VerifyReport {
-        id: id.clone(),
-        ok: false,
+    let (expected, mut problems) = match expected_tree(dir) {
+        Ok(found) => found,
+        Err(problem) => {
+            return Ok(VerifyReport {
+                id,
+                ok: false,
+                problems: vec![problem],
+            })
+        }
+    };
+    let walked = walk(dir, &expected)?;
+    problems.extend(walked.problems);
+    problems.extend(missing(&expected, &walked.seen));
+    problems.extend(hash_all(&walked.to_hash, &expected, dir)?);
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(VerifyReport {
+        ok: problems.is_empty(),
+        id,
         problems,
-    };
-    let manifest_path = dir.join(MANIFEST_NAME);
-    let manifest = match fs::read(&manifest_path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| Manifest::from_json(&bytes))
-    {
-        Ok(m) => m,
-        Err(why) => {
-            return Ok(fail(vec![Problem {
-                path: MANIFEST_NAME.into(),
-                problem: format!("unreadable manifest: {why}"),
-            }]))
-        }
-    };
-    let record = match InstallRecord::read(dir) {
-        Ok(r) => r,
-        Err(e) => {
-            problems.push(Problem {
-                path: RECORD_NAME.into(),
-                problem: format!("{e}; checking against the bare manifest"),
-            });
-            InstallRecord::default()
-        }
-    };
-    let expected = record.expected(&manifest);
-    let mut seen = vec![false; expected.len()];
-    let mut to_hash: Vec<(PathBuf, usize)> = Vec::new();
+    })
+}
 
-    let mut walk = walkdir::WalkDir::new(dir)
+/// The entries the release should hold: its manifest with what install
+/// recorded applied, and the problem of an unreadable record. `Err` when the
+/// manifest itself cannot be read (nothing else can be checked then).
+fn expected_tree(dir: &Path) -> std::result::Result<(Vec<Entry>, Vec<Problem>), Problem> {
+    let manifest = fs::read(dir.join(MANIFEST_NAME))
+        .map_err(|e| Invalid::Unreadable(e.to_string()))
+        .and_then(|bytes| Manifest::from_json(&bytes))
+        .map_err(|why| Problem {
+            path: MANIFEST_NAME.into(),
+            problem: format!("unreadable manifest: {why}"),
+        })?;
+    let mut problems = Vec::new();
+    let record = InstallRecord::read(dir).unwrap_or_else(|e| {
+        problems.push(Problem {
+            path: RECORD_NAME.into(),
+            problem: format!("{e}; checking against the bare manifest"),
+        });
+        InstallRecord::default()
+    });
+    Ok((record.expected(&manifest), problems))
+}
+
+/// What walking the release's tree found.
+struct Walked {
+    problems: Vec<Problem>,
+    /// Per expected entry: found on disk.
+    seen: Vec<bool>,
+    /// Files of the right size, to hash.
+    to_hash: Vec<(PathBuf, usize)>,
+}
+
+/// Walk the tree and compare every path with what is expected of it.
+fn walk(dir: &Path, expected: &[Entry]) -> Result<Walked> {
+    let mut walked = Walked {
+        problems: Vec::new(),
+        seen: vec![false; expected.len()],
+        to_hash: Vec::new(),
+    };
+    let mut items = walkdir::WalkDir::new(dir)
         .follow_links(false)
         .sort_by_file_name()
         .min_depth(1)
         .into_iter();
-    while let Some(item) = walk.next() {
+    while let Some(item) = items.next() {
         let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
         let rel = item
             .path()
@@ -104,76 +131,114 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
             .expect("under the release")
             .to_string_lossy()
             .into_owned();
-        let mut report = |problem: String| {
-            problems.push(Problem {
+        let index = expected
+            .binary_search_by(|e| e.path.as_str().cmp(&rel))
+            .ok();
+        if let Some(index) = index {
+            walked.seen[index] = true;
+        }
+        let found = check_item(&item, &rel, index.map(|i| (i, &expected[i])))?;
+        if found.skip_dir {
+            items.skip_current_dir();
+        }
+        walked
+            .problems
+            .extend(found.problems.into_iter().map(|problem| Problem {
                 path: rel.clone(),
                 problem,
-            })
-        };
-        let meta = item
-            .metadata()
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", item.path().display())))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        let actual = kind_of(item.file_type());
-        if rel == MANIFEST_NAME || rel == RECORD_NAME {
-            if actual != Some(EntryType::File) || mode != 0o444 {
-                report(format!(
-                    "expected a read-only file (0444), found mode {mode:04o}"
-                ));
-            }
-            continue;
-        }
-        let Ok(index) = expected.binary_search_by(|e| e.path.as_str().cmp(&rel)) else {
-            let what = actual.map_or("special file".to_string(), |k| k.to_string());
-            report(format!("extra {what}, not in the manifest"));
-            if item.file_type().is_dir() {
-                walk.skip_current_dir();
-            }
-            continue;
-        };
-        seen[index] = true;
-        let want = &expected[index];
-        let Some(actual) = actual.filter(|k| *k == want.kind) else {
-            let what = actual.map_or("special file".to_string(), |k| k.to_string());
-            report(format!("is a {what}, expected a {}", want.kind));
-            if item.file_type().is_dir() {
-                walk.skip_current_dir();
-            }
-            continue;
-        };
-        match actual {
-            EntryType::Symlink => {
-                let target = fs::read_link(item.path())?.to_string_lossy().into_owned();
-                if Some(target.as_str()) != want.target.as_deref() {
-                    report(format!(
-                        "symlink points to {target:?}, expected {:?}",
-                        want.target.as_deref().unwrap_or_default()
-                    ));
-                }
-            }
-            EntryType::Dir | EntryType::File => {
-                let want_mode = installed_mode(want.kind, want.mode);
-                if mode != want_mode {
-                    report(format!("mode {mode:04o}, expected {want_mode:04o}"));
-                }
-                if actual == EntryType::File {
-                    if meta.len() != want.size() {
-                        report(format!(
-                            "content changed: {} bytes, expected {}",
-                            meta.len(),
-                            want.size()
-                        ));
-                    } else {
-                        to_hash.push((item.path().to_path_buf(), index));
-                    }
-                }
-            }
+            }));
+        walked
+            .to_hash
+            .extend(found.hash.map(|i| (item.path().to_path_buf(), i)));
+    }
+    Ok(walked)
+}
+
+/// What one path of the tree showed.
+#[derive(Default)]
+struct Found {
+    problems: Vec<String>,
+    /// Do not descend into it (it is not the directory expected there).
+    skip_dir: bool,
+    /// Its content is to be hashed (the expected entry's index).
+    hash: Option<usize>,
+}
+
+/// Check one path against its expected entry (`None`: not in the manifest).
+fn check_item(item: &walkdir::DirEntry, rel: &str, want: Option<(usize, &Entry)>) -> Result<Found> {
+    let meta = item
+        .metadata()
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", item.path().display())))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let actual = kind_of(item.file_type());
+    let what = || actual.map_or("special file".to_string(), |k| k.to_string());
+    let is_dir = item.file_type().is_dir();
+    let problem = |text: String, skip_dir: bool| Found {
+        problems: vec![text],
+        skip_dir,
+        hash: None,
+    };
+    if rel == MANIFEST_NAME || rel == RECORD_NAME {
+        let ok = actual == Some(EntryType::File) && mode == 0o444;
+        return Ok(if ok {
+            Found::default()
+        } else {
+            problem(
+                format!("expected a read-only file (0444), found mode {mode:04o}"),
+                false,
+            )
+        });
+    }
+    let Some((index, want)) = want else {
+        return Ok(problem(
+            format!("extra {}, not in the manifest", what()),
+            is_dir,
+        ));
+    };
+    if actual != Some(want.kind) {
+        return Ok(problem(
+            format!("is a {}, expected a {}", what(), want.kind),
+            is_dir,
+        ));
+    }
+    if want.kind == EntryType::Symlink {
+        let target = fs::read_link(item.path())?.to_string_lossy().into_owned();
+        let expected = want.target.as_deref().unwrap_or_default();
+        return Ok(if target == expected {
+            Found::default()
+        } else {
+            problem(
+                format!("symlink points to {target:?}, expected {expected:?}"),
+                false,
+            )
+        });
+    }
+    let mut found = Found::default();
+    let want_mode = installed_mode(want.kind, want.mode);
+    if mode != want_mode {
+        found
+            .problems
+            .push(format!("mode {mode:04o}, expected {want_mode:04o}"));
+    }
+    if want.kind == EntryType::File {
+        if meta.len() == want.size() {
+            found.hash = Some(index);
+        } else {
+            found.problems.push(format!(
+                "content changed: {} bytes, expected {}",
+                meta.len(),
+                want.size()
+            ));
         }
     }
+    Ok(found)
+}
 
-    // Missing entries; below a missing directory only the directory is named.
+/// Missing entries; below a missing directory only the directory is named.
+fn missing(expected: &[Entry], seen: &[bool]) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let mut gone: Option<&str> = None;
-    for (e, _) in expected.iter().zip(&seen).filter(|(_, s)| !**s) {
+    for (e, _) in expected.iter().zip(seen).filter(|(_, s)| !**s) {
         if gone
             .is_some_and(|g| e.path.starts_with(g) && e.path.as_bytes().get(g.len()) == Some(&b'/'))
         {
@@ -185,14 +250,7 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
         });
         gone = Some(&e.path);
     }
-
-    problems.extend(hash_all(&to_hash, &expected, dir)?);
-    problems.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(VerifyReport {
-        ok: problems.is_empty(),
-        id,
-        problems,
-    })
+    problems
 }
 
 /// Hash files on every core and report those whose content changed.

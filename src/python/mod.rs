@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 
-use crate::error::{tail, Error, Result};
+use crate::error::{tail, Error, PythonError, Result};
 use crate::manifest::PythonInfo;
 
 const PROBE: &str = r#"
@@ -49,20 +49,39 @@ pub struct Probe {
 impl Probe {
     /// Run `python` (a name on PATH or a path) and ask it; `Err` says why it
     /// cannot be used, as a phrase ("cannot run it (...)").
-    pub fn run(python: &std::ffi::OsStr) -> std::result::Result<Probe, String> {
+    pub fn run(python: &std::ffi::OsStr) -> std::result::Result<Probe, Unusable> {
         let out = Command::new(python)
             .args(["-c", PROBE])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run it ({e})"))?;
+            .map_err(|e| Unusable::NotRunnable(e.to_string()))?;
         if !out.status.success() {
-            return Err(format!(
-                "it failed to run:\n{}",
-                tail(&String::from_utf8_lossy(&out.stderr), 5)
-            ));
+            return Err(Unusable::Failed {
+                tail: tail(&String::from_utf8_lossy(&out.stderr), 5),
+            });
         }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|_| "it did not answer like a Python 3 interpreter".to_string())
+        serde_json::from_slice(&out.stdout).map_err(|_| Unusable::NotPython)
+    }
+}
+
+/// Why an interpreter cannot be used, as a phrase about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    NotRunnable(String),
+    /// It ran and failed; the last lines of its stderr.
+    Failed {
+        tail: String,
+    },
+    NotPython,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::NotRunnable(e) => write!(f, "cannot run it ({e})"),
+            Unusable::Failed { tail } => write!(f, "it failed to run:\n{tail}"),
+            Unusable::NotPython => f.write_str("it did not answer like a Python 3 interpreter"),
+        }
     }
 }
 
@@ -116,16 +135,16 @@ impl Interpreter {
 
 /// Find `python` on PATH (or as a path) and ask it what it is.
 pub fn find_interpreter(python: &str) -> Result<Interpreter> {
-    let not_found = |detail: String| Error::InterpreterNotFound {
+    let not_found = |detail: String| PythonError::InterpreterNotFound {
         python: python.to_string(),
         detail,
     };
     let probe = Probe::run(python.as_ref()).map_err(|why| not_found(format!(": {why}")))?;
     let Some(pip_version) = probe.pip else {
-        return Err(Error::failed(format!(
-            "Python interpreter {} has no pip, which builds the wheels\n  fix: `{} -m ensurepip`, or install python3-pip",
-            probe.executable, probe.executable
-        )));
+        return Err(PythonError::NoPip {
+            python: probe.executable,
+        }
+        .into());
     };
     Ok(Interpreter {
         executable: PathBuf::from(probe.executable),
@@ -159,11 +178,7 @@ pub fn choose_installer(choice: InstallerChoice, interpreter: &Interpreter) -> R
     match choice {
         InstallerChoice::Pip => Ok(pip),
         InstallerChoice::Auto => Ok(uv().unwrap_or(pip)),
-        InstallerChoice::Uv => uv().ok_or_else(|| {
-            Error::failed(
-                "--installer uv was asked for, but `uv` is not on PATH\n  fix: `pip install uv`, or use --installer pip",
-            )
-        }),
+        InstallerChoice::Uv => uv().ok_or(PythonError::UvNotFound.into()),
     }
 }
 
@@ -181,11 +196,14 @@ pub fn build_env(cmd: &mut Command, epoch: i64) {
 
 fn output(mut cmd: Command, tool: &str) -> Result<Output> {
     let line = format!("{cmd:?}");
-    cmd.output().map_err(|e| Error::ToolFailed {
-        tool: tool.into(),
-        command: line,
-        status: "not started".into(),
-        tail: format!("    {e}"),
+    cmd.output().map_err(|e| {
+        PythonError::ToolFailed {
+            tool: tool.into(),
+            command: line,
+            status: "not started".into(),
+            tail: format!("    {e}"),
+        }
+        .into()
     })
 }
 
@@ -195,12 +213,13 @@ fn check(out: Output, tool: &str, command: String) -> Result<Output> {
     }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Err(Error::ToolFailed {
+    Err(PythonError::ToolFailed {
         tool: tool.into(),
         command,
         status: out.status.to_string(),
         tail: tail(&text, 20),
-    })
+    }
+    .into())
 }
 
 pub struct WheelOptions<'a> {
@@ -252,17 +271,19 @@ pub fn requirement_error(text: &str, interpreter: &Interpreter) -> Error {
         if let Some(package) = package {
             requirement = package;
         }
-        return Error::failed(format!(
-            "`{requirement}` needs Python {needs}; this build uses Python {} at {}\n  fix: build with a matching interpreter: --python python3.X, `python` under [tool.release], or declare it in the app (requires-python in pyproject.toml, .python-version or runtime.txt) so the build picks it; or pin a version of `{requirement}` that supports Python {}",
-            interpreter.version,
-            interpreter.executable.display(),
-            interpreter.version
-        ));
+        return PythonError::RequirementNeedsPython {
+            requirement,
+            needs,
+            version: interpreter.version.clone(),
+            executable: interpreter.executable.clone(),
+        }
+        .into();
     }
-    Error::RequirementFailed {
+    PythonError::RequirementFailed {
         requirement,
         tail: tail(text, 15),
     }
+    .into()
 }
 
 /// The `Requires-Python` specifiers pip reported as the reason it skipped
@@ -337,10 +358,10 @@ pub fn pinned_wheels(wheel_dir: &Path) -> Result<Vec<String>> {
         match (parts.next(), parts.next()) {
             (Some(dist), Some(version)) => pins.push(format!("{dist}=={version}")),
             _ => {
-                return Err(Error::failed(format!(
-                    "{}: not a wheel file name",
-                    wheel_dir.join(&name).display()
-                )))
+                return Err(PythonError::NotAWheel {
+                    path: wheel_dir.join(&name),
+                }
+                .into())
             }
         }
     }

@@ -460,11 +460,11 @@ fn a_command_killed_at_any_crash_point_is_repaired_by_the_next_one() {
     // RELEASE_TEST_CRASHPOINTS=SUBSTRING runs only the matching points.
     let only = std::env::var("RELEASE_TEST_CRASHPOINTS").unwrap_or_default();
     for point in release::crashpoint::ALL {
-        if !point.name.contains(&only) {
+        if !point.name().contains(&only) {
             continue;
         }
-        for command in point.commands {
-            rows.push(crash_at(point.name, command));
+        for command in point.commands() {
+            rows.push(crash_at(point.name(), command));
         }
     }
     // The table goes to the real stderr, past the test harness's capture.

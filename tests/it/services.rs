@@ -32,7 +32,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Group {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Group {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         cmd.stdin(Stdio::null())
@@ -185,7 +185,11 @@ pub struct Gunicorn {
 
 impl Gunicorn {
     pub fn start(root: &Path, run_dir: &Path) -> Gunicorn {
-        let port = free_port();
+        Gunicorn::start_at(root, run_dir, free_port())
+    }
+
+    /// As `start`, on a given port (a restarted host keeps its address).
+    pub fn start_at(root: &Path, run_dir: &Path, port: u16) -> Gunicorn {
         let line = launch_line(&init_services(root, run_dir, port), "web");
         Gunicorn::from_launch(&line, run_dir, port)
     }

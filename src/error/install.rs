@@ -1,0 +1,229 @@
+//! `release install`: the interpreter plan, space, shared paths, recreating a venv.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::Error;
+use super::Explain;
+
+const PRUNE: &str = "remove old releases with `release prune --keep N`";
+
+#[derive(Debug)]
+pub enum InstallError {
+    /// `--rebuild-venv` for an artifact built with `wheels = false`.
+    NoWheels {
+        release: String,
+        need: String,
+        at: String,
+    },
+    InterpreterMissing {
+        release: String,
+        need: String,
+        at: String,
+        problem: String,
+    },
+    PythonFlagUnusable {
+        python: PathBuf,
+        why: String,
+        need: String,
+    },
+    PythonFlagMismatch {
+        python: PathBuf,
+        diff: String,
+        release: String,
+        need: String,
+    },
+    RebuildInterpreterUnusable {
+        python: PathBuf,
+        why: String,
+        need: String,
+    },
+    RebuildFailed {
+        release: String,
+        python: PathBuf,
+        need: String,
+        built_with: String,
+        error: Box<Error>,
+    },
+    NoSpace(Box<NoSpace>),
+    NoInodes {
+        release: String,
+        dir: PathBuf,
+        need: u64,
+        free: u64,
+    },
+    DiskFull {
+        dir: PathBuf,
+        error: std::io::Error,
+        release: String,
+        need_mib: u64,
+        free_mib: Option<u64>,
+    },
+    SharedParentNotADirectory {
+        path: String,
+        parent: String,
+        config: PathBuf,
+    },
+}
+
+/// The filesystem of releases/ cannot hold a release.
+#[derive(Debug)]
+pub struct NoSpace {
+    pub artifact: PathBuf,
+    pub release: String,
+    pub dir: PathBuf,
+    pub need_mib: u64,
+    pub available_mib: u64,
+    /// The largest file and its MiB.
+    pub largest: Option<(String, u64)>,
+    /// The whole filesystem's MiB, when the release needs more than that.
+    pub larger_than_fs: Option<u64>,
+}
+
+impl NoSpace {
+    fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: not enough free space for release {} under {}: it needs about {} MiB",
+            self.artifact.display(),
+            self.release,
+            self.dir.display(),
+            self.need_mib
+        )?;
+        if let Some((path, mib)) = &self.largest {
+            write!(
+                f,
+                " (its largest file, `{}`, is {mib} MiB)",
+                path.escape_debug()
+            )?;
+        }
+        write!(f, ", {} MiB are available", self.available_mib)
+    }
+}
+
+impl Explain for InstallError {
+    fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use InstallError::*;
+        match self {
+            NoWheels { release, .. } => write!(
+                f,
+                "--rebuild-venv: release {release} carries no wheels/ (it was built with `wheels = false`), so its venv cannot be recreated on this host"
+            ),
+            InterpreterMissing {
+                release,
+                need,
+                at,
+                problem,
+            } => write!(f, "release {release} needs {need} at {at}, but {problem}"),
+            PythonFlagUnusable { python, why, .. } => {
+                write!(f, "--python {}: {why}", python.display())
+            }
+            PythonFlagMismatch {
+                python,
+                diff,
+                release,
+                need,
+            } => write!(
+                f,
+                "--python {} is {diff}, but release {release} needs {need}",
+                python.display()
+            ),
+            RebuildInterpreterUnusable { python, why, .. } => write!(
+                f,
+                "--rebuild-venv: the interpreter {}: {why}",
+                python.display()
+            ),
+            RebuildFailed {
+                release,
+                python,
+                error,
+                ..
+            } => write!(
+                f,
+                "recreating the venv of {release} with {} failed: {error}",
+                python.display()
+            ),
+            NoSpace(no_space) => no_space.what(f),
+            NoInodes {
+                release,
+                dir,
+                need,
+                free,
+            } => write!(
+                f,
+                "not enough free inodes for release {release} under {}: it needs {need}, {free} are free",
+                dir.display()
+            ),
+            DiskFull {
+                dir,
+                error,
+                release,
+                need_mib,
+                free_mib,
+            } => {
+                write!(
+                    f,
+                    "the filesystem of {} is full ({error}): release {release} needs about {need_mib} MiB, ",
+                    dir.display()
+                )?;
+                match free_mib {
+                    Some(free) => write!(f, "{free} MiB are free now")?,
+                    None => f.write_str("free space unknown")?,
+                }
+                f.write_str("; the partial copy was removed and nothing was installed")
+            }
+            SharedParentNotADirectory {
+                path,
+                parent,
+                ..
+            } => write!(
+                f,
+                "shared path {path:?} (release.toml): `{parent}` in the release is not a directory, so {path} cannot be linked"
+            ),
+        }
+    }
+
+    fn outcome(&self) -> Option<&'static str> {
+        use InstallError::*;
+        match self {
+            RebuildFailed { .. } | NoSpace(_) | NoWheels { .. } => Some("nothing was installed"),
+            _ => None,
+        }
+    }
+
+    fn fix(&self) -> Option<String> {
+        use InstallError::*;
+        let fix = match self {
+            NoWheels { need, at, .. } => format!(
+                "install {need} at {at} and install without --rebuild-venv, or pass --python PATH alone to re-point the venv to a matching interpreter, or rebuild the artifact with its wheels (the default)"
+            ),
+            InterpreterMissing { need, .. } => format!(
+                "install that interpreter there, or pass --python PATH naming a matching {need} interpreter on this host (the venv is re-pointed to it), or --rebuild-venv to recreate the venv offline from the release's wheels"
+            ),
+            PythonFlagUnusable { need, .. } => format!("pass the path of a {need} interpreter"),
+            PythonFlagMismatch { .. } => "pass a matching interpreter, or use --rebuild-venv to recreate the venv from the release's wheels".into(),
+            RebuildInterpreterUnusable { need, .. } => {
+                format!("pass --python PATH naming a {need} interpreter")
+            }
+            RebuildFailed {
+                need, built_with, ..
+            } => format!(
+                "use an interpreter the release's wheels/ fit ({need}), or install the one it was built with ({built_with}) and drop --rebuild-venv"
+            ),
+            NoSpace(no_space) => match no_space.larger_than_fs {
+                Some(whole) => format!(
+                    "it needs more than the whole filesystem holds ({whole} MiB), so no prune can make room: give releases/ a larger filesystem; if the release cannot really be this large, do not trust this artifact and rebuild it with `release build`"
+                ),
+                None => format!("free space, e.g. {PRUNE}"),
+            },
+            NoInodes { .. } => PRUNE.into(),
+            DiskFull { .. } => format!(
+                "free space on that filesystem, e.g. {PRUNE}, then install again"
+            ),
+            SharedParentNotADirectory { config, .. } => {
+                format!("change `shared` in {}", config.display())
+            }
+        };
+        Some(fix)
+    }
+}
