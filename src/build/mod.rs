@@ -95,8 +95,6 @@ impl Steps {
 pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let started = Instant::now();
     let mut steps = Steps::new();
-    let source = git::Source::open(&flags.source)?;
-    let commit = source.commit(flags.commit.as_deref(), flags.allow_dirty)?;
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
     let tmp_root = cache_dir.join("tmp");
     fs::create_dir_all(&tmp_root)?;
@@ -104,350 +102,558 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .prefix("build-")
         .tempdir_in(&tmp_root)
         .map_err(|e| fsutil::fs_err_io(e, &tmp_root))?;
-    let work_dir = work.path();
-    let app_dir = work_dir.join("app");
-    printer.progress(&format!(
-        "building {} at {}{}",
-        flags.source.display(),
-        &commit.sha[..12],
-        if commit.dirty { " (dirty)" } else { "" }
-    ));
-    source.export(&commit, &app_dir)?;
-    let settings = settings::resolve(flags, &app_dir)?;
-    settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
-    steps.done("code");
-
-    let requirements = app_dir.join(&settings.requirements);
-    if !requirements.is_file() {
-        return Err(SourceError::RequirementsMissing {
-            path: source
-                .toplevel
-                .join(&source.prefix)
-                .join(&settings.requirements),
-            commit: commit.sha[..12].to_string(),
-        }
-        .into());
-    }
-    // Both checks come before anything is downloaded.
-    let unpinned = requirements::unpinned(&requirements, &app_dir)?;
-    if !unpinned.is_empty() && !settings.allow_unpinned {
-        return Err(requirements::refusal(&settings.requirements, &unpinned));
-    }
-    let needs = interpreter::declared(&app_dir, settings.requires_python.as_deref())?;
-    let interpreter = interpreter::select(settings.python.as_deref(), &needs, printer)?;
-    let installer = python::choose_installer(settings.installer, &interpreter)?;
-    let requirements_sha256 = requirements_digest(&requirements, &app_dir)?;
+    let (build, unpinned) = Build::start(flags, printer, cache_dir, work.path(), &mut steps)?;
+    let requirements_sha256 = requirements_digest(&build.requirements, &build.app_dir)?;
     steps.done("interpreter");
-
-    // Unpinned requirements resolve anew on every build, and what they
-    // resolve to keys the cache: an old venv cannot stand in for a new resolve.
-    let resolved = if unpinned.is_empty() {
-        Vec::new()
-    } else {
-        printer.warn(&format!(
-            "{} of the requirements are not pinned (--allow-unpinned): resolving them now; the versions are recorded in the manifest",
-            unpinned.len()
-        ));
-        let scratch = work_dir.join("resolve");
-        source.export(&commit, &scratch)?;
-        let rel = requirements.strip_prefix(&app_dir).unwrap_or(&requirements);
-        let resolved = requirements::resolve(
-            &interpreter,
-            &scratch.join(rel),
-            &scratch,
-            &python::WheelOptions {
-                cache_dir: &cache_dir.join("pip"),
-                find_links: &settings.find_links,
-                no_index: settings.no_index,
-            },
-            commit.epoch,
-        )?;
-        fs::remove_dir_all(&scratch)?;
-        steps.done("resolve");
-        resolved
-    };
+    let resolved = build.resolve_unpinned(&unpinned, &mut steps)?;
     let key_input = if resolved.is_empty() {
         requirements_sha256.clone()
     } else {
         format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
     };
-
-    // The venv + wheels, from the cache or built now.
-    let key = env_key(&key_input, &interpreter, &installer);
-    let env_dir = cache_dir.join("envs").join(&key);
-    let cached_env = env_dir.join("index.json").is_file();
-    if cached_env {
-        printer.progress(&format!("reusing venv {}", env_dir.display()));
-    } else {
-        printer.progress(&format!(
-            "installing requirements with {} (cache: {})",
-            installer.describe(),
-            cache_dir.display()
-        ));
-        // The static step needs the installed venv but not its pycs: it runs
-        // beside the byte-compiling of site-packages.
-        build_env(
-            &env_dir,
-            &interpreter,
-            &installer,
-            &requirements,
-            work_dir,
-            &source,
-            &commit,
-            &settings,
-            &cache_dir,
-            &mut steps,
-            printer,
-            |venv| run_static_step(&settings, &app_dir, venv, work_dir, commit.epoch, printer),
-        )?;
-    }
-    let static_done = !cached_env;
-    let mut index: EnvIndex = serde_json::from_slice(&fs::read(env_dir.join("index.json"))?)
-        .map_err(|e| SourceError::CorruptCacheEntry {
-            dir: env_dir.clone(),
-            reason: e.to_string(),
-        })?;
-    if cached_env {
-        steps.done("env (cached)");
-    }
-    if !resolved.is_empty() {
-        let wheels = requirements::wheel_pins(&env_dir.join("wheels"))?;
-        if wheels != resolved {
-            return Err(SourceError::IndexChanged { resolved, wheels }.into());
-        }
-    }
-    index.resolved = resolved;
-    if !settings.wheels {
-        index
-            .entries
-            .retain(|e| e.path != "wheels" && !e.path.starts_with("wheels/"));
-    }
-
-    // The venv and the wheels end the (sorted) tar stream, and their entries
-    // are known now: for zstd, compress them on a thread of their own, as a
-    // second frame, while the static step and the app's pycs are made. (A
-    // gzip artifact stays one gzip member: some readers stop after the first.)
-    let mut tail_entries = index.entries.clone();
-    tail_entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (manifest, artifact, written) = std::thread::scope(|scope| -> Result<_> {
-        let tail = (settings.format == Format::Zst).then(|| {
-            scope.spawn(|| {
-                write_tail(
-                    &tail_entries,
-                    &env_dir,
-                    work_dir,
-                    settings.format,
-                    commit.epoch,
-                    &stop,
-                )
-            })
-        });
-        let rest = make_rest_and_write(
-            flags,
-            &settings,
-            &commit,
-            &interpreter,
-            &index,
-            requirements_sha256,
-            &app_dir,
-            &env_dir,
-            work_dir,
-            &tail_entries,
-            static_done,
-            tail.map(|tail| {
-                move || {
-                    tail.join()
-                        .unwrap_or_else(|_| Err(Error::internal("the archiving thread panicked")))
-                }
-            }),
-            &mut steps,
-            printer,
-        );
-        if rest.is_err() {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        rest
-    })?;
+    let env = build.env(&key_input, resolved, &mut steps)?;
+    let (manifest, artifact, written) = build.write(&env, requirements_sha256, &mut steps)?;
     if printer.verbose > 0 {
         printer.progress(&steps.summary());
     }
-
     Ok(BuildReport {
         artifact,
         sha256: written.sha256,
         app: manifest.app,
         commit: manifest.commit,
         release: manifest.release,
-        format: settings.format,
+        format: build.settings.format,
         files: manifest.file_count,
         bytes: written.bytes,
         tree_sha256: manifest.tree_sha256,
         seconds: started.elapsed().as_secs_f64(),
-        cached_env,
+        cached_env: env.cached,
     })
 }
 
-/// Everything after the env: the static step and the app's pycs, the
-/// manifest, and the artifact, whose venv-and-wheels part `join_tail` gives
-/// (or, without it, is written here).
-#[allow(clippy::too_many_arguments)]
-fn make_rest_and_write(
-    flags: &BuildFlags,
-    settings: &settings::Settings,
-    commit: &git::Commit,
-    interpreter: &python::Interpreter,
-    index: &EnvIndex,
-    requirements_sha256: String,
-    app_dir: &Path,
-    env_dir: &Path,
-    work_dir: &Path,
-    tail_entries: &[Entry],
-    static_done: bool,
-    join_tail: Option<impl FnOnce() -> Result<fs::File>>,
-    steps: &mut Steps,
-    printer: &Printer,
-) -> Result<(Manifest, PathBuf, archive::Written)> {
-    let venv = &env_dir.join("venv");
-    // Static files, and beside them the app's pycs: the static step runs
-    // with PYTHONDONTWRITEBYTECODE and compileall replaces each pyc
-    // atomically, so neither sees the other half-done.
-    let static_dir = work_dir.join("static");
-    std::thread::scope(|scope| -> Result<()> {
-        let compiling = scope.spawn(|| {
-            python::compile_with(
-                venv,
-                work_dir,
-                &[app_dir.to_path_buf()],
-                commit.epoch,
-                python::Jobs::One,
-                &settings.env,
-            )
-        });
-        let collected = if static_done {
-            Ok(())
-        } else {
-            run_static_step(settings, app_dir, venv, work_dir, commit.epoch, printer)
-        };
-        let compiled = compiling
-            .join()
-            .unwrap_or_else(|_| Err(Error::internal("the byte-compiling thread panicked")));
-        collected.and(compiled)
-    })?;
-    steps.done(if settings.static_cmd.is_some() {
-        "static + compile"
-    } else {
-        "compile"
-    });
+/// One build's inputs, fixed once the commit, its settings and the
+/// interpreter are known: what every later step reads.
+struct Build<'a> {
+    flags: &'a BuildFlags,
+    printer: &'a Printer,
+    source: git::Source,
+    commit: git::Commit,
+    settings: settings::Settings,
+    cache_dir: PathBuf,
+    /// pip's cache, under `cache_dir`.
+    pip_cache: PathBuf,
+    /// The build's scratch directory (removed when the build ends).
+    work_dir: &'a Path,
+    /// `<work_dir>/app`: the tracked files at the commit.
+    app_dir: PathBuf,
+    requirements: PathBuf,
+    interpreter: python::Interpreter,
+    installer: python::Installer,
+}
 
-    // The manifest: every path, sorted.
-    let mut files = scan_tree(app_dir, "app")?;
-    files.extend(tail_entries.iter().cloned());
-    if settings.static_cmd.is_some() {
-        files.extend(scan_tree(&static_dir, "static")?);
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    check_symlinks(&files, &index.base_executable)?;
-    let bytes = files.iter().map(Entry::size).sum();
-    let manifest = Manifest {
-        format: manifest::FORMAT,
-        app: settings.name.clone(),
-        commit: commit.sha.clone(),
-        release: commit.sha[..12].to_string(),
-        source_date_epoch: commit.epoch,
-        dirty: commit.dirty,
-        builder: Builder {
-            tool: "release".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            installer: index.installer.clone(),
-        },
-        python: interpreter.info(index.base_executable.clone()),
-        requirements_sha256,
-        unpinned: !index.resolved.is_empty(),
-        resolved: index.resolved.clone(),
-        build_env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
-        file_count: files.len() as u64,
-        bytes,
-        tree_sha256: manifest::tree_digest(&files),
-        files,
-    };
-    manifest
-        .validate()
-        .map_err(|why| BuildError::WouldNotInstall {
-            reason: why.to_string(),
-        })?;
-    let manifest_json = manifest.to_json_bytes();
-    if manifest_json.len() as u64 > manifest::MAX_MANIFEST_BYTES {
-        return Err(BuildError::ManifestTooLarge {
-            files: manifest.file_count,
-            bytes: manifest_json.len(),
-            max: manifest::MAX_MANIFEST_BYTES,
-        }
-        .into());
-    }
-    steps.done("manifest");
+/// The venv and wheels of a build, from the cache or built now.
+struct Env {
+    dir: PathBuf,
+    index: EnvIndex,
+    /// Taken from the cache (then the static step has not run yet).
+    cached: bool,
+    /// The venv's and wheels' entries, sorted: they end the artifact.
+    tail: Vec<Entry>,
+}
 
-    // The archive: written beside its final name, then renamed into place.
-    fs::create_dir_all(&flags.out)?;
-    let artifact = flags.out.join(format!(
-        "{}-{}.{}",
-        manifest.app,
-        manifest.release,
-        settings.format.extension()
-    ));
-    printer.progress(&format!("writing {}", artifact.display()));
-    let split = manifest.files.len() - tail_entries.len();
-    if manifest.files[split..] != *tail_entries {
-        return Err(Error::internal(
-            "the venv and wheels are not the end of the sorted file list",
+impl<'a> Build<'a> {
+    /// The commit exported, its settings read and the requirements and the
+    /// interpreter checked, before anything is downloaded; the unpinned
+    /// requirements (allowed with --allow-unpinned).
+    fn start(
+        flags: &'a BuildFlags,
+        printer: &'a Printer,
+        cache_dir: PathBuf,
+        work_dir: &'a Path,
+        steps: &mut Steps,
+    ) -> Result<(Build<'a>, Vec<requirements::Unpinned>)> {
+        let source = git::Source::open(&flags.source)?;
+        let commit = source.commit(flags.commit.as_deref(), flags.allow_dirty)?;
+        let app_dir = work_dir.join("app");
+        printer.progress(&format!(
+            "building {} at {}{}",
+            flags.source.display(),
+            &commit.sha[..12],
+            if commit.dirty { " (dirty)" } else { "" }
         ));
+        source.export(&commit, &app_dir)?;
+        let settings = settings::resolve(flags, &app_dir)?;
+        settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
+        steps.done("code");
+        let requirements = app_dir.join(&settings.requirements);
+        if !requirements.is_file() {
+            return Err(SourceError::RequirementsMissing {
+                path: source
+                    .toplevel
+                    .join(&source.prefix)
+                    .join(&settings.requirements),
+                commit: commit.sha[..12].to_string(),
+            }
+            .into());
+        }
+        // Both checks come before anything is downloaded.
+        let unpinned = requirements::unpinned(&requirements, &app_dir)?;
+        if !unpinned.is_empty() && !settings.allow_unpinned {
+            return Err(requirements::refusal(&settings.requirements, &unpinned));
+        }
+        let needs = interpreter::declared(&app_dir, settings.requires_python.as_deref())?;
+        let interpreter = interpreter::select(settings.python.as_deref(), &needs, printer)?;
+        let installer = python::choose_installer(settings.installer, &interpreter)?;
+        let build = Build {
+            flags,
+            printer,
+            source,
+            commit,
+            settings,
+            pip_cache: cache_dir.join("pip"),
+            cache_dir,
+            work_dir,
+            app_dir,
+            requirements,
+            interpreter,
+            installer,
+        };
+        Ok((build, unpinned))
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempfile_in(&flags.out)
-        .map_err(|e| fsutil::fs_err_io(e, &flags.out))?;
-    let (tmp_file, tmp_path) = tmp.into_parts();
-    let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
-    let mut writer = ArtifactWriter::new(file, settings.format, commit.epoch)?;
-    writer.append_manifest(&manifest_json)?;
-    for entry in &manifest.files[..split] {
-        let source_path = match entry.path.split_once('/') {
-            Some(("app", rest)) => app_dir.join(rest),
+
+    fn wheel_options(&self) -> python::WheelOptions<'_> {
+        python::WheelOptions {
+            cache_dir: &self.pip_cache,
+            find_links: &self.settings.find_links,
+            no_index: self.settings.no_index,
+        }
+    }
+
+    /// Unpinned requirements resolve anew on every build, and what they
+    /// resolve to keys the cache: an old venv cannot stand in for a new
+    /// resolve. Empty when everything is pinned.
+    fn resolve_unpinned(
+        &self,
+        unpinned: &[requirements::Unpinned],
+        steps: &mut Steps,
+    ) -> Result<Vec<String>> {
+        if unpinned.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.printer.warn(&format!(
+            "{} of the requirements are not pinned (--allow-unpinned): resolving them now; the versions are recorded in the manifest",
+            unpinned.len()
+        ));
+        let scratch = self.work_dir.join("resolve");
+        self.source.export(&self.commit, &scratch)?;
+        let rel = self
+            .requirements
+            .strip_prefix(&self.app_dir)
+            .unwrap_or(&self.requirements);
+        let resolved = requirements::resolve(
+            &self.interpreter,
+            &scratch.join(rel),
+            &scratch,
+            &self.wheel_options(),
+            self.commit.epoch,
+        )?;
+        fs::remove_dir_all(&scratch)?;
+        steps.done("resolve");
+        Ok(resolved)
+    }
+
+    /// The venv and wheels, from the cache or built now (with the static
+    /// step beside the byte-compiling of site-packages).
+    fn env(&self, key_input: &str, resolved: Vec<String>, steps: &mut Steps) -> Result<Env> {
+        let key = env_key(key_input, &self.interpreter, &self.installer);
+        let dir = self.cache_dir.join("envs").join(&key);
+        let cached = dir.join("index.json").is_file();
+        if cached {
+            self.printer
+                .progress(&format!("reusing venv {}", dir.display()));
+        } else {
+            self.printer.progress(&format!(
+                "installing requirements with {} (cache: {})",
+                self.installer.describe(),
+                self.cache_dir.display()
+            ));
+            self.build_env(&dir, steps, |venv| self.run_static_step(venv))?;
+        }
+        let mut index: EnvIndex = serde_json::from_slice(&fs::read(dir.join("index.json"))?)
+            .map_err(|e| SourceError::CorruptCacheEntry {
+                dir: dir.clone(),
+                reason: e.to_string(),
+            })?;
+        if cached {
+            steps.done("env (cached)");
+        }
+        if !resolved.is_empty() {
+            let wheels = requirements::wheel_pins(&dir.join("wheels"))?;
+            if wheels != resolved {
+                return Err(SourceError::IndexChanged { resolved, wheels }.into());
+            }
+        }
+        index.resolved = resolved;
+        if !self.settings.wheels {
+            index
+                .entries
+                .retain(|e| e.path != "wheels" && !e.path.starts_with("wheels/"));
+        }
+        let mut tail = index.entries.clone();
+        tail.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Env {
+            dir,
+            index,
+            cached,
+            tail,
+        })
+    }
+
+    /// The venv and the wheels end the (sorted) tar stream, and their
+    /// entries are known now: for zstd, compress them on a thread of their
+    /// own, as a second frame, while the static step and the app's pycs are
+    /// made. (A gzip artifact stays one gzip member: some readers stop after
+    /// the first.)
+    fn write(
+        &self,
+        env: &Env,
+        requirements_sha256: String,
+        steps: &mut Steps,
+    ) -> Result<(Manifest, PathBuf, archive::Written)> {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<_> {
+            let tail = (self.settings.format == Format::Zst).then(|| {
+                scope.spawn(|| {
+                    write_tail(
+                        &env.tail,
+                        &env.dir,
+                        self.work_dir,
+                        self.settings.format,
+                        self.commit.epoch,
+                        &stop,
+                    )
+                })
+            });
+            let join_tail = tail.map(|tail| {
+                move || {
+                    tail.join()
+                        .unwrap_or_else(|_| Err(Error::internal("the archiving thread panicked")))
+                }
+            });
+            let rest = self.make_rest_and_write(env, requirements_sha256, join_tail, steps);
+            if rest.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            rest
+        })
+    }
+
+    /// Everything after the env: the static step and the app's pycs, the
+    /// manifest, and the artifact, whose venv-and-wheels part `join_tail`
+    /// gives (or, without it, is written here).
+    fn make_rest_and_write(
+        &self,
+        env: &Env,
+        requirements_sha256: String,
+        join_tail: Option<impl FnOnce() -> Result<fs::File>>,
+        steps: &mut Steps,
+    ) -> Result<(Manifest, PathBuf, archive::Written)> {
+        self.static_and_compile(env)?;
+        steps.done(if self.settings.static_cmd.is_some() {
+            "static + compile"
+        } else {
+            "compile"
+        });
+        let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
+        steps.done("manifest");
+        let (artifact, written) = self.write_artifact(&manifest, &manifest_json, env, join_tail)?;
+        steps.done("archive");
+        Ok((manifest, artifact, written))
+    }
+
+    /// Static files, and beside them the app's pycs: the static step runs
+    /// with PYTHONDONTWRITEBYTECODE and compileall replaces each pyc
+    /// atomically, so neither sees the other half-done. (A fresh env ran the
+    /// static step already.)
+    fn static_and_compile(&self, env: &Env) -> Result<()> {
+        let venv = &env.dir.join("venv");
+        std::thread::scope(|scope| -> Result<()> {
+            let compiling = scope.spawn(|| {
+                python::compile_with(
+                    venv,
+                    self.work_dir,
+                    std::slice::from_ref(&self.app_dir),
+                    self.commit.epoch,
+                    python::Jobs::One,
+                    &self.settings.env,
+                )
+            });
+            let collected = if env.cached {
+                self.run_static_step(venv)
+            } else {
+                Ok(())
+            };
+            let compiled = compiling
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("the byte-compiling thread panicked")));
+            collected.and(compiled)
+        })
+    }
+
+    /// The manifest, every path sorted, checked as a host would; and its JSON.
+    fn manifest(&self, env: &Env, requirements_sha256: String) -> Result<(Manifest, Vec<u8>)> {
+        let (settings, commit, index) = (&self.settings, &self.commit, &env.index);
+        let mut files = scan_tree(&self.app_dir, "app")?;
+        files.extend(env.tail.iter().cloned());
+        if settings.static_cmd.is_some() {
+            files.extend(scan_tree(&self.work_dir.join("static"), "static")?);
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        check_symlinks(&files, &index.base_executable)?;
+        let manifest = Manifest {
+            format: manifest::FORMAT,
+            app: settings.name.clone(),
+            commit: commit.sha.clone(),
+            release: commit.sha[..12].to_string(),
+            source_date_epoch: commit.epoch,
+            dirty: commit.dirty,
+            builder: Builder {
+                tool: "release".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                installer: index.installer.clone(),
+            },
+            python: self.interpreter.info(index.base_executable.clone()),
+            requirements_sha256,
+            unpinned: !index.resolved.is_empty(),
+            resolved: index.resolved.clone(),
+            build_env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
+            file_count: files.len() as u64,
+            bytes: files.iter().map(Entry::size).sum(),
+            tree_sha256: manifest::tree_digest(&files),
+            files,
+        };
+        manifest
+            .validate()
+            .map_err(|why| BuildError::WouldNotInstall {
+                reason: why.to_string(),
+            })?;
+        let json = manifest.to_json_bytes();
+        if json.len() as u64 > manifest::MAX_MANIFEST_BYTES {
+            return Err(BuildError::ManifestTooLarge {
+                files: manifest.file_count,
+                bytes: json.len(),
+                max: manifest::MAX_MANIFEST_BYTES,
+            }
+            .into());
+        }
+        Ok((manifest, json))
+    }
+
+    /// The archive: written beside its final name, then renamed into place,
+    /// with its `.sha256`.
+    fn write_artifact(
+        &self,
+        manifest: &Manifest,
+        manifest_json: &[u8],
+        env: &Env,
+        join_tail: Option<impl FnOnce() -> Result<fs::File>>,
+    ) -> Result<(PathBuf, archive::Written)> {
+        let out = &self.flags.out;
+        fs::create_dir_all(out)?;
+        let artifact = out.join(format!(
+            "{}-{}.{}",
+            manifest.app,
+            manifest.release,
+            self.settings.format.extension()
+        ));
+        self.printer
+            .progress(&format!("writing {}", artifact.display()));
+        let split = manifest.files.len() - env.tail.len();
+        if manifest.files[split..] != *env.tail {
+            return Err(Error::internal(
+                "the venv and wheels are not the end of the sorted file list",
+            ));
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(out)
+            .map_err(|e| fsutil::fs_err_io(e, out))?;
+        let (tmp_file, tmp_path) = tmp.into_parts();
+        let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
+        let mut writer = ArtifactWriter::new(file, self.settings.format, self.commit.epoch)?;
+        writer.append_manifest(manifest_json)?;
+        for entry in &manifest.files[..split] {
+            writer.append(entry, &self.source_of(entry)?)?;
+        }
+        let written = match join_tail {
+            Some(join_tail) => {
+                let spinner = self.printer.spinner("compressing the venv and the wheels");
+                let tail = join_tail()?;
+                spinner.finish_and_clear();
+                writer.finish_with_tail(tail)?
+            }
+            None => {
+                for entry in &env.tail {
+                    writer.append(entry, &env.dir.join(&entry.path))?;
+                }
+                writer.finish()?
+            }
+        };
+        fsutil::set_mode(&tmp_path, 0o644)?;
+        written.file.sync_all()?;
+        tmp_path
+            .persist(&artifact)
+            .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
+        archive::write_checksum_file(&artifact, &written.sha256)?;
+        fsutil::fsync_dir(out)?;
+        Ok((artifact, written))
+    }
+
+    /// Where an `app/` or `static/` entry's content is on disk.
+    fn source_of(&self, entry: &Entry) -> Result<PathBuf> {
+        let static_dir = self.work_dir.join("static");
+        Ok(match entry.path.split_once('/') {
+            Some(("app", rest)) => self.app_dir.join(rest),
             Some(("static", rest)) => static_dir.join(rest),
-            _ if entry.path == "app" => app_dir.to_path_buf(),
-            _ if entry.path == "static" => static_dir.clone(),
+            _ if entry.path == "app" => self.app_dir.clone(),
+            _ if entry.path == "static" => static_dir,
             _ => {
                 return Err(Error::internal(format!(
                     "{} sorts before the venv but is not in app/ or static/",
                     entry.path
                 )))
             }
-        };
-        writer.append(entry, &source_path)?;
+        })
     }
-    let written = match join_tail {
-        Some(join_tail) => {
-            let spinner = printer.spinner("compressing the venv and the wheels");
-            let tail = join_tail()?;
-            spinner.finish_and_clear();
-            writer.finish_with_tail(tail)?
-        }
-        None => {
-            for entry in tail_entries {
-                writer.append(entry, &env_dir.join(&entry.path))?;
+
+    /// Build a cache entry: wheels, venv, relocation, pycs, index. Built
+    /// under a temporary name and renamed into place, so a killed build
+    /// leaves no half entry and concurrent builds of the same key are
+    /// harmless.
+    fn build_env(
+        &self,
+        env_dir: &Path,
+        steps: &mut Steps,
+        beside_compile: impl FnOnce(&Path) -> Result<()> + Send,
+    ) -> Result<()> {
+        let envs = env_dir.parent().expect("env dir has a parent");
+        fs::create_dir_all(envs)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(envs)
+            .map_err(|e| fsutil::fs_err_io(e, envs))?;
+        let wheels = self.build_wheels(tmp.path(), steps)?;
+        let venv = tmp.path().join("venv");
+        let (interpreter, installer) = (&self.interpreter, &self.installer);
+        python::create_venv(installer, interpreter, &venv, &wheels, self.commit.epoch)?;
+        steps.done("venv");
+        let base_executable = self.relocate(&venv)?;
+        steps.done("relocate");
+        // checked-hash pycs replace each file atomically, so what runs beside
+        // (the static step, which writes no bytecode) never sees half a pyc.
+        // A failing static step is the app's error, not the env's: the entry
+        // is still finished and kept, and the error reported after that.
+        let beside_result = std::thread::scope(|scope| -> Result<Result<()>> {
+            let beside = scope.spawn(|| beside_compile(&venv));
+            let site = venv.join("lib");
+            let compiled = python::compile(&venv, tmp.path(), &[site], self.commit.epoch);
+            let other = beside
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("the static step's thread panicked")));
+            compiled.map(|()| other)
+        })?;
+        steps.done("compile + static");
+        let mut entries = scan_tree(&venv, "venv")?;
+        entries.extend(scan_tree(&wheels, "wheels")?);
+        steps.done("hash env");
+        let index = EnvIndex {
+            base_executable,
+            installer: installer.describe(),
+            entries,
+            resolved: Vec::new(),
+        };
+        fs::write(
+            tmp.path().join("index.json"),
+            serde_json::to_vec(&index).expect("index serialises"),
+        )?;
+        let tmp_path = tmp.keep();
+        if let Err(e) = fs::rename(&tmp_path, env_dir) {
+            // Another build finished the same entry first: use theirs.
+            let _ = fs::remove_dir_all(&tmp_path);
+            if !env_dir.join("index.json").is_file() {
+                return Err(e.into());
             }
-            writer.finish()?
         }
-    };
-    fsutil::set_mode(&tmp_path, 0o644)?;
-    written.file.sync_all()?;
-    tmp_path
-        .persist(&artifact)
-        .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
-    archive::write_checksum_file(&artifact, &written.sha256)?;
-    fsutil::fsync_dir(&flags.out)?;
-    steps.done("archive");
-    Ok((manifest, artifact, written))
+        beside_result
+    }
+
+    /// Every requirement as a wheel in `<dir>/wheels`. Wheels are built from
+    /// a scratch copy of the source, so build backends that write into the
+    /// source tree (build/, *.egg-info) cannot leak into app/.
+    fn build_wheels(&self, dir: &Path, steps: &mut Steps) -> Result<PathBuf> {
+        let scratch = self.work_dir.join("src");
+        self.source.export(&self.commit, &scratch)?;
+        let rel_requirements = self
+            .requirements
+            .strip_prefix(&self.app_dir)
+            .unwrap_or(&self.requirements);
+        let wheels = dir.join("wheels");
+        fs::create_dir_all(&wheels)?;
+        python::build_wheels(
+            &self.interpreter,
+            &scratch.join(rel_requirements),
+            &scratch,
+            &wheels,
+            &self.wheel_options(),
+            self.commit.epoch,
+        )?;
+        steps.done("wheels");
+        Ok(wheels)
+    }
+
+    /// Make the venv relocatable; the base interpreter it links to.
+    fn relocate(&self, venv: &Path) -> Result<String> {
+        let report = relocate::relocate(venv)?;
+        self.printer.progress(&format!(
+            "made {} console scripts relocatable",
+            report.scripts
+        ));
+        if !report.leftovers.is_empty() {
+            self.printer.warn(&format!(
+                "these venv files still mention the build path and may not work after a move: {}",
+                report.leftovers.join(", ")
+            ));
+        }
+        base_interpreter_link(venv)
+    }
+
+    /// The configured static step, if any, into `<work_dir>/static`.
+    fn run_static_step(&self, venv: &Path) -> Result<()> {
+        let settings = &self.settings;
+        let Some(cmd) = &settings.static_cmd else {
+            return Ok(());
+        };
+        self.printer.progress(&format!("static step: {cmd}"));
+        let static_dir = self.work_dir.join("static");
+        fs::create_dir_all(&static_dir)?;
+        let before = untracked::snapshot(&self.app_dir)?;
+        run_static(
+            cmd,
+            &self.app_dir,
+            venv,
+            &static_dir,
+            self.commit.epoch,
+            &settings.env,
+        )?;
+        untracked::settle(
+            &before,
+            &self.app_dir,
+            &static_dir,
+            settings.untracked,
+            cmd,
+            settings.source,
+        )
+    }
 }
 
 /// Write the venv's and the wheels' members (sorted, as they end the
@@ -476,107 +682,6 @@ fn write_tail(
     Ok(writer.finish()?.file)
 }
 
-/// Build a cache entry: wheels, venv, relocation, pycs, index. Built under a
-/// temporary name and renamed into place, so a killed build leaves no half entry
-/// and concurrent builds of the same key are harmless.
-#[allow(clippy::too_many_arguments)]
-fn build_env(
-    env_dir: &Path,
-    interpreter: &python::Interpreter,
-    installer: &python::Installer,
-    requirements: &Path,
-    work_dir: &Path,
-    source: &git::Source,
-    commit: &git::Commit,
-    settings: &settings::Settings,
-    cache_dir: &Path,
-    steps: &mut Steps,
-    printer: &Printer,
-    beside_compile: impl FnOnce(&Path) -> Result<()> + Send,
-) -> Result<()> {
-    let envs = env_dir.parent().expect("env dir has a parent");
-    fs::create_dir_all(envs)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempdir_in(envs)
-        .map_err(|e| fsutil::fs_err_io(e, envs))?;
-    // Wheels are built from a scratch copy of the source, so build backends
-    // that write into the source tree (build/, *.egg-info) cannot leak into app/.
-    let scratch = work_dir.join("src");
-    source.export(commit, &scratch)?;
-    let rel_requirements = requirements
-        .strip_prefix(work_dir.join("app"))
-        .unwrap_or(requirements);
-    let wheels = tmp.path().join("wheels");
-    fs::create_dir_all(&wheels)?;
-    let find_links: Vec<PathBuf> = settings.find_links.clone();
-    python::build_wheels(
-        interpreter,
-        &scratch.join(rel_requirements),
-        &scratch,
-        &wheels,
-        &python::WheelOptions {
-            cache_dir: &cache_dir.join("pip"),
-            find_links: &find_links,
-            no_index: settings.no_index,
-        },
-        commit.epoch,
-    )?;
-    steps.done("wheels");
-    let venv = tmp.path().join("venv");
-    python::create_venv(installer, interpreter, &venv, &wheels, commit.epoch)?;
-    steps.done("venv");
-    let report = relocate::relocate(&venv)?;
-    printer.progress(&format!(
-        "made {} console scripts relocatable",
-        report.scripts
-    ));
-    if !report.leftovers.is_empty() {
-        printer.warn(&format!(
-            "these venv files still mention the build path and may not work after a move: {}",
-            report.leftovers.join(", ")
-        ));
-    }
-    let base_executable = base_interpreter_link(&venv)?;
-    let site = venv.join("lib");
-    steps.done("relocate");
-    // checked-hash pycs replace each file atomically, so what runs beside
-    // (the static step, which writes no bytecode) never sees half a pyc.
-    // A failing static step is the app's error, not the env's: the entry is
-    // still finished and kept, and the error reported after that.
-    let beside_result = std::thread::scope(|scope| -> Result<Result<()>> {
-        let beside = scope.spawn(|| beside_compile(&venv));
-        let compiled = python::compile(&venv, tmp.path(), &[site], commit.epoch);
-        let other = beside
-            .join()
-            .unwrap_or_else(|_| Err(Error::internal("the static step's thread panicked")));
-        compiled.map(|()| other)
-    })?;
-    steps.done("compile + static");
-    let mut entries = scan_tree(&venv, "venv")?;
-    entries.extend(scan_tree(&wheels, "wheels")?);
-    steps.done("hash env");
-    let index = EnvIndex {
-        base_executable,
-        installer: installer.describe(),
-        entries,
-        resolved: Vec::new(),
-    };
-    fs::write(
-        tmp.path().join("index.json"),
-        serde_json::to_vec(&index).expect("index serialises"),
-    )?;
-    let tmp_path = tmp.keep();
-    if let Err(e) = fs::rename(&tmp_path, env_dir) {
-        // Another build finished the same entry first: use theirs.
-        let _ = fs::remove_dir_all(&tmp_path);
-        if !env_dir.join("index.json").is_file() {
-            return Err(e.into());
-        }
-    }
-    beside_result
-}
-
 /// The absolute path the venv's `python` links point at, in the end.
 fn base_interpreter_link(venv: &Path) -> Result<String> {
     let mut link = venv.join("bin/python");
@@ -591,33 +696,6 @@ fn base_interpreter_link(venv: &Path) -> Result<String> {
         link: venv.join("bin/python"),
     }
     .into())
-}
-
-/// The configured static step, if any, into `<work_dir>/static`.
-fn run_static_step(
-    settings: &settings::Settings,
-    app_dir: &Path,
-    venv: &Path,
-    work_dir: &Path,
-    epoch: i64,
-    printer: &Printer,
-) -> Result<()> {
-    let Some(cmd) = &settings.static_cmd else {
-        return Ok(());
-    };
-    printer.progress(&format!("static step: {cmd}"));
-    let static_dir = work_dir.join("static");
-    fs::create_dir_all(&static_dir)?;
-    let before = untracked::snapshot(app_dir)?;
-    run_static(cmd, app_dir, venv, &static_dir, epoch, &settings.env)?;
-    untracked::settle(
-        &before,
-        app_dir,
-        &static_dir,
-        settings.untracked,
-        cmd,
-        settings.source,
-    )
 }
 
 fn run_static(

@@ -324,62 +324,16 @@ fn link_shared(
     record: &mut InstallRecord,
     created: &mut CreatedOutside,
 ) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     for path in &config.shared {
-        // The parents inside the release must be real directories.
-        let mut parent_rel = String::new();
-        let parts: Vec<&str> = path.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            if !parent_rel.is_empty() {
-                parent_rel.push('/');
-            }
-            parent_rel.push_str(part);
-            let dir = release.join(&parent_rel);
-            match fs::symlink_metadata(&dir) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(InstallError::SharedParentNotADirectory {
-                        path: path.clone(),
-                        parent: parent_rel,
-                        config: host.config.clone(),
-                    }
-                    .into())
-                }
-                Err(_) => {
-                    std::fs::DirBuilder::new()
-                        .mode(0o755)
-                        .create(&dir)
-                        .map_err(|e| fsutil::fs_err_io(e, &dir))?;
-                    record.set_entry(Entry::dir(parent_rel.clone()));
-                }
-            }
-        }
+        shared_parents(host, release, path, record)?;
         let in_release = release.join(path);
         let existing = fs::symlink_metadata(&in_release).ok();
         let shared_target = host.shared.join(path);
         if fs::symlink_metadata(&shared_target).is_err() {
-            let parent = shared_target.parent().expect("shared paths have a parent");
-            let mut first_missing = None;
-            for dir in parent.ancestors() {
-                if dir.exists() || dir == host.root {
-                    break;
-                }
-                first_missing = Some(dir.to_path_buf());
-            }
-            fs::create_dir_all(parent)?;
-            match &existing {
-                Some(meta) if meta.is_file() => {
-                    fs::copy(&in_release, &shared_target)?;
-                    fsutil::set_mode(&shared_target, 0o644)?;
-                }
-                _ => {
-                    fs::create_dir(&shared_target)?;
-                    fsutil::set_mode(&shared_target, 0o755)?;
-                }
-            }
-            created
-                .paths
-                .push(first_missing.unwrap_or_else(|| shared_target.clone()));
+            let from_release = existing.as_ref().is_some_and(|m| m.is_file());
+            let made =
+                create_shared_target(host, &shared_target, from_release.then_some(&*in_release))?;
+            created.paths.push(made);
         }
         if let Some(meta) = existing {
             if meta.is_dir() {
@@ -397,6 +351,71 @@ fn link_shared(
         });
     }
     Ok(())
+}
+
+/// The parents of shared path `path` inside the release must be real
+/// directories; missing ones are created (and recorded).
+fn shared_parents(
+    host: &Host,
+    release: &Path,
+    path: &str,
+    record: &mut InstallRecord,
+) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut parent_rel = String::new();
+    let parts: Vec<&str> = path.split('/').collect();
+    for part in &parts[..parts.len() - 1] {
+        if !parent_rel.is_empty() {
+            parent_rel.push('/');
+        }
+        parent_rel.push_str(part);
+        let dir = release.join(&parent_rel);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(InstallError::SharedParentNotADirectory {
+                    path: path.to_string(),
+                    parent: parent_rel,
+                    config: host.config.clone(),
+                }
+                .into())
+            }
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&dir)
+                    .map_err(|e| fsutil::fs_err_io(e, &dir))?;
+                record.set_entry(Entry::dir(parent_rel.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create a missing `<root>/shared/<path>`: a copy of the release's file
+/// `from` when it has one there, else an empty directory. Returns the
+/// outermost path created (to remove if the install fails).
+fn create_shared_target(host: &Host, shared_target: &Path, from: Option<&Path>) -> Result<PathBuf> {
+    let parent = shared_target.parent().expect("shared paths have a parent");
+    let mut first_missing = None;
+    for dir in parent.ancestors() {
+        if dir.exists() || dir == host.root {
+            break;
+        }
+        first_missing = Some(dir.to_path_buf());
+    }
+    fs::create_dir_all(parent)?;
+    match from {
+        Some(file) => {
+            fs::copy(file, shared_target)?;
+            fsutil::set_mode(shared_target, 0o644)?;
+        }
+        None => {
+            fs::create_dir(shared_target)?;
+            fsutil::set_mode(shared_target, 0o755)?;
+        }
+    }
+    Ok(first_missing.unwrap_or_else(|| shared_target.to_path_buf()))
 }
 
 /// Make the release read-only: directories 0555, files 0444/0555. Files
@@ -464,7 +483,11 @@ pub fn install(
         .map_err(|e| explain_full_disk(e, &host.releases, need))
 }
 
-/// `need`: the release and the bytes it needs, once the space was checked.
+/// The pipeline: plan (manifest, an identical release already installed,
+/// the venv and interpreter plan, what to reuse, space) → unpack (every
+/// member checked) → the artifact's digest → finalize (venv adjustments,
+/// shared links, read-only, sync, rename, journal). `need`: the release and
+/// the bytes it needs, once the space was checked (for a full-disk message).
 fn install_steps(
     host: &Host,
     lock: &Lock,
@@ -482,17 +505,6 @@ fn install_steps(
             artifact.display()
         ));
     }
-    enum Stage {
-        Existing(Manifest, Box<Installed>),
-        Unpacked {
-            manifest: Manifest,
-            json: Vec<u8>,
-            incoming: Incoming,
-            plan: VenvPlan,
-            unpacked: Extracted,
-            reuse: Option<Box<Reuse>>,
-        },
-    }
     // Decompression runs on its own thread, beside the checks and writes here.
     let (_format, stream) = archive::Background::open(artifact)?;
     let mut archive = tar::Archive::new(stream);
@@ -504,109 +516,262 @@ fn install_steps(
             manifest.app, manifest.release, manifest.commit
         ));
         crashpoint(CrashPoint::InstallManifestRead);
-        // One listing of releases/ for both questions below.
-        let installed = releases::installed(host)?;
-        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
-            Stage::Existing(manifest, Box::new(existing))
-        } else {
-            let plan = plan_venv(options, &manifest)?;
-            let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
-            let bytes = check_space(
-                host,
-                artifact,
-                &manifest,
-                reuse.as_deref(),
-                matches!(plan, VenvPlan::Rebuild(_)),
-            )?;
-            *need = Some((manifest.release.clone(), bytes));
-            let interpreter = check_interpreter_beside(&plan, &manifest);
-            let incoming = Incoming::create(host)?;
-            crashpoint(CrashPoint::InstallIncomingCreated);
-            let unpacked = Extractor::new(artifact, &manifest, &incoming.path)
-                .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
-                .with_reuse(reuse.as_deref())
-                .run(entries)?;
-            if let Some(check) = interpreter {
-                check.join().unwrap_or_else(|_| {
-                    Err(Error::internal("the interpreter check's thread panicked"))
-                })?;
-            }
-            crashpoint(CrashPoint::InstallExtracted);
-            if printer.verbose > 0 {
-                printer.progress(&format!(
-                    "unpacked {} files ({} bytes), every one checked against the manifest",
-                    unpacked.files, unpacked.bytes
-                ));
-                if let Some(reuse) = &reuse {
-                    printer.progress(&format!(
-                        "linked {} unchanged files ({} bytes) from release {}",
-                        unpacked.linked, unpacked.linked_bytes, reuse.name
-                    ));
-                }
-            }
-            Stage::Unpacked {
-                manifest,
-                json,
-                incoming,
-                plan,
-                unpacked,
-                reuse,
+        match plan_install(host, options, manifest, json, printer)? {
+            Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
+            Plan::Fresh(fresh) => {
+                *need = Some((fresh.manifest.release.clone(), fresh.bytes));
+                Stage::Unpacked(Box::new(unpack(host, artifact, fresh, entries, printer)?))
             }
         }
     };
     let digest = check_digest(artifact, archive.into_inner(), &digests)?;
-
-    let (manifest, json, mut incoming, plan, unpacked, reuse) = match stage {
+    match stage {
         Stage::Existing(manifest, existing) => {
-            printer.progress(&format!(
-                "{} is already installed as {} and verifies; not installing it again",
-                manifest.release,
-                existing.name()
-            ));
-            journal_if_missing(host, lock, &existing, &manifest, printer)?;
-            if options.python.is_some() || options.rebuild_venv {
-                printer.warn(
-                    "--python / --rebuild-venv were not applied: the release was already installed",
-                );
-            }
-            return Ok(InstallReport {
-                id: existing.name().to_string(),
-                commit: manifest.commit,
-                path: existing.dir,
-                files: manifest.file_count,
-                bytes: manifest.bytes,
-                seconds: started.elapsed().as_secs_f64(),
-                already_installed: true,
-                linked_from: None,
-                linked_files: 0,
-                linked_bytes: 0,
-            });
+            already_installed(host, lock, options, *manifest, &existing, started, printer)
         }
-        Stage::Unpacked {
-            manifest,
-            json,
-            incoming,
-            plan,
-            unpacked,
-            reuse,
-        } => (manifest, json, incoming, plan, unpacked, reuse),
-    };
+        Stage::Unpacked(unpacked) => {
+            let landed = Landed { digest, started };
+            finalize(host, lock, config, *unpacked, landed, printer, need)
+        }
+    }
+}
 
-    let dir = incoming.path.clone();
+/// What planning found.
+enum Plan {
+    /// An identical release is installed and verifies.
+    Existing(Manifest, Box<Installed>),
+    Fresh(Fresh),
+}
+
+/// A release to install: its manifest (and its bytes as read), how its venv
+/// gets its interpreter, what an installed release lends it, the space it
+/// needs.
+struct Fresh {
+    manifest: Manifest,
+    json: Vec<u8>,
+    venv: VenvPlan,
+    reuse: Option<Box<Reuse>>,
+    bytes: u64,
+}
+
+/// How far the pipeline got before the digest was compared.
+enum Stage {
+    Existing(Box<Manifest>, Box<Installed>),
+    Unpacked(Box<Unpacked>),
+}
+
+/// A release unpacked into `releases/.incoming-*`.
+struct Unpacked {
+    fresh: Fresh,
+    incoming: Incoming,
+    extracted: Extracted,
+}
+
+/// Step 1, plan: an identical release already installed, else the venv
+/// plan, the reuse plan and the space check; nothing is written.
+fn plan_install(
+    host: &Host,
+    options: &InstallOptions,
+    manifest: Manifest,
+    json: Vec<u8>,
+    printer: &Printer,
+) -> Result<Plan> {
+    // One listing of releases/ for both questions below.
+    let installed = releases::installed(host)?;
+    if let Some(existing) = find_installed(&installed, &manifest, printer)? {
+        return Ok(Plan::Existing(manifest, Box::new(existing)));
+    }
+    let venv = plan_venv(options, &manifest)?;
+    let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
+    let rebuild = matches!(venv, VenvPlan::Rebuild(_));
+    let bytes = check_space(
+        host,
+        &options.artifact,
+        &manifest,
+        reuse.as_deref(),
+        rebuild,
+    )?;
+    Ok(Plan::Fresh(Fresh {
+        manifest,
+        json,
+        venv,
+        reuse,
+        bytes,
+    }))
+}
+
+/// Step 2, unpack into a fresh `.incoming-*`, checking every member, while
+/// the interpreter the venv links to is checked beside it.
+fn unpack<R: std::io::Read>(
+    host: &Host,
+    artifact: &Path,
+    fresh: Fresh,
+    entries: tar::Entries<'_, R>,
+    printer: &Printer,
+) -> Result<Unpacked> {
+    let manifest = &fresh.manifest;
+    let interpreter = check_interpreter_beside(&fresh.venv, manifest);
+    let incoming = Incoming::create(host)?;
+    crashpoint(CrashPoint::InstallIncomingCreated);
+    let extracted = Extractor::new(artifact, manifest, &incoming.path)
+        .with_progress(printer.bar(manifest.files.len() as u64, "installing"))
+        .with_reuse(fresh.reuse.as_deref())
+        .run(entries)?;
+    if let Some(check) = interpreter {
+        check
+            .join()
+            .unwrap_or_else(|_| Err(Error::internal("the interpreter check's thread panicked")))?;
+    }
+    crashpoint(CrashPoint::InstallExtracted);
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "unpacked {} files ({} bytes), every one checked against the manifest",
+            extracted.files, extracted.bytes
+        ));
+        if let Some(reuse) = &fresh.reuse {
+            printer.progress(&format!(
+                "linked {} unchanged files ({} bytes) from release {}",
+                extracted.linked, extracted.linked_bytes, reuse.name
+            ));
+        }
+    }
+    Ok(Unpacked {
+        fresh,
+        incoming,
+        extracted,
+    })
+}
+
+/// The release was already installed: journal its install if a killed
+/// command did not, and report it.
+fn already_installed(
+    host: &Host,
+    lock: &Lock,
+    options: &InstallOptions,
+    manifest: Manifest,
+    existing: &Installed,
+    started: Instant,
+    printer: &Printer,
+) -> Result<InstallReport> {
+    printer.progress(&format!(
+        "{} is already installed as {} and verifies; not installing it again",
+        manifest.release,
+        existing.name()
+    ));
+    journal_if_missing(host, lock, existing, &manifest, printer)?;
+    if options.python.is_some() || options.rebuild_venv {
+        printer
+            .warn("--python / --rebuild-venv were not applied: the release was already installed");
+    }
+    Ok(InstallReport {
+        id: existing.name().to_string(),
+        commit: manifest.commit,
+        path: existing.dir.clone(),
+        files: manifest.file_count,
+        bytes: manifest.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        already_installed: true,
+        linked_from: None,
+        linked_files: 0,
+        linked_bytes: 0,
+    })
+}
+
+/// The artifact's digest, and when the install started.
+struct Landed {
+    digest: String,
+    started: Instant,
+}
+
+/// Step 3, finalize: the venv plan applied, shared paths linked, the record
+/// written, the tree made read-only and durable, renamed into place (after
+/// which `need` is cleared: a full disk no longer means nothing was
+/// installed) and journaled.
+fn finalize(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    unpacked: Unpacked,
+    landed: Landed,
+    printer: &Printer,
+    need: &mut Option<(String, u64)>,
+) -> Result<InstallReport> {
+    let Unpacked {
+        fresh,
+        mut incoming,
+        extracted,
+    } = unpacked;
+    let (manifest, dir) = (&fresh.manifest, incoming.path.clone());
     let id = new_id(host, &manifest.release);
-    let id_text = id.to_string();
     let mut record = InstallRecord {
         installed_at: id.installed_rfc3339(),
         user: crate::host::journal::current_user(),
-        artifact_sha256: digest,
+        artifact_sha256: landed.digest,
         ..InstallRecord::default()
     };
-    fsutil::write_new_file(&dir.join(MANIFEST_NAME), &json, 0o444)?;
-    match &plan {
+    fsutil::write_new_file(&dir.join(MANIFEST_NAME), &fresh.json, 0o444)?;
+    apply_venv_plan(&dir, manifest, &fresh.venv, &mut record, printer)?;
+    let mut created = CreatedOutside::default();
+    link_shared(host, &dir, config, &mut record, &mut created)?;
+    crashpoint(CrashPoint::InstallSharedLinked);
+    fsutil::write_new_file(
+        &dir.join(RECORD_NAME),
+        &serde_json::to_vec_pretty(&record).expect("record serialises"),
+        0o444,
+    )?;
+    make_read_only(&dir, manifest, &extracted.dirs, &record)?;
+    crashpoint(CrashPoint::InstallReadOnly);
+    // Durable before it becomes visible: one syncfs for the whole tree.
+    let handle = fs::File::open(&dir)?;
+    rustix::fs::syncfs(&handle).map_err(|e| fsutil::fs_err_io(e.into(), &dir))?;
+    drop(handle);
+    crashpoint(CrashPoint::InstallSynced);
+    let final_dir = host.release_dir(id.as_str());
+    fs::rename(&dir, &final_dir)?;
+    incoming.keep = true;
+    created.keep = true;
+    *need = None;
+    crashpoint(CrashPoint::InstallRenamed);
+    fsutil::fsync_dir(&host.releases)?;
+    journal_install(host, lock, &id, manifest, &record)?;
+    crashpoint(CrashPoint::InstallJournaled);
+    let seconds = landed.started.elapsed().as_secs_f64();
+    let linked = match &fresh.reuse {
+        Some(reuse) if extracted.linked > 0 => format!(
+            " ({} unchanged files linked from {})",
+            extracted.linked, reuse.name
+        ),
+        _ => String::new(),
+    };
+    printer.progress(&format!("installed {id} in {seconds:.2}s{linked}"));
+    Ok(InstallReport {
+        id: id.to_string(),
+        commit: fresh.manifest.commit,
+        path: final_dir,
+        files: fresh.manifest.file_count,
+        bytes: fresh.manifest.bytes,
+        seconds,
+        already_installed: false,
+        linked_from: fresh.reuse.map(|r| r.name),
+        linked_files: extracted.linked,
+        linked_bytes: extracted.linked_bytes,
+    })
+}
+
+/// `--python` re-points the unpacked venv, `--rebuild-venv` recreates it;
+/// either is recorded.
+fn apply_venv_plan(
+    dir: &Path,
+    manifest: &Manifest,
+    plan: &VenvPlan,
+    record: &mut InstallRecord,
+    printer: &Printer,
+) -> Result<()> {
+    match plan {
         VenvPlan::AsBuilt => {}
         VenvPlan::Repoint(python) => {
             printer.progress(&format!("re-pointing the venv to {}", python.display()));
-            for entry in python::repoint(&dir, &manifest, python)? {
+            for entry in python::repoint(dir, manifest, python)? {
                 record.set_entry(entry);
             }
             record.python = Some(python.to_string_lossy().into_owned());
@@ -616,7 +781,7 @@ fn install_steps(
                 "recreating the venv from wheels/ with {} (offline)",
                 python.display()
             ));
-            python::rebuild_venv(&dir, python).map_err(|e| InstallError::RebuildFailed {
+            python::rebuild_venv(dir, python).map_err(|e| InstallError::RebuildFailed {
                 release: manifest.release.clone(),
                 python: python.clone(),
                 need: python::describe_need(&manifest.python),
@@ -631,64 +796,28 @@ fn install_steps(
             record.venv_rebuilt = true;
         }
     }
-    let mut created = CreatedOutside::default();
-    link_shared(host, &dir, config, &mut record, &mut created)?;
-    crashpoint(CrashPoint::InstallSharedLinked);
-    fsutil::write_new_file(
-        &dir.join(RECORD_NAME),
-        &serde_json::to_vec_pretty(&record).expect("record serialises"),
-        0o444,
-    )?;
-    make_read_only(&dir, &manifest, &unpacked.dirs, &record)?;
-    crashpoint(CrashPoint::InstallReadOnly);
+    Ok(())
+}
 
-    // Durable before it becomes visible: one syncfs for the whole tree.
-    let handle = fs::File::open(&dir)?;
-    rustix::fs::syncfs(&handle).map_err(|e| fsutil::fs_err_io(e.into(), &dir))?;
-    drop(handle);
-    crashpoint(CrashPoint::InstallSynced);
-    let final_dir = host.release_dir(&id_text);
-    fs::rename(&dir, &final_dir)?;
-    incoming.keep = true;
-    created.keep = true;
-    *need = None;
-    crashpoint(CrashPoint::InstallRenamed);
-    fsutil::fsync_dir(&host.releases)?;
-
+/// The journal's `installed` event, stamped with the install time in the id.
+fn journal_install(
+    host: &Host,
+    lock: &Lock,
+    id: &ReleaseId,
+    manifest: &Manifest,
+    record: &InstallRecord,
+) -> Result<()> {
     let mut event = Event::new(
         What::Installed {
             commit: Some(manifest.commit.clone()),
             python: record.python.clone(),
             venv_rebuilt: record.venv_rebuilt,
         },
-        &id_text,
+        id.as_str(),
         None,
     );
     event.at = rfc3339(id.installed);
-    Journal::new(&host.journal).append(lock, &event)?;
-    crashpoint(CrashPoint::InstallJournaled);
-
-    let seconds = started.elapsed().as_secs_f64();
-    let linked = match &reuse {
-        Some(reuse) if unpacked.linked > 0 => format!(
-            " ({} unchanged files linked from {})",
-            unpacked.linked, reuse.name
-        ),
-        _ => String::new(),
-    };
-    printer.progress(&format!("installed {id_text} in {seconds:.2}s{linked}"));
-    Ok(InstallReport {
-        id: id_text,
-        commit: manifest.commit,
-        path: final_dir,
-        files: manifest.file_count,
-        bytes: manifest.bytes,
-        seconds,
-        already_installed: false,
-        linked_from: reuse.map(|r| r.name),
-        linked_files: unpacked.linked,
-        linked_bytes: unpacked.linked_bytes,
-    })
+    Journal::new(&host.journal).append(lock, &event)
 }
 
 /// The whole file's sha256, its compressed tail included (`stream` is read
