@@ -12,5 +12,6 @@ mod fleet;
 mod fresh_host;
 mod host;
 mod hostile;
+mod locks;
 mod reload;
 mod services;
