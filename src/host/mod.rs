@@ -98,7 +98,9 @@ pub struct DeployReport {
 fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
     match err {
         Error::Activate(
-            refused @ (ActivateError::CheckFailed(_) | ActivateError::ServicesNotReady { .. }),
+            refused @ (ActivateError::CheckFailed(_)
+            | ActivateError::BeforeActivateFailed(_)
+            | ActivateError::ServicesNotReady { .. }),
         ) => ActivateError::RefusedAfterInstall {
             refused: Box::new(refused),
             release: installed.id.clone(),
@@ -130,6 +132,17 @@ impl Session {
         host.remove_leftovers(&lock, printer)?;
         Ok(Session { host, config, lock })
     }
+
+    /// `--skip-before-activate`: this run does without the hook.
+    fn skip_before_activate(&mut self, skip: bool, printer: &Printer) {
+        if skip {
+            if let Some(hook) = self.config.hooks.before_activate.take() {
+                printer.progress(&format!(
+                    "not running the before_activate hook `{hook}` (--skip-before-activate)"
+                ));
+            }
+        }
+    }
 }
 
 /// Run one host command.
@@ -153,8 +166,13 @@ pub fn run(
             let report = install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
             printer.data(&report, || format!("{}\n", report.id));
         }
-        HostCommand::Activate { id, .. } => {
-            let s = Session::open(host, false, wait, printer)?;
+        HostCommand::Activate {
+            id,
+            skip_before_activate,
+            ..
+        } => {
+            let mut s = Session::open(host, false, wait, printer)?;
+            s.skip_before_activate(*skip_before_activate, printer);
             let list = releases::installed(&s.host)?;
             let target = releases::resolve(&s.host, &list, id)?;
             let report = activate::activate(
@@ -168,9 +186,15 @@ pub fn run(
             printer.data(&report, || report.human());
         }
         HostCommand::Deploy(args) => {
-            let s = Session::open(host, true, wait, printer)?;
-            let installed =
-                install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
+            let mut s = Session::open(host, true, wait, printer)?;
+            s.skip_before_activate(args.skip_before_activate, printer);
+            let installed = install::install(
+                &s.host,
+                &s.lock,
+                &s.config,
+                &args.install.options(),
+                printer,
+            )?;
             let list = releases::installed(&s.host)?;
             let target = releases::resolve(&s.host, &list, &installed.id)?;
             let activated = activate::activate(
