@@ -13,4 +13,3 @@ mod fresh_host;
 mod host;
 mod hostile;
 mod reload;
-mod services;
