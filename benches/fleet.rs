@@ -39,9 +39,15 @@ use fleet::*;
 const BEGIN: &str = "<!-- fleet bench: written by `cargo bench --bench fleet` -->";
 const END: &str = "<!-- /fleet bench -->";
 
+/// The median; of an even count, the mean of the middle two.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    xs[xs.len() / 2]
+    let n = xs.len();
+    if n % 2 == 0 {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    } else {
+        xs[n / 2]
+    }
 }
 
 fn main() {
@@ -88,6 +94,7 @@ fn main() {
     let nginx = Nginx::start(
         &dir,
         &fleet.hosts.iter().map(|h| h.port).collect::<Vec<_>>(),
+        None,
     );
     let check_url = format!("http://127.0.0.1:{}/healthz", nginx.port);
     let timings = dir.join("timings.json");
@@ -116,14 +123,16 @@ fn main() {
         run.ok();
         run.seconds
     };
-    // Let the HUPed workers finish booting before the next timed run.
-    let settle = || std::thread::sleep(Duration::from_secs(3));
+    // Let the HUPed workers finish booting before the next timed run (the
+    // baseline does not wait for them; they would slow the next run).
+    let settle = || std::thread::sleep(Duration::from_secs(10));
 
     eprintln!("fleet bench: {hosts} hosts up; warm-up run of each side");
     ours(&artifacts[0]);
     settle();
     base(&artifacts[0]);
     settle();
+    let load_before = loadavg();
     let (mut ours_s, mut base_s, mut profiles) = (Vec::new(), Vec::new(), Vec::new());
     for artifact in &artifacts[1..] {
         let (s, profile) = ours(artifact);
@@ -146,9 +155,15 @@ fn main() {
         );
     }
 
+    let load_after = loadavg();
     let (o, b) = (median(ours_s.clone()), median(base_s.clone()));
-    // Where the median run of ours spent its time, by task.
-    let mid = ours_s.iter().position(|&s| s == o).unwrap();
+    // Where ours spent its time, by task: the run nearest the median.
+    let mid = (0..ours_s.len())
+        .min_by(|&i, &j| {
+            let (di, dj) = ((ours_s[i] - o).abs(), (ours_s[j] - o).abs());
+            di.partial_cmp(&dj).unwrap()
+        })
+        .unwrap();
     let mut tasks: Vec<(String, f64)> = profiles[mid]
         .as_object()
         .unwrap()
@@ -160,17 +175,23 @@ fn main() {
     for (name, s) in tasks.iter().take(8) {
         profile.push_str(&format!("| {name} | {s:.1} s |\n"));
     }
+    let met = format!(
+        "ratio {}; 60 s {}",
+        if o / b <= 1.5 { "yes" } else { "**no**" },
+        if o < 60.0 { "yes" } else { "**no**" }
+    );
     let section = format!(
         "{BEGIN}\n## Fleet deploy ({hosts} hosts)\n\nProduced by `cargo bench --bench fleet{}` on {} UTC, ansible-core {} \
          (ansible/ansible.cfg: pipelining, ControlPersist, forks 50). Each host is an sshd on its own \
          loopback address with its own root and gunicorn (started with the launch line `release init` writes, `reload = \"hup\"`), behind one nginx; \
-         both sides deploy the same fresh artifacts alternately, {runs} timed runs each after a warm-up.\n\n\
+         both sides deploy the same fresh artifacts alternately, {runs} timed runs each after a warm-up. \
+         Load average (1, 5, 15 min) before the timed runs: {load_before}; after: {load_after}.\n\n\
          | | deploy.yml | Ansistrano-style baseline | ratio | target | met |\n|---|---|---|---|---|---|\n\
          | wall time, median (runs: {}; {}) | {o:.1} s | {b:.1} s | {:.2}× | ≤ 1.5× and < 60 s | {} |\n\n\
          deploy.yml: preflight, stage (upload + verified install), canary, batches of 25% and the rest, each host's \
          reload confirmed and health-checked, the fleet check through nginx after each batch, prune. \
          Baseline (`benches/fleet/ansistrano.yml`): upload, `unarchive`, symlink, `kill -HUP`, all at once, nothing \
-         verified or waited for.\n\nWhere deploy.yml's median run spent its time (wall time per task, summed over batches):\n\n\
+         verified or waited for.\n\nWhere deploy.yml spent its time in the run nearest its median (wall time per task, summed over batches):\n\n\
          | task | wall time |\n|---|---|\n{profile}\n{END}\n",
         if quick { " -- quick" } else { "" },
         chrono::Utc::now().format("%Y-%m-%d %H:%M"),
@@ -178,7 +199,7 @@ fn main() {
         ours_s.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", "),
         base_s.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", "),
         o / b,
-        if o / b <= 1.5 && o < 60.0 { "yes" } else { "**no**" },
+        met,
     );
     println!("{section}");
     let path = Path::new(REPO).join("benches/RESULTS.md");
@@ -189,12 +210,22 @@ fn main() {
             &old[..i],
             old[j + END.len()..].trim_start_matches('\n')
         ),
-        _ => format!("{}\n{section}", old.trim_end()),
+        _ => format!("{}\n\n{section}", old.trim_end()),
     };
     std::fs::write(&path, new).unwrap();
     eprintln!("wrote {}", path.display());
     drop(nginx);
     drop(fleet);
+}
+
+/// /proc/loadavg's first three fields: what else this machine was doing.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ansible_version() -> String {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::archive::{self, Format};
 use crate::error::Result;
-use crate::manifest::PythonInfo;
+use crate::manifest::{Dependencies, PythonInfo};
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
@@ -20,6 +20,9 @@ pub struct Inspection {
     pub builder: String,
     pub python: PythonInfo,
     pub requirements_sha256: String,
+    /// The lock file the venv was built from; absent for a requirements file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Dependencies>,
     /// Built with --allow-unpinned; `resolved` lists what the requirements resolved to.
     pub unpinned: bool,
     pub resolved: Vec<String>,
@@ -46,6 +49,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         ),
         python: m.python,
         requirements_sha256: m.requirements_sha256,
+        dependencies: m.dependencies,
         unpinned: m.unpinned,
         resolved: m.resolved,
         build_env: m.build_env,
@@ -61,6 +65,28 @@ impl Inspection {
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default();
         let mut extra = String::new();
+        if let Some(d) = &self.dependencies {
+            let mut selection = Vec::new();
+            if !d.extras.is_empty() {
+                selection.push(format!("extras {}", d.extras.join(" ")));
+            }
+            if !d.groups.is_empty() {
+                selection.push(format!("groups {}", d.groups.join(" ")));
+            }
+            if d.package {
+                selection.push("the app as a wheel".to_string());
+            }
+            extra.push_str(&format!(
+                "locked    {} (sha256 {}){}\n",
+                d.file,
+                d.sha256,
+                if selection.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", selection.join(", "))
+                }
+            ));
+        }
         if self.unpinned {
             extra.push_str(&format!(
                 "unpinned  yes: requirements resolved to {}\n",

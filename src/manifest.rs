@@ -38,6 +38,10 @@ pub struct Manifest {
     pub builder: Builder,
     pub python: PythonInfo,
     pub requirements_sha256: String,
+    /// The lock file the venv was built from (absent when it was a
+    /// requirements file, whose digest is `requirements_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Dependencies>,
     /// True when built with --allow-unpinned from requirements that do not
     /// pin every version; `resolved` then lists what they resolved to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -55,6 +59,25 @@ pub struct Manifest {
     pub bytes: u64,
     pub tree_sha256: String,
     pub files: Vec<Entry>,
+}
+
+/// Which dependency file a release was built from, and what was selected from it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Dependencies {
+    /// Relative to the app directory: `uv.lock`, `pylock.toml`, `requirements/prod.txt`.
+    pub file: String,
+    /// `pylock`, `uv.lock`, `poetry.lock` or `requirements`.
+    pub format: String,
+    /// sha256 of the file itself (`sha256sum` gives the same).
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extras: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The app itself was built as a wheel and installed into the venv.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub package: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -568,6 +591,7 @@ mod tests {
                 base_executable: "/usr/bin/python3.11".into(),
             },
             requirements_sha256: "00".repeat(32),
+            dependencies: None,
             unpinned: false,
             resolved: Vec::new(),
             build_env: Vec::new(),

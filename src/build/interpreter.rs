@@ -289,6 +289,7 @@ fn probe_of(i: &Interpreter) -> Probe {
         abi: i.abi.clone(),
         platform: i.platform.clone(),
         executable: i.executable.to_string_lossy().into_owned(),
+        markers: i.markers.clone(),
     }
 }
 

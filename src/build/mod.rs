@@ -7,6 +7,8 @@
 
 mod git;
 mod interpreter;
+mod lock;
+mod pep508;
 mod requirements;
 mod settings;
 mod untracked;
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, ArtifactWriter, Format};
-use crate::error::{tail, BuildError, Error, PythonError, Result, SourceError};
+use crate::error::{tail, BuildError, Error, LockError, PythonError, Result, SourceError};
 use crate::fsutil;
 use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
@@ -47,6 +49,8 @@ pub struct BuildReport {
     pub seconds: f64,
     /// Whether the venv and wheels came from the build cache.
     pub cached_env: bool,
+    /// The dependency file the venv was built from.
+    pub dependencies: manifest::Dependencies,
 }
 
 /// The contents of one build-cache entry: the venv and the wheels it was
@@ -103,7 +107,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .tempdir_in(&tmp_root)
         .map_err(|e| fsutil::fs_err_io(e, &tmp_root))?;
     let (build, unpinned) = Build::start(flags, printer, cache_dir, work.path(), &mut steps)?;
-    let requirements_sha256 = requirements_digest(&build.requirements, &build.app_dir)?;
+    let requirements_sha256 = build.deps.digest.clone();
     steps.done("interpreter");
     let resolved = build.resolve_unpinned(&unpinned, &mut steps)?;
     let key_input = if resolved.is_empty() {
@@ -128,6 +132,7 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         tree_sha256: manifest.tree_sha256,
         seconds: started.elapsed().as_secs_f64(),
         cached_env: env.cached,
+        dependencies: build.dependencies.clone(),
     })
 }
 
@@ -146,7 +151,10 @@ struct Build<'a> {
     work_dir: &'a Path,
     /// `<work_dir>/app`: the tracked files at the commit.
     app_dir: PathBuf,
-    requirements: PathBuf,
+    /// What the venv is installed from.
+    deps: DepPlan,
+    /// The dependency file, as the manifest names it.
+    dependencies: manifest::Dependencies,
     interpreter: python::Interpreter,
     installer: python::Installer,
 }
@@ -183,27 +191,49 @@ impl<'a> Build<'a> {
         ));
         source.export(&commit, &app_dir)?;
         let settings = settings::resolve(flags, &app_dir)?;
-        settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
         steps.done("code");
-        let requirements = app_dir.join(&settings.requirements);
-        if !requirements.is_file() {
-            return Err(SourceError::RequirementsMissing {
-                path: source
-                    .toplevel
-                    .join(&source.prefix)
-                    .join(&settings.requirements),
-                commit: commit.sha[..12].to_string(),
-            }
-            .into());
-        }
+        // The dependency file, read from the whole commit (before include/exclude).
+        let (found, dep_sha256) = dependency_file(&settings, &source, &commit, &app_dir, printer)?;
+        let dep_path = app_dir.join(&found.file);
+        let is_lock = found.format != lock::Format::Requirements;
         // Both checks come before anything is downloaded.
-        let unpinned = requirements::unpinned(&requirements, &app_dir)?;
+        let unpinned = if is_lock {
+            Vec::new()
+        } else {
+            requirements::unpinned(&dep_path, &app_dir)?
+        };
         if !unpinned.is_empty() && !settings.allow_unpinned {
-            return Err(requirements::refusal(&settings.requirements, &unpinned));
+            return Err(requirements::refusal(&found.file, &unpinned));
         }
         let needs = interpreter::declared(&app_dir, settings.requires_python.as_deref())?;
         let interpreter = interpreter::select(settings.python.as_deref(), &needs, printer)?;
         let installer = python::choose_installer(settings.installer, &interpreter)?;
+        let deps = if is_lock {
+            lock_plan(
+                &found,
+                &dep_sha256,
+                &settings,
+                &interpreter,
+                (&source, &commit),
+                &app_dir,
+                work_dir,
+                &cache_dir,
+            )?
+        } else {
+            requirements_plan(&dep_path, &settings, &app_dir)?
+        };
+        if settings.package {
+            printer.progress("pyproject.toml has a [build-system]: the app is built as a wheel and installed into the venv");
+        }
+        settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
+        let dependencies = manifest::Dependencies {
+            file: found.file.clone(),
+            format: found.format.name().to_string(),
+            sha256: dep_sha256,
+            extras: settings.extras.clone(),
+            groups: settings.groups.clone(),
+            package: settings.package,
+        };
         let build = Build {
             flags,
             printer,
@@ -214,7 +244,8 @@ impl<'a> Build<'a> {
             cache_dir,
             work_dir,
             app_dir,
-            requirements,
+            deps,
+            dependencies,
             interpreter,
             installer,
         };
@@ -226,6 +257,7 @@ impl<'a> Build<'a> {
             cache_dir: &self.pip_cache,
             find_links: &self.settings.find_links,
             no_index: self.settings.no_index,
+            no_deps: self.deps.no_deps,
         }
     }
 
@@ -246,10 +278,10 @@ impl<'a> Build<'a> {
         ));
         let scratch = self.work_dir.join("resolve");
         self.source.export(&self.commit, &scratch)?;
-        let rel = self
-            .requirements
+        let requirements = &self.deps.requirements;
+        let rel = requirements
             .strip_prefix(&self.app_dir)
-            .unwrap_or(&self.requirements);
+            .unwrap_or(requirements);
         let resolved = requirements::resolve(
             &self.interpreter,
             &scratch.join(rel),
@@ -424,6 +456,10 @@ impl<'a> Build<'a> {
             },
             python: self.interpreter.info(index.base_executable.clone()),
             requirements_sha256,
+            // Artifacts built from a requirements file keep the manifest
+            // older hosts read; a lock file is named.
+            dependencies: (self.dependencies.format != "requirements")
+                .then(|| self.dependencies.clone()),
             unpinned: !index.resolved.is_empty(),
             resolved: index.resolved.clone(),
             build_env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
@@ -593,20 +629,38 @@ impl<'a> Build<'a> {
     fn build_wheels(&self, dir: &Path, steps: &mut Steps) -> Result<PathBuf> {
         let scratch = self.work_dir.join("src");
         self.source.export(&self.commit, &scratch)?;
-        let rel_requirements = self
-            .requirements
+        let requirements = &self.deps.requirements;
+        let rel_requirements = requirements
             .strip_prefix(&self.app_dir)
-            .unwrap_or(&self.requirements);
+            .unwrap_or(requirements);
         let wheels = dir.join("wheels");
         fs::create_dir_all(&wheels)?;
+        if self.deps.drop_app_lines {
+            let copy = scratch.join(rel_requirements);
+            let text = fs::read_to_string(&copy)?;
+            let kept: Vec<&str> = text.lines().filter(|l| !installs_the_app(l)).collect();
+            fs::write(&copy, kept.join("\n") + "\n")?;
+        }
+        let opts = self.wheel_options();
         python::build_wheels(
             &self.interpreter,
             &scratch.join(rel_requirements),
             &scratch,
             &wheels,
-            &self.wheel_options(),
+            &opts,
             self.commit.epoch,
         )?;
+        if !self.deps.local.is_empty() {
+            let dirs: Vec<PathBuf> = self.deps.local.iter().map(|d| scratch.join(d)).collect();
+            python::build_local_wheels(
+                &self.interpreter,
+                &dirs,
+                &scratch,
+                &wheels,
+                &opts,
+                self.commit.epoch,
+            )?;
+        }
         steps.done("wheels");
         Ok(wheels)
     }
@@ -759,6 +813,222 @@ fn check_symlinks(files: &[Entry], base_executable: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The dependency file of the build (named, or discovered at the commit),
+/// and its sha256; says which it is, and when others were passed over.
+fn dependency_file(
+    settings: &settings::Settings,
+    source: &git::Source,
+    commit: &git::Commit,
+    app_dir: &Path,
+    printer: &Printer,
+) -> Result<(lock::Found, String)> {
+    let Some(found) = lock::discover(app_dir, settings.requirements.as_deref()) else {
+        return Err(LockError::NoDependencyFile {
+            dir: source.toplevel.join(&source.prefix),
+            commit: commit.sha[..12].to_string(),
+            looked_for: lock::DISCOVERY_ORDER.join(", "),
+        }
+        .into());
+    };
+    let dep_path = app_dir.join(&found.file);
+    if !dep_path.is_file() {
+        return Err(SourceError::RequirementsMissing {
+            path: source.toplevel.join(&source.prefix).join(&found.file),
+            commit: commit.sha[..12].to_string(),
+        }
+        .into());
+    }
+    let dep_sha256 = lock::file_sha256(&dep_path)?;
+    if !found.others.is_empty() {
+        printer.progress(&format!(
+            "dependencies from {}; {} also present, not used (the first of {} is used; name another with --requirements or `requirements`)",
+            found.file,
+            found.others.join(", "),
+            lock::DISCOVERY_ORDER.join(", ")
+        ));
+    }
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "dependencies from {} (sha256 {dep_sha256}){}{}",
+            found.file,
+            if settings.extras.is_empty() {
+                String::new()
+            } else {
+                format!(", extras {}", settings.extras.join(" "))
+            },
+            if settings.groups.is_empty() {
+                String::new()
+            } else {
+                format!(", groups {}", settings.groups.join(" "))
+            }
+        ));
+    }
+    if found.format == lock::Format::Requirements
+        && (!settings.extras.is_empty() || !settings.groups.is_empty())
+    {
+        return Err(Error::Usage(format!(
+            "extras and groups select from a lock file, but the dependencies come from {} (a requirements file)\n  fix: drop `extras`/`groups` (and --extra/--group), or build from the lock",
+            found.file
+        )));
+    }
+    Ok((found, dep_sha256))
+}
+
+/// What the venv is installed from: a requirements file for pip (the app's,
+/// or one written from a lock), and local directories built as wheels.
+struct DepPlan {
+    requirements: PathBuf,
+    /// The requirements are a complete lock: pip takes no dependencies from metadata.
+    no_deps: bool,
+    /// Leave lines installing the app itself out of pip's copy.
+    drop_app_lines: bool,
+    /// Directories (relative to the app, `.` for the app itself) built with `pip wheel --no-deps`.
+    local: Vec<String>,
+    /// The venv cache key's dependency part (and the manifest's `requirements_sha256`).
+    digest: String,
+}
+
+/// A requirements file as pip reads it. When the app is a package, it is
+/// built from the commit as a wheel, and a line installing the app (`.`,
+/// `-e .`) is dropped from the scratch copy pip reads, so pip does not build
+/// it twice (or editable).
+fn requirements_plan(
+    requirements: &Path,
+    settings: &settings::Settings,
+    app_dir: &Path,
+) -> Result<DepPlan> {
+    let mut digest = requirements_digest(requirements, app_dir)?;
+    let mut local = Vec::new();
+    if settings.package {
+        digest = package_digest(&digest, app_dir)?;
+        local.push(".".to_string());
+    }
+    Ok(DepPlan {
+        requirements: requirements.to_path_buf(),
+        no_deps: false,
+        drop_app_lines: settings.package,
+        local,
+        digest,
+    })
+}
+
+/// Whether a requirements line installs the app itself (`.`, `-e .`).
+fn installs_the_app(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let target = match words.as_slice() {
+        ["-e" | "--editable", t, ..] => *t,
+        [t, ..] => *t,
+        [] => return false,
+    };
+    matches!(target, "." | "./" | "file:." | "file:./")
+}
+
+/// A lock file read into exact pins with hashes (uv.lock through `uv
+/// export`), checked against pyproject.toml, and written as a requirements
+/// file for pip; directory packages and the app are built from the commit.
+#[allow(clippy::too_many_arguments)]
+fn lock_plan(
+    found: &lock::Found,
+    dep_sha256: &str,
+    settings: &settings::Settings,
+    interpreter: &python::Interpreter,
+    (source, commit): (&git::Source, &git::Commit),
+    app_dir: &Path,
+    work_dir: &Path,
+    cache_dir: &Path,
+) -> Result<DepPlan> {
+    // uv reads the project around the lock: a scratch copy, so nothing it
+    // (or a build backend it runs for metadata) writes reaches app/.
+    let scratch;
+    let lock_path = if found.format == lock::Format::UvLock {
+        scratch = work_dir.join("lock");
+        source.export(commit, &scratch)?;
+        scratch.join(&found.file)
+    } else {
+        app_dir.join(&found.file)
+    };
+    let locked = lock::read(&lock::Request {
+        path: &lock_path,
+        file: &found.file,
+        format: found.format,
+        interpreter,
+        extras: &settings.extras,
+        groups: &settings.groups,
+        find_links: &settings.find_links,
+        no_index: settings.no_index,
+        cache_dir: &cache_dir.join("uv"),
+        project: lock::project_name(app_dir)?,
+    })?;
+    // uv checked its own lock (--locked); the others are checked here.
+    if found.format != lock::Format::UvLock {
+        let problems = lock::unsatisfied(
+            app_dir,
+            &locked,
+            interpreter,
+            &settings.extras,
+            &settings.groups,
+            found.format,
+        )?;
+        if !problems.is_empty() {
+            return Err(lock::stale(&found.file, found.format, &problems));
+        }
+    }
+    let text = locked.requirements_text(&found.file);
+    let requirements = work_dir.join("locked-requirements.txt");
+    fs::write(&requirements, &text)?;
+    let mut local: Vec<String> = Vec::new();
+    let mut hasher = Sha256::new();
+    for part in [
+        found.format.name(),
+        dep_sha256,
+        &settings.extras.join(","),
+        &settings.groups.join(","),
+        &text,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\0");
+    }
+    for dir in &locked.dirs {
+        let path = app_dir.join(&dir.path);
+        if !path.is_dir() || !path.starts_with(app_dir) || dir.path.split('/').any(|c| c == "..") {
+            return Err(LockError::DirectoryOutside {
+                file: found.file.clone(),
+                name: dir.name.clone(),
+                path: dir.path.clone(),
+            }
+            .into());
+        }
+        for e in scan_tree(&path, "app")? {
+            hasher.update(format!("{}\0{}\0{:?}\0", dir.path, e.path, e.sha256).as_bytes());
+        }
+        local.push(dir.path.clone());
+    }
+    let mut digest = hex::encode(hasher.finalize());
+    if settings.package {
+        digest = package_digest(&digest, app_dir)?;
+        local.push(".".to_string());
+    }
+    Ok(DepPlan {
+        requirements,
+        no_deps: true,
+        drop_app_lines: false,
+        local,
+        digest,
+    })
+}
+
+/// `digest` extended with the app's files: an app built as a wheel is part
+/// of the venv, so its code keys the cache entry too.
+fn package_digest(digest: &str, app_dir: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(digest.as_bytes());
+    hasher.update(b"\0package\0");
+    for e in scan_tree(app_dir, "app")? {
+        hasher.update(format!("{}\0{:?}\0{:?}\0", e.path, e.sha256, e.target).as_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// sha256 over the requirements file, the files it includes with -r/-c, and the

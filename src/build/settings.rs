@@ -29,9 +29,18 @@ pub struct BuildFlags {
     /// matches the app's requires-python, .python-version and runtime.txt, else python3].
     #[arg(long, value_name = "PY")]
     pub python: Option<String>,
-    /// Requirements file, relative to the app directory [default: requirements.txt].
+    /// Dependency file, relative to the app directory: a requirements file, pylock.toml,
+    /// pylock.NAME.toml, uv.lock or poetry.lock [default: the first of pylock.toml, uv.lock,
+    /// poetry.lock, requirements.txt at the commit].
     #[arg(long, value_name = "FILE")]
     pub requirements: Option<String>,
+    /// Install this extra of the app from a lock file (repeatable).
+    #[arg(long = "extra", value_name = "NAME")]
+    pub extras: Vec<String>,
+    /// Install this dependency group from a lock file too (repeatable; Poetry's `main`, or the
+    /// lock's default groups, always).
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
     /// Command that collects static files into $STATIC_ROOT (run with the venv, in app/).
     #[arg(long = "static", value_name = "CMD")]
     pub static_cmd: Option<String>,
@@ -169,12 +178,18 @@ struct ToolRelease {
     wheels: Option<bool>,
     allow_unpinned: Option<bool>,
     untracked: Option<Untracked>,
+    #[serde(default)]
+    extras: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct PyProject {
     project: Option<Project>,
     tool: Option<Tool>,
+    #[serde(rename = "build-system")]
+    build_system: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,7 +207,15 @@ struct Tool {
 #[derive(Debug)]
 pub struct Settings {
     pub name: String,
-    pub requirements: String,
+    /// The dependency file named by `--requirements` or `requirements`; None:
+    /// discovered at the commit (`lock::discover`).
+    pub requirements: Option<String>,
+    /// Extras and dependency groups selected from a lock file.
+    pub extras: Vec<String>,
+    pub groups: Vec<String>,
+    /// pyproject.toml has a `[build-system]`: the app is built as a wheel
+    /// and installed into the venv.
+    pub package: bool,
     /// `--python` or `python` in the settings; None: chosen from what the app declares.
     pub python: Option<String>,
     /// `requires-python` of `[project]` in pyproject.toml.
@@ -257,11 +280,10 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
     find_links.extend(tool.find_links.iter().map(|p| absolute(&checkout.join(p))));
     Ok(Settings {
         name,
-        requirements: flags
-            .requirements
-            .clone()
-            .or(tool.requirements)
-            .unwrap_or_else(|| "requirements.txt".into()),
+        requirements: flags.requirements.clone().or(tool.requirements),
+        extras: merged(tool.extras, &flags.extras),
+        groups: merged(tool.groups, &flags.groups),
+        package: pyproject.build_system.is_some(),
         python: flags.python.clone().or(tool.python),
         requires_python: pyproject.project.and_then(|p| p.requires_python),
         static_cmd: flags.static_cmd.clone().or(tool.static_cmd),
@@ -324,6 +346,14 @@ fn read_settings(
         (None, false) => (ToolRelease::default(), BUILD_TOML),
     };
     Ok((pyproject, tool, source))
+}
+
+/// The file's list with the flags' added, sorted, without repeats.
+fn merged(mut list: Vec<String>, flags: &[String]) -> Vec<String> {
+    list.extend(flags.iter().cloned());
+    list.sort();
+    list.dedup();
+    list
 }
 
 fn absolute(p: &Path) -> PathBuf {

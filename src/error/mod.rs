@@ -15,6 +15,7 @@ mod activate;
 mod artifact;
 mod build;
 mod install;
+mod lock;
 mod python;
 mod release;
 mod reload;
@@ -31,6 +32,7 @@ pub use activate::{
 pub use artifact::ArtifactError;
 pub use build::{BuildError, Unpackable};
 pub use install::{InstallError, NoSpace};
+pub use lock::LockError;
 pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};
 pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};
@@ -55,6 +57,7 @@ pub enum Error {
     Stopped,
     Source(SourceError),
     Build(BuildError),
+    Lock(LockError),
     Python(PythonError),
     Artifact(ArtifactError),
     Root(RootError),
@@ -106,6 +109,7 @@ impl Error {
         Some(match self {
             Error::Source(e) => e,
             Error::Build(e) => e,
+            Error::Lock(e) => e,
             Error::Python(e) => e,
             Error::Artifact(e) => e,
             Error::Root(e) => e,
@@ -193,6 +197,7 @@ macro_rules! from_concern {
 from_concern!(
     Source(SourceError),
     Build(BuildError),
+    Lock(LockError),
     Python(PythonError),
     Artifact(ArtifactError),
     Root(RootError),

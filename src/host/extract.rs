@@ -596,6 +596,7 @@ mod tests {
             unpinned: false,
             resolved: Vec::new(),
             build_env: Vec::new(),
+            dependencies: None,
             file_count: 0,
             bytes: 0,
             tree_sha256: String::new(),

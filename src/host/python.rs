@@ -182,6 +182,7 @@ mod tests {
             abi: abi.into(),
             platform: "linux_x86_64".into(),
             executable: "/x".into(),
+            markers: Default::default(),
         }
     }
 

@@ -30,6 +30,23 @@ print(json.dumps({
            else sys.implementation.cache_tag,
     "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
     "executable": sys.executable,
+    # PEP 508's environment markers, for evaluating a lock file's markers.
+    "markers": {
+        "implementation_name": sys.implementation.name,
+        "implementation_version": "%d.%d.%d" % sys.implementation.version[:3]
+            + ("" if sys.implementation.version.releaselevel == "final"
+               else sys.implementation.version.releaselevel[0]
+               + str(sys.implementation.version.serial)),
+        "os_name": __import__("os").name,
+        "platform_machine": platform.machine(),
+        "platform_release": platform.release(),
+        "platform_system": platform.system(),
+        "platform_version": platform.version(),
+        "python_full_version": platform.python_version(),
+        "platform_python_implementation": platform.python_implementation(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    },
 }))
 "#;
 
@@ -44,6 +61,9 @@ pub struct Probe {
     pub abi: String,
     pub platform: String,
     pub executable: String,
+    /// PEP 508 marker values (`sys_platform`, `python_full_version`, ...).
+    #[serde(default)]
+    pub markers: std::collections::BTreeMap<String, String>,
 }
 
 impl Probe {
@@ -119,6 +139,8 @@ pub struct Interpreter {
     pub abi: String,
     pub platform: String,
     pub pip_version: String,
+    /// PEP 508 marker values of this interpreter.
+    pub markers: std::collections::BTreeMap<String, String>,
 }
 
 impl Interpreter {
@@ -153,6 +175,7 @@ pub fn find_interpreter(python: &str) -> Result<Interpreter> {
         abi: probe.abi,
         platform: probe.platform,
         pip_version,
+        markers: probe.markers,
     })
 }
 
@@ -226,6 +249,8 @@ pub struct WheelOptions<'a> {
     pub cache_dir: &'a Path,
     pub find_links: &'a [PathBuf],
     pub no_index: bool,
+    /// The requirements are a complete lock: take no dependencies from metadata.
+    pub no_deps: bool,
 }
 
 /// `pip wheel -r requirements` into `wheel_dir`, run from `app_dir` so relative
@@ -246,6 +271,39 @@ pub fn build_wheels(
         .arg("--cache-dir")
         .arg(opts.cache_dir)
         .current_dir(app_dir);
+    run_pip_wheel(cmd, interpreter, opts, epoch)
+}
+
+/// `pip wheel --no-deps` of local directories (the app itself, or packages
+/// a lock takes from the commit) into `wheel_dir`, run from `cwd`.
+pub fn build_local_wheels(
+    interpreter: &Interpreter,
+    dirs: &[PathBuf],
+    cwd: &Path,
+    wheel_dir: &Path,
+    opts: &WheelOptions<'_>,
+    epoch: i64,
+) -> Result<()> {
+    let mut cmd = Command::new(&interpreter.executable);
+    cmd.args(["-m", "pip", "wheel", "--progress-bar", "off", "--no-deps"])
+        .args(dirs)
+        .arg("--wheel-dir")
+        .arg(wheel_dir)
+        .arg("--cache-dir")
+        .arg(opts.cache_dir)
+        .current_dir(cwd);
+    run_pip_wheel(cmd, interpreter, opts, epoch)
+}
+
+fn run_pip_wheel(
+    mut cmd: Command,
+    interpreter: &Interpreter,
+    opts: &WheelOptions<'_>,
+    epoch: i64,
+) -> Result<()> {
+    if opts.no_deps {
+        cmd.arg("--no-deps");
+    }
     for link in opts.find_links {
         cmd.arg("--find-links").arg(link);
     }
@@ -262,10 +320,57 @@ pub fn build_wheels(
     Err(requirement_error(&text, interpreter))
 }
 
+/// The packages pip refused because a file's hash is not one the
+/// requirements allow, as `name==version (expected …, got …)`.
+fn hash_mismatches(text: &str) -> Vec<String> {
+    let Some(start) = text.find("DO NOT MATCH THE HASHES") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut lines = text[start..].lines().skip(1).peekable();
+    while let Some(line) = lines.next() {
+        // "    six==1.17.0 from file:///…/six-1.17.0-py2.py3-none-any.whl:"
+        let trimmed = line.trim();
+        let Some((req, _)) = trimmed.split_once(" from ") else {
+            continue;
+        };
+        if !req.contains("==") {
+            continue;
+        }
+        let mut expected = Vec::new();
+        let mut got = String::new();
+        while let Some(next) = lines.peek() {
+            let t = next.trim();
+            if let Some(rest) = t.strip_prefix("Expected") {
+                expected.push(rest.trim().to_string());
+            } else if let Some(rest) = t.strip_prefix("or") {
+                expected.push(rest.trim().to_string());
+            } else if let Some(rest) = t.strip_prefix("Got") {
+                got = rest.trim().to_string();
+            } else {
+                break;
+            }
+            lines.next();
+        }
+        found.push(format!(
+            "{req} (the lock allows {}; the file has {got})",
+            expected.join(" or ")
+        ));
+    }
+    found
+}
+
 /// The error for pip's failure to resolve or build: when pip skipped versions
 /// because of their `Requires-Python`, say so and name the interpreter to use
 /// (pip's own advice, a list of every version it saw, hides that).
 pub fn requirement_error(text: &str, interpreter: &Interpreter) -> Error {
+    let mismatched = hash_mismatches(text);
+    if !mismatched.is_empty() {
+        return crate::error::LockError::HashMismatch {
+            packages: mismatched,
+        }
+        .into();
+    }
     let requirement = failing_requirement(text);
     if let Some(needs) = python_mismatch(text) {
         return PythonError::RequirementNeedsPython {

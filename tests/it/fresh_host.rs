@@ -16,12 +16,16 @@ use crate::common::*;
 
 #[test]
 fn the_readme_fresh_host_flow_works_without_editing_a_generated_file() {
-    let app = App::new();
-    let tmp = app.tmp.path();
+    // The CI side: two artifacts of the bundled app (built once for all tests).
+    let art = crate::host::artifacts();
+    let tmp = tempfile::Builder::new()
+        .prefix("release-fresh-")
+        .tempdir()
+        .unwrap();
+    let tmp = tmp.path();
     let root = tmp.join("srv/mysite");
     let run = tmp.join("run");
     std::fs::create_dir_all(&run).unwrap();
-    let dist = tmp.join("dist");
     let port = free_port();
     let r = |args: &[&str]| {
         release()
@@ -74,8 +78,7 @@ fn the_readme_fresh_host_flow_works_without_editing_a_generated_file() {
     );
 
     // 2. The first deploy: both services configured, neither running.
-    let a = app.build_ok(&dist, &[]);
-    let out = r(&["deploy", a.to_str().unwrap()]);
+    let out = r(&["deploy", art.a.to_str().unwrap()]);
     let err = stderr(&out);
     assert!(out.status.success(), "first deploy failed:\n{err}");
     assert!(
@@ -136,10 +139,7 @@ fn the_readme_fresh_host_flow_works_without_editing_a_generated_file() {
     assert_eq!(whoami()["release"], &a_id[..12]);
 
     // 4. The second deploy reloads both (gunicorn-upgrade, celery HUP).
-    app.write("mysite/extra.py", "X = 2\n");
-    app.commit("second release");
-    let b = app.build_ok(&dist, &[]);
-    let out = r(&["deploy", b.to_str().unwrap()]);
+    let out = r(&["deploy", art.b.to_str().unwrap()]);
     let err = stderr(&out);
     assert!(out.status.success(), "second deploy failed:\n{err}");
     assert!(!err.contains("not running"), "{err}");
@@ -198,9 +198,12 @@ fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() 
         .contains("migrate"));
     config.insert("hooks".into(), toml::Value::Table(hooks));
 
-    let app = App::new();
-    let dist = app.tmp.path().join("dist");
-    let root = app.tmp.path().join("srv/mysite");
+    let art = crate::host::artifacts();
+    let tmp = tempfile::Builder::new()
+        .prefix("release-hooks-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("srv/mysite");
     let r = |args: &[&str]| {
         release()
             .arg("--root")
@@ -211,13 +214,9 @@ fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() 
     };
     assert!(r(&["init"]).status.success());
     std::fs::write(root.join("release.toml"), config.to_string()).unwrap();
-    let a = app.build_ok(&dist, &[]);
-    app.write("mysite/extra.py", "X = 2\n");
-    app.commit("second release");
-    let b = app.build_ok(&dist, &[]);
     for args in [
-        vec!["deploy", a.to_str().unwrap()],
-        vec!["deploy", b.to_str().unwrap()],
+        vec!["deploy", art.a.to_str().unwrap()],
+        vec!["deploy", art.b.to_str().unwrap()],
         vec!["rollback"],
     ] {
         let out = r(&args);

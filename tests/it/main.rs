@@ -12,4 +12,5 @@ mod fleet;
 mod fresh_host;
 mod host;
 mod hostile;
+mod locks;
 mod reload;

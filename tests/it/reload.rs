@@ -433,14 +433,9 @@ impl Drop for StopByPidfile {
 #[test]
 fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_that_is_down() {
     let host = Host::new();
-    let dist = host.app.tmp.path().join("dist");
-    let a = host.app.build_ok(&dist, &[]);
-    host.app.write("mysite/extra.py", "X = 2\n");
-    host.app.commit("release B");
-    let b = host.app.build_ok(&dist, &[]);
-    host.app.write("mysite/extra.py", "X = 3\n");
-    host.app.commit("release C");
-    let c = host.app.build_ok(&dist, &[]);
+    // Three releases of the bundled app, built once for all tests.
+    let art = crate::host::artifacts();
+    let (a, b, c) = (&art.a, &art.b, &art.c);
 
     // A service release can start: its `start` line launches gunicorn
     // detached (through current, like the launch lines), then returns.
@@ -512,7 +507,7 @@ fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_th
 #[test]
 fn a_first_deploy_lists_what_it_cannot_start_and_an_undone_one_claims_no_previous_release() {
     let host = Host::new();
-    let artifact = host.app.build_ok(&host.app.tmp.path().join("dist"), &[]);
+    let artifact = &crate::host::artifacts().a;
     std::fs::create_dir_all(&host.root.path).unwrap();
     let pidfile = host.run.join("gunicorn.pid");
     let launch = "cd /srv/x/current/app && exec /srv/x/current/venv/bin/gunicorn mysite.wsgi";
@@ -563,7 +558,7 @@ fn a_first_deploy_lists_what_it_cannot_start_and_an_undone_one_claims_no_previou
         .arg("--root")
         .arg(&root2)
         .arg("deploy")
-        .arg(&artifact)
+        .arg(artifact)
         .output()
         .unwrap();
     let err = fails_with(&out, 3);

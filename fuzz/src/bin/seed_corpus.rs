@@ -177,6 +177,7 @@ fn manifest_for(tree: Tree) -> Manifest {
             base_executable: INTERPRETER.into(),
         },
         requirements_sha256: "00".repeat(32),
+        dependencies: None,
         unpinned: false,
         resolved: Vec::new(),
         build_env: Vec::new(),
