@@ -73,12 +73,15 @@ pub enum HostCommand {
     Activate {
         /// Release id or commit, or a unique prefix of one.
         id: String,
+        /// Do not run the before_activate hook (e.g. on every host but the first of a fleet).
+        #[arg(long)]
+        skip_before_activate: bool,
         /// Only say what would happen (the preflight, without the check hook); change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Install an artifact (or reuse it when installed), activate it and prune, under one lock.
-    Deploy(InstallArgs),
+    Deploy(DeployArgs),
     /// Switch back to the release that was live before the current one (by the journal).
     Rollback {
         /// Go to this release instead (id or commit prefix).
@@ -161,6 +164,15 @@ pub struct InstallArgs {
     /// Only say what would happen (digest, manifest, interpreter and space checks); change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub install: InstallArgs,
+    /// Do not run the before_activate hook (e.g. on every host but the first of a fleet).
+    #[arg(long)]
+    pub skip_before_activate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -19,6 +19,9 @@ pub enum ActivateError {
         already_installed: bool,
     },
     CheckFailed(Box<CheckFailed>),
+    /// The `before_activate` hook failed; `current` and the services were
+    /// not touched (what the hook itself changed is its own).
+    BeforeActivateFailed(Box<CheckFailed>),
     /// A service cannot be reloaded; found before anything changed.
     ServicesNotReady {
         failure: ServicesFailure,
@@ -45,7 +48,8 @@ pub enum ActivateError {
     },
 }
 
-/// The `check` hook failed in the release about to be activated.
+/// The `check` (or `before_activate`) hook failed in the release about to
+/// be activated.
 #[derive(Debug)]
 pub struct CheckFailed {
     pub hook: String,
@@ -98,6 +102,8 @@ impl fmt::Display for Restored {
 pub enum FailedStep {
     /// The `check` hook, before the switch.
     Check,
+    /// The `before_activate` hook, last before the switch.
+    BeforeActivate,
     /// A service cannot be reloaded, found before the switch.
     Preflight,
     /// A service that was down on a first deploy did not start.
@@ -115,6 +121,7 @@ impl FailedStep {
     pub fn as_str(self) -> &'static str {
         match self {
             FailedStep::Check => "check",
+            FailedStep::BeforeActivate => "before_activate",
             FailedStep::Preflight => "preflight",
             FailedStep::Start => "start",
             FailedStep::Reload => "reload",
@@ -191,6 +198,25 @@ impl Explain for ActivateError {
                 }
                 write!(f, "\n  last lines of its output:\n{tail}")
             }
+            BeforeActivateFailed(hook) => {
+                let self::CheckFailed {
+                    hook,
+                    release,
+                    status,
+                    tail,
+                    current,
+                    ..
+                } = hook.as_ref();
+                write!(
+                    f,
+                    "the before_activate hook `{hook}` failed in {release} ({status}); current and the services were not touched: "
+                )?;
+                match current {
+                    Some(current) => write!(f, "{current} is still current")?,
+                    None => f.write_str("no release is current")?,
+                }
+                write!(f, "\n  last lines of its output:\n{tail}")
+            }
             ServicesNotReady { failure, current } => write!(
                 f,
                 "{}\n  current was not touched: {} is still current",
@@ -230,6 +256,10 @@ impl Explain for ActivateError {
                 "run it yourself in {0}/app to see why (PATH={0}/venv/bin:$PATH), or change [hooks] check in {1}",
                 check.dir.display(),
                 check.config.display()
+            ),
+            BeforeActivateFailed(hook) => format!(
+                "run it yourself in {} to see why, fix the release and deploy again; what the hook changed before it failed (e.g. migrations applied before the failing one) stays: see \"Migrations\" in the README",
+                hook.dir.display()
             ),
             ActivationFailed { .. } => "see `release status` and the service logs; the release is marked rolled back".into(),
             NothingToRollBack { .. } => "pick one with `release rollback --to ID` or `release activate ID` (see `release list`)".into(),

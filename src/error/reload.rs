@@ -232,7 +232,8 @@ pub enum HealthAnswer {
         url: String,
         status: u16,
         body: String,
-        expected: String,
+        /// `expect` of [health], when set.
+        expected: Option<String>,
     },
     Unreachable {
         url: String,
@@ -248,10 +249,12 @@ impl fmt::Display for HealthError {
                 status,
                 body,
                 expected,
-            } => write!(
-                f,
-                "{url} answered {status} with {body:?}, expected a 2xx containing {expected:?}"
-            )?,
+            } => {
+                write!(f, "{url} answered {status} with {body:?}, expected a 2xx")?;
+                if let Some(expected) = expected {
+                    write!(f, " containing {expected:?} (`expect` in [health])")?;
+                }
+            }
             HealthAnswer::Unreachable { url, error } => write!(f, "{url}: {error}")?,
         }
         write!(f, " (gave up after {:?})", self.waited)

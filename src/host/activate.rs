@@ -7,11 +7,15 @@
 //!    **services preflight** — every `[[service]]` pidfile names a live
 //!    process of this app (on a first deploy, one that is down may be);
 //!    otherwise stop with `current` untouched (exit 1).
+//!    **before_activate** — (activate only, not rollback) the hook that
+//!    migrates, inside the target release; failure journals `failed` and
+//!    stops with `current` and the services untouched (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
 //!    `current`, fsync the root; journal `activated` (or `rolled_back`).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
 //!    `[[service]]` and `[health]`. On failure: switch back, reload the old
-//!    release, journal `failed` with `reverted`, exit 3.
+//!    release (its health check is a 2xx alone: `expect` is for the new
+//!    release), journal `failed` with `reverted`, exit 3.
 //! 5. **after** — the `after_activate` hook (a failure is a warning: the
 //!    release is live) and `notify` (POST the journal event; never fatal).
 //!
@@ -210,6 +214,7 @@ pub fn activate(
     let first = a.from.is_none();
     a.check()?; // 2.
     a.services_ready(first)?;
+    a.before_activate()?;
     crashpoint(switch.point(CrashPoint::ActivateChecked, CrashPoint::RollbackChecked));
     let event = a.switch_current()?; // 3.
     let reloaded = a.reload(first)?; // 4.
@@ -310,6 +315,43 @@ impl Activation<'_> {
         .into())
     }
 
+    /// Step 2c: the `before_activate` hook (migrations), inside the new
+    /// release while the old one serves, last before the switch; never on
+    /// a rollback. A failure leaves `current` and the services untouched.
+    fn before_activate(&self) -> Result<()> {
+        let (Some(before), Switch::Activate) = (&self.config.hooks.before_activate, self.switch)
+        else {
+            return Ok(());
+        };
+        let (target, name) = (self.target, self.name());
+        self.printer
+            .progress(&format!("before_activate ({name}): {before}"));
+        let Err(failure) = hooks::run(before, &target.dir, name, self.switch.hook_name()) else {
+            return Ok(());
+        };
+        let failed = What::Failed {
+            step: Some(FailedStep::BeforeActivate),
+            error: Some(format!(
+                "before_activate hook `{before}` failed ({})",
+                failure.status
+            )),
+            reverted: false,
+        };
+        let event = self.event(failed);
+        self.journal.append(self.lock, &event)?;
+        hooks::notify(self.config, &event, self.printer);
+        Err(ActivateError::BeforeActivateFailed(Box::new(CheckFailed {
+            hook: before.clone(),
+            release: name.to_string(),
+            status: failure.status,
+            tail: failure.tail,
+            current: self.from.clone(),
+            dir: target.dir.clone(),
+            config: self.host.config.clone(),
+        }))
+        .into())
+    }
+
     /// Step 2b: every service can be reloaded (live pidfile of this app),
     /// before anything changes.
     fn services_ready(&self, first: bool) -> Result<()> {
@@ -383,8 +425,14 @@ impl Activation<'_> {
         let restored = match &self.from {
             Some(previous) => {
                 host.switch_current(self.lock, previous)?;
+                // The previous release was serving before this switch: it
+                // need not pass the text check `expect` asks of a new release.
+                let mut back = self.config.clone();
+                if let Some(health) = &mut back.health {
+                    health.expect = None;
+                }
                 let again = ReleaseId::parse(previous).and_then(|id| {
-                    services::reload_and_check(self.config, host, &id, false, self.printer).err()
+                    services::reload_and_check(&back, host, &id, false, self.printer).err()
                 });
                 match again {
                     None => Restored::Previous(previous.clone()),

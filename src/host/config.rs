@@ -90,23 +90,34 @@ stops what it started (exit 3).
 
 [health]   polled after the reloads; failure switches back (exit 3)
   url = "http://127.0.0.1:8000/healthz"   required in the table
-  expect = "{release}"    the body must contain it: {release} = the new
-                          release's commit12, {id} = its directory name
+      A 2xx answer is enough: which release the processes run is confirmed
+      from /proc by the reloads, so any page of the app will do.
+  expect = "{release}"    opt-in: the body must also contain it;
+                          {release} = the new release's commit12, {id} = its
+                          directory name. Never asked of the release switched
+                          back to after a failure (a 2xx is enough there).
   timeout = "30s"
 
 [hooks]   shell commands (/bin/sh -c) run in <root>/releases/<id>, with
           venv/bin first on PATH, app/ first on PYTHONPATH, VIRTUAL_ENV,
-          RELEASE_ID, RELEASE_DIR and RELEASE_SWITCH (activate | rollback)
+          RELEASE_ID, RELEASE_DIR, RELEASE_ROOT and RELEASE_SWITCH
+          (activate | rollback)
   check = "venv/bin/python -c 'import mysite.wsgi'"
       Before the switch; a failure stops the activation (exit 1).
-  after_activate = "venv/bin/python app/manage.py migrate --noinput"
+  before_activate = "venv/bin/python app/manage.py migrate --noinput"
+      After `check` and the services' preflight, right before the switch,
+      while the old release still serves; on `activate` and `deploy`, never
+      on `rollback`. A failure stops the activation (exit 1): current and
+      the services are untouched (what the command itself did before failing
+      stays done). `--skip-before-activate` leaves it out for one run (every
+      host of a fleet but the one that migrates). Migrations go here: the old
+      code then runs against the new schema for a moment, and after a
+      rollback for longer, so keep them backward compatible (add first,
+      remove a release later). Rollback never unapplies them.
+  after_activate = "venv/bin/python app/manage.py clearsessions"
       After a successful switch and reloads, on `activate`, `deploy` AND
       `rollback` (in the release switched to); a failure is a warning, the
-      release stays live. Django's `migrate` only applies migrations; on a
-      rollback it does not unapply the newer release's, so the old code runs
-      against the newer schema: keep migrations backward compatible (add
-      first, remove a release later). To skip it on rollbacks:
-      after_activate = "[ \"$RELEASE_SWITCH\" = rollback ] || venv/bin/python app/manage.py migrate --noinput"
+      release stays live.
   notify = "https://deploys.example.invalid/hook"
       POST of each activation's journal event as JSON (also failures);
       never fatal, and release says whether it worked.
@@ -155,6 +166,10 @@ impl Default for HostConfig {
 pub struct Hooks {
     /// Shell command run inside the new release before the switch; failure aborts.
     pub check: Option<String>,
+    /// Shell command run inside the new release after `check` and the
+    /// services' preflight, right before `current` moves (migrations); a
+    /// failure aborts with nothing live changed. Not run by rollback.
+    pub before_activate: Option<String>,
     /// Shell command run after a successful activation.
     pub after_activate: Option<String>,
     /// URL the journal event is POSTed to after an activation (never fatal).
@@ -400,15 +415,13 @@ impl ServiceConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     pub url: String,
-    /// The body must contain this; `{release}` is the new release's commit12
-    /// (what the app reads from its own release.json), `{id}` its directory name.
-    #[serde(default = "default_expect")]
-    pub expect: String,
+    /// Opt-in: the body must also contain this; `{release}` is the new
+    /// release's commit12 (what the app reads from its own release.json),
+    /// `{id}` its directory name. Without it, any 2xx answer will do: which
+    /// release the processes run is confirmed from /proc by the reloads.
+    #[serde(default)]
+    pub expect: Option<String>,
     pub timeout: Option<Timeout>,
-}
-
-fn default_expect() -> String {
-    "{release}".into()
 }
 
 impl HealthConfig {
@@ -418,10 +431,10 @@ impl HealthConfig {
 
     /// The text the health URL must answer with for release `release`
     /// (commit12) installed as `id`.
-    pub fn expected(&self, release: &str, id: &str) -> String {
+    pub fn expected(&self, release: &str, id: &str) -> Option<String> {
         self.expect
-            .replace("{release}", release)
-            .replace("{id}", id)
+            .as_ref()
+            .map(|e| e.replace("{release}", release).replace("{id}", id))
     }
 }
 
@@ -515,6 +528,7 @@ notify = "https://example.invalid/deploys"
             "expect =",
             "[hooks]",
             "check =",
+            "before_activate =",
             "after_activate =",
             "notify =",
             "RELEASE_SWITCH",

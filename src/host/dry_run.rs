@@ -36,10 +36,10 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
             let plan = install::plan(host, &args.options(), printer)?;
             printer.data(&plan, || plan.human());
         }
-        HostCommand::Deploy(args) if args.dry_run => {
+        HostCommand::Deploy(args) if args.install.dry_run => {
             let exists = check_if_exists(host)?;
             let config = HostConfig::load(&host.config)?;
-            let install = install::plan(host, &args.options(), printer)?;
+            let install = install::plan(host, &args.install.options(), printer)?;
             let activate = match &install.id {
                 Some(id) => {
                     let list = releases::installed(host)?;
@@ -67,7 +67,9 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
             };
             printer.data(&plan, || plan.activate.human());
         }
-        HostCommand::Activate { id, dry_run: true } => {
+        HostCommand::Activate {
+            id, dry_run: true, ..
+        } => {
             host.check_exists()?;
             host.check_current_is_ours()?;
             let config = HostConfig::load(&host.config)?;

@@ -2,8 +2,8 @@
 //! release: cwd `<release>` (so the design's `venv/bin/python -c 'import
 //! mysite.wsgi'` works as written), `PYTHONPATH` starting with `<release>/app`
 //! (the app imports as it does under gunicorn --chdir), `PATH` starting with
-//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID`, `RELEASE_DIR` and
-//! `RELEASE_SWITCH` (`activate` or `rollback`) set.
+//! `<release>/venv/bin`, `VIRTUAL_ENV`, `RELEASE_ID`, `RELEASE_DIR`,
+//! `RELEASE_ROOT` and `RELEASE_SWITCH` (`activate` or `rollback`) set.
 //! Also `[hooks] notify`: the journal event POSTed after an activation.
 
 use std::path::Path;
@@ -44,6 +44,13 @@ pub fn run(
         .env("PYTHONPATH", python_path)
         .env("VIRTUAL_ENV", &venv)
         .env("RELEASE_ID", release_id)
+        .env(
+            "RELEASE_ROOT",
+            release_dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(release_dir),
+        )
         .env("RELEASE_DIR", release_dir)
         .env("RELEASE_SWITCH", switch)
         .env_remove("PYTHONHOME")

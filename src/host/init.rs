@@ -57,18 +57,21 @@ const SERVICES: &str = r#"# One table per process to reload after `current` move
 
 const HEALTH: &str = r#"# Polled after the reloads; on failure the previous release is restored (exit 3).
 # [health]
-# url = "http://127.0.0.1:8000/healthz"
-# expect = "{release}"            # body must contain it; {release} = commit12, {id} = directory name
+# url = "http://127.0.0.1:8000/healthz"   # any 2xx answer will do
+# expect = "{release}"            # opt-in: the body must also contain it; {release} = commit12, {id} = directory name
 # timeout = "30s"
 
 "#;
 
 const HOOKS_HEAD: &str = r#"# Hooks run with /bin/sh in the release (venv/bin first on PATH, app/ on
-# PYTHONPATH). after_activate also runs on `release rollback`; RELEASE_SWITCH
-# is `activate` or `rollback` (docs: `release help config`).
+# PYTHONPATH). before_activate runs in the new release right before the
+# switch (never on `release rollback`): migrations go there. after_activate
+# runs after the switch, on rollbacks too; RELEASE_SWITCH is `activate` or
+# `rollback` (docs: `release help config`).
 "#;
 
-const HOOKS_REST: &str = r#"# after_activate = "[ \"$RELEASE_SWITCH\" = rollback ] || venv/bin/python app/manage.py migrate --noinput"
+const HOOKS_REST: &str = r#"# before_activate = "venv/bin/python app/manage.py migrate --noinput"   # failure: exit 1, nothing live changed
+# after_activate = "venv/bin/python app/manage.py clearsessions"        # failure is a warning
 # notify = "https://deploys.example.invalid/hook"    # POST of the journal event; never fatal
 "#;
 
@@ -373,7 +376,7 @@ fn config_text(options: &InitOptions, services: &[GeneratedService]) -> String {
     }
     match &options.health {
         Some(path) => text.push_str(&format!(
-            "# Polled after the reloads; on failure the previous release is restored (exit 3).\n[health]\nurl = \"http://{}{}{path}\"\n# expect = \"{{release}}\"          # body must contain it; {{release}} = commit12, {{id}} = directory name\ntimeout = \"30s\"\n\n",
+            "# Polled after the reloads; on failure the previous release is restored (exit 3).\n[health]\nurl = \"http://{}{}{path}\"\n# expect = \"{{release}}\"          # opt-in: the body must also contain it (a 2xx alone is enough); {{release}} = commit12, {{id}} = directory name\ntimeout = \"30s\"\n\n",
             options.bind,
             if path.starts_with('/') { "" } else { "/" },
         )),

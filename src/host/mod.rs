@@ -40,7 +40,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{HostCommand, InitArgs, InstallArgs};
+use crate::cli::{DeployArgs, HostCommand, InitArgs, InstallArgs};
 use crate::error::{
     ActivateError, Error, ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError,
 };
@@ -94,7 +94,9 @@ pub struct DeployReport {
 fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Error {
     match err {
         Error::Activate(
-            refused @ (ActivateError::CheckFailed(_) | ActivateError::ServicesNotReady { .. }),
+            refused @ (ActivateError::CheckFailed(_)
+            | ActivateError::BeforeActivateFailed(_)
+            | ActivateError::ServicesNotReady { .. }),
         ) => ActivateError::RefusedAfterInstall {
             refused: Box::new(refused),
             release: installed.id.clone(),
@@ -126,6 +128,17 @@ impl Session {
         host.remove_leftovers(&lock, printer)?;
         Ok(Session { host, config, lock })
     }
+
+    /// `--skip-before-activate`: this run does without the hook.
+    fn skip_before_activate(&mut self, skip: bool, printer: &Printer) {
+        if skip {
+            if let Some(hook) = self.config.hooks.before_activate.take() {
+                printer.progress(&format!(
+                    "not running the before_activate hook `{hook}` (--skip-before-activate)"
+                ));
+            }
+        }
+    }
 }
 
 /// Run one host command.
@@ -149,8 +162,13 @@ pub fn run(
             let report = install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
             printer.data(&report, || format!("{}\n", report.id));
         }
-        HostCommand::Activate { id, .. } => {
-            let s = Session::open(host, false, wait, printer)?;
+        HostCommand::Activate {
+            id,
+            skip_before_activate,
+            ..
+        } => {
+            let mut s = Session::open(host, false, wait, printer)?;
+            s.skip_before_activate(*skip_before_activate, printer);
             let list = releases::installed(&s.host)?;
             let target = releases::resolve(&s.host, &list, id)?;
             let report = activate::activate(
@@ -191,9 +209,16 @@ pub fn run(
 }
 
 /// `release deploy`: install, activate, prune, under one lock.
-fn deploy(host: Host, args: &InstallArgs, wait: Option<f64>, printer: &Printer) -> Result<()> {
-    let s = Session::open(host, true, wait, printer)?;
-    let installed = install::install(&s.host, &s.lock, &s.config, &args.options(), printer)?;
+fn deploy(host: Host, args: &DeployArgs, wait: Option<f64>, printer: &Printer) -> Result<()> {
+    let mut s = Session::open(host, true, wait, printer)?;
+    s.skip_before_activate(args.skip_before_activate, printer);
+    let installed = install::install(
+        &s.host,
+        &s.lock,
+        &s.config,
+        &args.install.options(),
+        printer,
+    )?;
     let list = releases::installed(&s.host)?;
     let target = releases::resolve(&s.host, &list, &installed.id)?;
     let activated = activate::activate(

@@ -371,8 +371,11 @@ pub fn requirement_error(text: &str, interpreter: &Interpreter) -> Error {
         }
         .into();
     }
-    let requirement = failing_requirement(text);
-    if let Some(needs) = python_mismatch(text) {
+    let mut requirement = failing_requirement(text);
+    if let Some((package, needs)) = python_mismatch(text) {
+        if let Some(package) = package {
+            requirement = package;
+        }
         return PythonError::RequirementNeedsPython {
             requirement,
             needs,
@@ -389,9 +392,11 @@ pub fn requirement_error(text: &str, interpreter: &Interpreter) -> Error {
 }
 
 /// The `Requires-Python` specifiers pip reported as the reason it skipped
-/// versions, joined with " or ": None when that was not the reason.
-fn python_mismatch(text: &str) -> Option<String> {
+/// versions, joined with " or " (and the package, when pip named it): None
+/// when that was not the reason.
+fn python_mismatch(text: &str) -> Option<(Option<String>, String)> {
     let mut specs: Vec<String> = Vec::new();
+    let mut package = None;
     for line in text.lines() {
         // "Ignored the following versions that require a different python
         // version: 6.0 Requires-Python >=3.12; 6.0.1 Requires-Python >=3.12"
@@ -403,7 +408,10 @@ fn python_mismatch(text: &str) -> Option<String> {
             }
         }
         // "Package 'x' requires a different Python: 3.11.7 not in '>=3.12'"
-        if let Some(rest) = line.split("requires a different Python: ").nth(1) {
+        if let Some((before, rest)) = line.split_once(" requires a different Python: ") {
+            package = before
+                .rsplit_once("Package '")
+                .map(|(_, p)| p.trim_end_matches('\'').to_string());
             if let Some(spec) = rest.split(" not in ").nth(1) {
                 specs.push(spec.trim().trim_matches('\'').to_string());
             }
@@ -412,7 +420,7 @@ fn python_mismatch(text: &str) -> Option<String> {
     let no_match = text.contains("No matching distribution found")
         || text.contains("requires a different Python");
     specs.dedup();
-    (no_match && !specs.is_empty()).then(|| specs.join(" or "))
+    (no_match && !specs.is_empty()).then(|| (package, specs.join(" or ")))
 }
 
 /// Name the requirement pip was working on when it failed.
@@ -603,9 +611,12 @@ mod tests {
     #[test]
     fn a_python_version_mismatch_is_named() {
         let out = "ERROR: Ignored the following versions that require a different python version: 6.0 Requires-Python >=3.12; 6.0.1 Requires-Python >=3.12\nERROR: Could not find a version that satisfies the requirement Django>=6.0 (from versions: 5.2.19)\nERROR: No matching distribution found for Django>=6.0\n";
-        assert_eq!(python_mismatch(out).as_deref(), Some(">=3.12"));
-        let out = "ERROR: Package 'bakery' requires a different Python: 3.11.7 not in '>=3.99'\n";
-        assert_eq!(python_mismatch(out).as_deref(), Some(">=3.99"));
+        assert_eq!(python_mismatch(out), Some((None, ">=3.12".into())));
+        let out = "ERROR: Package 'toonew' requires a different Python: 3.11.7 not in '>=3.99'\n";
+        assert_eq!(
+            python_mismatch(out),
+            Some((Some("toonew".into()), ">=3.99".into()))
+        );
         let out = "ERROR: No matching distribution found for nosuchpkg==1.0\n";
         assert_eq!(python_mismatch(out), None);
     }

@@ -529,3 +529,253 @@ fn without_wheels_the_artifact_is_smaller_and_rebuild_venv_says_why_it_cannot() 
         "something was installed"
     );
 }
+
+// ---- the host side: health, before_activate migrations, switching back ----
+
+fn children(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Columns of the `breads_bread` table and the breads migrations applied.
+fn schema(db: &Path) -> (String, String) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             print(','.join(r[1] for r in c.execute('pragma table_info(breads_bread)')))\n\
+             print(','.join(r[0] for r in c.execute(\"select name from django_migrations where app = 'breads' order by name\")))",
+        )
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    (
+        lines.next().unwrap_or_default().to_string(),
+        lines.next().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
+    use crate::common::running::Gunicorn;
+
+    let app = bakery();
+    app.write("release.build.toml", "allow-unpinned = true\n");
+    app.commit("build settings");
+    let root = app.tmp.path().join("srv/bakery");
+    let run_dir = app.tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let deploy = |name: &str| -> Output {
+        let artifact = artifact(&json_ok(&build(&app, name, &shared_cache(), &[])));
+        release()
+            .arg("--root")
+            .arg(&root)
+            .arg("deploy")
+            .arg(&artifact)
+            .output()
+            .unwrap()
+    };
+    // The launch line `release init` writes for this app.
+    let port = crate::common::running::free_port();
+    let init = json_ok(
+        &release()
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "init",
+                "--json",
+                "--wsgi",
+                "bakery.wsgi:application",
+                "--run-dir",
+            ])
+            .arg(&run_dir)
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap(),
+    );
+    let launch = crate::common::running::launch_line(&init, "web");
+    let db = root.join("shared/app/var/db.sqlite3");
+    // The hook notes where `current` pointed when it ran, then migrates.
+    let hooks = "[hooks]\ncheck = \"venv/bin/python -c 'import bakery.wsgi'\"\nbefore_activate = \"readlink \\\"$RELEASE_ROOT/current\\\" > \\\"$RELEASE_ROOT/shared/seen-current\\\" || true; venv/bin/python app/manage.py migrate --noinput\"\n";
+    let seen = || {
+        std::fs::read_to_string(root.join("shared/seen-current"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let current = || {
+        std::fs::read_link(root.join("current"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+
+    // Release A, first deploy on the fresh root: the hook creates the database.
+    std::fs::write(
+        root.join("release.toml"),
+        format!("shared = [\"app/var\"]\n\n{hooks}"),
+    )
+    .unwrap();
+    let out = deploy("a");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = current();
+    assert_eq!(seen(), "", "no current before the first release");
+    assert_eq!(schema(&db), ("id,name".into(), "0001_initial".into()));
+
+    let web = Gunicorn::from_launch_ready(&launch, &run_dir, port, "/");
+    let (status, body) = web.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains(&a[..12]),
+        "the page does not name the release"
+    );
+    std::fs::write(
+        root.join("release.toml"),
+        format!(
+            "shared = [\"app/var\"]\n\n[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"hup\"\ntimeout = \"60s\"\n\n[health]\nurl = \"{}\"\ntimeout = \"20s\"\n\n{hooks}",
+            web.pidfile.display(),
+            web.url("/")
+        ),
+    )
+    .unwrap();
+
+    // Release B adds a column its page reads: served before the migration,
+    // the page would fail. The migration runs in B, while A is current.
+    app.write(
+        "bakery/breads/models.py",
+        "from django.db import models\n\n\nclass Bread(models.Model):\n    name = models.CharField(max_length=100)\n    origin = models.CharField(max_length=100, default=\"\")\n\n    def __str__(self):\n        return f\"{self.name} ({self.origin})\"\n",
+    );
+    app.write(
+        "bakery/breads/migrations/0002_bread_origin.py",
+        "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"breads\", \"0001_initial\")]\n    operations = [\n        migrations.AddField(\"bread\", \"origin\", models.CharField(max_length=100, default=\"\")),\n    ]\n",
+    );
+    app.commit("release B: bread origin");
+    let out = deploy("b");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = current();
+    assert_ne!(a, b);
+    assert_eq!(
+        seen(),
+        format!("releases/{a}"),
+        "the hook ran before the switch"
+    );
+    assert_eq!(
+        schema(&db),
+        (
+            "id,name,origin".into(),
+            "0001_initial,0002_bread_origin".into()
+        )
+    );
+    let (status, body) = web.get("/");
+    assert_eq!(status, 200, "{body}");
+
+    // Release C's migration fails half-way (a column added, then an error):
+    // nothing live changes: current, the workers, the schema.
+    let master = std::fs::read_to_string(&web.pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let workers = children(&master);
+    app.write(
+        "bakery/breads/migrations/0003_broken.py",
+        "from django.db import migrations, models\n\n\ndef fail(apps, schema_editor):\n    raise RuntimeError(\"this data migration is broken\")\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"breads\", \"0002_bread_origin\")]\n    operations = [\n        migrations.AddField(\"bread\", \"price\", models.IntegerField(default=0)),\n        migrations.RunPython(fail),\n    ]\n",
+    );
+    app.commit("release C: a broken migration");
+    let out = deploy("c");
+    let err = fails_with(&out, 1);
+    assert!(
+        err.contains("before_activate") && err.contains("this data migration is broken"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{b} is still current")), "{err}");
+    assert_eq!(current(), b);
+    assert_eq!(seen(), format!("releases/{b}"));
+    assert_eq!(
+        schema(&db),
+        (
+            "id,name,origin".into(),
+            "0001_initial,0002_bread_origin".into()
+        )
+    );
+    assert_eq!(children(&master), workers, "the workers were touched");
+    assert_eq!(web.get("/").0, 200);
+    let journal = std::fs::read_to_string(root.join("history.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "failed", "{last}");
+    assert_eq!(last["step"], "before_activate", "{last}");
+
+    // With `expect` opted in, a release whose page fails is rolled back, and
+    // switching back to B does not require B's page to contain B's id.
+    std::fs::remove_file(app.path("bakery/breads/migrations/0003_broken.py")).unwrap();
+    app.write(
+        "bakery/views.py",
+        "from django.http import HttpResponse\n\n\ndef home(request):\n    return HttpResponse(\"broken\", status=500)\n",
+    );
+    app.commit("release D: a page that fails");
+    let config = std::fs::read_to_string(root.join("release.toml")).unwrap();
+    std::fs::write(
+        root.join("release.toml"),
+        config.replace(
+            "timeout = \"20s\"",
+            "timeout = \"5s\"\nexpect = \"{release}\"",
+        ),
+    )
+    .unwrap();
+    let out = deploy("d");
+    let err = fails_with(&out, 3);
+    assert!(err.contains(&format!("{b} is live again")), "{err}");
+    assert!(!err.contains("failed too"), "{err}");
+    assert_eq!(current(), b);
+    assert_eq!(web.get("/").0, 200);
+}
+
+#[test]
+fn a_requirement_needing_another_python_is_named_with_the_version_it_needs() {
+    // A wheel whose metadata says Requires-Python >=3.99, in a find-links dir.
+    let app = App::new();
+    let links = app.tmp.path().join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import base64, hashlib, sys, zipfile\n\
+             files = {'toonew/__init__.py': b'', 'toonew-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\\nName: toonew\\nVersion: 1.0\\nRequires-Python: >=3.99\\n', 'toonew-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n'}\n\
+             record = ''.join('%s,sha256=%s,%d\\n' % (n, base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode(), len(d)) for n, d in files.items())\n\
+             with zipfile.ZipFile(sys.argv[1] + '/toonew-1.0-py3-none-any.whl', 'w') as z:\n\
+             \x20   [z.writestr(n, d) for n, d in files.items()]\n\
+             \x20   z.writestr('toonew-1.0.dist-info/RECORD', record + 'toonew-1.0.dist-info/RECORD,,\\n')\n",
+        )
+        .arg(&links)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let mut reqs = std::fs::read_to_string(app.path("requirements.txt")).unwrap();
+    reqs.push_str("toonew==1.0\n");
+    app.write("requirements.txt", &reqs);
+    app.commit("a requirement for a newer Python");
+    let out = app.build(
+        &app.tmp.path().join("out"),
+        &app.tmp.path().join("cache"),
+        &[
+            "--installer",
+            "pip",
+            "--find-links",
+            links.to_str().unwrap(),
+        ],
+    );
+    let err = fails_with(&out, 1);
+    assert!(
+        err.contains("`toonew` needs Python >=3.99; this build uses Python 3."),
+        "{err}"
+    );
+    assert!(err.contains("--python"), "{err}");
+}

@@ -184,7 +184,7 @@ fn readme_example() -> String {
 #[test]
 fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() {
     let example: toml::Table = toml::from_str(&readme_example()).unwrap();
-    // Its keep, shared and check/after_activate hooks as written; its
+    // Its keep, shared and check/before_activate hooks as written; its
     // services, health URL and notify URL name a host this test is not.
     let mut config = toml::Table::new();
     for key in ["keep", "shared"] {
@@ -192,7 +192,7 @@ fn the_readme_example_hooks_succeed_on_the_bundled_app_on_deploy_and_rollback() 
     }
     let mut hooks = example["hooks"].as_table().unwrap().clone();
     hooks.remove("notify");
-    assert!(hooks["after_activate"]
+    assert!(hooks["before_activate"]
         .as_str()
         .unwrap()
         .contains("migrate"));

@@ -197,6 +197,11 @@ impl Gunicorn {
     /// Start gunicorn with `line` (a generated launch line whose pidfile is
     /// `run_dir/gunicorn.pid` and which binds `port`) and wait until it serves.
     pub fn from_launch(line: &str, run_dir: &Path, port: u16) -> Gunicorn {
+        Gunicorn::from_launch_ready(line, run_dir, port, "/healthz")
+    }
+
+    /// As [`Gunicorn::from_launch`], ready once `ready_path` answers 200.
+    pub fn from_launch_ready(line: &str, run_dir: &Path, port: u16, ready_path: &str) -> Gunicorn {
         let group = spawn_launch("gunicorn", line, &[], run_dir.join("gunicorn.log"));
         let g = Gunicorn {
             group,
@@ -204,7 +209,7 @@ impl Gunicorn {
             pidfile: run_dir.join("gunicorn.pid"),
         };
         wait_for("gunicorn to serve", Duration::from_secs(30), || {
-            get(g.port, "/healthz", false).is_ok_and(|(s, _)| s == 200)
+            get(g.port, ready_path, false).is_ok_and(|(s, _)| s == 200)
         });
         g
     }
