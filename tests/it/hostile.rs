@@ -13,11 +13,10 @@
 //! another reason than the rule) instead of passing slowly. The path, type
 //! and mode rules are also unit tests of the extractor (src/host/extract.rs).
 //!
-//! `unsafe_roots_are_refused_and_change_nothing` plants the root hygiene
-//! problems (writable by others, symlinks planted in place of release's own
-//! paths, a `current` pointing elsewhere) and checks that commands refuse with
-//! the path, the reason and the fix, and change nothing; it prints a table of
-//! its cases and outcomes (`-- --nocapture`).
+//! `root_case::*`: one test per unsafe root: each plants a root hygiene
+//! problem (writable by others, symlinks planted in place of release's own
+//! paths, a `current` pointing elsewhere), checks that the command refuses
+//! with the path, the reason and the fix and changes nothing, and undoes it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -1106,18 +1105,6 @@ fn error_line(stderr: &str) -> String {
     line
 }
 
-fn print_table(title: &str, rows: &[(String, String, String)]) {
-    eprintln!("\n{title}");
-    eprintln!(
-        "{:<3} {:<72} {:<14} error (first line)",
-        "#", "case", "outcome"
-    );
-    for (i, (name, outcome, detail)) in rows.iter().enumerate() {
-        eprintln!("{:<3} {:<72} {:<14} {}", i + 1, name, outcome, detail);
-    }
-    eprintln!();
-}
-
 /// A host root next to a sibling directory `outside` (with a bait file) that
 /// hostile paths and links aim at.
 struct Site {
@@ -1129,10 +1116,6 @@ struct Site {
 }
 
 impl Site {
-    fn new() -> Site {
-        Site::in_tmp(tempfile::Builder::new().prefix("rh-").tempdir().unwrap())
-    }
-
     /// A fresh site in `dir` (whatever was there is removed first).
     fn in_dir(dir: &Path) -> Site {
         let _ = std::fs::remove_dir_all(dir);
@@ -1731,97 +1714,170 @@ fn hygiene_cases(site: &Site) -> Vec<Hygiene> {
     cases
 }
 
-#[test]
-fn unsafe_roots_are_refused_and_change_nothing() {
-    let site = Site::new();
-    let id = site.healthy();
-    std::fs::create_dir(site.root.join("shared")).unwrap();
-    std::fs::write(site.root.join("release.toml"), "keep = 5\n").unwrap();
-    let baseline = snapshot(&site.root);
-    let outside_baseline = snapshot(&site.outside);
-    let is_root = rustix::process::geteuid().is_root();
+/// The site the unsafe-root tests share (as for the hostile artifacts): the
+/// healthy release live, `shared/` and `release.toml` in place, and what the
+/// root and `outside` hold then. Each case plants its problem, runs its
+/// command, checks the refusal, and undoes it.
+struct RootSite {
+    site: Site,
+    id: String,
+    baseline: BTreeMap<String, String>,
+    outside_baseline: BTreeMap<String, String>,
+    done: usize,
+}
+
+fn root_site() -> std::sync::MutexGuard<'static, RootSite> {
+    static SHARED: OnceLock<std::sync::Mutex<RootSite>> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        let site = Site::in_dir(&Path::new(REPO).join("target/hostile-it/roots"));
+        let id = site.healthy();
+        std::fs::create_dir(site.root.join("shared")).unwrap();
+        std::fs::write(site.root.join("release.toml"), "keep = 5\n").unwrap();
+        std::sync::Mutex::new(RootSite {
+            baseline: snapshot(&site.root),
+            outside_baseline: snapshot(&site.outside),
+            site,
+            id,
+            done: 0,
+        })
+    });
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Plant the unsafe root `name`, run its command: it must be refused (or
+/// warn and run) as the table says and change nothing; then undo it.
+fn refuse_unsafe_root(name: &str) {
+    let mut shared = root_site();
+    let problems = check_root_case(&shared, name);
+    shared.done += 1;
+    if shared.done == UNSAFE_ROOT_CASES.len() {
+        let _ = std::fs::remove_dir_all(shared.site.root.parent().unwrap().parent().unwrap());
+    }
+    drop(shared);
+    assert!(problems.is_empty(), "{name}: {}", problems.join("\n  "));
+}
+
+fn check_root_case(shared: &RootSite, name: &str) -> Vec<String> {
+    let site = &shared.site;
+    let case = hygiene_cases(site)
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no unsafe-root case {name:?}"));
+    if case.name.contains("another user") && !rustix::process::geteuid().is_root() {
+        eprintln!("{name}: skipped (needs root to chown)");
+        return Vec::new();
+    }
     let art = healthy().to_str().unwrap().to_string();
     let fill = |s: &str| {
         s.replace("{root}", site.root.to_str().unwrap())
             .replace("{outside}", site.outside.to_str().unwrap())
             .replace("{art}", &art)
-            .replace("{id}", &id)
+            .replace("{id}", &shared.id)
     };
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for case in hygiene_cases(&site) {
-        if case.name.contains("another user") && !is_root {
-            rows.push((
-                case.name.to_string(),
-                "skipped".into(),
-                "needs root to chown".into(),
-            ));
-            continue;
-        }
-        (case.plant)(&site);
-        let root_before = snapshot(&site.root);
-        let outside_before = snapshot(&site.outside);
-        let args: Vec<String> = case.args.iter().map(|a| fill(a)).collect();
-        let root_arg = case.root_arg.clone().unwrap_or_else(|| site.root.clone());
-        let t = Instant::now();
-        let out = release()
-            .arg("--root")
-            .arg(&root_arg)
-            .args(&args)
-            .output()
-            .unwrap();
-        let seconds = t.elapsed().as_secs_f64();
-        let err = stderr(&out);
-        let mut problems = Vec::new();
-        if out.status.code() != Some(case.code) {
-            problems.push(format!("exit {:?}, expected {}", out.status, case.code));
-        }
-        for needle in case.expect {
-            let needle = fill(needle);
-            if !err.contains(&needle) {
-                problems.push(format!("stderr lacks {needle:?}"));
-            }
-        }
-        problems.extend(diff(&root_before, &snapshot(&site.root)));
-        problems.extend(
-            diff(&outside_before, &snapshot(&site.outside))
-                .into_iter()
-                .map(|d| format!("outside: {d}")),
-        );
-        (case.undo)(&site);
-        let undone = diff(&baseline, &snapshot(&site.root));
-        assert!(undone.is_empty(), "{}: undo left {undone:?}", case.name);
-        assert!(diff(&outside_baseline, &snapshot(&site.outside)).is_empty());
-        let outcome = match (problems.is_empty(), case.code) {
-            (true, 0) => "warned, ran",
-            (true, _) => "refused",
-            (false, _) => "FAILED",
-        };
-        rows.push((
-            format!("{} (release {})", case.name, case.args[0]),
-            format!("{outcome} {seconds:.2}s"),
-            error_line(&err),
-        ));
-        if !problems.is_empty() {
-            failures.push(format!(
-                "{}: {}\n  stderr: {}",
-                case.name,
-                problems.join("; "),
-                err.trim()
-            ));
+    (case.plant)(site);
+    let root_before = snapshot(&site.root);
+    let outside_before = snapshot(&site.outside);
+    let args: Vec<String> = case.args.iter().map(|a| fill(a)).collect();
+    let root_arg = case.root_arg.clone().unwrap_or_else(|| site.root.clone());
+    let out = release()
+        .arg("--root")
+        .arg(&root_arg)
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    eprintln!("{name} (release {}): {}", case.args[0], error_line(&err));
+    let mut problems = Vec::new();
+    if out.status.code() != Some(case.code) {
+        problems.push(format!("exit {:?}, expected {}", out.status, case.code));
+    }
+    for needle in case.expect {
+        let needle = fill(needle);
+        if !err.contains(&needle) {
+            problems.push(format!("stderr lacks {needle:?}"));
         }
     }
-    print_table("unsafe host roots", &rows);
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        rows.len(),
-        failures.join("\n")
+    problems.extend(diff(&root_before, &snapshot(&site.root)));
+    problems.extend(
+        diff(&outside_before, &snapshot(&site.outside))
+            .into_iter()
+            .map(|d| format!("outside: {d}")),
     );
-    // The safe root works as before.
-    assert_eq!(site.current(), Some(Path::new("releases").join(&id)));
+    (case.undo)(site);
+    let undone = diff(&shared.baseline, &snapshot(&site.root));
+    assert!(undone.is_empty(), "{name}: undo left {undone:?}");
+    assert!(diff(&shared.outside_baseline, &snapshot(&site.outside)).is_empty());
+    if !problems.is_empty() {
+        problems.push(format!("stderr: {}", err.trim()));
+    }
+    problems
+}
+
+/// One `#[test]` per unsafe-root case (hostile::root_case::<case>), as for
+/// the artifacts.
+macro_rules! unsafe_roots {
+    ($($test:ident: $name:literal,)*) => {
+        /// The names of the cases, as the table gives them.
+        const UNSAFE_ROOT_CASES: &[&str] = &[$($name),*];
+
+        mod root_case {
+            $(
+                #[test]
+                fn $test() {
+                    super::refuse_unsafe_root($name);
+                }
+            )*
+        }
+    };
+}
+
+unsafe_roots! {
+    root_writable_by_group_0775: "root writable by group (0775)",
+    root_writable_by_others_0757: "root writable by others (0757)",
+    releases_writable_by_group: "releases/ writable by group",
+    releases_owned_by_another_user: "releases/ owned by another user",
+    releases_is_a_symlink: "releases/ is a symlink",
+    current_is_a_directory: "current is a directory",
+    current_is_a_regular_file: "current is a regular file",
+    current_planted_absolute_link_to_another_directory: "current planted: absolute link to another directory",
+    current_planted_relative_link_out_of_the_root: "current planted: relative link out of the root",
+    current_planted_install_refuses_too: "current planted: install refuses too",
+    current_planted_status_still_reports_with_a_warning: "current planted: status still reports, with a warning",
+    current_planted_verify_does_not_follow_it: "current planted: verify does not follow it",
+    shared_is_a_symlink: "shared/ is a symlink",
+    shared_writable_by_group: "shared/ writable by group",
+    release_toml_is_a_symlink: "release.toml is a symlink",
+    release_toml_writable_by_others: "release.toml writable by others",
+    release_toml_owned_by_another_user: "release.toml owned by another user",
+    history_jsonl_is_a_symlink: "history.jsonl is a symlink",
+    history_jsonl_writable_by_group: "history.jsonl writable by group",
+    history_jsonl_is_a_directory: "history.jsonl is a directory",
+    lock_is_a_symlink: ".lock is a symlink",
+    lock_writable_by_others: ".lock writable by others",
+    releases_id_is_a_symlink: "releases/<id> is a symlink",
+    root_is_a_symlink: "root is a symlink",
+}
+
+/// The macro's list is the table.
+#[test]
+fn every_unsafe_root_case_has_its_own_test() {
+    let shared = root_site();
+    let mut table: Vec<&str> = hygiene_cases(&shared.site).iter().map(|c| c.name).collect();
+    let mut listed = UNSAFE_ROOT_CASES.to_vec();
+    table.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(table, listed);
+}
+
+/// Between the cases (each undone) the root is safe and works as before.
+#[test]
+fn a_safe_root_works_between_the_unsafe_cases() {
+    let shared = root_site();
+    let site = &shared.site;
+    assert_eq!(site.current(), Some(Path::new("releases").join(&shared.id)));
     site.verify_ok();
-    let out = site.run(&["install", &art]);
+    let out = site.run(&["install", healthy().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
