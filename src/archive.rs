@@ -854,40 +854,9 @@ pub fn write_checksum_file(artifact: &Path, sha256: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Builder, PythonInfo, FORMAT};
 
     fn manifest(files: Vec<Entry>) -> Manifest {
-        let mut m = Manifest {
-            format: FORMAT,
-            app: "demo".into(),
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            release: "0123456789ab".into(),
-            source_date_epoch: 1_700_000_000,
-            dirty: false,
-            builder: Builder {
-                tool: "release".into(),
-                version: "0".into(),
-                installer: "pip".into(),
-            },
-            python: PythonInfo {
-                implementation: "cpython".into(),
-                version: "3.11.2".into(),
-                abi: "cp311".into(),
-                platform: "linux_x86_64".into(),
-                base_executable: "/usr/bin/python3".into(),
-            },
-            requirements_sha256: "00".repeat(32),
-            unpinned: false,
-            resolved: Vec::new(),
-            build_env: Vec::new(),
-            dependencies: None,
-            file_count: 0,
-            bytes: 0,
-            tree_sha256: String::new(),
-            files,
-        };
-        m.recompute_totals();
-        m
+        crate::manifest::for_tests(files)
     }
 
     /// Write a two-entry artifact from a tree in `dir`; its path.

@@ -567,44 +567,11 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::manifest::{tree_digest, Builder, PythonInfo, FORMAT};
 
     const DATA: &[u8] = b"print('ok')\n";
 
-    fn manifest(mut files: Vec<Entry>) -> Manifest {
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        let mut m = Manifest {
-            format: FORMAT,
-            app: "demo".into(),
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            release: "0123456789ab".into(),
-            source_date_epoch: 0,
-            dirty: false,
-            builder: Builder {
-                tool: "release".into(),
-                version: "0".into(),
-                installer: "pip".into(),
-            },
-            python: PythonInfo {
-                implementation: "cpython".into(),
-                version: "3.11.2".into(),
-                abi: "cp311".into(),
-                platform: "linux_x86_64".into(),
-                base_executable: "/usr/bin/python3".into(),
-            },
-            requirements_sha256: "00".repeat(32),
-            unpinned: false,
-            resolved: Vec::new(),
-            build_env: Vec::new(),
-            dependencies: None,
-            file_count: 0,
-            bytes: 0,
-            tree_sha256: String::new(),
-            files,
-        };
-        m.recompute_totals();
-        assert_eq!(m.tree_sha256, tree_digest(&m.files));
-        m
+    fn manifest(files: Vec<Entry>) -> Manifest {
+        crate::manifest::for_tests(files)
     }
 
     /// `app/` and `app/a.py`, as a manifest lists them.
