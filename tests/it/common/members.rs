@@ -23,6 +23,11 @@ pub struct Member {
 
 /// Every member of a `.tar.zst` or `.tar.gz` artifact, in order.
 pub fn read(artifact: &Path) -> Vec<Member> {
+    read_first(artifact, usize::MAX)
+}
+
+/// The first `n` members.
+fn read_first(artifact: &Path, n: usize) -> Vec<Member> {
     let file = std::fs::File::open(artifact).unwrap();
     let reader: Box<dyn Read> = if artifact.to_string_lossy().ends_with(".gz") {
         Box::new(flate2::read::GzDecoder::new(file))
@@ -31,7 +36,7 @@ pub fn read(artifact: &Path) -> Vec<Member> {
     };
     let mut archive = tar::Archive::new(reader);
     let mut members = Vec::new();
-    for entry in archive.entries().unwrap() {
+    for entry in archive.entries().unwrap().take(n) {
         let mut entry = entry.unwrap();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
@@ -49,7 +54,7 @@ pub fn read(artifact: &Path) -> Vec<Member> {
 
 /// The bytes of an artifact's first member, `release.json`.
 pub fn manifest_bytes(artifact: &Path) -> Vec<u8> {
-    read(artifact).swap_remove(0).data
+    read_first(artifact, 1).swap_remove(0).data
 }
 
 /// What editing needs of a member: its path (without a trailing `/`) and its
