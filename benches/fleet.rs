@@ -23,12 +23,10 @@
 // The test harness is shared with tests/it/fleet.rs, whose #[test] is not built here.
 #![allow(dead_code, unused_imports)]
 
-#[path = "../tests/it/common.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 #[path = "../tests/it/fleet.rs"]
 mod fleet;
-#[path = "../tests/it/services.rs"]
-mod services;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,7 +79,7 @@ fn main() {
     let mut fleet = Fleet::start(&dir.join("hosts"), hosts);
     for h in &mut fleet.hosts {
         json_ok(&h.release(&["--json", "deploy", first.to_str().unwrap()]));
-        h.web = Some(services::Gunicorn::start_at(&h.root, &h.run, h.port));
+        h.web = Some(common::running::Gunicorn::start_at(&h.root, &h.run, h.port));
         let web = h.web.as_ref().unwrap();
         std::fs::write(
             h.root.join("release.toml"),

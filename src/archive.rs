@@ -736,6 +736,37 @@ pub struct Extensions {
 }
 
 impl Extensions {
+    /// The records of a PAX extended header: path and linkpath are kept,
+    /// times and owners ignored, anything else refused.
+    fn absorb_pax(
+        &mut self,
+        what: &'static str,
+        data: &[u8],
+    ) -> std::result::Result<(), ExtensionProblem> {
+        for record in tar::PaxExtensions::new(data) {
+            let record = record.map_err(|e| ExtensionProblem::Malformed {
+                what,
+                error: e.to_string(),
+            })?;
+            let slot = match record.key_bytes() {
+                b"path" => &mut self.path,
+                b"linkpath" => &mut self.link,
+                b"mtime" | b"atime" | b"ctime" | b"uid" | b"gid" | b"uname" | b"gname" => continue,
+                key => {
+                    return Err(ExtensionProblem::UnsupportedRecord {
+                        what,
+                        key: String::from_utf8_lossy(key).escape_debug().to_string(),
+                    })
+                }
+            };
+            if slot.is_some() {
+                return Err(ExtensionProblem::Twice { what });
+            }
+            *slot = Some(record.value_bytes().to_vec());
+        }
+        Ok(())
+    }
+
     /// When `entry` is an extension header, read it and return `Ok(true)`: its
     /// names apply to the next member. `Ok(false)` for any other member.
     /// `Err(rule)` refuses the archive: a header larger than
@@ -784,31 +815,8 @@ impl Extensions {
                 size,
             });
         }
-        let twice = || ExtensionProblem::Twice { what };
         if kind.is_pax_local_extensions() {
-            for record in tar::PaxExtensions::new(&data) {
-                let record = record.map_err(|e| ExtensionProblem::Malformed {
-                    what,
-                    error: e.to_string(),
-                })?;
-                let slot = match record.key_bytes() {
-                    b"path" => &mut self.path,
-                    b"linkpath" => &mut self.link,
-                    b"mtime" | b"atime" | b"ctime" | b"uid" | b"gid" | b"uname" | b"gname" => {
-                        continue
-                    }
-                    key => {
-                        return Err(ExtensionProblem::UnsupportedRecord {
-                            what,
-                            key: String::from_utf8_lossy(key).escape_debug().to_string(),
-                        })
-                    }
-                };
-                if slot.is_some() {
-                    return Err(twice());
-                }
-                *slot = Some(record.value_bytes().to_vec());
-            }
+            self.absorb_pax(what, &data)?;
         } else {
             let slot = if kind.is_gnu_longname() {
                 &mut self.path
@@ -816,7 +824,7 @@ impl Extensions {
                 &mut self.link
             };
             if slot.is_some() {
-                return Err(twice());
+                return Err(ExtensionProblem::Twice { what });
             }
             while data.last() == Some(&0) {
                 data.pop();
@@ -898,4 +906,153 @@ pub fn write_checksum_file(artifact: &Path, sha256: &str) -> Result<PathBuf> {
     let path = PathBuf::from(format!("{}.sha256", artifact.display()));
     crate::fsutil::write_atomic(&path, format!("{sha256}  {name}\n").as_bytes())?;
     Ok(path)
+}
+
+/// The container on its own, in process: the deterministic writer, the
+/// format sniffing, the manifest-first rule, checksum files and the bounded
+/// extension headers.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(files: Vec<Entry>) -> Manifest {
+        crate::manifest::for_tests(files)
+    }
+
+    /// Write a two-entry artifact from a tree in `dir`; its path.
+    fn write(dir: &Path, format: Format, name: &str) -> (PathBuf, Manifest) {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("app")).unwrap();
+        std::fs::write(tree.join("app/a.py"), b"print(1)\n").unwrap();
+        let (sha, size) = hash_file(&tree.join("app/a.py")).unwrap();
+        let m = manifest(vec![
+            Entry::dir("app".into()),
+            Entry::file("app/a.py".into(), false, size, sha),
+        ]);
+        let path = dir.join(name);
+        let file = fs::File::create(&path).unwrap();
+        let mut writer = ArtifactWriter::new(file, format, m.source_date_epoch).unwrap();
+        writer.append_manifest(&m.to_json_bytes()).unwrap();
+        for e in &m.files {
+            writer.append(e, &tree.join(&e.path)).unwrap();
+        }
+        let written = writer.finish().unwrap();
+        assert_eq!(written.sha256, hash_file(&path).unwrap().0);
+        (path, m)
+    }
+
+    #[test]
+    fn the_same_entries_give_the_same_bytes_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [Format::Zst, Format::Gz] {
+            let (a, m) = write(dir.path(), format, &format!("a.tar.{format}"));
+            // Another tree with other mtimes: the same bytes all the same.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let other = tempfile::tempdir().unwrap();
+            let (b, _) = write(other.path(), format, &format!("b.tar.{format}"));
+            assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{format}");
+            let (found, read) = read_manifest(&a).unwrap();
+            assert_eq!((found, read), (format, m));
+        }
+    }
+
+    #[test]
+    fn only_zstd_and_gzip_are_artifacts() {
+        assert_eq!(Format::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Some(Format::Zst));
+        assert_eq!(Format::sniff(&[0x1f, 0x8b, 8, 0]), Some(Format::Gz));
+        assert_eq!(Format::sniff(b"PK\x03\x04"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("a.tar.zst");
+        fs::write(&zip, b"PK\x03\x04 not an artifact").unwrap();
+        let err = read_manifest(&zip).unwrap_err().to_string();
+        assert!(err.contains("not a release artifact"), "{err}");
+        fs::write(&zip, b"").unwrap();
+        assert!(read_manifest(&zip).is_err());
+    }
+
+    #[test]
+    fn the_manifest_must_be_the_first_member() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Directory);
+        tar.append_data(&mut h, "app/", &[][..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut entries = raw_entries(&mut archive).unwrap();
+        let err = read_manifest_entry(Path::new("a.tar"), &mut entries)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not release.json"), "{err}");
+    }
+
+    #[test]
+    fn checksum_files_name_the_artifact() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            parse_checksum_file(&format!("{hex}  a.tar.zst\n"), "a.tar.zst"),
+            Ok(hex.clone())
+        );
+        assert_eq!(
+            parse_checksum_file(&format!("{}  a.tar.zst\n", hex.to_uppercase()), "a.tar.zst"),
+            Ok(hex.clone())
+        );
+        assert_eq!(
+            parse_checksum_file(&format!("{hex}  b.tar.zst\n"), "a.tar.zst"),
+            Err(ChecksumFileProblem::NotListed {
+                file: "a.tar.zst".into(),
+                names: vec!["b.tar.zst".into()],
+            })
+        );
+        assert_eq!(
+            parse_checksum_file("nonsense\n", "a.tar.zst"),
+            Err(ChecksumFileProblem::Malformed("nonsense".into()))
+        );
+        assert_eq!(
+            parse_checksum_file("abc  a.tar.zst\n", "a.tar.zst"),
+            Err(ChecksumFileProblem::NotADigest("abc".into()))
+        );
+    }
+
+    /// A raw GNU long-name header declaring `size` bytes, followed by `data`
+    /// (and, but for a truncated stream, the end of the archive).
+    fn long_name(size: u64, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(size);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+        out
+    }
+
+    fn absorb_first(bytes: &[u8]) -> std::result::Result<(bool, Extensions), ExtensionProblem> {
+        let mut archive = tar::Archive::new(bytes);
+        let mut entries = raw_entries(&mut archive).unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        let mut names = Extensions::default();
+        let absorbed = names.absorb(&mut entry)?;
+        Ok((absorbed, names))
+    }
+
+    #[test]
+    fn extension_headers_are_bounded_and_read() {
+        let (absorbed, names) = absorb_first(&long_name(9, b"app/x.py\0")).unwrap();
+        assert!(absorbed);
+        assert_eq!(names.path.as_deref(), Some(&b"app/x.py"[..]));
+        let huge = MAX_EXTENSION_BYTES + 1;
+        assert!(matches!(
+            absorb_first(&long_name(huge, b"")),
+            Err(ExtensionProblem::TooLarge { size, .. }) if size == huge
+        ));
+        let mut cut = long_name(600, b"short");
+        cut.truncate(512 + 5);
+        assert!(matches!(
+            absorb_first(&cut),
+            Err(ExtensionProblem::Truncated { .. } | ExtensionProblem::Unreadable { .. })
+        ));
+    }
 }

@@ -561,45 +561,54 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A valid manifest of `files` (sorted, totals computed) for unit tests:
+/// commit 0123456789ab…, CPython 3.11 at /usr/bin/python3.11.
+#[cfg(test)]
+pub(crate) fn for_tests(mut files: Vec<Entry>) -> Manifest {
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut m = Manifest {
+        format: FORMAT,
+        app: "demo".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        release: "0123456789ab".into(),
+        source_date_epoch: 1_700_000_000,
+        dirty: false,
+        builder: Builder {
+            tool: "release".into(),
+            version: "0".into(),
+            installer: "pip 23".into(),
+        },
+        python: PythonInfo {
+            implementation: "cpython".into(),
+            version: "3.11.7".into(),
+            abi: "cp311".into(),
+            platform: "linux_x86_64".into(),
+            base_executable: "/usr/bin/python3.11".into(),
+        },
+        requirements_sha256: "00".repeat(32),
+        dependencies: None,
+        unpinned: false,
+        resolved: Vec::new(),
+        build_env: Vec::new(),
+        file_count: 0,
+        bytes: 0,
+        tree_sha256: String::new(),
+        files,
+    };
+    m.recompute_totals();
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> Manifest {
-        let files = vec![
+        for_tests(vec![
             Entry::dir("app".into()),
             Entry::file("app/a.py".into(), false, 3, "ab".repeat(32)),
             Entry::symlink("venv/bin/python".into(), "/usr/bin/python3.11".into()),
-        ];
-        Manifest {
-            format: FORMAT,
-            app: "demo".into(),
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            release: "0123456789ab".into(),
-            source_date_epoch: 1_700_000_000,
-            dirty: false,
-            builder: Builder {
-                tool: "release".into(),
-                version: "0".into(),
-                installer: "pip 23".into(),
-            },
-            python: PythonInfo {
-                implementation: "cpython".into(),
-                version: "3.11.7".into(),
-                abi: "cp311".into(),
-                platform: "linux_x86_64".into(),
-                base_executable: "/usr/bin/python3.11".into(),
-            },
-            requirements_sha256: "00".repeat(32),
-            dependencies: None,
-            unpinned: false,
-            resolved: Vec::new(),
-            build_env: Vec::new(),
-            file_count: 3,
-            bytes: 3,
-            tree_sha256: tree_digest(&files),
-            files,
-        }
+        ])
     }
 
     #[test]

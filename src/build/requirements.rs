@@ -198,6 +198,69 @@ pub fn unpinned(requirements: &Path, app_dir: &Path) -> Result<Vec<Unpinned>> {
         .collect())
 }
 
+/// What one logical line of a requirements file is.
+enum LineKind {
+    /// `-r FILE`: more requirements.
+    Requirements(String),
+    /// `-c FILE`: constraints.
+    Constraints(String),
+    /// Another option (--index-url, --require-hashes, ...): pins nothing.
+    Option,
+    /// A requirement: its normalized name (none for a path or URL), whether
+    /// it is pinned, and its text without options.
+    Requirement {
+        name: Option<String>,
+        pinned: bool,
+        text: String,
+    },
+}
+
+fn classify(text: &str) -> LineKind {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let first = words[0];
+    let include = |flag: &str, long: &str| -> Option<String> {
+        if first == flag || first == long {
+            return words.get(1).map(|s| s.to_string());
+        }
+        first
+            .strip_prefix(&format!("{long}="))
+            .or_else(|| first.strip_prefix(flag))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(f) = include("-r", "--requirement") {
+        return LineKind::Requirements(f);
+    }
+    if let Some(f) = include("-c", "--constraint") {
+        return LineKind::Constraints(f);
+    }
+    let (editable, req_text) = match include("-e", "--editable") {
+        Some(target) => (true, target),
+        None if first.starts_with('-') => return LineKind::Option,
+        None => (false, text.to_string()),
+    };
+    let hashed = text.contains("--hash");
+    let req_text = req_text
+        .split(" --")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (name, pinned) = match parse_requirement(&req_text) {
+        Req::Path(p) => (None, !p.starts_with('/') && !p.starts_with('~')),
+        Req::Url(u) => (None, hashed || url_is_pinned(&u)),
+        Req::Named { name, spec } => {
+            let pinned = is_exact(&spec) || (hashed && !editable);
+            (Some(normalize(&name)), pinned)
+        }
+    };
+    LineKind::Requirement {
+        name,
+        pinned,
+        text: req_text,
+    }
+}
+
 fn walk(
     file: &Path,
     app_dir: &Path,
@@ -218,55 +281,24 @@ fn walk(
         .to_string();
     let dir = file.parent().unwrap_or(app_dir).to_path_buf();
     for line in logical_lines(&text) {
-        let words: Vec<&str> = line.text.split_whitespace().collect();
-        let first = words[0];
-        let include = |flag: &str, long: &str| -> Option<String> {
-            if first == flag || first == long {
-                return words.get(1).map(|s| s.to_string());
-            }
-            first
-                .strip_prefix(&format!("{long}="))
-                .or_else(|| first.strip_prefix(flag))
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        if let Some(f) = include("-r", "--requirement") {
-            walk(
-                &dir.join(f),
-                app_dir,
-                constraints,
-                seen,
-                constrained,
-                candidates,
-            )?;
-            continue;
-        }
-        if let Some(f) = include("-c", "--constraint") {
-            walk(&dir.join(f), app_dir, true, seen, constrained, candidates)?;
-            continue;
-        }
-        let (editable, req_text) = match include("-e", "--editable") {
-            Some(target) => (true, target),
-            None if first.starts_with('-') => {
-                // Other options (--index-url, --require-hashes, ...) pin nothing.
+        let (name, pinned, req_text) = match classify(&line.text) {
+            LineKind::Requirements(f) => {
+                walk(
+                    &dir.join(f),
+                    app_dir,
+                    constraints,
+                    seen,
+                    constrained,
+                    candidates,
+                )?;
                 continue;
             }
-            None => (false, line.text.clone()),
-        };
-        let hashed = line.text.contains("--hash");
-        let req_text = req_text
-            .split(" --")
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let (name, pinned) = match parse_requirement(&req_text) {
-            Req::Path(p) => (None, !p.starts_with('/') && !p.starts_with('~')),
-            Req::Url(u) => (None, hashed || url_is_pinned(&u)),
-            Req::Named { name, spec } => {
-                let pinned = is_exact(&spec) || (hashed && !editable);
-                (Some(normalize(&name)), pinned)
+            LineKind::Constraints(f) => {
+                walk(&dir.join(f), app_dir, true, seen, constrained, candidates)?;
+                continue;
             }
+            LineKind::Option => continue,
+            LineKind::Requirement { name, pinned, text } => (name, pinned, text),
         };
         if constraints {
             if pinned {

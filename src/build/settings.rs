@@ -246,41 +246,7 @@ pub const BUILD_TOML: &str = "release.build.toml";
 
 /// Merge flags over the `pyproject.toml` found in the exported app.
 pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
-    let pyproject_path = app_dir.join("pyproject.toml");
-    let pyproject: PyProject = if pyproject_path.is_file() {
-        toml::from_str(&fs::read_to_string(&pyproject_path)?).map_err(|e| {
-            SourceError::BadProjectConfig {
-                path: flags.source.join("pyproject.toml"),
-                message: e.to_string(),
-            }
-        })?
-    } else {
-        PyProject::default()
-    };
-    let in_pyproject = pyproject.tool.and_then(|t| t.release);
-    let build_toml_path = app_dir.join(BUILD_TOML);
-    let (tool, source) = match (in_pyproject, build_toml_path.is_file()) {
-        (Some(_), true) => {
-            return Err(SourceError::SettingsTwice {
-                path: flags.source.join(BUILD_TOML),
-            }
-            .into())
-        }
-        (Some(tool), false) => (tool, "[tool.release] in pyproject.toml"),
-        (None, true) => (
-            toml::from_str(&fs::read_to_string(&build_toml_path)?).map_err(|e| {
-                SourceError::BadProjectConfig {
-                    path: flags.source.join(BUILD_TOML),
-                    message: e.to_string(),
-                }
-            })?,
-            BUILD_TOML,
-        ),
-        (None, false) if pyproject_path.is_file() => {
-            (ToolRelease::default(), "[tool.release] in pyproject.toml")
-        }
-        (None, false) => (ToolRelease::default(), BUILD_TOML),
-    };
+    let (pyproject, tool, source) = read_settings(flags, app_dir)?;
     let mut env: std::collections::BTreeMap<String, String> = tool.env;
     for key in env.keys() {
         check_env_name(key).map_err(|why| SourceError::BadProjectConfig {
@@ -340,6 +306,50 @@ pub fn resolve(flags: &BuildFlags, app_dir: &Path) -> Result<Settings> {
         untracked: tool.untracked.unwrap_or_default(),
         source,
     })
+}
+
+/// The app's `pyproject.toml` and its build settings: `[tool.release]` in it
+/// or release.build.toml (never both), with where they came from.
+fn read_settings(
+    flags: &BuildFlags,
+    app_dir: &Path,
+) -> Result<(PyProject, ToolRelease, &'static str)> {
+    let pyproject_path = app_dir.join("pyproject.toml");
+    let mut pyproject: PyProject = if pyproject_path.is_file() {
+        toml::from_str(&fs::read_to_string(&pyproject_path)?).map_err(|e| {
+            SourceError::BadProjectConfig {
+                path: flags.source.join("pyproject.toml"),
+                message: e.to_string(),
+            }
+        })?
+    } else {
+        PyProject::default()
+    };
+    let in_pyproject = pyproject.tool.take().and_then(|t| t.release);
+    let build_toml_path = app_dir.join(BUILD_TOML);
+    let (tool, source) = match (in_pyproject, build_toml_path.is_file()) {
+        (Some(_), true) => {
+            return Err(SourceError::SettingsTwice {
+                path: flags.source.join(BUILD_TOML),
+            }
+            .into())
+        }
+        (Some(tool), false) => (tool, "[tool.release] in pyproject.toml"),
+        (None, true) => (
+            toml::from_str(&fs::read_to_string(&build_toml_path)?).map_err(|e| {
+                SourceError::BadProjectConfig {
+                    path: flags.source.join(BUILD_TOML),
+                    message: e.to_string(),
+                }
+            })?,
+            BUILD_TOML,
+        ),
+        (None, false) if pyproject_path.is_file() => {
+            (ToolRelease::default(), "[tool.release] in pyproject.toml")
+        }
+        (None, false) => (ToolRelease::default(), BUILD_TOML),
+    };
+    Ok((pyproject, tool, source))
 }
 
 /// The file's list with the flags' added, sorted, without repeats.

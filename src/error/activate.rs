@@ -162,6 +162,22 @@ impl fmt::Display for ServicesCause {
     }
 }
 
+impl CheckFailed {
+    /// The `{hook}` hook failed: what it left untouched, and its output.
+    fn what(&self, f: &mut fmt::Formatter<'_>, hook: &str, untouched: &str) -> fmt::Result {
+        write!(
+            f,
+            "the {hook} hook `{}` failed in {} ({}); {untouched}: ",
+            self.hook, self.release, self.status
+        )?;
+        match &self.current {
+            Some(current) => write!(f, "{current} is still current")?,
+            None => f.write_str("no release is current")?,
+        }
+        write!(f, "\n  last lines of its output:\n{}", self.tail)
+    }
+}
+
 impl Explain for ActivateError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ActivateError::*;
@@ -179,44 +195,12 @@ impl Explain for ActivateError {
                     "is installed"
                 }
             ),
-            CheckFailed(check) => {
-                let self::CheckFailed {
-                    hook,
-                    release,
-                    status,
-                    tail,
-                    current,
-                    ..
-                } = check.as_ref();
-                write!(
-                    f,
-                    "the check hook `{hook}` failed in {release} ({status}); current was not touched: "
-                )?;
-                match current {
-                    Some(current) => write!(f, "{current} is still current")?,
-                    None => f.write_str("no release is current")?,
-                }
-                write!(f, "\n  last lines of its output:\n{tail}")
-            }
-            BeforeActivateFailed(hook) => {
-                let self::CheckFailed {
-                    hook,
-                    release,
-                    status,
-                    tail,
-                    current,
-                    ..
-                } = hook.as_ref();
-                write!(
-                    f,
-                    "the before_activate hook `{hook}` failed in {release} ({status}); current and the services were not touched: "
-                )?;
-                match current {
-                    Some(current) => write!(f, "{current} is still current")?,
-                    None => f.write_str("no release is current")?,
-                }
-                write!(f, "\n  last lines of its output:\n{tail}")
-            }
+            CheckFailed(check) => check.what(f, "check", "current was not touched"),
+            BeforeActivateFailed(hook) => hook.what(
+                f,
+                "before_activate",
+                "current and the services were not touched",
+            ),
             ServicesNotReady { failure, current } => write!(
                 f,
                 "{}\n  current was not touched: {} is still current",

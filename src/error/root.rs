@@ -79,6 +79,16 @@ pub enum ForeignCurrentFor {
     Verify,
 }
 
+impl ForeignCurrentFor {
+    /// What the command does about such a link.
+    fn refusal(self) -> &'static str {
+        match self {
+            ForeignCurrentFor::Change => "release did not make this link (it was changed by hand or planted) and will neither follow nor replace it",
+            ForeignCurrentFor::Verify => "verify does not follow it",
+        }
+    }
+}
+
 impl Explain for RootError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use RootError::*;
@@ -127,19 +137,14 @@ impl Explain for RootError {
                 target,
                 releases,
                 command,
-            } => {
-                write!(
-                    f,
-                    "{} points to {}, not to a release under {}; ",
-                    link.display(),
-                    target.display(),
-                    releases.display()
-                )?;
-                match command {
-                    ForeignCurrentFor::Change => f.write_str("release did not make this link (it was changed by hand or planted) and will neither follow nor replace it"),
-                    ForeignCurrentFor::Verify => f.write_str("verify does not follow it"),
-                }
-            }
+            } => write!(
+                f,
+                "{} points to {}, not to a release under {}; {}",
+                link.display(),
+                target.display(),
+                releases.display(),
+                command.refusal()
+            ),
             GroupWritable { path, mode, harm } => write!(
                 f,
                 "{} is writable by group or others (mode {mode:04o}); anyone who can write it can {harm}",

@@ -240,47 +240,36 @@ impl<'a> Extractor<'a> {
             name
         };
         self.check_path(path)?;
-
-        let kind = if header_type.is_file() || header_type.is_contiguous() {
-            EntryType::File
-        } else if header_type.is_dir() {
-            EntryType::Dir
-        } else if header_type.is_symlink() {
-            EntryType::Symlink
-        } else {
-            let what = if header_type.is_hard_link() {
-                "a hard link (artifacts have none; the manifest cannot describe one)".to_string()
-            } else if header_type.is_character_special() || header_type.is_block_special() {
-                "a device node".to_string()
-            } else if header_type.is_fifo() {
-                "a fifo".to_string()
-            } else if header_type.is_gnu_sparse() {
-                "a sparse file".to_string()
-            } else {
-                format!(
-                    "an unsupported member type ({:?})",
-                    header_type.as_byte() as char
-                )
-            };
-            return Err(self.refuse(
-                path,
-                format!("is {what}; only files, directories and symlinks are allowed"),
-            ));
-        };
+        let kind = member_kind(header_type).map_err(|why| self.refuse(path, why.to_string()))?;
         let mode = entry
             .header()
             .mode()
             .map_err(|e| self.refuse(path, format!("unreadable mode: {e}")))?;
-        if mode & 0o7000 != 0 {
-            return Err(self.refuse(
-                path,
-                format!(
-                    "has the setuid, setgid or sticky bit (mode {:04o})",
-                    mode & 0o7777
-                ),
-            ));
+        check_mode(mode).map_err(|why| self.refuse(path, why.to_string()))?;
+        let index = self.expected_index(path, kind, mode)?;
+        self.check_parent(path)?;
+        let expected = &self.manifest.files[index];
+        match kind {
+            EntryType::Dir => self.make_dir(path, index)?,
+            EntryType::Symlink => {
+                let link = names
+                    .link
+                    .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()))
+                    .unwrap_or_default();
+                let Ok(link) = String::from_utf8(link) else {
+                    return Err(self.refuse(path, "symlink target is not UTF-8"));
+                };
+                self.make_symlink(path, &link, expected)?;
+            }
+            EntryType::File => self.write_file(&mut entry, path, index)?,
         }
+        self.seen[index] = true;
+        Ok(path.to_string())
+    }
 
+    /// The manifest's entry for a member at `path` of `kind` and `mode`:
+    /// listed, not seen before, of that type and (but for a symlink) mode.
+    fn expected_index(&self, path: &str, kind: EntryType, mode: u32) -> Result<usize> {
         let Ok(index) = self
             .manifest
             .files
@@ -311,56 +300,50 @@ impl<'a> Extractor<'a> {
                 ),
             ));
         }
-        self.check_parent(path)?;
+        Ok(index)
+    }
 
-        match kind {
-            EntryType::Dir => self.make_dir(path, index)?,
-            EntryType::Symlink => {
-                let link = names
-                    .link
-                    .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()))
-                    .unwrap_or_default();
-                let Ok(link) = String::from_utf8(link) else {
-                    return Err(self.refuse(path, "symlink target is not UTF-8"));
-                };
-                self.make_symlink(path, &link, expected)?;
-            }
-            EntryType::File => {
-                let want_size = expected.size();
-                let size = entry.size();
-                if size > want_size {
-                    return Err(self.refuse(
-                        path,
-                        format!("is {size} bytes, beyond the {want_size} bytes the manifest lists"),
-                    ));
-                }
-                if size != want_size {
-                    return Err(self.refuse(
-                        path,
-                        format!("is {size} bytes, the manifest lists {want_size}"),
-                    ));
-                }
-                if self.linkable(index) {
-                    // Checked like any member, though its bytes are not used.
-                    self.copy_checked(&mut entry, path, expected, &mut std::io::sink())?;
-                    self.link_file(path, expected)?;
-                } else {
-                    let target_path = self.dest.join(path);
-                    let mut file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(installed_mode(kind, expected.mode))
-                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                        .open(&target_path)
-                        .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
-                    let read = self.copy_checked(&mut entry, path, expected, &mut file)?;
-                    self.out.files += 1;
-                    self.out.bytes += read;
-                }
-            }
+    /// A file member: its size as listed, then linked from the release
+    /// being reused (its bytes still checked) or written, never through a
+    /// symlink.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &str,
+        index: usize,
+    ) -> Result<()> {
+        let expected = &self.manifest.files[index];
+        let want_size = expected.size();
+        let size = entry.size();
+        if size > want_size {
+            return Err(self.refuse(
+                path,
+                format!("is {size} bytes, beyond the {want_size} bytes the manifest lists"),
+            ));
         }
-        self.seen[index] = true;
-        Ok(path.to_string())
+        if size != want_size {
+            return Err(self.refuse(
+                path,
+                format!("is {size} bytes, the manifest lists {want_size}"),
+            ));
+        }
+        if self.linkable(index) {
+            // Checked like any member, though its bytes are not used.
+            self.copy_checked(entry, path, expected, &mut std::io::sink())?;
+            return self.link_file(path, expected);
+        }
+        let target_path = self.dest.join(path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(installed_mode(EntryType::File, expected.mode))
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&target_path)
+            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        let read = self.copy_checked(entry, path, expected, &mut file)?;
+        self.out.files += 1;
+        self.out.bytes += read;
+        Ok(())
     }
 
     /// Copy a member's data to `out`, hashing it, and check it is the
@@ -495,6 +478,75 @@ impl<'a> Extractor<'a> {
     }
 }
 
+/// The type of a member from its header: files, directories and symlinks;
+/// anything else is refused, with what it is.
+pub fn member_kind(header_type: tar::EntryType) -> std::result::Result<EntryType, Refused> {
+    if header_type.is_file() || header_type.is_contiguous() {
+        return Ok(EntryType::File);
+    }
+    if header_type.is_dir() {
+        return Ok(EntryType::Dir);
+    }
+    if header_type.is_symlink() {
+        return Ok(EntryType::Symlink);
+    }
+    Err(if header_type.is_hard_link() {
+        Refused::HardLink
+    } else if header_type.is_character_special() || header_type.is_block_special() {
+        Refused::Device
+    } else if header_type.is_fifo() {
+        Refused::Fifo
+    } else if header_type.is_gnu_sparse() {
+        Refused::Sparse
+    } else {
+        Refused::OtherType(header_type.as_byte())
+    })
+}
+
+/// A member's mode may not carry the setuid, setgid or sticky bit.
+pub fn check_mode(mode: u32) -> std::result::Result<(), Refused> {
+    if mode & 0o7000 != 0 {
+        return Err(Refused::SpecialBits(mode & 0o7777));
+    }
+    Ok(())
+}
+
+/// Why a member's header is refused before its path is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    HardLink,
+    Device,
+    Fifo,
+    Sparse,
+    /// Another tar type flag.
+    OtherType(u8),
+    /// Setuid, setgid or sticky (the mode).
+    SpecialBits(u32),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self {
+            Refused::SpecialBits(mode) => {
+                return write!(f, "has the setuid, setgid or sticky bit (mode {mode:04o})")
+            }
+            Refused::HardLink => {
+                "a hard link (artifacts have none; the manifest cannot describe one)".to_string()
+            }
+            Refused::Device => "a device node".to_string(),
+            Refused::Fifo => "a fifo".to_string(),
+            Refused::Sparse => "a sparse file".to_string(),
+            Refused::OtherType(flag) => {
+                format!("an unsupported member type ({:?})", *flag as char)
+            }
+        };
+        write!(
+            f,
+            "is {what}; only files, directories and symlinks are allowed"
+        )
+    }
+}
+
 /// An entry name for a message: escaped, and cut short when it is long (a
 /// hostile name can be 64 KiB).
 fn shorten(entry: &str) -> String {
@@ -504,4 +556,208 @@ fn shorten(entry: &str) -> String {
     }
     let head: String = escaped.chars().take(120).collect();
     format!("{head}… ({} bytes in all)", entry.len())
+}
+
+/// The path, type and mode rules, in process: each test writes a small tar
+/// stream with raw headers (names the `tar` crate itself refuses to write),
+/// runs the extractor into a fresh directory and checks the rule it names.
+/// (tests/it/hostile.rs runs these and the bombs against the real binary.)
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    const DATA: &[u8] = b"print('ok')\n";
+
+    fn manifest(files: Vec<Entry>) -> Manifest {
+        crate::manifest::for_tests(files)
+    }
+
+    /// `app/` and `app/a.py`, as a manifest lists them.
+    fn listed() -> Vec<Entry> {
+        vec![
+            Entry::dir("app".into()),
+            Entry::file(
+                "app/a.py".into(),
+                false,
+                DATA.len() as u64,
+                hex::encode(Sha256::digest(DATA)),
+            ),
+        ]
+    }
+
+    /// One raw member: any name bytes, type, mode and data.
+    fn member(out: &mut Vec<u8>, kind: tar::EntryType, name: &[u8], mode: u32, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    /// The healthy members, then `extra`.
+    fn archive(extra: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        member(&mut out, tar::EntryType::Directory, b"app/", 0o755, b"");
+        member(&mut out, tar::EntryType::Regular, b"app/a.py", 0o644, DATA);
+        extra(&mut out);
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    fn extract(manifest: &Manifest, bytes: &[u8]) -> (tempfile::TempDir, Result<Extracted>) {
+        let dest = tempfile::tempdir().unwrap();
+        let mut archive = tar::Archive::new(bytes);
+        let entries = crate::archive::raw_entries(&mut archive).unwrap();
+        let result = Extractor::new(Path::new("a.tar.zst"), manifest, dest.path()).run(entries);
+        (dest, result)
+    }
+
+    /// Extract `extra` after the healthy members; it must be refused naming
+    /// `entry` and `rule`, and nothing may be written outside the destination.
+    fn refused(files: Vec<Entry>, extra: impl FnOnce(&mut Vec<u8>), entry: &str, rule: &str) {
+        let (_dest, result) = extract(&manifest(files), &archive(extra));
+        let err = result.expect_err("refused").to_string();
+        assert!(err.contains(&format!("entry `{entry}` refused")), "{err}");
+        assert!(err.contains(rule), "{err}");
+    }
+
+    #[test]
+    fn a_healthy_archive_unpacks_read_only() {
+        let (dest, result) = extract(&manifest(listed()), &archive(|_| {}));
+        let out = result.unwrap();
+        assert_eq!((out.files, out.bytes), (1, DATA.len() as u64));
+        let file = dest.path().join("app/a.py");
+        assert_eq!(std::fs::read(&file).unwrap(), DATA);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o444);
+    }
+
+    #[test]
+    fn paths_that_leave_or_respell_the_tree_are_refused() {
+        use tar::EntryType::Regular;
+        for (name, rule) in [
+            ("app/../../x", "`..` component"),
+            ("../x", "`..` component"),
+            ("/etc/x", "absolute path"),
+            ("app/a\u{1}b", "control character"),
+            ("app//a.py", "empty path component"),
+            ("app/./a.py", "`.` or `..` component"),
+            ("etc/x", "outside app/"),
+        ] {
+            let shown = name.escape_debug().to_string();
+            refused(
+                listed(),
+                |out| member(out, Regular, name.as_bytes(), 0o644, b"x"),
+                &shown,
+                rule,
+            );
+        }
+        refused(
+            listed(),
+            |out| member(out, Regular, b"app/\xff", 0o644, b"x"),
+            "app/\u{fffd}",
+            "not UTF-8",
+        );
+    }
+
+    #[test]
+    fn members_other_than_files_dirs_and_symlinks_are_refused() {
+        use tar::EntryType::*;
+        for (kind, what) in [
+            (Char, "a device node"),
+            (Block, "a device node"),
+            (Fifo, "a fifo"),
+            (Link, "a hard link"),
+            (GNUSparse, "a sparse file"),
+        ] {
+            refused(
+                listed(),
+                |out| member(out, kind, b"app/x", 0o644, b""),
+                "app/x",
+                what,
+            );
+        }
+        assert_eq!(member_kind(Char), Err(Refused::Device));
+        assert_eq!(member_kind(Regular), Ok(EntryType::File));
+        assert_eq!(member_kind(Symlink), Ok(EntryType::Symlink));
+    }
+
+    #[test]
+    fn setuid_setgid_and_sticky_bits_are_refused() {
+        for mode in [0o4755, 0o2755, 0o1755] {
+            let mut files = listed();
+            files.push(Entry::file(
+                "app/x".into(),
+                true,
+                DATA.len() as u64,
+                hex::encode(Sha256::digest(DATA)),
+            ));
+            refused(
+                files,
+                |out| member(out, tar::EntryType::Regular, b"app/x", mode, DATA),
+                "app/x",
+                "setuid, setgid or sticky",
+            );
+            assert_eq!(check_mode(mode), Err(Refused::SpecialBits(mode)));
+        }
+        assert_eq!(check_mode(0o755), Ok(()));
+    }
+
+    #[test]
+    fn members_must_match_the_manifest_once() {
+        use tar::EntryType::*;
+        refused(
+            listed(),
+            |out| member(out, Regular, b"app/b.py", 0o644, DATA),
+            "app/b.py",
+            "is not in the manifest",
+        );
+        refused(
+            listed(),
+            |out| member(out, Regular, b"app/a.py", 0o644, DATA),
+            "app/a.py",
+            "duplicate path",
+        );
+        let mut files = listed();
+        files.push(Entry::dir("app/d".into()));
+        refused(
+            files,
+            |out| member(out, Regular, b"app/d", 0o644, b""),
+            "app/d",
+            "is a file in the archive but a dir in the manifest",
+        );
+        let mut files = listed();
+        files.push(Entry::file(
+            "app/m".into(),
+            false,
+            DATA.len() as u64,
+            hex::encode(Sha256::digest(DATA)),
+        ));
+        refused(
+            files,
+            |out| member(out, Regular, b"app/m", 0o755, DATA),
+            "app/m",
+            "has mode 0755, the manifest says 0644",
+        );
+    }
+
+    #[test]
+    fn a_manifest_entry_missing_from_the_archive_is_refused() {
+        let mut files = listed();
+        files.push(Entry::dir("app/gone".into()));
+        let (_dest, result) = extract(&manifest(files), &archive(|_| {}));
+        let err = result.expect_err("refused").to_string();
+        assert!(
+            err.contains("listed in the manifest but missing from the archive"),
+            "{err}"
+        );
+    }
 }

@@ -181,45 +181,155 @@ fn services(host: &Host, options: &InitOptions) -> Result<Vec<GeneratedService>>
         }
         return Ok(Vec::new());
     }
-    let root = &host.root;
-    let name = match &options.name {
-        Some(name) => name.clone(),
-        None => root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "app".into()),
-    };
-    let run_dir = options
-        .run_dir
-        .clone()
-        .map(|d| std::path::absolute(&d).unwrap_or(d))
-        .unwrap_or_else(|| Path::new("/run").join(&name));
-    plain("the root", &root.to_string_lossy())?;
-    plain("--run-dir", &run_dir.to_string_lossy())?;
-    plain("the name", &name)?;
-    plain("--bind", &options.bind)?;
-    for value in [&options.wsgi, &options.celery, &options.user]
-        .into_iter()
-        .flatten()
-    {
-        plain("the value", value)?;
+    let units = Units::new(host, options)?;
+    let mut generated = Vec::new();
+    if let Some(wsgi) = &options.wsgi {
+        generated.push(units.web(wsgi));
     }
-    let current = root.join("current");
-    let app = current.join("app");
-    let bin = |tool: &str| current.join("venv/bin").join(tool).display().to_string();
-    // systemd creates /run/<x> for the units (both keep it: Preserve=yes).
-    let runtime_dir = run_dir
-        .strip_prefix("/run")
-        .ok()
-        .filter(|rest| rest.components().count() == 1)
-        .map(|rest| rest.display().to_string());
-    let unit = |what: &str, after: &str, launch: &Launch, pidfile: &Path, stop: &str| {
+    if let Some(celery) = &options.celery {
+        generated.push(units.worker(celery));
+    }
+    Ok(generated)
+}
+
+/// What the generated services share: where they run and how they are named.
+struct Units<'a> {
+    options: &'a InitOptions,
+    root: &'a Path,
+    name: String,
+    run_dir: PathBuf,
+    /// `<root>/current`.
+    current: PathBuf,
+    /// systemd creates /run/<x> for the units (both keep it: Preserve=yes).
+    runtime_dir: Option<String>,
+}
+
+impl<'a> Units<'a> {
+    fn new(host: &'a Host, options: &'a InitOptions) -> Result<Units<'a>> {
+        let root = &host.root;
+        let name = match &options.name {
+            Some(name) => name.clone(),
+            None => root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "app".into()),
+        };
+        let run_dir = options
+            .run_dir
+            .clone()
+            .map(|d| std::path::absolute(&d).unwrap_or(d))
+            .unwrap_or_else(|| Path::new("/run").join(&name));
+        plain("the root", &root.to_string_lossy())?;
+        plain("--run-dir", &run_dir.to_string_lossy())?;
+        plain("the name", &name)?;
+        plain("--bind", &options.bind)?;
+        for value in [&options.wsgi, &options.celery, &options.user]
+            .into_iter()
+            .flatten()
+        {
+            plain("the value", value)?;
+        }
+        let runtime_dir = run_dir
+            .strip_prefix("/run")
+            .ok()
+            .filter(|rest| rest.components().count() == 1)
+            .map(|rest| rest.display().to_string());
+        Ok(Units {
+            options,
+            root,
+            name,
+            current: root.join("current"),
+            run_dir,
+            runtime_dir,
+        })
+    }
+
+    fn bin(&self, tool: &str) -> String {
+        self.current
+            .join("venv/bin")
+            .join(tool)
+            .display()
+            .to_string()
+    }
+
+    fn app(&self) -> PathBuf {
+        self.current.join("app")
+    }
+
+    /// The gunicorn service.
+    fn web(&self, wsgi: &str) -> GeneratedService {
+        let (app, pidfile) = (self.app(), self.run_dir.join("gunicorn.pid"));
+        let launch = Launch {
+            dir: app.clone(),
+            argv: vec![
+                self.bin("gunicorn"),
+                "--chdir".into(),
+                app.display().to_string(),
+                "--bind".into(),
+                self.options.bind.clone(),
+                "--pid".into(),
+                pidfile.display().to_string(),
+                "--workers".into(),
+                self.options.workers.to_string(),
+                wsgi.to_string(),
+            ],
+        };
+        GeneratedService {
+            name: "web".into(),
+            reload: "gunicorn-upgrade".into(),
+            launch: launch.shell(),
+            unit_name: format!("{}-web.service", self.name),
+            unit: self.unit("web (gunicorn)", "network.target", &launch, &pidfile, "30"),
+            unit_file: None,
+            pidfile,
+        }
+    }
+
+    /// The celery worker service.
+    fn worker(&self, celery: &str) -> GeneratedService {
+        let (app, pidfile) = (self.app(), self.run_dir.join("celery.pid"));
+        // --workdir is one of celery's global options: before `worker`.
+        let launch = Launch {
+            dir: app.clone(),
+            argv: vec![
+                self.bin("celery"),
+                "--workdir".into(),
+                app.display().to_string(),
+                "-A".into(),
+                celery.to_string(),
+                "worker".into(),
+                "--pidfile".into(),
+                pidfile.display().to_string(),
+                "--loglevel".into(),
+                "info".into(),
+            ],
+        };
+        GeneratedService {
+            name: "worker".into(),
+            reload: "hup".into(),
+            launch: launch.shell(),
+            unit_name: format!("{}-worker.service", self.name),
+            unit: self.unit(
+                "worker (celery)",
+                "network.target redis-server.service",
+                &launch,
+                &pidfile,
+                "600",
+            ),
+            unit_file: None,
+            pidfile,
+        }
+    }
+
+    /// A systemd unit that runs `launch` through `current`.
+    fn unit(&self, what: &str, after: &str, launch: &Launch, pidfile: &Path, stop: &str) -> String {
         let mut text = format!(
             "# Written by `release init` for {root}: {what}, run through {current}\n# so that `release` reloads reach each new release.\n[Unit]\nDescription={name} {what}\nAfter={after}\n\n[Service]\nType=simple\n",
-            root = root.display(),
-            current = current.display(),
+            root = self.root.display(),
+            current = self.current.display(),
+            name = self.name,
         );
-        match &options.user {
+        match &self.options.user {
             Some(user) => text.push_str(&format!("User={user}\n")),
             None => text
                 .push_str("# User=  (the app's own user; without it the service runs as root)\n"),
@@ -228,7 +338,7 @@ fn services(host: &Host, options: &InitOptions) -> Result<Vec<GeneratedService>>
             "WorkingDirectory={dir}\nEnvironment=PWD={dir}\n",
             dir = launch.dir.display()
         ));
-        if let Some(runtime) = &runtime_dir {
+        if let Some(runtime) = &self.runtime_dir {
             text.push_str(&format!(
                 "RuntimeDirectory={runtime}\nRuntimeDirectoryPreserve=yes\n"
             ));
@@ -239,70 +349,7 @@ fn services(host: &Host, options: &InitOptions) -> Result<Vec<GeneratedService>>
             launch.argv.join(" ")
         ));
         text
-    };
-    let mut generated = Vec::new();
-    if let Some(wsgi) = &options.wsgi {
-        let pidfile = run_dir.join("gunicorn.pid");
-        let launch = Launch {
-            dir: app.clone(),
-            argv: vec![
-                bin("gunicorn"),
-                "--chdir".into(),
-                app.display().to_string(),
-                "--bind".into(),
-                options.bind.clone(),
-                "--pid".into(),
-                pidfile.display().to_string(),
-                "--workers".into(),
-                options.workers.to_string(),
-                wsgi.clone(),
-            ],
-        };
-        generated.push(GeneratedService {
-            name: "web".into(),
-            reload: "gunicorn-upgrade".into(),
-            launch: launch.shell(),
-            unit_name: format!("{name}-web.service"),
-            unit: unit("web (gunicorn)", "network.target", &launch, &pidfile, "30"),
-            unit_file: None,
-            pidfile,
-        });
     }
-    if let Some(celery) = &options.celery {
-        let pidfile = run_dir.join("celery.pid");
-        // --workdir is one of celery's global options: before `worker`.
-        let launch = Launch {
-            dir: app.clone(),
-            argv: vec![
-                bin("celery"),
-                "--workdir".into(),
-                app.display().to_string(),
-                "-A".into(),
-                celery.clone(),
-                "worker".into(),
-                "--pidfile".into(),
-                pidfile.display().to_string(),
-                "--loglevel".into(),
-                "info".into(),
-            ],
-        };
-        generated.push(GeneratedService {
-            name: "worker".into(),
-            reload: "hup".into(),
-            launch: launch.shell(),
-            unit_name: format!("{name}-worker.service"),
-            unit: unit(
-                "worker (celery)",
-                "network.target redis-server.service",
-                &launch,
-                &pidfile,
-                "600",
-            ),
-            unit_file: None,
-            pidfile,
-        });
-    }
-    Ok(generated)
 }
 
 /// The release.toml for the generated services: their tables, `[health]`

@@ -42,7 +42,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{HostCommand, InitArgs, InstallArgs};
+use crate::cli::{DeployArgs, HostCommand, InitArgs, InstallArgs};
 use crate::error::{
     ActivateError, Error, ForeignCurrentFor, NoCurrentFor, ReleaseError, Result, RootError,
 };
@@ -185,35 +185,7 @@ pub fn run(
             )?;
             printer.data(&report, || report.human());
         }
-        HostCommand::Deploy(args) => {
-            let mut s = Session::open(host, true, wait, printer)?;
-            s.skip_before_activate(args.skip_before_activate, printer);
-            let installed = install::install(
-                &s.host,
-                &s.lock,
-                &s.config,
-                &args.install.options(),
-                printer,
-            )?;
-            let list = releases::installed(&s.host)?;
-            let target = releases::resolve(&s.host, &list, &installed.id)?;
-            let activated = activate::activate(
-                &s.host,
-                &s.lock,
-                &s.config,
-                target,
-                Switch::Activate,
-                printer,
-            )
-            .map_err(|e| installed_but_refused(e, &installed))?;
-            let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
-            let report = DeployReport {
-                install: installed,
-                activate: activated,
-                prune: pruned,
-            };
-            printer.data(&report, || format!("{}\n", report.activate.id));
-        }
+        HostCommand::Deploy(args) => deploy(host, args, wait, printer)?,
         HostCommand::Rollback { to, .. } => {
             let s = Session::open(host, false, wait, printer)?;
             let report = activate::rollback(&s.host, &s.lock, &s.config, to.as_deref(), printer)?;
@@ -234,56 +206,102 @@ pub fn run(
             let status = list::status(&host, &config, printer)?;
             printer.data(&status, || status.human(printer.color));
         }
-        HostCommand::Prune { keep, dry_run } => {
-            if *dry_run {
-                host.check_exists()?;
-                let config = HostConfig::load(&host.config)?;
-                let report = prune::dry_run(&host, keep.unwrap_or(config.keep))?;
-                printer.data(&report, || report.human());
-            } else {
-                let s = Session::open(host, false, wait, printer)?;
-                let report =
-                    prune::prune(&s.host, &s.lock, keep.unwrap_or(s.config.keep), printer)?;
-                printer.data(&report, || report.human());
-            }
-        }
-        HostCommand::Verify { id } => {
-            host.check_exists()?;
-            let list = releases::installed(&host)?;
-            let target = match id {
-                Some(id) => releases::resolve(&host, &list, id)?,
-                None => {
-                    let current = host.current()?;
-                    if let layout::Current::Foreign(target) = &current {
-                        return Err(RootError::ForeignCurrent {
-                            link: host.current.clone(),
-                            target: target.clone(),
-                            releases: host.releases.clone(),
-                            command: ForeignCurrentFor::Verify,
-                        }
-                        .into());
-                    }
-                    let Some(current) = current.id() else {
-                        return Err(ReleaseError::NoCurrent {
-                            root: host.root.clone(),
-                            command: NoCurrentFor::Verify,
-                        }
-                        .into());
-                    };
-                    releases::resolve(&host, &list, current)?
+        HostCommand::Prune { keep, dry_run } => prune(host, *keep, *dry_run, wait, printer)?,
+        HostCommand::Verify { id } => return verify(&host, id.as_deref(), printer),
+    }
+    Ok(ExitCode::Success)
+}
+
+/// `release deploy`: install, activate, prune, under one lock.
+fn deploy(host: Host, args: &DeployArgs, wait: Option<f64>, printer: &Printer) -> Result<()> {
+    let mut s = Session::open(host, true, wait, printer)?;
+    s.skip_before_activate(args.skip_before_activate, printer);
+    let installed = install::install(
+        &s.host,
+        &s.lock,
+        &s.config,
+        &args.install.options(),
+        printer,
+    )?;
+    let list = releases::installed(&s.host)?;
+    let target = releases::resolve(&s.host, &list, &installed.id)?;
+    let activated = activate::activate(
+        &s.host,
+        &s.lock,
+        &s.config,
+        target,
+        Switch::Activate,
+        printer,
+    )
+    .map_err(|e| installed_but_refused(e, &installed))?;
+    let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
+    let report = DeployReport {
+        install: installed,
+        activate: activated,
+        prune: pruned,
+    };
+    printer.data(&report, || format!("{}\n", report.activate.id));
+    Ok(())
+}
+
+/// `release prune [--keep N] [--dry-run]`; a dry run takes no lock.
+fn prune(
+    host: Host,
+    keep: Option<usize>,
+    dry_run: bool,
+    wait: Option<f64>,
+    printer: &Printer,
+) -> Result<()> {
+    if dry_run {
+        host.check_exists()?;
+        let config = HostConfig::load(&host.config)?;
+        let report = prune::dry_run(&host, keep.unwrap_or(config.keep))?;
+        printer.data(&report, || report.human());
+    } else {
+        let s = Session::open(host, false, wait, printer)?;
+        let report = prune::prune(&s.host, &s.lock, keep.unwrap_or(s.config.keep), printer)?;
+        printer.data(&report, || report.human());
+    }
+    Ok(())
+}
+
+/// `release verify [ID]`: the current release unless one is named; exit 1
+/// when it differs from its manifest.
+fn verify(host: &Host, id: Option<&str>, printer: &Printer) -> Result<ExitCode> {
+    host.check_exists()?;
+    let list = releases::installed(host)?;
+    let target = match id {
+        Some(id) => releases::resolve(host, &list, id)?,
+        None => {
+            let current = host.current()?;
+            if let layout::Current::Foreign(target) = &current {
+                return Err(RootError::ForeignCurrent {
+                    link: host.current.clone(),
+                    target: target.clone(),
+                    releases: host.releases.clone(),
+                    command: ForeignCurrentFor::Verify,
                 }
-            };
-            let report = verify::verify(target)?;
-            printer.data(&report, || report.human());
-            if !report.ok {
-                eprintln!(
-                    "error: release {} differs from its manifest ({} problem(s))\n  fix: find out who changed it; then install its artifact again (a fresh copy) and activate that",
-                    report.id,
-                    report.problems.len()
-                );
-                return Ok(ExitCode::Failed);
+                .into());
             }
+            let Some(current) = current.id() else {
+                return Err(ReleaseError::NoCurrent {
+                    root: host.root.clone(),
+                    command: NoCurrentFor::Verify,
+                }
+                .into());
+            };
+            releases::resolve(host, &list, current)?
         }
+    };
+    let report = verify::verify(target)?;
+    printer.data(&report, || report.human());
+    if !report.ok {
+        eprintln!(
+            "error: release {} differs from its manifest ({} problem(s))\n  fix: find out who changed it; then install its artifact again (a fresh copy) and activate that",
+            report.id,
+            report.problems.len()
+        );
+        return Ok(ExitCode::Failed);
     }
     Ok(ExitCode::Success)
 }

@@ -483,76 +483,24 @@ fn gunicorn_upgrade(
         let _ = std::fs::remove_file(&pidfile2);
     }
     send(old, Signal::USR2, "USR2")?;
-
-    // Stop a new master that failed, so the old one stays in charge alone.
-    let abandon = |new: Option<Pid>, why: ReloadProblem| -> ReloadProblem {
-        if let Some(new) = new {
-            let _ = procs::signal(new, Signal::TERM);
-            let until = Instant::now() + Duration::from_secs(10);
-            while procs::alive(new) && Instant::now() < until {
-                sleep(POLL);
-            }
-        }
-        ReloadProblem::Abandoned {
-            why: Box::new(why),
-            old,
-        }
-    };
-
     // 1. The new master: a live child of the old one, named in <pidfile>.2.
-    let new = loop {
-        if !procs::alive(old) {
-            return Err(ReloadProblem::OldMasterExited { old });
-        }
-        if let Ok(pid) = procs::read_pidfile(&pidfile2) {
-            if pid != old {
-                break pid;
-            }
-        }
-        let forked: Vec<Pid> = procs::children(old)
-            .into_iter()
-            .filter(|p| !running.workers.contains(p) && procs::cmdline(*p).contains("gunicorn"))
-            .collect();
-        if Instant::now() >= deadline {
-            return Err(abandon(
-                forked.first().copied(),
-                ReloadProblem::NoNewMaster {
-                    pidfile: pidfile2.clone(),
-                },
-            ));
-        }
-        sleep(POLL);
-    };
-
+    let new = new_master(running, &pidfile2, deadline)
+        .map_err(|(forked, why)| abandon(old, forked, why))?;
     // 2. Its workers run, from the new release.
-    loop {
-        if !procs::alive(new) {
-            return Err(abandon(None, ReloadProblem::NewMasterDied { new }));
-        }
-        let kids = procs::children(new);
-        let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
-        if !kids.is_empty() && kids.iter().all(|k| on_target(*k)) && workers_booted(&kids) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(abandon(
-                Some(new),
-                ReloadProblem::NoWorkersOnRelease {
-                    new,
-                    release: target.id.to_string(),
-                },
-            ));
-        }
-        sleep(POLL);
-    }
-
+    new_workers(new, target, deadline).map_err(|why| {
+        let stop = (!matches!(why, ReloadProblem::NewMasterDied { .. })).then_some(new);
+        abandon(old, stop, why)
+    })?;
     // 3. The new release answers (old and new workers share the socket now).
     if let Some(health) = health {
         if let Err(why) = health_check(health, target) {
-            return Err(abandon(Some(new), ReloadProblem::HealthDuringUpgrade(why)));
+            return Err(abandon(
+                old,
+                Some(new),
+                ReloadProblem::HealthDuringUpgrade(why),
+            ));
         }
     }
-
     // 4. Retire the old master gracefully; the new one promotes itself.
     send(old, Signal::TERM, "TERM")?;
     loop {
@@ -568,6 +516,73 @@ fn gunicorn_upgrade(
                 old,
                 new,
                 pidfile: pidfile.to_path_buf(),
+            });
+        }
+        sleep(POLL);
+    }
+}
+
+/// Stop a new master that failed (`new`, when there is one), so the old one
+/// stays in charge alone.
+fn abandon(old: Pid, new: Option<Pid>, why: ReloadProblem) -> ReloadProblem {
+    if let Some(new) = new {
+        let _ = procs::signal(new, Signal::TERM);
+        let until = Instant::now() + Duration::from_secs(10);
+        while procs::alive(new) && Instant::now() < until {
+            sleep(POLL);
+        }
+    }
+    ReloadProblem::Abandoned {
+        why: Box::new(why),
+        old,
+    }
+}
+
+/// The new master after USR2: the pid `<pidfile>.2` names. On failure, also
+/// the master forked so far (to stop).
+fn new_master(
+    running: &Running,
+    pidfile2: &Path,
+    deadline: Instant,
+) -> Result<Pid, (Option<Pid>, ReloadProblem)> {
+    let old = running.pid;
+    loop {
+        if !procs::alive(old) {
+            return Err((None, ReloadProblem::OldMasterExited { old }));
+        }
+        if let Ok(pid) = procs::read_pidfile(pidfile2) {
+            if pid != old {
+                return Ok(pid);
+            }
+        }
+        if Instant::now() >= deadline {
+            let forked = procs::children(old)
+                .into_iter()
+                .find(|p| !running.workers.contains(p) && procs::cmdline(*p).contains("gunicorn"));
+            let why = ReloadProblem::NoNewMaster {
+                pidfile: pidfile2.to_path_buf(),
+            };
+            return Err((forked, why));
+        }
+        sleep(POLL);
+    }
+}
+
+/// Wait until the new master has booted workers, all in the new release.
+fn new_workers(new: Pid, target: &Target<'_>, deadline: Instant) -> Result<(), ReloadProblem> {
+    loop {
+        if !procs::alive(new) {
+            return Err(ReloadProblem::NewMasterDied { new });
+        }
+        let kids = procs::children(new);
+        let on_target = |p: Pid| cwd_release(p, target).is_none_or(|r| r == target.id);
+        if !kids.is_empty() && kids.iter().all(|k| on_target(*k)) && workers_booted(&kids) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ReloadProblem::NoWorkersOnRelease {
+                new,
+                release: target.id.to_string(),
             });
         }
         sleep(POLL);

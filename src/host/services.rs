@@ -82,6 +82,11 @@ pub fn reload_and_check(
     let running = preflight(config, host, first)?;
     let mut done = Reloaded::default();
     let mut started = Vec::new();
+    let failed = |step, e, started: &Vec<String>| ServicesFailure {
+        step,
+        cause: ServicesCause::Reload(Box::new(e)),
+        started: started.clone(),
+    };
     for (service, running) in config.services.iter().zip(&running) {
         // Down on a first deploy: a service without a pidfile cannot be seen
         // to be down, so it is started when release can, else reloaded.
@@ -91,16 +96,11 @@ pub fn reload_and_check(
                 "starting {} (not running; first deploy)",
                 service.name
             ));
-            let spinner =
-                printer.spinner(&format!("waiting for {} to show {release}", service.name));
-            let outcome = reload::start(service, &target);
-            spinner.finish_and_clear();
+            let outcome = waiting(printer, service, release, || {
+                reload::start(service, &target)
+            });
             started.push(service.name.clone());
-            outcome.map_err(|e| ServicesFailure {
-                step: FailedStep::Start,
-                cause: ServicesCause::Reload(Box::new(e)),
-                started: started.clone(),
-            })?
+            outcome.map_err(|e| failed(FailedStep::Start, e, &started))?
         } else if down_at_first && service.pidfile.is_some() {
             done.not_running.push(service.name.clone());
             printer.warn(&format!(
@@ -111,16 +111,11 @@ pub fn reload_and_check(
             continue;
         } else {
             printer.progress(&format!("reloading {} ({})", service.name, service.reload));
-            let spinner =
-                printer.spinner(&format!("waiting for {} to show {release}", service.name));
-            let outcome =
-                reload::reload(service, running.as_ref(), &target, config.health.as_ref());
-            spinner.finish_and_clear();
-            outcome.map_err(|e| ServicesFailure {
-                step: FailedStep::Reload,
-                cause: ServicesCause::Reload(Box::new(e)),
-                started: started.clone(),
-            })?
+            let health = config.health.as_ref();
+            waiting(printer, service, release, || {
+                reload::reload(service, running.as_ref(), &target, health)
+            })
+            .map_err(|e| failed(FailedStep::Reload, e, &started))?
         };
         match &outcome.skipped {
             Some(why) => printer.warn(&format!("service {} skipped: {why}", service.name)),
@@ -135,29 +130,55 @@ pub fn reload_and_check(
         }
         done.outcomes.push(outcome);
     }
-    if let Some(health) = &config.health {
-        if done.not_running.is_empty() {
-            printer.progress(&format!("health check {}", health.url));
-            reload::health_check(health, &target).map_err(|e| ServicesFailure {
-                step: FailedStep::Health,
-                cause: ServicesCause::Health(Box::new(e)),
-                started: started.clone(),
-            })?;
-        } else {
-            done.health_skipped = true;
-            printer.warn(&format!(
-                "health check {} skipped: {} {} not running",
-                health.url,
-                done.not_running.join(", "),
-                if done.not_running.len() == 1 {
-                    "is"
-                } else {
-                    "are"
-                }
-            ));
-        }
-    }
+    health(config, &target, &mut done, &started, printer)?;
     Ok(done)
+}
+
+/// Run `wait` (a start or a reload) with a spinner saying what it waits for.
+fn waiting<T>(
+    printer: &Printer,
+    service: &ServiceConfig,
+    release: &ReleaseId,
+    wait: impl FnOnce() -> T,
+) -> T {
+    let spinner = printer.spinner(&format!("waiting for {} to show {release}", service.name));
+    let outcome = wait();
+    spinner.finish_and_clear();
+    outcome
+}
+
+/// The health check after the reloads, skipped (with a warning) when a
+/// service was left down on a first deploy: nothing would answer.
+fn health(
+    config: &HostConfig,
+    target: &Target<'_>,
+    done: &mut Reloaded,
+    started: &[String],
+    printer: &Printer,
+) -> Result<(), ServicesFailure> {
+    let Some(health) = &config.health else {
+        return Ok(());
+    };
+    if done.not_running.is_empty() {
+        printer.progress(&format!("health check {}", health.url));
+        return reload::health_check(health, target).map_err(|e| ServicesFailure {
+            step: FailedStep::Health,
+            cause: ServicesCause::Health(Box::new(e)),
+            started: started.to_vec(),
+        });
+    }
+    done.health_skipped = true;
+    let verb = if done.not_running.len() == 1 {
+        "is"
+    } else {
+        "are"
+    };
+    printer.warn(&format!(
+        "health check {} skipped: {} {verb} not running",
+        health.url,
+        done.not_running.join(", ")
+    ));
+    Ok(())
 }
 
 /// Stop the services a failed first deploy started (see

@@ -563,7 +563,7 @@ fn schema(db: &Path) -> (String, String) {
 
 #[test]
 fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
-    use crate::services::Gunicorn;
+    use crate::common::running::Gunicorn;
 
     let app = bakery();
     app.write("release.build.toml", "allow-unpinned = true\n");
@@ -582,7 +582,7 @@ fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
             .unwrap()
     };
     // The launch line `release init` writes for this app.
-    let port = crate::services::free_port();
+    let port = crate::common::running::free_port();
     let init = json_ok(
         &release()
             .arg("--root")
@@ -600,7 +600,7 @@ fn deploys_with_a_plain_health_url_and_migrations_before_the_switch() {
             .output()
             .unwrap(),
     );
-    let launch = crate::services::launch_line(&init, "web");
+    let launch = crate::common::running::launch_line(&init, "web");
     let db = root.join("shared/app/var/db.sqlite3");
     // The hook notes where `current` pointed when it ran, then migrates.
     let hooks = "[hooks]\ncheck = \"venv/bin/python -c 'import bakery.wsgi'\"\nbefore_activate = \"readlink \\\"$RELEASE_ROOT/current\\\" > \\\"$RELEASE_ROOT/shared/seen-current\\\" || true; venv/bin/python app/manage.py migrate --noinput\"\n";

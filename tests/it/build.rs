@@ -1,13 +1,13 @@
 //! `release build` and `release inspect` against the real fixture app.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::common::members;
 use crate::common::*;
 
 fn artifact_of(report: &Value) -> PathBuf {
@@ -90,21 +90,12 @@ type Owner = (u64, u64, u64);
 
 /// The manifest bytes, every other member, and every member's owner fields.
 fn read_members(artifact: &Path) -> (Vec<u8>, Vec<Member>, Vec<Owner>) {
-    let file = std::fs::File::open(artifact).unwrap();
-    let reader: Box<dyn Read> = if artifact.to_string_lossy().ends_with(".zst") {
-        Box::new(zstd::Decoder::new(file).unwrap())
-    } else {
-        Box::new(flate2::read::GzDecoder::new(file))
-    };
-    let mut archive = tar::Archive::new(reader);
     let mut manifest = Vec::new();
     let mut members = Vec::new();
     let mut owners = Vec::new();
-    for (i, entry) in archive.entries().unwrap().enumerate() {
-        let mut entry = entry.unwrap();
-        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
-        let path = path.trim_end_matches('/').to_string();
-        let h = entry.header();
+    for (i, m) in members::read(artifact).into_iter().enumerate() {
+        let path = m.path.trim_end_matches('/').to_string();
+        let h = &m.header;
         owners.push((h.mtime().unwrap(), h.uid().unwrap(), h.gid().unwrap()));
         assert!(
             h.username_bytes().is_none_or(|u| u.is_empty()),
@@ -112,31 +103,18 @@ fn read_members(artifact: &Path) -> (Vec<u8>, Vec<Member>, Vec<Owner>) {
         );
         let mode = h.mode().unwrap();
         let size = h.size().unwrap();
-        let kind = h.entry_type();
         if i == 0 {
             assert_eq!(
                 path, "release.json",
                 "release.json must be the first member"
             );
-            entry.read_to_end(&mut manifest).unwrap();
+            manifest = m.data;
             continue;
         }
-        let (kind, digest) = match kind {
-            tar::EntryType::Regular => {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).unwrap();
-                ("file", hex::encode(Sha256::digest(&bytes)))
-            }
+        let (kind, digest) = match h.entry_type() {
+            tar::EntryType::Regular => ("file", hex::encode(Sha256::digest(&m.data))),
             tar::EntryType::Directory => ("dir", String::new()),
-            tar::EntryType::Symlink => (
-                "symlink",
-                entry
-                    .link_name()
-                    .unwrap()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+            tar::EntryType::Symlink => ("symlink", m.link.unwrap_or_default()),
             other => panic!("{path}: unexpected member type {other:?}"),
         };
         members.push((path, kind, mode, size, digest));

@@ -10,151 +10,18 @@
 
 #[cfg(feature = "crashpoints")]
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::common::root::Root;
 use crate::common::*;
 use crate::host::artifacts;
 
-/// A host root, by default in a fresh temporary directory.
-struct Root {
-    _tmp: Option<tempfile::TempDir>,
-    path: PathBuf,
-}
-
+/// What only the fault tests ask of a root.
 impl Root {
-    fn new() -> Root {
-        let tmp = tempfile::Builder::new()
-            .prefix("release-faults-")
-            .tempdir()
-            .unwrap();
-        let path = tmp.path().join("srv/mysite");
-        Root {
-            _tmp: Some(tmp),
-            path,
-        }
-    }
-
-    /// In /dev/shm when there is one: the crash test installs dozens of
-    /// releases, and each install's syncfs on a disk shared with other work
-    /// can take seconds. A SIGKILL leaves the same state on any filesystem,
-    /// and the lock does not care either.
-    fn in_memory() -> Root {
-        let shm = Path::new("/dev/shm");
-        if !shm.is_dir() {
-            return Root::new();
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("release-faults-")
-            .tempdir_in(shm)
-            .unwrap();
-        let path = tmp.path().join("srv/mysite");
-        Root {
-            _tmp: Some(tmp),
-            path,
-        }
-    }
-
-    fn at(path: PathBuf) -> Root {
-        Root { _tmp: None, path }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = release();
-        cmd.arg("--root")
-            .arg(&self.path)
-            .args(args)
-            .env_remove("RELEASE_CRASHPOINT")
-            .env_remove("RELEASE_STOPPOINT");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        json_ok(&self.run(&all))
-    }
-
-    fn install(&self, artifact: &Path) -> String {
-        let report = self.json(&["install", artifact.to_str().unwrap()]);
-        report["id"].as_str().unwrap().to_string()
-    }
-
-    fn current(&self) -> Option<String> {
-        std::fs::read_link(self.path.join("current"))
-            .ok()
-            .map(|l| l.file_name().unwrap().to_string_lossy().into_owned())
-    }
-
-    fn journal_text(&self) -> String {
-        std::fs::read_to_string(self.path.join("history.jsonl")).unwrap_or_default()
-    }
-
-    /// Every journal line, each of which must parse; the file must end with
-    /// a newline (no torn line).
-    fn journal(&self) -> Vec<Value> {
-        let text = self.journal_text();
-        assert!(
-            text.is_empty() || text.ends_with('\n'),
-            "journal ends mid-line: {text}"
-        );
-        text.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad journal line {l:?}: {e}"))
-            })
-            .collect()
-    }
-
-    /// What an interrupted command can leave: `releases/.incoming-*`,
-    /// `releases/.removing-*`, `current.tmp-*`.
-    fn leftovers(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        for (dir, prefix) in [
-            ("releases", ".incoming-"),
-            ("releases", ".removing-"),
-            ("", "current.tmp-"),
-        ] {
-            if let Ok(entries) = std::fs::read_dir(self.path.join(dir)) {
-                for e in entries {
-                    let name = e.unwrap().file_name().to_string_lossy().into_owned();
-                    if name.starts_with(prefix) {
-                        found.push(if dir.is_empty() {
-                            name
-                        } else {
-                            format!("{dir}/{name}")
-                        });
-                    }
-                }
-            }
-        }
-        found.sort();
-        found
-    }
-
-    /// Release directories (hidden entries excluded), sorted.
-    fn releases(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.path.join("releases"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    fn verifies(&self, id: &str) -> bool {
-        self.run(&["verify", id]).status.success()
-    }
-
     /// `list --json`, checked against `current`: exactly the link's release
     /// is listed as current, and every release directory is listed.
     fn list_consistent(&self) -> Vec<Value> {
@@ -182,16 +49,6 @@ impl Root {
 
 #[cfg(feature = "crashpoints")]
 impl Root {
-    fn state_of(&self, id: &str) -> String {
-        self.json(&["list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"] == id)
-            .map(|r| r["state"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| panic!("{id} not listed"))
-    }
-
     /// The release the journal's last switch made live.
     fn journal_live(&self) -> Option<String> {
         self.journal();

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::running::*;
 use crate::common::*;
-use crate::services::*;
 
 const HOSTS: usize = 5;
 

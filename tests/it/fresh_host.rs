@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::running::*;
 use crate::common::*;
-use crate::services::*;
 
 #[test]
 fn the_readme_fresh_host_flow_works_without_editing_a_generated_file() {

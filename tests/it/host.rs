@@ -6,18 +6,18 @@
 //! where a commit came from), and the refused artifacts are A rewritten member
 //! by member with the `tar` crate.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use release::manifest::{Entry, Manifest};
+use release::manifest::Entry;
 
+use crate::common::members::{manifest_bytes, Member, Members};
+use crate::common::root::Root;
 use crate::common::*;
 
 const COMMIT_C: &str = "cafe0000000000000000000000000000000000c0";
@@ -76,126 +76,6 @@ pub(crate) fn artifacts() -> &'static Artifacts {
     })
 }
 
-/// The members of an artifact, to be edited and written back.
-#[derive(Clone)]
-struct Members(Vec<Member>);
-
-#[derive(Clone)]
-struct Member {
-    header: tar::Header,
-    path: String,
-    link: Option<String>,
-    data: Vec<u8>,
-}
-
-impl Members {
-    fn read(artifact: &Path) -> Members {
-        let file = std::fs::File::open(artifact).unwrap();
-        let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
-        let mut members = Vec::new();
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).unwrap();
-            members.push(Member {
-                header: entry.header().clone(),
-                path: String::from_utf8(entry.path_bytes().into_owned()).unwrap(),
-                link: entry
-                    .link_name_bytes()
-                    .map(|l| String::from_utf8(l.into_owned()).unwrap()),
-                data,
-            });
-        }
-        Members(members)
-    }
-
-    fn manifest(&self) -> Manifest {
-        Manifest::from_json(&self.0[0].data).unwrap()
-    }
-
-    fn set_manifest(&mut self, mut m: Manifest) {
-        m.files.sort_by(|a, b| a.path.cmp(&b.path));
-        m.recompute_totals();
-        m.validate().unwrap();
-        self.0[0].data = m.to_json_bytes();
-    }
-
-    fn with_commit(&self, commit: &str) -> Members {
-        let mut copy = self.clone();
-        let mut m = copy.manifest();
-        m.commit = commit.into();
-        m.release = commit[..12].into();
-        copy.set_manifest(m);
-        copy
-    }
-
-    fn index(&self, path: &str) -> usize {
-        self.0
-            .iter()
-            .position(|m| m.path.trim_end_matches('/') == path)
-            .unwrap_or_else(|| panic!("no member {path}"))
-    }
-
-    /// Put `member` right after the member `after`.
-    fn insert_after(&mut self, after: &str, member: Member) {
-        let i = self.index(after);
-        self.0.insert(i + 1, member);
-    }
-
-    /// End the archive a few members after `path`: the refusal must come at
-    /// that member, before the rest would be read (keeps the variants small).
-    fn end_soon_after(&mut self, path: &str) {
-        let i = self.index(path);
-        self.0.truncate(i + 20);
-    }
-
-    fn member(&mut self, path: &str) -> &mut Member {
-        self.0
-            .iter_mut()
-            .find(|m| m.path.trim_end_matches('/') == path)
-            .unwrap_or_else(|| panic!("no member {path}"))
-    }
-
-    /// Write a zstd artifact (fast level) and its `.sha256`.
-    fn write(&self, path: &Path) -> PathBuf {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let file = std::fs::File::create(&tmp).unwrap();
-        let mut builder = tar::Builder::new(zstd::Encoder::new(file, 1).unwrap());
-        for m in &self.0 {
-            let mut header = m.header.clone();
-            if header.entry_type().is_symlink() {
-                builder
-                    .append_link(&mut header, &m.path, m.link.as_deref().unwrap())
-                    .unwrap();
-            } else if m.path.contains("..") || m.path.starts_with('/') {
-                // Paths the tar crate refuses to write: set the raw name bytes.
-                let name = &mut header.as_old_mut().name;
-                name.fill(0);
-                name[..m.path.len()].copy_from_slice(m.path.as_bytes());
-                header.set_size(m.data.len() as u64);
-                header.set_cksum();
-                builder.append(&header, &m.data[..]).unwrap();
-            } else {
-                header.set_size(m.data.len() as u64);
-                builder
-                    .append_data(&mut header, &m.path, &m.data[..])
-                    .unwrap();
-            }
-        }
-        builder.into_inner().unwrap().finish().unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-        let digest = hex::encode(Sha256::digest(std::fs::read(path).unwrap()));
-        let name = path.file_name().unwrap().to_string_lossy();
-        std::fs::write(
-            format!("{}.sha256", path.display()),
-            format!("{digest}  {name}\n"),
-        )
-        .unwrap();
-        path.to_path_buf()
-    }
-}
-
 fn file_header(mode: u32) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
@@ -205,119 +85,6 @@ fn file_header(mode: u32) -> tar::Header {
     h.set_gid(0);
     h.set_size(0);
     h
-}
-
-/// A host root in a fresh temporary directory (created by the first install).
-struct Root {
-    _tmp: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Root {
-    fn new() -> Root {
-        let tmp = tempfile::Builder::new()
-            .prefix("release-host-")
-            .tempdir()
-            .unwrap();
-        let path = tmp.path().join("srv/mysite");
-        Root { _tmp: tmp, path }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = release();
-        cmd.arg("--root").arg(&self.path).args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "release {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            stdout(&out),
-            stderr(&out)
-        );
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        json_ok(&self.run(&all))
-    }
-
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        fails_with(&self.run(args), code)
-    }
-
-    fn install(&self, artifact: &Path) -> String {
-        let report = self.json(&["install", artifact.to_str().unwrap()]);
-        report["id"].as_str().unwrap().to_string()
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::write(self.path.join("release.toml"), text).unwrap();
-    }
-
-    fn current(&self) -> Option<String> {
-        std::fs::read_link(self.path.join("current"))
-            .ok()
-            .map(|l| l.file_name().unwrap().to_string_lossy().into_owned())
-    }
-
-    /// (id, state) newest install first, from `list --json`.
-    fn states(&self) -> Vec<(String, String)> {
-        self.json(&["list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["id"].as_str().unwrap().to_string(),
-                    r["state"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn state_of(&self, id: &str) -> String {
-        self.states()
-            .into_iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, s)| s)
-            .unwrap_or_else(|| panic!("{id} not listed"))
-    }
-
-    /// Every journal line, each of which must parse.
-    fn journal(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.path.join("history.jsonl")).unwrap_or_default();
-        assert!(
-            text.is_empty() || text.ends_with('\n'),
-            "journal ends mid-line"
-        );
-        text.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad journal line {l:?}: {e}"))
-            })
-            .collect()
-    }
-
-    /// Everything in releases/, hidden entries included.
-    fn release_dirs(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.path.join("releases"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -1364,15 +1131,6 @@ fn unsafe_roots_are_refused_with_the_fix() {
 }
 
 /// The first member of an artifact (its manifest), without reading the rest.
-fn manifest_bytes(artifact: &Path) -> Vec<u8> {
-    let file = std::fs::File::open(artifact).unwrap();
-    let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
-    let mut first = archive.entries().unwrap().next().unwrap().unwrap();
-    let mut bytes = Vec::new();
-    first.read_to_end(&mut bytes).unwrap();
-    bytes
-}
-
 #[test]
 fn list_and_status_stay_fast_with_500_releases() {
     let art = artifacts();

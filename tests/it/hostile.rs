@@ -1,26 +1,25 @@
 //! Hostile artifacts and unsafe host roots (docs/design.md §4, docs/host.md
 //! "Hostile artifacts and unsafe roots").
 //!
-//! `hostile_artifacts_are_refused_and_change_nothing` generates, from one real
-//! artifact, a table of archives an attacker could hand to `release install`
-//! (written here with raw tar headers: nothing binary is committed) and checks
-//! for each: exit 1; stderr names the entry (or the artifact / manifest) and
-//! the rule; the root and a sibling "outside" directory are exactly as before
-//! (no `.incoming-*` left); the healthy release installed first stays current
-//! and verifies. Each install runs under `prlimit` with 1 GiB of address space
-//! and a 256 MiB file-size limit, so a decompression bomb that is read into
-//! memory or written to disk fails its case (the install is killed, or fails
-//! for another reason than the rule) instead of passing slowly.
+//! `artifact::*`: one test per row of a table of archives an attacker could
+//! hand to `release install`, generated from one real artifact (written here
+//! with raw tar headers: nothing binary is committed). Each checks: exit 1;
+//! stderr names the entry (or the artifact / manifest) and the rule; the root
+//! and a sibling "outside" directory are exactly as before (no `.incoming-*`
+//! left); the healthy release installed first stays current and verifies.
+//! Each install runs under `prlimit` with 1 GiB of address space and a 256 MiB
+//! file-size limit, so a decompression bomb that is read into memory or
+//! written to disk fails its case (the install is killed, or fails for
+//! another reason than the rule) instead of passing slowly. The path, type
+//! and mode rules are also unit tests of the extractor (src/host/extract.rs).
 //!
-//! `unsafe_roots_are_refused_and_change_nothing` plants the root hygiene
-//! problems (writable by others, symlinks planted in place of release's own
-//! paths, a `current` pointing elsewhere) and checks that commands refuse with
-//! the path, the reason and the fix, and change nothing.
-//!
-//! Both print a table of their cases and outcomes (`-- --nocapture`).
+//! `root_case::*`: one test per unsafe root: each plants a root hygiene
+//! problem (writable by others, symlinks planted in place of release's own
+//! paths, a `current` pointing elsewhere), checks that the command refuses
+//! with the path, the reason and the fix and changes nothing, and undoes it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,6 +29,10 @@ use std::time::Instant;
 use release::manifest::{tree_digest, Entry, Manifest};
 use sha2::{Digest, Sha256};
 
+use crate::common::members::{
+    self, end_soon_after, index, insert_after, manifest_of, member, set_manifest, Editable,
+};
+use crate::common::root::Root;
 use crate::common::*;
 
 /// The commit every hostile variant claims, so that none of them is taken
@@ -91,11 +94,23 @@ impl M {
             ..M::file(path, 0o644, b"")
         }
     }
+}
 
-    fn path(&self) -> String {
+impl Editable for M {
+    fn name(&self) -> String {
         String::from_utf8_lossy(&self.path)
             .trim_end_matches('/')
             .to_string()
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// New content, and the size the header declares with it.
+    fn set_data(&mut self, data: Vec<u8>) {
+        self.size = data.len() as u64;
+        self.data = data;
     }
 }
 
@@ -103,24 +118,18 @@ impl M {
 fn base() -> &'static Vec<M> {
     static BASE: OnceLock<Vec<M>> = OnceLock::new();
     BASE.get_or_init(|| {
-        let file = std::fs::File::open(healthy()).unwrap();
-        let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
-        let mut members = Vec::new();
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).unwrap();
-            let header = entry.header();
-            members.push(M {
-                kind: header.entry_type(),
-                path: entry.path_bytes().into_owned(),
-                link: entry.link_name_bytes().map(|l| l.into_owned()),
-                mode: header.mode().unwrap(),
-                size: data.len() as u64,
-                data,
+        let mut members: Vec<M> = members::read(healthy())
+            .into_iter()
+            .map(|m| M {
+                kind: m.header.entry_type(),
+                path: m.path.into_bytes(),
+                link: m.link.map(String::into_bytes),
+                mode: m.header.mode().unwrap(),
+                size: m.data.len() as u64,
+                data: m.data,
                 device: (0, 0),
-            });
-        }
+            })
+            .collect();
         let mut manifest = Manifest::from_json(&members[0].data).unwrap();
         manifest.commit = COMMIT_H.into();
         manifest.release = COMMIT_H[..12].into();
@@ -129,47 +138,8 @@ fn base() -> &'static Vec<M> {
     })
 }
 
-fn manifest_of(members: &[M]) -> Manifest {
-    Manifest::from_json(&members[0].data).unwrap()
-}
-
-/// Store `m` (sorted, totals and tree digest recomputed, validated) as the
-/// first member.
-fn set_manifest(members: &mut [M], mut m: Manifest) {
-    m.files.sort_by(|a, b| a.path.cmp(&b.path));
-    m.recompute_totals();
-    m.validate().unwrap();
-    set_manifest_bytes(members, m.to_json_bytes());
-}
-
 fn set_manifest_bytes(members: &mut [M], json: Vec<u8>) {
-    members[0].size = json.len() as u64;
-    members[0].data = json;
-}
-
-fn index(members: &[M], path: &str) -> usize {
-    members
-        .iter()
-        .position(|m| m.path() == path)
-        .unwrap_or_else(|| panic!("no member {path}"))
-}
-
-fn member<'a>(members: &'a mut [M], path: &str) -> &'a mut M {
-    let i = index(members, path);
-    &mut members[i]
-}
-
-fn insert_after(members: &mut Vec<M>, after: &str, m: M) {
-    let i = index(members, after);
-    members.insert(i + 1, m);
-}
-
-/// End the archive a few members after `path`: the refusal must come at or
-/// before it (if it did not, the install would still fail, but on the
-/// entries missing from the archive, and the message check would catch it).
-fn end_soon_after(members: &mut Vec<M>, path: &str) {
-    let i = index(members, path);
-    members.truncate(i + 20);
+    members[0].set_data(json);
 }
 
 /// A copy of the base members, edited.
@@ -619,7 +589,7 @@ fn cases(outside: &Path) -> Vec<Case> {
         variant(|m| {
             let link = m
                 .iter_mut()
-                .find(|x| x.kind == T::Symlink && x.path().starts_with("venv/bin/"))
+                .find(|x| x.kind == T::Symlink && x.name().starts_with("venv/bin/"))
                 .unwrap();
             link.link = Some(b"/bin/sh".to_vec());
         }),
@@ -1135,34 +1105,36 @@ fn error_line(stderr: &str) -> String {
     line
 }
 
-fn print_table(title: &str, rows: &[(String, String, String)]) {
-    eprintln!("\n{title}");
-    eprintln!(
-        "{:<3} {:<72} {:<14} error (first line)",
-        "#", "case", "outcome"
-    );
-    for (i, (name, outcome, detail)) in rows.iter().enumerate() {
-        eprintln!("{:<3} {:<72} {:<14} {}", i + 1, name, outcome, detail);
-    }
-    eprintln!();
-}
-
 /// A host root next to a sibling directory `outside` (with a bait file) that
 /// hostile paths and links aim at.
 struct Site {
     _tmp: tempfile::TempDir,
     root: PathBuf,
     outside: PathBuf,
+    /// The root, to run commands on.
+    host: Root,
 }
 
 impl Site {
-    fn new() -> Site {
-        let tmp = tempfile::Builder::new().prefix("rh-").tempdir().unwrap();
+    /// A fresh site in `dir` (whatever was there is removed first).
+    fn in_dir(dir: &Path) -> Site {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        Site::in_tmp(
+            tempfile::Builder::new()
+                .prefix("rh-")
+                .tempdir_in(dir)
+                .unwrap(),
+        )
+    }
+
+    fn in_tmp(tmp: tempfile::TempDir) -> Site {
         let srv = tmp.path().join("srv");
         let outside = srv.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("bait"), "bait\n").unwrap();
         Site {
+            host: Root::at(srv.join("mysite")),
             root: srv.join("mysite"),
             outside,
             _tmp: tmp,
@@ -1170,12 +1142,7 @@ impl Site {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        release()
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .output()
-            .unwrap()
+        self.host.run(args)
     }
 
     /// Install and activate the healthy artifact; returns its id.
@@ -1195,112 +1162,218 @@ impl Site {
     }
 }
 
-#[test]
-fn hostile_artifacts_are_refused_and_change_nothing() {
-    let site = Site::new();
-    let id = site.healthy();
-    let current = site.current().unwrap();
-    assert_eq!(current, Path::new("releases").join(&id));
-    let dir = tempfile::tempdir().unwrap();
+/// The site the hostile-artifact tests share: one root (in target/, so it
+/// needs no cleanup by a destructor) with the healthy release live, and the
+/// cases generated once against its `outside` directory. Each test takes the
+/// lock, installs its artifact and checks the site is as it was; the last
+/// test of a full run removes the site (a partial run leaves it for the next
+/// run to replace).
+struct Shared {
+    site: Site,
+    /// The healthy release, live throughout.
+    id: String,
+    current: PathBuf,
+    cases: Vec<Case>,
+    /// Tests finished (passed or not).
+    done: usize,
+}
 
-    let started = Instant::now();
-    let cases = cases(&site.outside);
-    eprintln!(
-        "generated {} hostile artifacts in {:.1}s",
-        cases.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for (i, case) in cases.into_iter().enumerate() {
-        let artifact = dir
-            .path()
-            .join(format!("hostile-{i:02}.{}", case.fmt.ext()));
-        std::fs::write(&artifact, &case.bytes).unwrap();
-        // A matching .sha256: the attacker controls both, so each case is
-        // decided by the member checks, not by the digest.
-        std::fs::write(
-            format!("{}.sha256", artifact.display()),
-            format!(
-                "{}  {}\n",
-                sha256_hex(&case.bytes),
-                artifact.file_name().unwrap().to_string_lossy()
-            ),
-        )
-        .unwrap();
-        drop(case.bytes);
-        let root_before = snapshot(&site.root);
-        let outside_before = snapshot(&site.outside);
-        let t = Instant::now();
-        let out = limited_install(&site.root, &artifact);
-        let seconds = t.elapsed().as_secs_f64();
-        let err = stderr(&out);
-        let mut problems = Vec::new();
-        if out.status.code() != Some(1) {
-            problems.push(format!("exit {:?}, expected 1", out.status));
-        }
-        for needle in &case.expect {
-            if !err.contains(needle.as_str()) {
-                problems.push(format!("stderr lacks {needle:?}"));
-            }
-        }
-        if !err.contains(&format!("hostile-{i:02}")) {
-            problems.push("stderr does not name the artifact".into());
-        }
-        problems.extend(diff(&root_before, &snapshot(&site.root)));
-        problems.extend(
-            diff(&outside_before, &snapshot(&site.outside))
-                .into_iter()
-                .map(|d| format!("outside: {d}")),
-        );
-        // The healthy release is still current and intact after every case.
-        if site.current().as_ref() != Some(&current) {
-            problems.push(format!("current is now {:?}", site.current()));
-        }
-        let verify = site.run(&["--json", "verify"]);
-        if !verify.status.success() {
-            problems.push(format!("verify failed: {}", stdout(&verify)));
-        }
-        if seconds > 120.0 {
-            problems.push(format!("took {seconds:.1}s"));
-        }
-        let outcome = if problems.is_empty() {
-            "refused"
-        } else {
-            "FAILED"
-        };
-        rows.push((
-            format!("{} ({})", case.name, case.fmt.ext()),
-            format!("{outcome} {seconds:.2}s"),
-            error_line(&err),
-        ));
-        if !problems.is_empty() {
-            failures.push(format!(
-                "{}: {}\n  stderr: {}",
-                case.name,
-                problems.join("; "),
-                err.trim()
-            ));
-        }
-        std::fs::remove_file(&artifact).unwrap();
+fn shared() -> std::sync::MutexGuard<'static, Shared> {
+    static SHARED: OnceLock<std::sync::Mutex<Shared>> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        let site = Site::in_dir(&Path::new(REPO).join("target/hostile-it/site"));
+        let id = site.healthy();
+        let current = site.current().unwrap();
+        assert_eq!(current, Path::new("releases").join(&id));
+        let cases = cases(&site.outside);
+        std::sync::Mutex::new(Shared {
+            site,
+            id,
+            current,
+            cases,
+            done: 0,
+        })
+    });
+    // A failed case panics while holding the lock; the site is still sound
+    // for the next case (each case checks it is unchanged).
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Install the case named `name`; it must be refused and change nothing.
+fn refuse_hostile(name: &str) {
+    let mut shared = shared();
+    let problems = check_case(&shared, name);
+    shared.done += 1;
+    if shared.done == HOSTILE_CASES.len() {
+        let _ = std::fs::remove_dir_all(shared.site.root.parent().unwrap().parent().unwrap());
     }
-    print_table("hostile artifacts (release install)", &rows);
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        rows.len(),
-        failures.join("\n")
+    drop(shared);
+    assert!(problems.is_empty(), "{name}: {}", problems.join("\n  "));
+}
+
+/// What is wrong with how the install of case `name` went.
+fn check_case(shared: &Shared, name: &str) -> Vec<String> {
+    let site = &shared.site;
+    let case = shared
+        .cases
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no hostile case {name:?}"));
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join(format!("hostile.{}", case.fmt.ext()));
+    std::fs::write(&artifact, &case.bytes).unwrap();
+    // A matching .sha256: the attacker controls both, so each case is
+    // decided by the member checks, not by the digest.
+    std::fs::write(
+        format!("{}.sha256", artifact.display()),
+        format!(
+            "{}  {}\n",
+            sha256_hex(&case.bytes),
+            artifact.file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let root_before = snapshot(&site.root);
+    let outside_before = snapshot(&site.outside);
+    let t = Instant::now();
+    let out = limited_install(&site.root, &artifact);
+    let seconds = t.elapsed().as_secs_f64();
+    let err = stderr(&out);
+    eprintln!(
+        "{name} ({}): {seconds:.2}s: {}",
+        case.fmt.ext(),
+        error_line(&err)
     );
-    // The healthy release is still current and intact.
-    assert_eq!(site.current(), Some(current));
-    site.verify_ok();
-    let leftovers: Vec<_> = std::fs::read_dir(site.root.join("releases"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != &id)
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mut problems = Vec::new();
+    if out.status.code() != Some(1) {
+        problems.push(format!("exit {:?}, expected 1", out.status));
+    }
+    for needle in &case.expect {
+        if !err.contains(needle.as_str()) {
+            problems.push(format!("stderr lacks {needle:?}"));
+        }
+    }
+    if !err.contains("hostile.") {
+        problems.push("stderr does not name the artifact".into());
+    }
+    problems.extend(diff(&root_before, &snapshot(&site.root)));
+    problems.extend(
+        diff(&outside_before, &snapshot(&site.outside))
+            .into_iter()
+            .map(|d| format!("outside: {d}")),
+    );
+    // The healthy release is still current and intact after every case.
+    if site.current().as_ref() != Some(&shared.current) {
+        problems.push(format!("current is now {:?}", site.current()));
+    }
+    let verify = site.run(&["--json", "verify"]);
+    if !verify.status.success() {
+        problems.push(format!("verify failed: {}", stdout(&verify)));
+    }
+    let releases = site.host.releases();
+    if releases != [shared.id.clone()] {
+        problems.push(format!("releases/ holds {releases:?}"));
+    }
+    if seconds > 120.0 {
+        problems.push(format!("took {seconds:.1}s"));
+    }
+    if !problems.is_empty() {
+        problems.push(format!("stderr: {}", err.trim()));
+    }
+    problems
+}
+
+/// One `#[test]` per hostile case, named after it, so each can be run and
+/// reported alone (`cargo test --features crashpoints --test it hostile::artifact::`);
+/// and a test that the list and the table agree.
+macro_rules! hostile_artifacts {
+    ($($test:ident: $name:literal,)*) => {
+        /// The names of the cases, as the table gives them.
+        const HOSTILE_CASES: &[&str] = &[$($name),*];
+
+        mod artifact {
+            $(
+                #[test]
+                fn $test() {
+                    super::refuse_hostile($name);
+                }
+            )*
+        }
+    };
+}
+
+/// The macro's list is the table: no case without its test, no test
+/// without its case.
+#[test]
+fn every_hostile_artifact_case_has_its_own_test() {
+    let mut table: Vec<&str> = shared().cases.iter().map(|c| c.name).collect();
+    let mut listed = HOSTILE_CASES.to_vec();
+    table.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(table, listed);
+}
+
+hostile_artifacts! {
+    dotdot_traversal_into_a_sibling_directory: "`..` traversal into a sibling directory",
+    dotdot_as_the_first_component: "`..` as the first component",
+    absolute_path_into_a_sibling_directory: "absolute path into a sibling directory",
+    manifest_lists_a_dotdot_path: "manifest lists a `..` path",
+    non_utf_8_name: "non-UTF-8 name",
+    control_character_in_a_name: "control character in a name",
+    n5000_byte_path_gnu_long_name: "5000-byte path (GNU long name)",
+    n5000_byte_path_pax_path_record: "5000-byte path (PAX path record)",
+    n300_byte_path_component: "300-byte path component",
+    dot_slash_prefix_another_spelling_of_a_listed_path: "`./` prefix (another spelling of a listed path)",
+    empty_component_another_spelling_of_a_listed_path: "empty component (another spelling of a listed path)",
+    dot_component_another_spelling_of_a_listed_path: "`.` component (another spelling of a listed path)",
+    n5100_byte_symlink_target_out_of_the_release_gnu_long_link: "5100-byte symlink target out of the release (GNU long link)",
+    symlink_out_of_the_release_then_a_file_written_through_it: "symlink out of the release, then a file written through it",
+    absolute_symlink_to_a_sibling_directory: "absolute symlink to a sibling directory",
+    symlink_inside_the_release_then_a_file_written_through_it: "symlink inside the release, then a file written through it",
+    symlink_not_in_the_manifest: "symlink not in the manifest",
+    symlink_target_differs_from_the_manifest: "symlink target differs from the manifest",
+    hard_link_to_a_file_outside_relative: "hard link to a file outside (relative)",
+    hard_link_to_a_file_outside_absolute: "hard link to a file outside (absolute)",
+    character_device: "character device",
+    block_device: "block device",
+    fifo: "fifo",
+    setuid_file: "setuid file",
+    setgid_file: "setgid file",
+    sticky_directory: "sticky directory",
+    duplicate_path: "duplicate path",
+    member_missing_from_the_manifest: "member missing from the manifest",
+    manifest_entry_missing_from_the_archive: "manifest entry missing from the archive",
+    manifest_hash_mismatch: "manifest hash mismatch",
+    content_changed_manifest_kept: "content changed, manifest kept",
+    manifest_size_mismatch: "manifest size mismatch",
+    member_larger_than_the_manifest: "member larger than the manifest",
+    manifest_totals_do_not_add_up: "manifest totals do not add up",
+    truncated_stream_zst: "truncated stream (zst)",
+    truncated_stream_gz: "truncated stream (gz)",
+    wrong_magic_a_zip_file: "wrong magic (a zip file)",
+    uncompressed_tar: "uncompressed tar",
+    empty_file: "empty file",
+    manifest_missing: "manifest missing",
+    manifest_not_first: "manifest not first",
+    manifest_not_json: "manifest not JSON",
+    manifest_of_an_unknown_format_version: "manifest of an unknown format version",
+    manifest_is_a_directory: "manifest is a directory",
+    manifest_claims_1e9_files: "manifest claims 10^9 files",
+    manifest_with_a_1_4_million_entry_file_list_74_mib: "manifest with a 1.4-million-entry file list (74 MiB)",
+    bomb_a_member_the_manifest_lists_as_16_tib: "bomb: a member the manifest lists as 16 TiB",
+    bomb_manifest_sizes_that_overflow_64_bits: "bomb: manifest sizes that overflow 64 bits",
+    bomb_2_gib_member_the_manifest_lists_as_small: "bomb: 2 GiB member the manifest lists as small",
+    bomb_2_gib_member_not_in_the_manifest: "bomb: 2 GiB member not in the manifest",
+    bomb_2_gib_member_after_a_complete_release: "bomb: 2 GiB member after a complete release",
+    bomb_2_gib_gnu_long_name: "bomb: 2 GiB GNU long name",
+    bomb_2_gib_pax_header: "bomb: 2 GiB PAX header",
+    bomb_2_gib_release_json: "bomb: 2 GiB release.json",
+    pax_size_record_desynchronises_the_stream: "PAX size record (desynchronises the stream)",
+    two_gnu_long_names_for_one_member: "two GNU long names for one member",
+    a_gnu_long_name_with_no_member_after_it: "a GNU long name with no member after it",
+    pax_global_header: "PAX global header",
 }
 
 // ---- unsafe roots --------------------------------------------------------------
@@ -1641,97 +1714,170 @@ fn hygiene_cases(site: &Site) -> Vec<Hygiene> {
     cases
 }
 
-#[test]
-fn unsafe_roots_are_refused_and_change_nothing() {
-    let site = Site::new();
-    let id = site.healthy();
-    std::fs::create_dir(site.root.join("shared")).unwrap();
-    std::fs::write(site.root.join("release.toml"), "keep = 5\n").unwrap();
-    let baseline = snapshot(&site.root);
-    let outside_baseline = snapshot(&site.outside);
-    let is_root = rustix::process::geteuid().is_root();
+/// The site the unsafe-root tests share (as for the hostile artifacts): the
+/// healthy release live, `shared/` and `release.toml` in place, and what the
+/// root and `outside` hold then. Each case plants its problem, runs its
+/// command, checks the refusal, and undoes it.
+struct RootSite {
+    site: Site,
+    id: String,
+    baseline: BTreeMap<String, String>,
+    outside_baseline: BTreeMap<String, String>,
+    done: usize,
+}
+
+fn root_site() -> std::sync::MutexGuard<'static, RootSite> {
+    static SHARED: OnceLock<std::sync::Mutex<RootSite>> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        let site = Site::in_dir(&Path::new(REPO).join("target/hostile-it/roots"));
+        let id = site.healthy();
+        std::fs::create_dir(site.root.join("shared")).unwrap();
+        std::fs::write(site.root.join("release.toml"), "keep = 5\n").unwrap();
+        std::sync::Mutex::new(RootSite {
+            baseline: snapshot(&site.root),
+            outside_baseline: snapshot(&site.outside),
+            site,
+            id,
+            done: 0,
+        })
+    });
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Plant the unsafe root `name`, run its command: it must be refused (or
+/// warn and run) as the table says and change nothing; then undo it.
+fn refuse_unsafe_root(name: &str) {
+    let mut shared = root_site();
+    let problems = check_root_case(&shared, name);
+    shared.done += 1;
+    if shared.done == UNSAFE_ROOT_CASES.len() {
+        let _ = std::fs::remove_dir_all(shared.site.root.parent().unwrap().parent().unwrap());
+    }
+    drop(shared);
+    assert!(problems.is_empty(), "{name}: {}", problems.join("\n  "));
+}
+
+fn check_root_case(shared: &RootSite, name: &str) -> Vec<String> {
+    let site = &shared.site;
+    let case = hygiene_cases(site)
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no unsafe-root case {name:?}"));
+    if case.name.contains("another user") && !rustix::process::geteuid().is_root() {
+        eprintln!("{name}: skipped (needs root to chown)");
+        return Vec::new();
+    }
     let art = healthy().to_str().unwrap().to_string();
     let fill = |s: &str| {
         s.replace("{root}", site.root.to_str().unwrap())
             .replace("{outside}", site.outside.to_str().unwrap())
             .replace("{art}", &art)
-            .replace("{id}", &id)
+            .replace("{id}", &shared.id)
     };
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for case in hygiene_cases(&site) {
-        if case.name.contains("another user") && !is_root {
-            rows.push((
-                case.name.to_string(),
-                "skipped".into(),
-                "needs root to chown".into(),
-            ));
-            continue;
-        }
-        (case.plant)(&site);
-        let root_before = snapshot(&site.root);
-        let outside_before = snapshot(&site.outside);
-        let args: Vec<String> = case.args.iter().map(|a| fill(a)).collect();
-        let root_arg = case.root_arg.clone().unwrap_or_else(|| site.root.clone());
-        let t = Instant::now();
-        let out = release()
-            .arg("--root")
-            .arg(&root_arg)
-            .args(&args)
-            .output()
-            .unwrap();
-        let seconds = t.elapsed().as_secs_f64();
-        let err = stderr(&out);
-        let mut problems = Vec::new();
-        if out.status.code() != Some(case.code) {
-            problems.push(format!("exit {:?}, expected {}", out.status, case.code));
-        }
-        for needle in case.expect {
-            let needle = fill(needle);
-            if !err.contains(&needle) {
-                problems.push(format!("stderr lacks {needle:?}"));
-            }
-        }
-        problems.extend(diff(&root_before, &snapshot(&site.root)));
-        problems.extend(
-            diff(&outside_before, &snapshot(&site.outside))
-                .into_iter()
-                .map(|d| format!("outside: {d}")),
-        );
-        (case.undo)(&site);
-        let undone = diff(&baseline, &snapshot(&site.root));
-        assert!(undone.is_empty(), "{}: undo left {undone:?}", case.name);
-        assert!(diff(&outside_baseline, &snapshot(&site.outside)).is_empty());
-        let outcome = match (problems.is_empty(), case.code) {
-            (true, 0) => "warned, ran",
-            (true, _) => "refused",
-            (false, _) => "FAILED",
-        };
-        rows.push((
-            format!("{} (release {})", case.name, case.args[0]),
-            format!("{outcome} {seconds:.2}s"),
-            error_line(&err),
-        ));
-        if !problems.is_empty() {
-            failures.push(format!(
-                "{}: {}\n  stderr: {}",
-                case.name,
-                problems.join("; "),
-                err.trim()
-            ));
+    (case.plant)(site);
+    let root_before = snapshot(&site.root);
+    let outside_before = snapshot(&site.outside);
+    let args: Vec<String> = case.args.iter().map(|a| fill(a)).collect();
+    let root_arg = case.root_arg.clone().unwrap_or_else(|| site.root.clone());
+    let out = release()
+        .arg("--root")
+        .arg(&root_arg)
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    eprintln!("{name} (release {}): {}", case.args[0], error_line(&err));
+    let mut problems = Vec::new();
+    if out.status.code() != Some(case.code) {
+        problems.push(format!("exit {:?}, expected {}", out.status, case.code));
+    }
+    for needle in case.expect {
+        let needle = fill(needle);
+        if !err.contains(&needle) {
+            problems.push(format!("stderr lacks {needle:?}"));
         }
     }
-    print_table("unsafe host roots", &rows);
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        rows.len(),
-        failures.join("\n")
+    problems.extend(diff(&root_before, &snapshot(&site.root)));
+    problems.extend(
+        diff(&outside_before, &snapshot(&site.outside))
+            .into_iter()
+            .map(|d| format!("outside: {d}")),
     );
-    // The safe root works as before.
-    assert_eq!(site.current(), Some(Path::new("releases").join(&id)));
+    (case.undo)(site);
+    let undone = diff(&shared.baseline, &snapshot(&site.root));
+    assert!(undone.is_empty(), "{name}: undo left {undone:?}");
+    assert!(diff(&shared.outside_baseline, &snapshot(&site.outside)).is_empty());
+    if !problems.is_empty() {
+        problems.push(format!("stderr: {}", err.trim()));
+    }
+    problems
+}
+
+/// One `#[test]` per unsafe-root case (hostile::root_case::<case>), as for
+/// the artifacts.
+macro_rules! unsafe_roots {
+    ($($test:ident: $name:literal,)*) => {
+        /// The names of the cases, as the table gives them.
+        const UNSAFE_ROOT_CASES: &[&str] = &[$($name),*];
+
+        mod root_case {
+            $(
+                #[test]
+                fn $test() {
+                    super::refuse_unsafe_root($name);
+                }
+            )*
+        }
+    };
+}
+
+unsafe_roots! {
+    root_writable_by_group_0775: "root writable by group (0775)",
+    root_writable_by_others_0757: "root writable by others (0757)",
+    releases_writable_by_group: "releases/ writable by group",
+    releases_owned_by_another_user: "releases/ owned by another user",
+    releases_is_a_symlink: "releases/ is a symlink",
+    current_is_a_directory: "current is a directory",
+    current_is_a_regular_file: "current is a regular file",
+    current_planted_absolute_link_to_another_directory: "current planted: absolute link to another directory",
+    current_planted_relative_link_out_of_the_root: "current planted: relative link out of the root",
+    current_planted_install_refuses_too: "current planted: install refuses too",
+    current_planted_status_still_reports_with_a_warning: "current planted: status still reports, with a warning",
+    current_planted_verify_does_not_follow_it: "current planted: verify does not follow it",
+    shared_is_a_symlink: "shared/ is a symlink",
+    shared_writable_by_group: "shared/ writable by group",
+    release_toml_is_a_symlink: "release.toml is a symlink",
+    release_toml_writable_by_others: "release.toml writable by others",
+    release_toml_owned_by_another_user: "release.toml owned by another user",
+    history_jsonl_is_a_symlink: "history.jsonl is a symlink",
+    history_jsonl_writable_by_group: "history.jsonl writable by group",
+    history_jsonl_is_a_directory: "history.jsonl is a directory",
+    lock_is_a_symlink: ".lock is a symlink",
+    lock_writable_by_others: ".lock writable by others",
+    releases_id_is_a_symlink: "releases/<id> is a symlink",
+    root_is_a_symlink: "root is a symlink",
+}
+
+/// The macro's list is the table.
+#[test]
+fn every_unsafe_root_case_has_its_own_test() {
+    let shared = root_site();
+    let mut table: Vec<&str> = hygiene_cases(&shared.site).iter().map(|c| c.name).collect();
+    let mut listed = UNSAFE_ROOT_CASES.to_vec();
+    table.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(table, listed);
+}
+
+/// Between the cases (each undone) the root is safe and works as before.
+#[test]
+fn a_safe_root_works_between_the_unsafe_cases() {
+    let shared = root_site();
+    let site = &shared.site;
+    assert_eq!(site.current(), Some(Path::new("releases").join(&shared.id)));
     site.verify_ok();
-    let out = site.run(&["install", &art]);
+    let out = site.run(&["install", healthy().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }

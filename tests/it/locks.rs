@@ -119,13 +119,7 @@ fn venv_dists(report: &Value) -> BTreeSet<String> {
 }
 
 fn read_manifest(artifact: &Path) -> Value {
-    use std::io::Read;
-    let file = std::fs::File::open(artifact).unwrap();
-    let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
-    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
-    let mut bytes = Vec::new();
-    entry.read_to_end(&mut bytes).unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    serde_json::from_slice(&crate::common::members::manifest_bytes(artifact)).unwrap()
 }
 
 /// `name==version` of the `[[packages]]` of a pylock that come from an index.

@@ -14,5 +14,4 @@ mod host;
 mod hostile;
 mod locks;
 mod reload;
-mod services;
 mod store;

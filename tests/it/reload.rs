@@ -6,20 +6,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::root::Root;
+use crate::common::running::*;
 use crate::common::*;
-use crate::services::*;
 
-/// A host root with releases installed from the fixture app.
+/// A host root with releases installed from the fixture app, and a run
+/// directory for the services' pidfiles.
 struct Host {
     app: App,
-    root: PathBuf,
+    root: Root,
     run: PathBuf,
 }
 
 impl Host {
     fn new() -> Host {
         let app = App::new();
-        let root = app.tmp.path().join("srv/mysite");
+        let root = Root::at(app.tmp.path().join("srv/mysite"));
         let run = app.tmp.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
         Host { app, root, run }
@@ -28,59 +30,16 @@ impl Host {
     /// Build the app's HEAD and install it; returns (release dir id, commit12).
     fn install_head(&self) -> (String, String) {
         let artifact = self.app.build_ok(&self.app.tmp.path().join("dist"), &[]);
-        let out = self
-            .cmd(&["install", "--json"])
-            .arg(&artifact)
-            .output()
-            .unwrap();
-        let report = json_ok(&out);
-        (
-            report["id"].as_str().unwrap().to_string(),
-            self.app.head()[..12].to_string(),
-        )
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = release();
-        cmd.arg("--root").arg(&self.root).args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> std::process::Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "release {args:?} failed ({}):\n{}{}",
-            out.status,
-            stdout(&out),
-            stderr(&out)
-        );
-        out
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::write(self.root.join("release.toml"), text).unwrap();
+        let id = self.root.install(&artifact);
+        (id, self.app.head()[..12].to_string())
     }
 
     fn current(&self) -> String {
-        let link = std::fs::read_link(self.root.join("current")).unwrap();
-        link.file_name().unwrap().to_string_lossy().into_owned()
-    }
-
-    fn journal(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.root.join("history.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("journal line parses"))
-            .collect()
+        self.root.current().expect("a current release")
     }
 
     fn status(&self) -> Value {
-        json_ok(&self.run(&["status", "--json"]))
+        self.root.json(&["status"])
     }
 }
 
@@ -98,7 +57,7 @@ fn two_releases(host: &Host) -> ((String, String), (String, String)) {
     host.app.write("mysite/extra.py", "X = 2\n");
     host.app.commit("release B");
     let b = host.install_head();
-    host.ok(&["activate", &a.0]);
+    host.root.ok(&["activate", &a.0]);
     (a, b)
 }
 
@@ -112,8 +71,8 @@ fn gunicorn_under_load_through_10_switches_drops_nothing() {
     // keep-alive clients follow. (gthread workers were measured to reset
     // connections they had accepted but not served when they stop: see the
     // README.)
-    let g = Gunicorn::start(&host.root, &host.run);
-    host.write_config(&web_config(&g, "hup", ""));
+    let g = Gunicorn::start(&host.root.path, &host.run);
+    host.root.write_config(&web_config(&g, "hup", ""));
     assert_eq!(g.get("/healthz").1, a.1);
 
     let load = Load::start(g.port, 8, Duration::from_millis(20));
@@ -123,7 +82,7 @@ fn gunicorn_under_load_through_10_switches_drops_nothing() {
     // for the health check, which is where this test spends its time.
     for round in 0..5 {
         let t = Instant::now();
-        host.ok(&["activate", &b.0]);
+        host.root.ok(&["activate", &b.0]);
         switch_times.push(t.elapsed());
         // activate returns once the health check saw B; every request now hits B.
         assert_eq!(
@@ -133,7 +92,7 @@ fn gunicorn_under_load_through_10_switches_drops_nothing() {
         );
         std::thread::sleep(Duration::from_millis(300));
         let t = Instant::now();
-        host.ok(&["rollback"]);
+        host.root.ok(&["rollback"]);
         switch_times.push(t.elapsed());
         assert_eq!(
             g.get("/healthz").1,
@@ -175,6 +134,7 @@ fn gunicorn_under_load_through_10_switches_drops_nothing() {
     );
 
     let activations = host
+        .root
         .journal()
         .iter()
         .filter(|e| e["event"] == "activated")
@@ -194,15 +154,15 @@ fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
     );
     host.app.commit("gunicorn 22");
     let c = host.install_head();
-    host.ok(&["activate", &a.0]);
+    host.root.ok(&["activate", &a.0]);
 
-    let g = Gunicorn::start(&host.root, &host.run);
+    let g = Gunicorn::start(&host.root.path, &host.run);
     let info = |g: &Gunicorn| -> Value { serde_json::from_str(&g.get("/info").1).unwrap() };
     assert_eq!(info(&g)["gunicorn"], "23.0.0");
 
     // hup: new code, but the master's interpreter (with gunicorn 23 imported) stays.
-    host.write_config(&web_config(&g, "hup", ""));
-    host.ok(&["activate", &c.0]);
+    host.root.write_config(&web_config(&g, "hup", ""));
+    host.root.ok(&["activate", &c.0]);
     let after_hup = info(&g);
     assert_eq!(after_hup["release"], c.1.as_str());
     assert_eq!(
@@ -216,19 +176,20 @@ fn gunicorn_upgrade_picks_up_changed_dependencies_and_hup_does_not() {
         web["stale"], true,
         "status must flag the old master: {status}"
     );
-    let text = stdout(&host.ok(&["status"]));
+    let text = stdout(&host.root.ok(&["status"]));
     assert!(
         text.contains("gunicorn-upgrade"),
         "status should say how to fix it:\n{text}"
     );
 
     // gunicorn-upgrade: a new master from C's venv takes over the socket.
-    host.write_config(&web_config(&g, "gunicorn-upgrade", ""));
+    host.root
+        .write_config(&web_config(&g, "gunicorn-upgrade", ""));
     let old_master = std::fs::read_to_string(&g.pidfile).unwrap();
-    host.ok(&["rollback"]);
+    host.root.ok(&["rollback"]);
     assert_eq!(info(&g)["release"], a.1.as_str());
     let t = Instant::now();
-    host.ok(&["activate", &c.0]);
+    host.root.ok(&["activate", &c.0]);
     eprintln!("gunicorn-upgrade: activate→serving {:?}", t.elapsed());
     let after_upgrade = info(&g);
     assert_eq!(after_upgrade["release"], c.1.as_str());
@@ -252,29 +213,30 @@ fn a_release_that_fails_to_import_is_stopped_by_check_or_rolled_back() {
     );
     host.app.commit("broken");
     let (broken, _) = host.install_head();
-    host.ok(&["activate", &a.0]);
-    let g = Gunicorn::start(&host.root, &host.run);
+    host.root.ok(&["activate", &a.0]);
+    let g = Gunicorn::start(&host.root.path, &host.run);
 
     // 1. The check hook stops it before anything changes.
-    host.write_config(&web_config(
+    host.root.write_config(&web_config(
         &g,
         "gunicorn-upgrade",
         "\n[hooks]\ncheck = \"venv/bin/python -c 'import mysite.wsgi'\"\n",
     ));
-    let err = fails_with(&host.run(&["activate", &broken]), 1);
+    let err = fails_with(&host.root.run(&["activate", &broken]), 1);
     assert!(
         err.contains("check") && err.contains("this_module_does_not_exist_anywhere"),
         "{err}"
     );
     assert_eq!(host.current(), a.0);
-    assert_eq!(host.journal().last().unwrap()["event"], "failed");
+    assert_eq!(host.root.journal().last().unwrap()["event"], "failed");
 
     // 2. Without the check, the new master cannot boot its workers: the tool
     //    switches back by itself while the old master never stops serving.
-    host.write_config(&web_config(&g, "gunicorn-upgrade", ""));
+    host.root
+        .write_config(&web_config(&g, "gunicorn-upgrade", ""));
     let load = Load::start(g.port, 4, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(500));
-    let out = host.run(&["activate", &broken]);
+    let out = host.root.run(&["activate", &broken]);
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
     let err = fails_with(&out, 3);
@@ -283,7 +245,7 @@ fn a_release_that_fails_to_import_is_stopped_by_check_or_rolled_back() {
         "{err}"
     );
     assert_eq!(host.current(), a.0);
-    let last = host.journal().last().unwrap().clone();
+    let last = host.root.journal().last().unwrap().clone();
     assert_eq!(last["event"], "failed", "{last}");
     assert!(
         last["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -308,13 +270,13 @@ fn celery_worker_moves_to_the_new_release_and_finishes_its_running_task() {
     let host = Host::new();
     let (a, b) = two_releases(&host);
     let redis = Redis::start(&host.run);
-    let worker = Celery::start(&host.root, &host.run, &redis.url());
-    host.write_config(&format!(
+    let worker = Celery::start(&host.root.path, &host.run, &redis.url());
+    host.root.write_config(&format!(
         "[[service]]\nname = \"worker\"\npidfile = \"{}\"\nreload = \"hup\"\ntimeout = \"120s\"\n",
         worker.pidfile.display()
     ));
     let whoami = || -> Value {
-        let child = send_task(&host.root, &redis.url(), "t.whoami.delay()", true).unwrap();
+        let child = send_task(&host.root.path, &redis.url(), "t.whoami.delay()", true).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice(&out.stdout).unwrap()
@@ -322,12 +284,12 @@ fn celery_worker_moves_to_the_new_release_and_finishes_its_running_task() {
     assert_eq!(whoami()["release"], a.1.as_str());
 
     // A long task is running when the reload starts.
-    let slow = send_task(&host.root, &redis.url(), "t.slow.delay(6)", true).unwrap();
+    let slow = send_task(&host.root.path, &redis.url(), "t.slow.delay(6)", true).unwrap();
     wait_for("the slow task to start", Duration::from_secs(30), || {
         worker.group.log_text().contains("slow task started")
     });
     let t = Instant::now();
-    host.ok(&["activate", &b.0]);
+    host.root.ok(&["activate", &b.0]);
     eprintln!("celery hup: activate→confirmed {:?}", t.elapsed());
     let slow_out = slow.wait_with_output().unwrap();
     assert!(slow_out.status.success(), "{}", stderr(&slow_out));
@@ -362,8 +324,9 @@ fn notify_posts_the_event_and_a_dead_url_does_not_fail_the_deploy() {
     let host = Host::new();
     let (_a, b) = two_releases(&host);
     let sink = Sink::start();
-    host.write_config(&format!("[hooks]\nnotify = \"{}\"\n", sink.url()));
-    host.ok(&["activate", &b.0]);
+    host.root
+        .write_config(&format!("[hooks]\nnotify = \"{}\"\n", sink.url()));
+    host.root.ok(&["activate", &b.0]);
     wait_for("the notification", Duration::from_secs(10), || {
         !sink.bodies.lock().unwrap().is_empty()
     });
@@ -371,11 +334,11 @@ fn notify_posts_the_event_and_a_dead_url_does_not_fail_the_deploy() {
     assert_eq!(event["event"], "activated");
     assert_eq!(event["release"], b.0.as_str());
 
-    host.write_config(&format!(
+    host.root.write_config(&format!(
         "[hooks]\nnotify = \"http://127.0.0.1:{}/gone\"\n",
         free_port()
     ));
-    let out = host.ok(&["rollback"]);
+    let out = host.root.ok(&["rollback"]);
     assert!(stderr(&out).contains("notify"), "{}", stderr(&out));
 }
 
@@ -391,8 +354,8 @@ fn pidfile_problems_are_refused_before_anything_changes() {
     };
     // Missing pidfile.
     let missing = host.run.join("nope.pid");
-    host.write_config(&service(&missing, ""));
-    let err = fails_with(&host.run(&["activate", &b.0]), 1);
+    host.root.write_config(&service(&missing, ""));
+    let err = fails_with(&host.root.run(&["activate", &b.0]), 1);
     assert!(
         err.contains("nope.pid") && err.contains("does not exist"),
         "{err}"
@@ -405,8 +368,8 @@ fn pidfile_problems_are_refused_before_anything_changes() {
     dead.wait().unwrap();
     let stale = host.run.join("stale.pid");
     std::fs::write(&stale, format!("{dead_pid}\n")).unwrap();
-    host.write_config(&service(&stale, ""));
-    let err = fails_with(&host.run(&["activate", &b.0]), 1);
+    host.root.write_config(&service(&stale, ""));
+    let err = fails_with(&host.root.run(&["activate", &b.0]), 1);
     assert!(
         err.contains("stale.pid") && err.contains("not running"),
         "{err}"
@@ -420,16 +383,17 @@ fn pidfile_problems_are_refused_before_anything_changes() {
         .unwrap();
     let unrelated = host.run.join("unrelated.pid");
     std::fs::write(&unrelated, format!("{}\n", other.id())).unwrap();
-    host.write_config(&service(&unrelated, ""));
-    let err = fails_with(&host.run(&["activate", &b.0]), 1);
+    host.root.write_config(&service(&unrelated, ""));
+    let err = fails_with(&host.root.run(&["activate", &b.0]), 1);
     other.kill().unwrap();
     other.wait().unwrap();
     assert!(err.contains("sleep 60") && err.contains("stale"), "{err}");
     assert_eq!(host.current(), a.0);
 
     // required = false: the service is down, the deploy goes on and says so.
-    host.write_config(&service(&missing, "required = false\n"));
-    let out = host.ok(&["activate", &b.0]);
+    host.root
+        .write_config(&service(&missing, "required = false\n"));
+    let out = host.root.ok(&["activate", &b.0]);
     assert!(stderr(&out).contains("web"), "{}", stderr(&out));
     assert_eq!(host.current(), b.0);
 }
@@ -478,20 +442,20 @@ fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_th
     let port = free_port();
     let pidfile = host.run.join("gunicorn.pid");
     let stop_web = StopByPidfile(pidfile.clone());
-    let app = host.root.join("current/app");
+    let app = host.root.path.join("current/app");
     let start = format!(
         "cd {app} && exec {venv}/gunicorn --chdir {app} --bind 127.0.0.1:{port} --pid {pid} --workers 2 --daemon --log-file {log} mysite.wsgi:application",
         app = app.display(),
-        venv = host.root.join("current/venv/bin").display(),
+        venv = host.root.path.join("current/venv/bin").display(),
         pid = pidfile.display(),
         log = host.run.join("gunicorn.log").display(),
     );
-    std::fs::create_dir_all(&host.root).unwrap();
-    host.write_config(&format!(
+    std::fs::create_dir_all(&host.root.path).unwrap();
+    host.root.write_config(&format!(
         "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"gunicorn-upgrade\"\nstart = \"{start}\"\n\n[health]\nurl = \"http://127.0.0.1:{port}/healthz\"\n",
         pidfile.display()
     ));
-    let out = host.ok(&["deploy", "--json", a.to_str().unwrap()]);
+    let out = host.root.ok(&["deploy", "--json", a.to_str().unwrap()]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let a_id = report["activate"]["id"].as_str().unwrap().to_string();
     assert_eq!(report["activate"]["not_running"], serde_json::json!([]));
@@ -508,7 +472,7 @@ fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_th
     );
 
     // The second deploy reloads it (nothing is started).
-    let out = host.ok(&["deploy", b.to_str().unwrap()]);
+    let out = host.root.ok(&["deploy", b.to_str().unwrap()]);
     assert!(!stderr(&out).contains("starting web"), "{}", stderr(&out));
     let b_id = host.current();
     assert_eq!(get(port, "/healthz", false).unwrap().1, b_id[..12]);
@@ -516,7 +480,7 @@ fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_th
     // A later deploy with the service down is refused before the switch, and
     // says that the release it installed stays installed and inactive.
     drop(stop_web);
-    let err = fails_with(&host.run(&["deploy", c.to_str().unwrap()]), 1);
+    let err = fails_with(&host.root.run(&["deploy", c.to_str().unwrap()]), 1);
     assert!(
         err.contains("gunicorn.pid")
             && err.contains(&format!("{b_id} is still current"))
@@ -524,7 +488,7 @@ fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_th
         "{err}"
     );
     assert_eq!(host.current(), b_id);
-    let list = json_ok(&host.run(&["list", "--json"]));
+    let list = json_ok(&host.root.run(&["list", "--json"]));
     let c_row = &list[0];
     assert_eq!(c_row["state"], "inactive", "{list}");
     // One precision in `list`: both times to the second.
@@ -544,11 +508,11 @@ fn a_first_deploy_starts_what_it_can_and_later_deploys_still_refuse_a_service_th
 fn a_first_deploy_lists_what_it_cannot_start_and_an_undone_one_claims_no_previous_release() {
     let host = Host::new();
     let artifact = &crate::host::artifacts().a;
-    std::fs::create_dir_all(&host.root).unwrap();
+    std::fs::create_dir_all(&host.root.path).unwrap();
     let pidfile = host.run.join("gunicorn.pid");
     let launch = "cd /srv/x/current/app && exec /srv/x/current/venv/bin/gunicorn mysite.wsgi";
     let sink = Sink::start();
-    host.write_config(&format!(
+    host.root.write_config(&format!(
         "[[service]]\nname = \"web\"\npidfile = \"{}\"\nreload = \"gunicorn-upgrade\"\nlaunch = \"{launch}\"\n\n[health]\nurl = \"http://127.0.0.1:{}/healthz\"\ntimeout = \"1s\"\n\n[hooks]\nnotify = \"{}\"\n",
         pidfile.display(),
         free_port(),
@@ -556,7 +520,9 @@ fn a_first_deploy_lists_what_it_cannot_start_and_an_undone_one_claims_no_previou
     ));
     // Not running, no way to start it: activated all the same, exit 0, with
     // the launch line, and no health check (nothing would answer).
-    let out = host.ok(&["deploy", "--json", artifact.to_str().unwrap()]);
+    let out = host
+        .root
+        .ok(&["deploy", "--json", artifact.to_str().unwrap()]);
     let err = stderr(&out);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = report["activate"]["id"].as_str().unwrap().to_string();
@@ -573,7 +539,7 @@ fn a_first_deploy_lists_what_it_cannot_start_and_an_undone_one_claims_no_previou
     });
     assert!(!err.contains("warning: could not report"), "{err}");
     assert_eq!(host.current(), id);
-    assert_eq!(host.journal().last().unwrap()["event"], "activated");
+    assert_eq!(host.root.journal().last().unwrap()["event"], "activated");
 
     // A start that never shows: undone, and exit 3 says there was no
     // previous release instead of claiming one is live again.

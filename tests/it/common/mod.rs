@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod members;
+pub mod root;
+pub mod running;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

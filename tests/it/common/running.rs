@@ -1,4 +1,4 @@
-//! Real services for the reload tests: redis-server, gunicorn and celery
+//! Real running services for the reload tests: redis-server, gunicorn and celery
 //! started on 127.0.0.1 from an installed release, a load generator, and a
 //! small HTTP sink for deploy notifications. Everything started here is
 //! stopped when its guard drops (the whole process group is killed).
