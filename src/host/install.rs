@@ -497,48 +497,37 @@ fn install_steps(
     need: &mut Option<(String, u64)>,
 ) -> Result<InstallReport> {
     let started = Instant::now();
-    // Decompression runs on its own thread, beside the checks and writes here.
-    let source::Source {
-        name: artifact,
-        stream,
-        check,
-    } = source;
-    let artifact = &artifact;
-    let mut archive = tar::Archive::new(stream);
-    let stage = {
-        let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
-        check.manifest_read(&manifest, json.len());
-        printer.progress(&format!(
-            "installing {} {} (commit {})",
-            manifest.app, manifest.release, manifest.commit
-        ));
-        crashpoint(CrashPoint::InstallManifestRead);
-        match plan_install(host, options, artifact, manifest, json, printer)? {
-            Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
-            Plan::Fresh(fresh) => {
-                *need = Some((fresh.manifest.release.clone(), fresh.bytes));
-                let bar = if check.shows_download() {
-                    // The download's bar shows the progress.
-                    indicatif::ProgressBar::hidden()
-                } else {
-                    printer.bar(fresh.manifest.files.len() as u64, "installing")
-                };
-                Stage::Unpacked(Box::new(unpack(
-                    host, artifact, fresh, entries, bar, printer,
-                )?))
-            }
-        }
-    };
-    let finished = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    let digest = check.verify(finished)?;
+    let (stage, digest, provenance) =
+        read_source(source, |artifact, check, manifest, json, entries| {
+            printer.progress(&format!(
+                "installing {} {} (commit {})",
+                manifest.app, manifest.release, manifest.commit
+            ));
+            crashpoint(CrashPoint::InstallManifestRead);
+            Ok(
+                match plan_install(host, options, artifact, manifest, json, printer, true)? {
+                    Plan::Existing(manifest, existing) => {
+                        Stage::Existing(Box::new(manifest), existing)
+                    }
+                    Plan::Fresh(fresh) => {
+                        *need = Some((fresh.manifest.release.clone(), fresh.bytes));
+                        let bar = if check.shows_download() {
+                            // The download's bar shows the progress.
+                            indicatif::ProgressBar::hidden()
+                        } else {
+                            printer.bar(fresh.manifest.files.len() as u64, "installing")
+                        };
+                        Stage::Unpacked(Box::new(unpack(
+                            host, artifact, fresh, entries, bar, printer,
+                        )?))
+                    }
+                },
+            )
+        })?;
     let landed = Landed {
         digest,
         started,
-        source: check.provenance(),
+        source: provenance,
     };
     match stage {
         Stage::Existing(manifest, existing) => {
@@ -546,6 +535,42 @@ fn install_steps(
         }
         Stage::Unpacked(unpacked) => finalize(host, lock, config, *unpacked, landed, printer, need),
     }
+}
+
+/// The artifact's stream, read once: its manifest (which bounds the
+/// stream's size) and the members after it go to `step`, which plans and,
+/// for an install, unpacks; then the rest of the stream is read and its
+/// digest (and, for a URL, its signature) checked. Decompression runs on a
+/// thread of its own, beside `step`. The digest and where the artifact came
+/// from come back with what `step` made.
+fn read_source<T>(
+    source: source::Source,
+    step: impl FnOnce(
+        &Path,
+        &source::SourceCheck,
+        Manifest,
+        Vec<u8>,
+        tar::Entries<'_, archive::Background>,
+    ) -> Result<T>,
+) -> Result<(T, String, source::Provenance)> {
+    let source::Source {
+        name: artifact,
+        stream,
+        check,
+    } = source;
+    let mut archive = tar::Archive::new(stream);
+    let made = {
+        let mut entries = archive::raw_entries(&mut archive)?;
+        let (manifest, json) = archive::read_manifest_entry(&artifact, &mut entries)?;
+        check.manifest_read(&manifest, json.len());
+        step(&artifact, &check, manifest, json, entries)?
+    };
+    let finished = archive
+        .into_inner()
+        .finish()
+        .map_err(|e| fsutil::fs_err_io(e, &artifact))?;
+    let digest = check.verify(finished)?;
+    Ok((made, digest, check.provenance()))
 }
 
 /// What planning found.
@@ -580,7 +605,10 @@ struct Unpacked {
 }
 
 /// Step 1, plan: an identical release already installed, else the venv
-/// plan, the reuse plan and the space check; nothing is written.
+/// plan, the reuse plan and the space check; nothing is written. The install
+/// and its dry run both plan here. Without `releases/` (a dry run on a root
+/// that does not exist yet) nothing is installed and the space is what the
+/// release needs, unchecked.
 fn plan_install(
     host: &Host,
     options: &InstallOptions,
@@ -588,16 +616,25 @@ fn plan_install(
     manifest: Manifest,
     json: Vec<u8>,
     printer: &Printer,
+    root_exists: bool,
 ) -> Result<Plan> {
     // One listing of releases/ for both questions below.
-    let installed = releases::installed(host)?;
+    let installed = if root_exists {
+        releases::installed(host)?
+    } else {
+        Vec::new()
+    };
     if let Some(existing) = find_installed(&installed, &manifest, printer)? {
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
     let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
     let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-    let bytes = check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?;
+    let bytes = if root_exists {
+        check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?
+    } else {
+        space_needed(&manifest, rebuild)
+    };
     Ok(Plan::Fresh(Fresh {
         manifest,
         json,
@@ -884,33 +921,29 @@ pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<
     let config = HostConfig::load(&host.config)?;
     let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
-    plan_steps(host, options, source, printer).map_err(|e| failure.explain(e))
+    let root_exists = host.releases.is_dir();
+    read_source(source, |artifact, _, manifest, json, _| {
+        let plan = plan_install(
+            host,
+            options,
+            artifact,
+            manifest,
+            json,
+            printer,
+            root_exists,
+        )?;
+        InstallPlan::of(plan)
+    })
+    .map(|(plan, _, _)| plan)
+    .map_err(|e| failure.explain(e))
 }
 
-fn plan_steps(
-    host: &Host,
-    options: &InstallOptions,
-    source: source::Source,
-    printer: &Printer,
-) -> Result<InstallPlan> {
-    let source::Source {
-        name: artifact,
-        stream,
-        check,
-    } = source;
-    let artifact = &artifact;
-    let mut archive = tar::Archive::new(stream);
-    let plan = {
-        let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
-        check.manifest_read(&manifest, json.len());
-        let root_exists = host.releases.is_dir();
-        let installed = if root_exists {
-            releases::installed(host)?
-        } else {
-            Vec::new()
-        };
-        let mut plan = InstallPlan {
+impl InstallPlan {
+    /// What a plan says an install would do; the interpreter a venv kept as
+    /// built links to is checked here (the install checks it while it
+    /// unpacks).
+    fn of(plan: Plan) -> Result<InstallPlan> {
+        let of_manifest = |manifest: &Manifest| InstallPlan {
             dry_run: true,
             id: None,
             commit: manifest.commit.clone(),
@@ -922,35 +955,28 @@ fn plan_steps(
             linked_bytes: 0,
             need_bytes: None,
         };
-        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
-            plan.id = Some(existing.id.clone());
-            plan.already_installed = true;
-        } else {
-            let venv = plan_venv(options, &manifest)?;
-            if let VenvPlan::AsBuilt = venv {
-                python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+        Ok(match plan {
+            Plan::Existing(manifest, existing) => InstallPlan {
+                id: Some(existing.id.clone()),
+                already_installed: true,
+                ..of_manifest(&manifest)
+            },
+            Plan::Fresh(fresh) => {
+                let manifest = &fresh.manifest;
+                if let VenvPlan::AsBuilt = fresh.venv {
+                    python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+                }
+                let reuse = fresh.reuse.as_deref();
+                InstallPlan {
+                    need_bytes: Some(fresh.bytes),
+                    linked_from: reuse.map(|r| r.id.clone()),
+                    linked_files: reuse.map_or(0, |r| r.files),
+                    linked_bytes: reuse.map_or(0, |r| r.bytes),
+                    ..of_manifest(manifest)
+                }
             }
-            let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-            let reuse = Reuse::plan(host, &installed, &manifest);
-            plan.need_bytes = Some(if root_exists {
-                check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
-            } else {
-                space_needed(&manifest, rebuild)
-            });
-            if let Some(reuse) = reuse {
-                plan.linked_from = Some(reuse.id);
-                plan.linked_files = reuse.files;
-                plan.linked_bytes = reuse.bytes;
-            }
-        }
-        plan
-    };
-    let finished = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    check.verify(finished)?;
-    Ok(plan)
+        })
+    }
 }
 
 /// An install killed after its rename but before its journal line left a
