@@ -862,9 +862,10 @@ fn dependency_file(
     };
     let dep_path = app_dir.join(&found.file);
     if !dep_path.is_file() {
-        return Err(SourceError::RequirementsMissing {
+        return Err(SourceError::DependencyFileMissing {
             path: source.toplevel.join(&source.prefix).join(&found.file),
             commit: commit.sha[..12].to_string(),
+            kind: found.format.kind(),
         }
         .into());
     }

@@ -483,6 +483,13 @@ fn missing_requirements_file() {
         "{err}"
     );
     assert!(err.contains("--requirements"), "{err}");
+    // A lock file is named as one.
+    let err = build_fails(&app, &["--requirements", "locks/pylock.toml"]);
+    assert!(
+        err.contains("lock file") && err.contains("locks/pylock.toml does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("requirements file"), "{err}");
 }
 
 #[test]
