@@ -22,6 +22,10 @@ pub struct VerifyReport {
     pub id: String,
     pub ok: bool,
     pub problems: Vec<Problem>,
+    /// The served `static/` (host::statics), checked by `verify` without an
+    /// ID; absent otherwise.
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub served_static: Option<crate::host::statics::StaticReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -65,6 +69,7 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
                 id,
                 ok: false,
                 problems: vec![problem],
+                served_static: None,
             })
         }
     };
@@ -77,6 +82,7 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
         ok: problems.is_empty(),
         id,
         problems,
+        served_static: None,
     })
 }
 
