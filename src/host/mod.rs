@@ -6,7 +6,8 @@
 //! → `install` (with `extract`, `reuse`, `python`, `record`) → `activate`
 //! (with `hooks`, and `services`, which drives `reload` for each service) →
 //! `journal` / `state` (what happened, what is live) → `list`, `status`,
-//! `prune`, `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
+//! `prune`, `verify`; `statics` keeps the served `<root>/static/` in step
+//! with install, the switches and prune. `procs` is the one reader of `/proc` (reloads, status, prune);
 //! `config` is release.toml; `releases` and `release_id` name what is installed.
 //!
 //! Mutating commands (install, activate, deploy, rollback, prune) hold the
@@ -200,7 +201,14 @@ pub fn run(
         HostCommand::List => {
             host.check_exists()?;
             let rows = list::list(&host, printer)?;
-            printer.data(&rows, || list::table(&rows, printer.color));
+            let served = statics::served(&host);
+            printer.data(&rows, || {
+                let mut text = list::table(&rows, printer.color);
+                if let Some(served) = &served {
+                    text.push_str(&served.human());
+                }
+                text
+            });
         }
         HostCommand::Status => {
             host.check_exists()?;

@@ -86,6 +86,18 @@ pub struct Served {
     pub bytes: u64,
 }
 
+impl Served {
+    /// One line: `static/  N files, SIZE  (the union of the installed releases)`.
+    pub fn human(&self) -> String {
+        format!(
+            "static    {} files, {}  ({}: the installed releases' static files)\n",
+            self.files,
+            crate::host::list::human_size(self.bytes),
+            self.path.display()
+        )
+    }
+}
+
 /// A regular file of a release's `static/`.
 #[derive(Debug, Clone)]
 struct Source {

@@ -13,6 +13,7 @@ use crate::host::layout::{Current, Host};
 use crate::host::releases;
 use crate::host::services::{self, ServiceStatus};
 use crate::host::state::ReleaseHistory;
+use crate::host::statics;
 use crate::output::Printer;
 
 #[derive(Debug, Serialize)]
@@ -29,6 +30,10 @@ pub struct Status {
     pub releases: usize,
     /// Each configured service (filled in when services are reloaded).
     pub services: Vec<ServiceStatus>,
+    /// The served `<root>/static/` (host::statics): its files and bytes;
+    /// null when there is none.
+    #[serde(rename = "static")]
+    pub served_static: Option<statics::Served>,
 }
 
 impl Status {
@@ -56,6 +61,9 @@ impl Status {
             "rollback  {}\n",
             self.rollback_target.as_deref().unwrap_or("(none)")
         ));
+        if let Some(served) = &self.served_static {
+            text.push_str(&served.human());
+        }
         text.push_str(&services::human(&self.services, color));
         text
     }
@@ -98,5 +106,6 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
                 .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
                 .map(|t| t.timestamp_millis() as f64 / 1000.0),
         ),
+        served_static: statics::served(host),
     })
 }

@@ -119,6 +119,24 @@ fn static_is_the_union_of_the_releases_and_the_live_one_wins() {
         report["static"]["files"].as_u64().unwrap() as usize,
         root.served_static().len()
     );
+    // status and list show its files and bytes.
+    let status = root.json(&["status"]);
+    let files = root.served_static();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(root.path.join("static").join(f))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(status["static"]["files"], files.len() as u64, "{status}");
+    assert_eq!(status["static"]["bytes"], bytes, "{status}");
+    let list = stdout(&root.ok(&["list"]));
+    assert!(
+        list.contains(&format!("static    {} files", files.len())),
+        "{list}"
+    );
     // A file of current missing, one changed by hand, a stray: each named,
     // exit 1; `activate` of the current release puts them right.
     std::fs::remove_file(root.path.join("static").join(&css_b)).unwrap();
