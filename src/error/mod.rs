@@ -31,7 +31,7 @@ use crate::exit_codes::ExitCode;
 pub use activate::{
     ActivateError, CheckFailed, FailedStep, Restored, ServicesCause, ServicesFailure,
 };
-pub use artifact::ArtifactError;
+pub use artifact::{ArtifactError, HeaderRefused, UnsafeRule};
 pub use build::{BuildError, Unpackable};
 pub use fetch::{Cause, Doing, DownloadFailure, FetchError};
 pub use install::{InstallError, NoSpace};

@@ -432,7 +432,13 @@ pub fn before_prune(
         .filter(|r| !removed.iter().any(|id| id == r.name()))
         .collect();
     let current = host.current()?;
-    let synced = sync(host, lock, &kept, current.id(), Crash::default())?;
+    let synced = sync(
+        host,
+        lock,
+        &kept,
+        current.id().map(|id| id.as_str()),
+        Crash::default(),
+    )?;
     report(&synced, printer);
     Ok(synced)
 }
@@ -449,7 +455,7 @@ fn run(
         return Ok(());
     }
     let current = host.current()?;
-    let live = live.or(current.id());
+    let live = live.or(current.id().map(|id| id.as_str()));
     let synced = sync(host, lock, &installed(host)?, live, crash)?;
     report(&synced, printer);
     Ok(())
@@ -563,7 +569,7 @@ pub fn verify(host: &Host, config: &HostConfig) -> Result<Option<StaticReport>> 
     }
     let live = by_release
         .iter()
-        .find(|(id, _)| Some(id.as_str()) == current.id())
+        .find(|(id, _)| Some(id.as_str()) == current.id().map(|c| c.as_str()))
         .map(|(_, files)| files);
     let path = dir(host);
     let mut report = StaticReport {
