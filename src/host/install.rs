@@ -53,6 +53,16 @@ impl InstallOptions {
         self.fetch_timeout
             .unwrap_or(crate::host::fetch::DEFAULT_TIMEOUT)
     }
+
+    /// What the source is asked to read and check.
+    fn source(&self) -> source::Request<'_> {
+        source::Request {
+            artifact: &self.artifact,
+            sha256: self.sha256.as_deref(),
+            signature: self.signature.as_deref(),
+            fetch_timeout: self.fetch_timeout(),
+        }
+    }
 }
 
 /// What `release install --json` prints.
@@ -464,7 +474,7 @@ pub fn install(
 ) -> Result<InstallReport> {
     let mut need = None;
     // The artifact's bytes (a file or a URL) and what they must prove.
-    let source = source::open(options, &config.trust.keys(), printer)?;
+    let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
     install_steps(host, lock, config, options, source, printer, &mut need)
         .map_err(|e| failure.explain(e))
@@ -872,7 +882,7 @@ pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<
     // The same source and checks as the install: sha256, and the signature
     // when release.toml requires one.
     let config = HostConfig::load(&host.config)?;
-    let source = source::open(options, &config.trust.keys(), printer)?;
+    let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
     plan_steps(host, options, source, printer).map_err(|e| failure.explain(e))
 }

@@ -1,17 +1,12 @@
-//! `release list` and `release status`: read-only views built from the
-//! release directories (each one's `release.json` header, never its tree), the
-//! `current` link and one read of the journal.
-
-use std::path::PathBuf;
+//! `release list`: the installed releases as rows (id, commit, times, size,
+//! state), built from the release directories (each one's `release.json`
+//! header, never its tree), the `current` link and one read of the journal.
 
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::host::config::HostConfig;
-use crate::host::journal::Journal;
-use crate::host::layout::{Current, Host};
+use crate::host::layout::Host;
 use crate::host::releases;
-use crate::host::services::{self, ServiceStatus};
 use crate::host::state::ReleaseHistory;
 use crate::output::{paint, Printer, Style};
 
@@ -54,22 +49,10 @@ pub struct Row {
     pub state: State,
 }
 
-fn warn_about_journal(host: &Host, printer: &Printer, history: &crate::host::journal::History) {
-    if !history.bad_lines.is_empty() {
-        printer.warn(&format!(
-            "{}: ignored line(s) {:?} that are not journal events",
-            host.journal.display(),
-            history.bad_lines
-        ));
-    }
-}
-
 pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
     let installed = releases::installed(host)?;
     let current = host.current()?;
-    let journal = Journal::new(&host.journal).read()?;
-    warn_about_journal(host, printer, &journal);
-    let history = ReleaseHistory::from_events(&journal.events);
+    let history = ReleaseHistory::read(host, printer)?;
     let target = history.rollback_target(current.id());
     Ok(installed
         .into_iter()
@@ -189,94 +172,6 @@ pub fn table(rows: &[Row], color: bool) -> String {
         text.push_str(&line(row));
     }
     text
-}
-
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub root: PathBuf,
-    /// The current release id, or null.
-    pub current: Option<String>,
-    pub commit: Option<String>,
-    /// When it was last activated (from the journal) and by whom.
-    pub since: Option<String>,
-    pub by: Option<String>,
-    pub path: Option<PathBuf>,
-    pub rollback_target: Option<String>,
-    pub releases: usize,
-    /// Each configured service (filled in when services are reloaded).
-    pub services: Vec<ServiceStatus>,
-}
-
-impl Status {
-    pub fn human(&self, color: bool) -> String {
-        let Some(current) = &self.current else {
-            return format!(
-                "no release is current under {} ({} installed)\n",
-                self.root.display(),
-                self.releases
-            );
-        };
-        let mut text = format!("current   {current}\n");
-        if let Some(commit) = &self.commit {
-            text.push_str(&format!("commit    {commit}\n"));
-        }
-        text.push_str(&format!(
-            "since     {} by {}\n",
-            self.since.as_deref().unwrap_or("(not in the journal)"),
-            self.by.as_deref().unwrap_or("?")
-        ));
-        if let Some(path) = &self.path {
-            text.push_str(&format!("path      {}\n", path.display()));
-        }
-        text.push_str(&format!(
-            "rollback  {}\n",
-            self.rollback_target.as_deref().unwrap_or("(none)")
-        ));
-        text.push_str(&services::human(&self.services, color));
-        text
-    }
-}
-
-pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Status> {
-    let installed = releases::installed(host)?;
-    let current = host.current()?;
-    let journal = Journal::new(&host.journal).read()?;
-    warn_about_journal(host, printer, &journal);
-    let history = ReleaseHistory::from_events(&journal.events);
-    if let Current::Foreign(link) = &current {
-        printer.warn(&format!(
-            "{} points to {}, which is not a release under releases/",
-            host.current.display(),
-            link.display()
-        ));
-    }
-    let id = current.id();
-    let release = id.and_then(|id| installed.iter().find(|r| r.name() == id));
-    if id.is_some() && release.is_none() {
-        printer.warn(&format!(
-            "{} points to a release that is not installed (dangling link)",
-            host.current.display()
-        ));
-    }
-    let activation = id.and_then(|id| history.last_activation(id));
-    Ok(Status {
-        root: host.root.clone(),
-        current: id.map(str::to_string),
-        commit: release.map(|r| r.commit().to_string()),
-        since: activation.map(|a| a.at.clone()),
-        by: activation.map(|a| a.user.clone()),
-        path: release.map(|r| r.dir.clone()),
-        rollback_target: history.rollback_target(id).map(str::to_string),
-        releases: installed.len(),
-        services: services::statuses(
-            config,
-            host,
-            id,
-            activation
-                .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
-                .map(|t| t.timestamp_millis() as f64 / 1000.0),
-        ),
-    })
 }
 
 #[cfg(test)]

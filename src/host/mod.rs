@@ -5,8 +5,8 @@
 //! Modules follow the data flow: `layout` (the root and its checks) → `lock`
 //! → `install` (with `extract`, `reuse`, `python`, `record`) → `activate`
 //! (with `hooks`, and `services`, which drives `reload` for each service) →
-//! `journal` / `state` (what happened, what is live) → `list`, `prune`,
-//! `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
+//! `journal` / `state` (what happened, what is live) → `list`, `status`,
+//! `prune`, `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
 //! `config` is release.toml; `releases` and `release_id` name what is installed.
 //!
 //! Mutating commands (install, activate, deploy, rollback, prune) hold the
@@ -36,6 +36,7 @@ pub mod reuse;
 pub mod services;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod verify;
 
 use std::path::Path;
@@ -203,8 +204,8 @@ pub fn run(
         HostCommand::Status => {
             host.check_exists()?;
             let config = HostConfig::load(&host.config)?;
-            let status = list::status(&host, &config, printer)?;
-            printer.data(&status, || status.human(printer.color));
+            let report = status::status(&host, &config, printer)?;
+            printer.data(&report, || report.human(printer.color));
         }
         HostCommand::Prune { keep, dry_run } => prune(host, *keep, *dry_run, wait, printer)?,
         HostCommand::Verify { id } => return verify(&host, id.as_deref(), printer),

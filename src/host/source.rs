@@ -12,13 +12,13 @@
 //! place until both verified.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fs_err as fs;
 
 use crate::archive::{self, Background, Finished, Observer, ObserverVerdict};
 use crate::error::{ArtifactError, Doing, Error, FetchError, Refusal, Result, SignatureError};
 use crate::host::fetch::{self, Bound, Downloaded, Failure, Fetcher};
-use crate::host::install::InstallOptions;
 use crate::manifest::{EntryType, Manifest};
 use crate::output::Printer;
 use crate::signature::{self, SignatureInfo, StreamCheck, Trust};
@@ -73,17 +73,30 @@ impl Observer for StreamCheck {
     }
 }
 
-/// Open the artifact of `options` for `install`.
-pub fn open(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
-    if fetch::is_url(&options.artifact) {
-        open_url(options, trust, printer)
+/// What `install` was asked to read, and the checks its options add.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// A path or an `http(s)://` URL.
+    pub artifact: &'a Path,
+    /// `--sha256`.
+    pub sha256: Option<&'a str>,
+    /// `--signature`: where the signature is, instead of beside the artifact.
+    pub signature: Option<&'a Path>,
+    /// Connect and between-bytes timeout for a URL.
+    pub fetch_timeout: Duration,
+}
+
+/// Open the artifact of `request` for `install`.
+pub fn open(request: &Request, trust: &Trust, printer: &Printer) -> Result<Source> {
+    if fetch::is_url(request.artifact) {
+        open_url(request, trust, printer)
     } else {
-        open_file(options, trust, printer)
+        open_file(request, trust, printer)
     }
 }
 
-fn parse_sha256_flag(options: &InstallOptions) -> Result<Option<(String, String)>> {
-    let Some(hex) = &options.sha256 else {
+fn parse_sha256_flag(request: &Request) -> Result<Option<(String, String)>> {
+    let Some(hex) = request.sha256 else {
         return Ok(None);
     };
     let hex = hex.trim().to_ascii_lowercase();
@@ -112,13 +125,13 @@ fn refused(artifact: &Path, why: Refusal) -> Error {
     .into()
 }
 
-fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
-    let artifact = &options.artifact;
+fn open_file(request: &Request, trust: &Trust, printer: &Printer) -> Result<Source> {
+    let artifact = request.artifact;
     let file_name = artifact
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut digests: Vec<(String, String)> = parse_sha256_flag(options)?.into_iter().collect();
+    let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
     let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
     if sidecar.is_file() {
         let text = fs::read_to_string(&sidecar)?;
@@ -136,13 +149,13 @@ fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resu
     let mut signed_sha256 = None;
     let mut signature = None;
     if trust.required() {
-        let sig_source = options
+        let sig_source = request
             .signature
-            .clone()
+            .map(Path::to_path_buf)
             .unwrap_or_else(|| signature::sig_path(artifact));
         let text = if fetch::is_url(&sig_source) {
             let url = sig_source.to_string_lossy().into_owned();
-            Fetcher::new(options.fetch_timeout(), url.starts_with("https://"))?.small(
+            Fetcher::new(request.fetch_timeout, url.starts_with("https://"))?.small(
                 &url,
                 Doing::Signature,
                 signature::MAX_SIG_BYTES,
@@ -170,10 +183,10 @@ fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resu
 
     let (_format, stream) = Background::open(artifact)?;
     Ok(Source {
-        name: artifact.clone(),
+        name: artifact.to_path_buf(),
         stream,
         check: SourceCheck {
-            name: artifact.clone(),
+            name: artifact.to_path_buf(),
             digests,
             signed_sha256,
             signature,
@@ -185,11 +198,11 @@ fn open_file(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resu
     })
 }
 
-fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Result<Source> {
-    let url = options.artifact.to_string_lossy().into_owned();
+fn open_url(request: &Request, trust: &Trust, printer: &Printer) -> Result<Source> {
+    let url = request.artifact.to_string_lossy().into_owned();
     let shown = fetch::redact(&url);
     let name = PathBuf::from(&shown);
-    let fetcher = Fetcher::new(options.fetch_timeout(), url.starts_with("https://"))?;
+    let fetcher = Fetcher::new(request.fetch_timeout, url.starts_with("https://"))?;
     let file_name = url
         .split(['?', '#'])
         .next()
@@ -197,7 +210,7 @@ fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resul
         .unwrap_or_default()
         .to_string();
 
-    let mut digests: Vec<(String, String)> = parse_sha256_flag(options)?.into_iter().collect();
+    let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
     if digests.is_empty() {
         let sidecar = fetch::sidecar_url(&url, ".sha256");
         let sidecar_shown = fetch::redact(&sidecar);
@@ -221,7 +234,7 @@ fn open_url(options: &InstallOptions, trust: &Trust, printer: &Printer) -> Resul
     let mut observer: Option<Box<dyn Observer>> = None;
     let mut signature = None;
     if trust.required() {
-        let (text, sig_shown) = match &options.signature {
+        let (text, sig_shown) = match request.signature {
             Some(path) if !fetch::is_url(path) => {
                 (signature::read_sig_file(path)?, path.display().to_string())
             }

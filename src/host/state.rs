@@ -12,7 +12,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::host::journal::{Event, What};
+use crate::error::Result;
+use crate::host::journal::{Event, Journal, What};
+use crate::host::layout::Host;
+use crate::output::Printer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
@@ -31,6 +34,20 @@ pub struct ReleaseHistory {
 }
 
 impl ReleaseHistory {
+    /// Read the root's journal once; lines that are not events are skipped
+    /// with a warning.
+    pub fn read(host: &Host, printer: &Printer) -> Result<ReleaseHistory> {
+        let journal = Journal::new(&host.journal).read()?;
+        if !journal.bad_lines.is_empty() {
+            printer.warn(&format!(
+                "{}: ignored line(s) {:?} that are not journal events",
+                host.journal.display(),
+                journal.bad_lines
+            ));
+        }
+        Ok(ReleaseHistory::from_events(&journal.events))
+    }
+
     pub fn from_events(events: &[Event]) -> ReleaseHistory {
         let mut h = ReleaseHistory::default();
         for e in events {
