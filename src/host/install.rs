@@ -68,7 +68,7 @@ impl InstallOptions {
 /// What `release install --json` prints.
 #[derive(Debug, Serialize)]
 pub struct InstallReport {
-    pub id: String,
+    pub id: ReleaseId,
     pub commit: String,
     pub path: PathBuf,
     /// Entries in the manifest.
@@ -78,7 +78,7 @@ pub struct InstallReport {
     pub seconds: f64,
     pub already_installed: bool,
     /// The installed release identical files were hard-linked from.
-    pub linked_from: Option<String>,
+    pub linked_from: Option<ReleaseId>,
     /// Files hard-linked from it instead of written, and their bytes.
     pub linked_files: u64,
     pub linked_bytes: u64,
@@ -639,7 +639,7 @@ fn unpack<R: std::io::Read>(
         if let Some(reuse) = &fresh.reuse {
             printer.progress(&format!(
                 "linked {} unchanged files ({} bytes) from release {}",
-                extracted.linked, extracted.linked_bytes, reuse.name
+                extracted.linked, extracted.linked_bytes, reuse.id
             ));
         }
     }
@@ -672,7 +672,7 @@ fn already_installed(
             .warn("--python / --rebuild-venv were not applied: the release was already installed");
     }
     Ok(InstallReport {
-        id: existing.name().to_string(),
+        id: existing.id.clone(),
         commit: manifest.commit,
         path: existing.dir.clone(),
         files: manifest.file_count,
@@ -750,20 +750,20 @@ fn finalize(
     let linked = match &fresh.reuse {
         Some(reuse) if extracted.linked > 0 => format!(
             " ({} unchanged files linked from {})",
-            extracted.linked, reuse.name
+            extracted.linked, reuse.id
         ),
         _ => String::new(),
     };
     printer.progress(&format!("installed {id} in {seconds:.2}s{linked}"));
     Ok(InstallReport {
-        id: id.to_string(),
+        id: id.clone(),
         commit: fresh.manifest.commit,
         path: final_dir,
         files: fresh.manifest.file_count,
         bytes: fresh.manifest.bytes,
         seconds,
         already_installed: false,
-        linked_from: fresh.reuse.map(|r| r.name),
+        linked_from: fresh.reuse.map(|r| r.id),
         linked_files: extracted.linked,
         linked_bytes: extracted.linked_bytes,
         source: landed.source,
@@ -825,7 +825,7 @@ fn journal_install(
             python: record.python.clone(),
             venv_rebuilt: record.venv_rebuilt,
         },
-        id.as_str(),
+        id,
         None,
     );
     event.at = rfc3339(id.installed);
@@ -839,14 +839,14 @@ pub struct InstallPlan {
     pub dry_run: bool,
     /// The installed release when this one is already installed; otherwise
     /// null (an id is made when the install runs).
-    pub id: Option<String>,
+    pub id: Option<ReleaseId>,
     pub commit: String,
     /// Entries in the manifest, and bytes of its regular files.
     pub files: u64,
     pub bytes: u64,
     pub already_installed: bool,
     /// The release unchanged files would be hard-linked from, and how many.
-    pub linked_from: Option<String>,
+    pub linked_from: Option<ReleaseId>,
     pub linked_files: u64,
     pub linked_bytes: u64,
     /// Disk the install needs (what the space check compares with what is
@@ -867,7 +867,7 @@ impl InstallPlan {
                 self.files,
                 self.need_bytes.unwrap_or(0).div_ceil(1024 * 1024),
                 self.linked_files,
-                self.linked_from.as_deref().unwrap_or("none")
+                self.linked_from.as_ref().map_or("none", ReleaseId::as_str)
             ),
         }
     }
@@ -923,7 +923,7 @@ fn plan_steps(
             need_bytes: None,
         };
         if let Some(existing) = find_installed(&installed, &manifest, printer)? {
-            plan.id = Some(existing.name().to_string());
+            plan.id = Some(existing.id.clone());
             plan.already_installed = true;
         } else {
             let venv = plan_venv(options, &manifest)?;
@@ -938,7 +938,7 @@ fn plan_steps(
                 space_needed(&manifest, rebuild)
             });
             if let Some(reuse) = reuse {
-                plan.linked_from = Some(reuse.name);
+                plan.linked_from = Some(reuse.id);
                 plan.linked_files = reuse.files;
                 plan.linked_bytes = reuse.bytes;
             }
@@ -967,7 +967,7 @@ fn journal_if_missing(
         .read()?
         .events
         .iter()
-        .any(|e| e.kind() == EventKind::Installed && e.release == release.name());
+        .any(|e| e.kind() == EventKind::Installed && e.release == release.id);
     if known {
         return Ok(());
     }
@@ -978,7 +978,7 @@ fn journal_if_missing(
             python: record.python,
             venv_rebuilt: record.venv_rebuilt,
         },
-        release.name(),
+        &release.id,
         None,
     );
     event.at = rfc3339(release.id.installed);

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::host::layout::Host;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases;
 use crate::host::state::ReleaseHistory;
 use crate::output::{paint, Printer, Style};
@@ -39,7 +40,7 @@ impl State {
 
 #[derive(Debug, Serialize)]
 pub struct Row {
-    pub id: String,
+    pub id: ReleaseId,
     pub commit: String,
     pub installed_at: String,
     pub last_activated_at: Option<String>,
@@ -57,18 +58,18 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
     Ok(installed
         .into_iter()
         .map(|r| {
-            let state = if current.id() == Some(r.name()) {
+            let state = if current.id() == Some(&r.id) {
                 State::Current
             } else if !r.is_complete() {
                 State::Incomplete
-            } else if target == Some(r.name()) {
+            } else if target == Some(&r.id) {
                 State::RollbackTarget
-            } else if history.is_rolled_back(r.name()) {
+            } else if history.is_rolled_back(&r.id) {
                 State::RolledBack
             } else {
                 State::Inactive
             };
-            let activation = history.last_activation(r.name());
+            let activation = history.last_activation(&r.id);
             Row {
                 commit: r.commit().to_string(),
                 installed_at: r.id.installed_rfc3339(),
@@ -76,7 +77,7 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
                 activated_by: activation.map(|a| a.user.clone()),
                 bytes: r.summary.as_ref().map_or(0, |s| s.bytes),
                 state,
-                id: r.name().to_string(),
+                id: r.id.clone(),
             }
         })
         .collect())
@@ -124,7 +125,7 @@ pub fn table(rows: &[Row], color: bool) -> String {
         .iter()
         .map(|r| {
             [
-                r.id.clone(),
+                r.id.to_string(),
                 r.commit.chars().take(12).collect(),
                 r.installed_at.clone(),
                 r.last_activated_at.clone().unwrap_or_else(|| "-".into()),
@@ -188,7 +189,7 @@ mod tests {
     fn the_table_is_aligned() {
         let rows = vec![
             Row {
-                id: "aaaaaaaaaaaa-20260101T000000Z".into(),
+                id: ReleaseId::parse("aaaaaaaaaaaa-20260101T000000Z").unwrap(),
                 commit: "a".repeat(40),
                 installed_at: "2026-01-01T00:00:00Z".into(),
                 last_activated_at: None,
@@ -197,7 +198,7 @@ mod tests {
                 state: State::Inactive,
             },
             Row {
-                id: "bbbbbbbbbbbb-20260101T000001Z".into(),
+                id: ReleaseId::parse("bbbbbbbbbbbb-20260101T000001Z").unwrap(),
                 commit: "b".repeat(40),
                 installed_at: "2026-01-01T00:00:01Z".into(),
                 last_activated_at: Some("2026-01-01T00:00:02Z".into()),

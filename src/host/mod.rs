@@ -104,7 +104,7 @@ fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Erro
             | ActivateError::ServicesNotReady { .. }),
         ) => ActivateError::RefusedAfterInstall {
             refused: Box::new(refused),
-            release: installed.id.clone(),
+            release: installed.id.to_string(),
             already_installed: installed.already_installed,
         }
         .into(),
@@ -225,7 +225,7 @@ fn deploy(host: Host, args: &DeployArgs, wait: Option<f64>, printer: &Printer) -
         printer,
     )?;
     let list = releases::installed(&s.host)?;
-    let target = releases::resolve(&s.host, &list, &installed.id)?;
+    let target = releases::resolve(&s.host, &list, installed.id.as_str())?;
     let activated = activate::activate(
         &s.host,
         &s.lock,
@@ -291,7 +291,7 @@ fn verify(host: &Host, id: Option<&str>, printer: &Printer) -> Result<ExitCode> 
                 }
                 .into());
             };
-            releases::resolve(host, &list, current)?
+            releases::resolve(host, &list, current.as_str())?
         }
     };
     let report = verify::verify(target)?;

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use crate::host::layout::installed_mode;
 use crate::host::layout::Host;
 use crate::host::record::InstallRecord;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases::Installed;
 use crate::manifest::{EntryType, Manifest, MANIFEST_NAME};
 
@@ -32,7 +33,7 @@ pub struct Reuse {
     /// The release directory linked from.
     pub dir: PathBuf,
     /// Its id.
-    pub name: String,
+    pub id: ReleaseId,
     /// Per entry of the new manifest: the file can be linked from `dir`.
     pub linkable: Vec<bool>,
     /// How many files and bytes that is.
@@ -44,11 +45,11 @@ impl Reuse {
     /// Plan the reuse for `manifest` from the installed releases `list`:
     /// `None` when none shares a file with it (or none is installed).
     pub fn plan(host: &Host, list: &[Installed], manifest: &Manifest) -> Option<Reuse> {
-        let current = host.current().ok().and_then(|c| c.id().map(str::to_string));
+        let current = host.current().ok().and_then(|c| c.id().cloned());
         let source = list
             .iter()
             .filter(|r| r.is_complete())
-            .find(|r| current.as_deref() == Some(r.name()))
+            .find(|r| current.as_ref() == Some(&r.id))
             .or_else(|| list.iter().find(|r| r.is_complete()))?;
         Reuse::from_release(source, manifest)
     }
@@ -60,7 +61,7 @@ impl Reuse {
         let tree = record.expected(&theirs);
         let mut reuse = Reuse {
             dir: source.dir.clone(),
-            name: source.name().to_string(),
+            id: source.id.clone(),
             linkable: vec![false; manifest.files.len()],
             files: 0,
             bytes: 0,

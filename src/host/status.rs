@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::host::config::HostConfig;
 use crate::host::layout::{Current, Host};
+use crate::host::release_id::ReleaseId;
 use crate::host::releases;
 use crate::host::services::{self, ServiceStatus};
 use crate::host::state::ReleaseHistory;
@@ -19,13 +20,13 @@ use crate::output::Printer;
 pub struct Status {
     pub root: PathBuf,
     /// The current release id, or null.
-    pub current: Option<String>,
+    pub current: Option<ReleaseId>,
     pub commit: Option<String>,
     /// When it was last activated (from the journal) and by whom.
     pub since: Option<String>,
     pub by: Option<String>,
     pub path: Option<PathBuf>,
-    pub rollback_target: Option<String>,
+    pub rollback_target: Option<ReleaseId>,
     pub releases: usize,
     /// Each configured service (filled in when services are reloaded).
     pub services: Vec<ServiceStatus>,
@@ -54,7 +55,9 @@ impl Status {
         }
         text.push_str(&format!(
             "rollback  {}\n",
-            self.rollback_target.as_deref().unwrap_or("(none)")
+            self.rollback_target
+                .as_ref()
+                .map_or("(none)", ReleaseId::as_str)
         ));
         text.push_str(&services::human(&self.services, color));
         text
@@ -73,7 +76,7 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
         ));
     }
     let id = current.id();
-    let release = id.and_then(|id| installed.iter().find(|r| r.name() == id));
+    let release = id.and_then(|id| installed.iter().find(|r| &r.id == id));
     if id.is_some() && release.is_none() {
         printer.warn(&format!(
             "{} points to a release that is not installed (dangling link)",
@@ -83,17 +86,17 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
     let activation = id.and_then(|id| history.last_activation(id));
     Ok(Status {
         root: host.root.clone(),
-        current: id.map(str::to_string),
+        current: id.cloned(),
         commit: release.map(|r| r.commit().to_string()),
         since: activation.map(|a| a.at.clone()),
         by: activation.map(|a| a.user.clone()),
         path: release.map(|r| r.dir.clone()),
-        rollback_target: history.rollback_target(id).map(str::to_string),
+        rollback_target: history.rollback_target(id).cloned(),
         releases: installed.len(),
         services: services::statuses(
             config,
             host,
-            id,
+            id.map(ReleaseId::as_str),
             activation
                 .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
                 .map(|t| t.timestamp_millis() as f64 / 1000.0),
