@@ -14,4 +14,5 @@ mod host;
 mod hostile;
 mod locks;
 mod reload;
+mod statics;
 mod store;
