@@ -189,8 +189,11 @@ impl<'a> Extractor<'a> {
             ));
         }
         self.progress.finish_and_clear();
-        if let Some(i) = self.seen.iter().position(|s| !s) {
-            let missing = self.seen.iter().filter(|s| !**s).count();
+        // A delta leaves out the files its base release supplies.
+        let supplied = |i: usize| self.reuse.is_some_and(|r| r.delta && r.linkable[i]);
+        let absent = |i: usize| !self.seen[i] && !supplied(i);
+        if let Some(i) = (0..self.seen.len()).find(|i| absent(*i)) {
+            let missing = (0..self.seen.len()).filter(|i| absent(*i)).count();
             let path = self.manifest.files[i].path.clone();
             let more = if missing > 1 {
                 format!(" ({} manifest entries are missing in all)", missing)
@@ -201,6 +204,13 @@ impl<'a> Extractor<'a> {
                 &path,
                 format!("listed in the manifest but missing from the archive{more}"),
             ));
+        }
+        for i in 0..self.seen.len() {
+            if !self.seen[i] {
+                let entry = &self.manifest.files[i];
+                self.link_file(&entry.path, entry)?;
+                self.seen[i] = true;
+            }
         }
         Ok(self.out)
     }
@@ -325,6 +335,15 @@ impl<'a> Extractor<'a> {
             return Err(self.refuse(
                 path,
                 format!("is {size} bytes, the manifest lists {want_size}"),
+            ));
+        }
+        if let Some(reuse) = self.reuse.filter(|r| r.delta && r.linkable[index]) {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "is carried by the delta, but the manifest lists it unchanged since its base release ({}); a delta carries only the files that changed",
+                    reuse.name
+                ),
             ));
         }
         if self.linkable(index) {

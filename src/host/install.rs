@@ -24,7 +24,7 @@ use crate::host::python;
 use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
 use crate::host::release_id::{rfc3339, ReleaseId};
 use crate::host::releases::{self, Installed};
-use crate::host::reuse::Reuse;
+use crate::host::reuse::{BaseCheck, Reuse};
 use crate::host::source;
 use crate::host::verify;
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
@@ -72,6 +72,9 @@ pub struct InstallReport {
     /// Files hard-linked from it instead of written, and their bytes.
     pub linked_files: u64,
     pub linked_bytes: u64,
+    /// The artifact was a delta (`build --delta-from`): the files it left
+    /// out were linked from `linked_from`, its base release.
+    pub delta: bool,
     /// Where the artifact came from and what vouched for it (only what
     /// applies: `signed_by`, `url`, `downloaded_bytes`).
     #[serde(flatten)]
@@ -497,14 +500,24 @@ fn install_steps(
     let mut archive = tar::Archive::new(stream);
     let stage = {
         let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        let archive::Head {
+            manifest,
+            json,
+            delta,
+        } = archive::read_head(artifact, &mut entries)?;
         check.manifest_read(&manifest, json.len());
-        printer.progress(&format!(
-            "installing {} {} (commit {})",
-            manifest.app, manifest.release, manifest.commit
-        ));
+        printer.progress(&match &delta {
+            Some(delta) => format!(
+                "installing {} {} (commit {}) from a delta against {}",
+                manifest.app, manifest.release, manifest.commit, delta.base.release
+            ),
+            None => format!(
+                "installing {} {} (commit {})",
+                manifest.app, manifest.release, manifest.commit
+            ),
+        });
         crashpoint(CrashPoint::InstallManifestRead);
-        match plan_install(host, options, artifact, manifest, json, printer)? {
+        match plan_install(host, options, artifact, manifest, json, delta, printer)? {
             Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
             Plan::Fresh(fresh) => {
                 *need = Some((fresh.manifest.release.clone(), fresh.bytes));
@@ -553,6 +566,8 @@ struct Fresh {
     json: Vec<u8>,
     venv: VenvPlan,
     reuse: Option<Box<Reuse>>,
+    /// A delta install: the content check of the files its base supplies.
+    base_check: Option<BaseCheck>,
     bytes: u64,
 }
 
@@ -577,6 +592,7 @@ fn plan_install(
     artifact: &Path,
     manifest: Manifest,
     json: Vec<u8>,
+    delta: Option<archive::DeltaHeader>,
     printer: &Printer,
 ) -> Result<Plan> {
     // One listing of releases/ for both questions below.
@@ -585,7 +601,13 @@ fn plan_install(
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
-    let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
+    let (reuse, base_check) = match &delta {
+        Some(delta) => {
+            let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, true)?;
+            (Some(Box::new(plan.reuse)), plan.check)
+        }
+        None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),
+    };
     let rebuild = matches!(venv, VenvPlan::Rebuild(_));
     let bytes = check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?;
     Ok(Plan::Fresh(Fresh {
@@ -593,6 +615,7 @@ fn plan_install(
         json,
         venv,
         reuse,
+        base_check,
         bytes,
     }))
 }
@@ -602,7 +625,7 @@ fn plan_install(
 fn unpack<R: std::io::Read>(
     host: &Host,
     artifact: &Path,
-    fresh: Fresh,
+    mut fresh: Fresh,
     entries: tar::Entries<'_, R>,
     bar: indicatif::ProgressBar,
     printer: &Printer,
@@ -615,6 +638,18 @@ fn unpack<R: std::io::Read>(
         .with_progress(bar)
         .with_reuse(fresh.reuse.as_deref())
         .run(entries)?;
+    if let (Some(check), Some(reuse)) = (fresh.base_check.take(), &fresh.reuse) {
+        check.finish().map_err(|(index, why)| {
+            let path = &manifest.files[index].path;
+            InstallError::DeltaBaseChanged(Box::new(crate::error::DeltaBaseChanged {
+                artifact: artifact.to_path_buf(),
+                base: reuse.name.clone(),
+                path: path.clone(),
+                why,
+                full: crate::host::reuse::full_artifact_name(artifact, manifest),
+            }))
+        })?;
+    }
     if let Some(check) = interpreter {
         check
             .join()
@@ -672,6 +707,7 @@ fn already_installed(
         linked_from: None,
         linked_files: 0,
         linked_bytes: 0,
+        delta: false,
         source: landed.source,
     })
 }
@@ -753,6 +789,7 @@ fn finalize(
         bytes: fresh.manifest.bytes,
         seconds,
         already_installed: false,
+        delta: fresh.reuse.as_ref().is_some_and(|r| r.delta),
         linked_from: fresh.reuse.map(|r| r.name),
         linked_files: extracted.linked,
         linked_bytes: extracted.linked_bytes,
@@ -892,7 +929,11 @@ fn plan_steps(
     let mut archive = tar::Archive::new(stream);
     let plan = {
         let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        let archive::Head {
+            manifest,
+            json,
+            delta,
+        } = archive::read_head(artifact, &mut entries)?;
         check.manifest_read(&manifest, json.len());
         let root_exists = host.releases.is_dir();
         let installed = if root_exists {
@@ -921,7 +962,12 @@ fn plan_steps(
                 python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
             }
             let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-            let reuse = Reuse::plan(host, &installed, &manifest);
+            let reuse = match &delta {
+                Some(delta) => Some(
+                    Reuse::for_delta(host, &installed, &manifest, delta, artifact, false)?.reuse,
+                ),
+                None => Reuse::plan(host, &installed, &manifest),
+            };
             plan.need_bytes = Some(if root_exists {
                 check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
             } else {
