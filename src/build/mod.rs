@@ -471,37 +471,43 @@ impl<'a> Build<'a> {
         });
         let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
         steps.done("manifest");
-        let (artifact, written) = self.write_artifact(&manifest, &manifest_json, env, join_tail)?;
-        steps.done("archive");
-        let delta = match base {
-            Some(base) => {
-                let delta = delta::write(
-                    &self.flags.out,
-                    &manifest,
-                    &manifest_json,
-                    base,
-                    self.settings.format,
-                    |entry| match entry.path.split('/').next() {
-                        Some("venv" | "wheels") => Ok(env.dir.join(&entry.path)),
-                        _ => self.source_of(entry),
-                    },
-                )?;
-                self.printer.progress(&format!(
-                    "wrote {} ({} changed files of {}, against {})",
-                    delta.path.display(),
-                    delta.files,
-                    manifest
-                        .files
-                        .iter()
-                        .filter(|e| e.kind == manifest::EntryType::File)
-                        .count(),
-                    base.release
-                ));
-                steps.done("delta");
-                Some(delta)
-            }
-            None => None,
+        // The delta (small) is written while the venv's frame is still
+        // being compressed, which the full artifact waits for.
+        let write_delta = || -> Result<Option<delta::Written>> {
+            let Some(base) = base else {
+                return Ok(None);
+            };
+            let delta = delta::write(
+                &self.flags.out,
+                &manifest,
+                &manifest_json,
+                base,
+                self.settings.format,
+                |entry| match entry.path.split('/').next() {
+                    Some("venv" | "wheels") => Ok(env.dir.join(&entry.path)),
+                    _ => self.source_of(entry),
+                },
+            )?;
+            self.printer.progress(&format!(
+                "wrote {} ({} changed files of {}, against {})",
+                delta.path.display(),
+                delta.files,
+                manifest
+                    .files
+                    .iter()
+                    .filter(|e| e.kind == manifest::EntryType::File)
+                    .count(),
+                base.release
+            ));
+            Ok(Some(delta))
         };
+        let (artifact, written, delta) =
+            self.write_artifact(&manifest, &manifest_json, env, join_tail, write_delta)?;
+        steps.done(if base.is_some() {
+            "archive + delta"
+        } else {
+            "archive"
+        });
         Ok((manifest, artifact, written, delta))
     }
 
@@ -589,13 +595,16 @@ impl<'a> Build<'a> {
 
     /// The archive: written beside its final name, then renamed into place,
     /// with its `.sha256`.
-    fn write_artifact(
+    /// `beside` runs once the app's members are written, while the venv's
+    /// frame may still be compressed on its thread.
+    fn write_artifact<D>(
         &self,
         manifest: &Manifest,
         manifest_json: &[u8],
         env: &Env,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
-    ) -> Result<(PathBuf, archive::Written)> {
+        beside: impl FnOnce() -> Result<D>,
+    ) -> Result<(PathBuf, archive::Written, D)> {
         let out = &self.flags.out;
         fs::create_dir_all(out)?;
         let artifact = out.join(format!(
@@ -623,6 +632,7 @@ impl<'a> Build<'a> {
         for entry in &manifest.files[..split] {
             writer.append(entry, &self.source_of(entry)?)?;
         }
+        let besides = beside()?;
         let written = match join_tail {
             Some(join_tail) => {
                 let spinner = self.printer.spinner("compressing the venv and the wheels");
@@ -644,7 +654,7 @@ impl<'a> Build<'a> {
             .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
         archive::write_checksum_file(&artifact, &written.sha256)?;
         fsutil::fsync_dir(out)?;
-        Ok((artifact, written))
+        Ok((artifact, written, besides))
     }
 
     /// Where an `app/` or `static/` entry's content is on disk.
