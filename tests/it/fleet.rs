@@ -872,9 +872,11 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         "fleet (e): the same deploy again changed nothing ({:.1}s)",
         run.seconds
     );
-    // (g) again, with the artifact on the hosts: check mode runs the
-    // binary's install --dry-run and activate --dry-run.
-    let run = fleet.playbook("deploy.yml", &base(&b), &["--check", "--diff"]);
+    // (g) again, with the artifact (B's delta) on the hosts: check mode
+    // runs the binary's install --dry-run and activate --dry-run.
+    let mut vars = base(&b);
+    vars["release_delta"] = json!(b_delta);
+    let run = fleet.playbook("deploy.yml", &vars, &["--check", "--diff"]);
     run.ok();
     assert_eq!(fleet.snapshot(), before, "--check changed a host");
     assert!(
