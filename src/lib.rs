@@ -12,6 +12,7 @@ pub mod host;
 pub mod inspect;
 pub mod manifest;
 pub mod output;
+pub mod pid;
 pub mod python;
 pub mod signature;
 pub mod tree;

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, ArtifactWriter, Format};
-use crate::error::{tail, BuildError, Error, LockError, PythonError, Result, SourceError};
+use crate::error::{
+    tail, BuildError, Error, LockError, PackageProblem, PythonError, Result, SourceError,
+};
 use crate::fsutil;
 use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
@@ -1051,8 +1053,53 @@ fn lock_plan(
     work_dir: &Path,
     cache_dir: &Path,
 ) -> Result<DepPlan> {
-    // uv reads the project around the lock: a scratch copy, so nothing it
-    // (or a build backend it runs for metadata) writes reaches app/.
+    let locked = read_lock(
+        found,
+        settings,
+        interpreter,
+        (source, commit),
+        app_dir,
+        work_dir,
+        cache_dir,
+    )?;
+    let text = locked.requirements_text(&found.file);
+    let requirements = work_dir.join("locked-requirements.txt");
+    fs::write(&requirements, &text)?;
+    let selection = [
+        found.format.name(),
+        dep_sha256,
+        &settings.extras.join(","),
+        &settings.groups.join(","),
+        &text,
+    ];
+    let (mut digest, mut local) = lock_digest(&found.file, &selection, &locked.dirs, app_dir)?;
+    if settings.package {
+        digest = package_digest(&digest, app_dir)?;
+        local.push(".".to_string());
+    }
+    Ok(DepPlan {
+        requirements,
+        no_deps: true,
+        drop_app_lines: false,
+        local,
+        digest,
+    })
+}
+
+/// The lock read for this interpreter and selection, refused when it does
+/// not satisfy pyproject.toml. uv checks its own lock (`--locked`) and reads
+/// the project around it, so uv.lock is read from a scratch copy of the
+/// commit: nothing uv (or a build backend it runs for metadata) writes
+/// reaches app/.
+fn read_lock(
+    found: &lock::Found,
+    settings: &settings::Settings,
+    interpreter: &python::Interpreter,
+    (source, commit): (&git::Source, &git::Commit),
+    app_dir: &Path,
+    work_dir: &Path,
+    cache_dir: &Path,
+) -> Result<lock::Locked> {
     let scratch;
     let lock_path = if found.format == lock::Format::UvLock {
         scratch = work_dir.join("lock");
@@ -1073,7 +1120,6 @@ fn lock_plan(
         cache_dir: &cache_dir.join("uv"),
         project: lock::project_name(app_dir)?,
     })?;
-    // uv checked its own lock (--locked); the others are checked here.
     if found.format != lock::Format::UvLock {
         let problems = lock::unsatisfied(
             app_dir,
@@ -1087,28 +1133,34 @@ fn lock_plan(
             return Err(lock::stale(&found.file, found.format, &problems));
         }
     }
-    let text = locked.requirements_text(&found.file);
-    let requirements = work_dir.join("locked-requirements.txt");
-    fs::write(&requirements, &text)?;
-    let mut local: Vec<String> = Vec::new();
+    Ok(locked)
+}
+
+/// The venv cache key of a lock: the `selection` (format, the file's
+/// sha256, extras, groups, the pins as pip reads them) and the files of each
+/// directory package, which must be a directory inside the app; and those
+/// directories, to build as wheels.
+fn lock_digest(
+    file: &str,
+    selection: &[&str],
+    dirs: &[lock::LocalDir],
+    app_dir: &Path,
+) -> Result<(String, Vec<String>)> {
     let mut hasher = Sha256::new();
-    for part in [
-        found.format.name(),
-        dep_sha256,
-        &settings.extras.join(","),
-        &settings.groups.join(","),
-        &text,
-    ] {
+    for part in selection {
         hasher.update(part.as_bytes());
         hasher.update(b"\0");
     }
-    for dir in &locked.dirs {
+    let mut local = Vec::new();
+    for dir in dirs {
         let path = app_dir.join(&dir.path);
         if !path.is_dir() || !path.starts_with(app_dir) || dir.path.split('/').any(|c| c == "..") {
-            return Err(LockError::DirectoryOutside {
-                file: found.file.clone(),
-                name: dir.name.clone(),
-                path: dir.path.clone(),
+            return Err(LockError::Package {
+                file: file.to_string(),
+                package: dir.name.clone(),
+                problem: PackageProblem::DirectoryOutside {
+                    path: dir.path.clone(),
+                },
             }
             .into());
         }
@@ -1117,18 +1169,7 @@ fn lock_plan(
         }
         local.push(dir.path.clone());
     }
-    let mut digest = hex::encode(hasher.finalize());
-    if settings.package {
-        digest = package_digest(&digest, app_dir)?;
-        local.push(".".to_string());
-    }
-    Ok(DepPlan {
-        requirements,
-        no_deps: true,
-        drop_app_lines: false,
-        local,
-        digest,
-    })
+    Ok((hex::encode(hasher.finalize()), local))
 }
 
 /// `digest` extended with the app's files: an app built as a wheel is part

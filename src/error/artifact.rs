@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::Explain;
+use crate::manifest::EntryType;
 
 const REBUILD_ARTIFACT: &str = "rebuild the artifact with `release build` (never edit an artifact by hand), or check where this file came from";
 
@@ -36,7 +37,7 @@ pub enum ArtifactError {
     UnsafeEntry {
         artifact: PathBuf,
         entry: String,
-        rule: String,
+        rule: UnsafeRule,
     },
     /// An extension header (which names no member of its own) breaks a rule.
     UnsafeMemberAfter {
@@ -129,5 +130,164 @@ impl Explain for ArtifactError {
             }
         };
         Some(fix)
+    }
+}
+
+/// The rule an archive member breaks: what `UnsafeEntry` says of it after
+/// the member's name. Names and link targets in it are already shortened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnsafeRule {
+    PathNotUtf8,
+    AbsolutePath,
+    ControlCharacter,
+    DotDot,
+    /// Any other path the manifest's own rules refuse (their reason).
+    Path(&'static str),
+    /// Its type or mode, from the header alone.
+    Header(HeaderRefused),
+    UnreadableMode(String),
+    NotInManifest,
+    Duplicate,
+    KindDiffers {
+        archive: EntryType,
+        manifest: EntryType,
+    },
+    ModeDiffers {
+        archive: u32,
+        manifest: u32,
+    },
+    /// Larger than the manifest lists (refused before reading it).
+    SizeBeyond {
+        size: u64,
+        manifest: u64,
+    },
+    SizeDiffers {
+        size: u64,
+        manifest: u64,
+    },
+    Truncated {
+        read: u64,
+        manifest: u64,
+    },
+    ContentDiffers {
+        sha256: String,
+        manifest: String,
+    },
+    LinkNotUtf8,
+    LinkDiffers {
+        archive: String,
+        manifest: String,
+    },
+    /// A symlink out of the release (but the venv's interpreter links).
+    LinkLeaves {
+        target: String,
+    },
+    ParentNotDir {
+        parent: String,
+    },
+    /// Listed in the manifest, not in the archive; how many are missing.
+    Missing {
+        count: usize,
+    },
+    /// A delta's member for a file its manifest lists unchanged since the
+    /// delta's base release (installed as `base`).
+    UnchangedInDelta {
+        base: String,
+    },
+}
+
+impl fmt::Display for UnsafeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use UnsafeRule::*;
+        match self {
+            PathNotUtf8 => f.write_str("path is not UTF-8"),
+            AbsolutePath => f.write_str("absolute path"),
+            ControlCharacter => f.write_str("control character in the path"),
+            DotDot => f.write_str("`..` component in the path"),
+            Path(why) => f.write_str(why),
+            Header(why) => write!(f, "{why}"),
+            UnreadableMode(e) => write!(f, "unreadable mode: {e}"),
+            NotInManifest => f.write_str("is not in the manifest"),
+            Duplicate => f.write_str("appears twice in the archive (duplicate path)"),
+            KindDiffers { archive, manifest } => {
+                write!(f, "is a {archive} in the archive but a {manifest} in the manifest")
+            }
+            ModeDiffers { archive, manifest } => {
+                write!(f, "has mode {archive:04o}, the manifest says {manifest:04o}")
+            }
+            SizeBeyond { size, manifest } => {
+                write!(f, "is {size} bytes, beyond the {manifest} bytes the manifest lists")
+            }
+            SizeDiffers { size, manifest } => {
+                write!(f, "is {size} bytes, the manifest lists {manifest}")
+            }
+            Truncated { read, manifest } => write!(
+                f,
+                "ended after {read} of {manifest} bytes: the archive is truncated"
+            ),
+            ContentDiffers { sha256, manifest } => write!(
+                f,
+                "content differs from the manifest (sha256 {sha256}, the manifest says {manifest})"
+            ),
+            LinkNotUtf8 => f.write_str("symlink target is not UTF-8"),
+            LinkDiffers { archive, manifest } => write!(
+                f,
+                "symlink points to \"{archive}\", the manifest says \"{manifest}\""
+            ),
+            LinkLeaves { target } => write!(
+                f,
+                "symlink to \"{target}\" leaves the release (only venv/bin links to the manifest's interpreter may)"
+            ),
+            ParentNotDir { parent } => {
+                write!(f, "its parent `{parent}` is not a directory unpacked before it")
+            }
+            UnchangedInDelta { base } => write!(
+                f,
+                "is carried by the delta, but the manifest lists it unchanged since its base release ({base}); a delta carries only the files that changed"
+            ),
+            Missing { count } => {
+                f.write_str("listed in the manifest but missing from the archive")?;
+                if *count > 1 {
+                    write!(f, " ({count} manifest entries are missing in all)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a member's header is refused before its path is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRefused {
+    HardLink,
+    Device,
+    Fifo,
+    Sparse,
+    /// Another tar type flag.
+    OtherType(u8),
+    /// Setuid, setgid or sticky (the mode).
+    SpecialBits(u32),
+}
+
+impl fmt::Display for HeaderRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            HeaderRefused::SpecialBits(mode) => {
+                return write!(f, "has the setuid, setgid or sticky bit (mode {mode:04o})")
+            }
+            HeaderRefused::HardLink => {
+                "a hard link (artifacts have none; the manifest cannot describe one)".to_string()
+            }
+            HeaderRefused::Device => "a device node".to_string(),
+            HeaderRefused::Fifo => "a fifo".to_string(),
+            HeaderRefused::Sparse => "a sparse file".to_string(),
+            HeaderRefused::OtherType(flag) => {
+                format!("an unsupported member type ({:?})", *flag as char)
+            }
+        };
+        write!(
+            f,
+            "is {what}; only files, directories and symlinks are allowed"
+        )
     }
 }

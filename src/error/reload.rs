@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::host::procs::{Pid, PidfileProblem};
+use crate::pid::{Pid, PidfileProblem};
 
 /// A reload that did not happen or could not be confirmed.
 #[derive(Debug, Clone)]

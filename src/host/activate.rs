@@ -80,7 +80,7 @@ pub struct ActivateReport {
     pub id: ReleaseId,
     pub commit: String,
     /// The release that was current before.
-    pub from: Option<String>,
+    pub from: Option<ReleaseId>,
     /// [`EventKind::Activated`] or [`EventKind::RolledBack`]: the journal
     /// event written.
     pub event: EventKind,
@@ -104,10 +104,10 @@ pub struct SwitchPlan {
     pub dry_run: bool,
     /// The release that would become current (null in `deploy --dry-run`
     /// when the artifact is not installed yet: its id is made by the install).
-    pub id: Option<String>,
+    pub id: Option<ReleaseId>,
     pub commit: String,
     /// The release it would switch from.
-    pub from: Option<String>,
+    pub from: Option<ReleaseId>,
     /// The journal event the switch would write.
     pub event: EventKind,
     /// True when nothing would change.
@@ -116,13 +116,16 @@ pub struct SwitchPlan {
 
 impl SwitchPlan {
     pub fn human(&self) -> String {
-        let id = self.id.as_deref().unwrap_or(&self.commit);
+        let id = self
+            .id
+            .as_ref()
+            .map_or(self.commit.as_str(), ReleaseId::as_str);
         if self.already_current {
             format!("{id} is already current: nothing would change\n")
         } else {
             format!(
                 "would switch current from {} to {id}\n",
-                self.from.as_deref().unwrap_or("none")
+                self.from.as_ref().map_or("none", ReleaseId::as_str)
             )
         }
     }
@@ -146,14 +149,14 @@ pub fn plan(
         if let Err(failure) = services::preflight(config, host, from.is_none()) {
             return Err(ActivateError::ServicesNotReady {
                 failure,
-                current: from,
+                current: from.as_ref().map(ReleaseId::to_string),
             }
             .into());
         }
     }
     Ok(SwitchPlan {
         dry_run: true,
-        id: Some(target.name().to_string()),
+        id: Some(target.id.clone()),
         commit,
         from,
         event: switch.event(),
@@ -171,7 +174,7 @@ struct Activation<'a> {
     printer: &'a Printer,
     journal: Journal,
     /// The release that was live before, by the journal.
-    from: Option<String>,
+    from: Option<ReleaseId>,
 }
 
 pub fn activate(
@@ -231,7 +234,7 @@ pub fn where_from(
     journal: &Journal,
     target: &Installed,
     printer: &Printer,
-) -> Result<(Option<String>, bool)> {
+) -> Result<(Option<ReleaseId>, bool)> {
     let current = host.current()?;
     // Where we come from is what the journal last recorded as live. It
     // differs from `current` only when a command died after switching
@@ -239,16 +242,16 @@ pub fn where_from(
     // did not finish, and running the command again finishes it.
     let recorded = ReleaseHistory::from_events(&journal.read()?.events)
         .live_now()
-        .map(str::to_string);
-    let name = target.name();
+        .cloned();
+    let name = &target.id;
     let linked = current.id() == Some(name);
     let from = match (recorded.clone(), linked) {
-        (Some(r), _) if r != name => Some(r),
+        (Some(r), _) if &r != name => Some(r),
         // The first switch of this root was never journaled.
         (None, true) => None,
-        _ => current.id().map(str::to_string),
+        _ => current.id().cloned(),
     };
-    if linked && recorded.as_deref() == Some(name) {
+    if linked && recorded.as_ref() == Some(name) {
         printer.progress(&format!("{name} is already current; nothing changed"));
         return Ok((from, true));
     }
@@ -258,7 +261,7 @@ pub fn where_from(
             host.current.display(),
             host.journal.display()
         ));
-    } else if let (Some(link), Some(recorded)) = (current.id(), recorded.as_deref()) {
+    } else if let (Some(link), Some(recorded)) = (current.id(), recorded.as_ref()) {
         if link != recorded {
             printer.warn(&format!(
                 "{} points to {link}, but {} last recorded {recorded} as live (an interrupted switch, or a change by hand); switching from {recorded}",
@@ -283,7 +286,12 @@ impl Activation<'_> {
     }
 
     fn event(&self, what: What) -> Event {
-        Event::new(what, self.name(), self.from.as_deref())
+        Event::new(what, &self.target.id, self.from.as_ref())
+    }
+
+    /// The release that was live before, as errors name it.
+    fn previous_name(&self) -> Option<String> {
+        self.from.as_ref().map(ReleaseId::to_string)
     }
 
     /// Step 2: the `check` hook, inside the new release, before anything
@@ -308,7 +316,7 @@ impl Activation<'_> {
             release: name.to_string(),
             status: failure.status,
             tail: failure.tail,
-            current: self.from.clone(),
+            current: self.previous_name(),
             dir: target.dir.clone(),
             config: self.host.config.clone(),
         }))
@@ -345,7 +353,7 @@ impl Activation<'_> {
             release: name.to_string(),
             status: failure.status,
             tail: failure.tail,
-            current: self.from.clone(),
+            current: self.previous_name(),
             dir: target.dir.clone(),
             config: self.host.config.clone(),
         }))
@@ -363,7 +371,7 @@ impl Activation<'_> {
         hooks::notify(self.config, &event, self.printer);
         Err(ActivateError::ServicesNotReady {
             failure,
-            current: self.from.clone(),
+            current: self.previous_name(),
         }
         .into())
     }
@@ -392,7 +400,7 @@ impl Activation<'_> {
                 Switch::Rollback => "rolled back to",
             },
             self.name(),
-            self.from.as_deref().unwrap_or("none")
+            self.from.as_ref().map_or("none", ReleaseId::as_str)
         ));
         Ok(event)
     }
@@ -424,20 +432,19 @@ impl Activation<'_> {
         ));
         let restored = match &self.from {
             Some(previous) => {
-                host.switch_current(self.lock, previous)?;
+                host.switch_current(self.lock, previous.as_str())?;
                 // The previous release was serving before this switch: it
                 // need not pass the text check `expect` asks of a new release.
                 let mut back = self.config.clone();
                 if let Some(health) = &mut back.health {
                     health.expect = None;
                 }
-                let again = ReleaseId::parse(previous).and_then(|id| {
-                    services::reload_and_check(&back, host, &id, false, self.printer).err()
-                });
+                let again =
+                    services::reload_and_check(&back, host, previous, false, self.printer).err();
                 match again {
-                    None => Restored::Previous(previous.clone()),
+                    None => Restored::Previous(previous.to_string()),
                     Some(failure) => Restored::PreviousFailed {
-                        previous: previous.clone(),
+                        previous: previous.to_string(),
                         failure,
                     },
                 }
@@ -545,7 +552,7 @@ pub fn rollback_target<'a>(
                 }
                 .into());
             };
-            match list.iter().find(|r| r.name() == target) {
+            match list.iter().find(|r| &r.id == target) {
                 Some(release) => release,
                 None => {
                     return Err(ActivateError::RollbackTargetGone {

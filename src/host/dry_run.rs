@@ -14,6 +14,7 @@ use crate::host::install::{self, InstallPlan};
 use crate::host::journal::Journal;
 use crate::host::layout::Host;
 use crate::host::prune::{self, PruneReport};
+use crate::host::release_id::ReleaseId;
 use crate::host::releases;
 use crate::host::state::ReleaseHistory;
 use crate::output::Printer;
@@ -43,7 +44,7 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
             let activate = match &install.id {
                 Some(id) => {
                     let list = releases::installed(host)?;
-                    let target = releases::resolve(host, &list, id)?;
+                    let target = releases::resolve(host, &list, id.as_str())?;
                     activate::plan(host, &config, target, Switch::Activate, printer)?
                 }
                 None => SwitchPlan {
@@ -94,11 +95,11 @@ pub fn run(command: &HostCommand, host: &Host, printer: &Printer) -> Result<bool
 
 /// The release a switch would start from: the one the journal last
 /// recorded as live, else where `current` points.
-fn live_release(host: &Host) -> Result<Option<String>> {
+fn live_release(host: &Host) -> Result<Option<ReleaseId>> {
     let events = Journal::new(&host.journal).read()?.events;
     match ReleaseHistory::from_events(&events).live_now() {
-        Some(live) => Ok(Some(live.to_string())),
-        None => Ok(host.current()?.id().map(str::to_string)),
+        Some(live) => Ok(Some(live.clone())),
+        None => Ok(host.current()?.id().cloned()),
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::Path;
 
 use crate::archive::{Extensions, HashingReader};
 use crate::crashpoint::CrashPoint;
-use crate::error::{ArtifactError, Error, Result};
+use crate::error::{ArtifactError, Error, HeaderRefused, Result, UnsafeRule};
 use crate::fsutil;
 use crate::host::layout::installed_mode;
 use crate::host::reuse::Reuse;
@@ -149,11 +149,11 @@ impl<'a> Extractor<'a> {
         self
     }
 
-    fn refuse(&self, entry: &str, rule: impl Into<String>) -> Error {
+    fn refuse(&self, entry: &str, rule: UnsafeRule) -> Error {
         ArtifactError::UnsafeEntry {
             artifact: self.artifact.to_path_buf(),
             entry: shorten(entry),
-            rule: rule.into(),
+            rule,
         }
         .into()
     }
@@ -195,15 +195,7 @@ impl<'a> Extractor<'a> {
         if let Some(i) = (0..self.seen.len()).find(|i| absent(*i)) {
             let missing = (0..self.seen.len()).filter(|i| absent(*i)).count();
             let path = self.manifest.files[i].path.clone();
-            let more = if missing > 1 {
-                format!(" ({} manifest entries are missing in all)", missing)
-            } else {
-                String::new()
-            };
-            return Err(self.refuse(
-                &path,
-                format!("listed in the manifest but missing from the archive{more}"),
-            ));
+            return Err(self.refuse(&path, UnsafeRule::Missing { count: missing }));
         }
         for i in 0..self.seen.len() {
             if !self.seen[i] {
@@ -241,7 +233,7 @@ impl<'a> Extractor<'a> {
             .unwrap_or_else(|| entry.path_bytes().into_owned());
         let lossy = String::from_utf8_lossy(&raw).into_owned();
         let Ok(name) = std::str::from_utf8(&raw) else {
-            return Err(self.refuse(&lossy, "path is not UTF-8"));
+            return Err(self.refuse(&lossy, UnsafeRule::PathNotUtf8));
         };
         let header_type = entry.header().entry_type();
         let path = if header_type.is_dir() {
@@ -250,12 +242,13 @@ impl<'a> Extractor<'a> {
             name
         };
         self.check_path(path)?;
-        let kind = member_kind(header_type).map_err(|why| self.refuse(path, why.to_string()))?;
+        let kind =
+            member_kind(header_type).map_err(|why| self.refuse(path, UnsafeRule::Header(why)))?;
         let mode = entry
             .header()
             .mode()
-            .map_err(|e| self.refuse(path, format!("unreadable mode: {e}")))?;
-        check_mode(mode).map_err(|why| self.refuse(path, why.to_string()))?;
+            .map_err(|e| self.refuse(path, UnsafeRule::UnreadableMode(e.to_string())))?;
+        check_mode(mode).map_err(|why| self.refuse(path, UnsafeRule::Header(why)))?;
         let index = self.expected_index(path, kind, mode)?;
         self.check_parent(path)?;
         let expected = &self.manifest.files[index];
@@ -267,7 +260,7 @@ impl<'a> Extractor<'a> {
                     .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()))
                     .unwrap_or_default();
                 let Ok(link) = String::from_utf8(link) else {
-                    return Err(self.refuse(path, "symlink target is not UTF-8"));
+                    return Err(self.refuse(path, UnsafeRule::LinkNotUtf8));
                 };
                 self.make_symlink(path, &link, expected)?;
             }
@@ -285,29 +278,28 @@ impl<'a> Extractor<'a> {
             .files
             .binary_search_by(|e| e.path.as_str().cmp(path))
         else {
-            return Err(self.refuse(path, "is not in the manifest"));
+            return Err(self.refuse(path, UnsafeRule::NotInManifest));
         };
         if self.seen[index] {
-            return Err(self.refuse(path, "appears twice in the archive (duplicate path)"));
+            return Err(self.refuse(path, UnsafeRule::Duplicate));
         }
         let expected = &self.manifest.files[index];
         if expected.kind != kind {
             return Err(self.refuse(
                 path,
-                format!(
-                    "is a {kind} in the archive but a {} in the manifest",
-                    expected.kind
-                ),
+                UnsafeRule::KindDiffers {
+                    archive: kind,
+                    manifest: expected.kind,
+                },
             ));
         }
         if kind != EntryType::Symlink && mode & 0o777 != expected.mode {
             return Err(self.refuse(
                 path,
-                format!(
-                    "has mode {:04o}, the manifest says {:04o}",
-                    mode & 0o777,
-                    expected.mode
-                ),
+                UnsafeRule::ModeDiffers {
+                    archive: mode & 0o777,
+                    manifest: expected.mode,
+                },
             ));
         }
         Ok(index)
@@ -328,22 +320,27 @@ impl<'a> Extractor<'a> {
         if size > want_size {
             return Err(self.refuse(
                 path,
-                format!("is {size} bytes, beyond the {want_size} bytes the manifest lists"),
+                UnsafeRule::SizeBeyond {
+                    size,
+                    manifest: want_size,
+                },
             ));
         }
         if size != want_size {
             return Err(self.refuse(
                 path,
-                format!("is {size} bytes, the manifest lists {want_size}"),
+                UnsafeRule::SizeDiffers {
+                    size,
+                    manifest: want_size,
+                },
             ));
         }
         if let Some(reuse) = self.reuse.filter(|r| r.delta && r.linkable[index]) {
             return Err(self.refuse(
                 path,
-                format!(
-                    "is carried by the delta, but the manifest lists it unchanged since its base release ({}); a delta carries only the files that changed",
-                    reuse.name
-                ),
+                UnsafeRule::UnchangedInDelta {
+                    base: reuse.id.to_string(),
+                },
             ));
         }
         if self.linkable(index) {
@@ -392,16 +389,20 @@ impl<'a> Extractor<'a> {
         if read != want_size {
             return Err(self.refuse(
                 path,
-                format!("ended after {read} of {want_size} bytes: the archive is truncated"),
+                UnsafeRule::Truncated {
+                    read,
+                    manifest: want_size,
+                },
             ));
         }
         let want = expected.sha256.as_deref().unwrap_or_default();
         if digest != want {
             return Err(self.refuse(
                 path,
-                format!(
-                    "content differs from the manifest (sha256 {digest}, the manifest says {want})"
-                ),
+                UnsafeRule::ContentDiffers {
+                    sha256: digest,
+                    manifest: want.to_string(),
+                },
             ));
         }
         Ok(read)
@@ -422,11 +423,10 @@ impl<'a> Extractor<'a> {
         if link != want {
             return Err(self.refuse(
                 path,
-                format!(
-                    "symlink points to \"{}\", the manifest says \"{}\"",
-                    shorten(link),
-                    shorten(want)
-                ),
+                UnsafeRule::LinkDiffers {
+                    archive: shorten(link),
+                    manifest: shorten(want),
+                },
             ));
         }
         let interpreter_link =
@@ -434,7 +434,9 @@ impl<'a> Extractor<'a> {
         if !interpreter_link && !manifest::symlink_stays_inside(path, link) {
             return Err(self.refuse(
                 path,
-                format!("symlink to \"{}\" leaves the release (only venv/bin links to the manifest's interpreter may)", shorten(link)),
+                UnsafeRule::LinkLeaves {
+                    target: shorten(link),
+                },
             ));
         }
         let target_path = self.dest.join(path);
@@ -450,10 +452,7 @@ impl<'a> Extractor<'a> {
         let target_path = self.dest.join(path);
         std::fs::hard_link(&from, &target_path).map_err(|e| {
             fsutil::fs_err_io(
-                std::io::Error::new(
-                    e.kind(),
-                    format!("linking from release {}: {e}", reuse.name),
-                ),
+                std::io::Error::new(e.kind(), format!("linking from release {}: {e}", reuse.id)),
                 &target_path,
             )
         })?;
@@ -464,15 +463,15 @@ impl<'a> Extractor<'a> {
 
     fn check_path(&self, path: &str) -> Result<()> {
         if path.starts_with('/') {
-            return Err(self.refuse(path, "absolute path"));
+            return Err(self.refuse(path, UnsafeRule::AbsolutePath));
         }
         if path.chars().any(char::is_control) {
-            return Err(self.refuse(path, "control character in the path"));
+            return Err(self.refuse(path, UnsafeRule::ControlCharacter));
         }
         if path.split('/').any(|c| c == "..") {
-            return Err(self.refuse(path, "`..` component in the path"));
+            return Err(self.refuse(path, UnsafeRule::DotDot));
         }
-        manifest::check_path(path).map_err(|why| self.refuse(path, why))
+        manifest::check_path(path).map_err(|why| self.refuse(path, UnsafeRule::Path(why)))
     }
 
     /// A member's parent must be a directory member already unpacked (or the
@@ -491,7 +490,9 @@ impl<'a> Extractor<'a> {
         } else {
             Err(self.refuse(
                 path,
-                format!("its parent `{parent}` is not a directory unpacked before it"),
+                UnsafeRule::ParentNotDir {
+                    parent: parent.to_string(),
+                },
             ))
         }
     }
@@ -499,7 +500,7 @@ impl<'a> Extractor<'a> {
 
 /// The type of a member from its header: files, directories and symlinks;
 /// anything else is refused, with what it is.
-pub fn member_kind(header_type: tar::EntryType) -> std::result::Result<EntryType, Refused> {
+pub fn member_kind(header_type: tar::EntryType) -> std::result::Result<EntryType, HeaderRefused> {
     if header_type.is_file() || header_type.is_contiguous() {
         return Ok(EntryType::File);
     }
@@ -510,60 +511,24 @@ pub fn member_kind(header_type: tar::EntryType) -> std::result::Result<EntryType
         return Ok(EntryType::Symlink);
     }
     Err(if header_type.is_hard_link() {
-        Refused::HardLink
+        HeaderRefused::HardLink
     } else if header_type.is_character_special() || header_type.is_block_special() {
-        Refused::Device
+        HeaderRefused::Device
     } else if header_type.is_fifo() {
-        Refused::Fifo
+        HeaderRefused::Fifo
     } else if header_type.is_gnu_sparse() {
-        Refused::Sparse
+        HeaderRefused::Sparse
     } else {
-        Refused::OtherType(header_type.as_byte())
+        HeaderRefused::OtherType(header_type.as_byte())
     })
 }
 
 /// A member's mode may not carry the setuid, setgid or sticky bit.
-pub fn check_mode(mode: u32) -> std::result::Result<(), Refused> {
+pub fn check_mode(mode: u32) -> std::result::Result<(), HeaderRefused> {
     if mode & 0o7000 != 0 {
-        return Err(Refused::SpecialBits(mode & 0o7777));
+        return Err(HeaderRefused::SpecialBits(mode & 0o7777));
     }
     Ok(())
-}
-
-/// Why a member's header is refused before its path is looked up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    HardLink,
-    Device,
-    Fifo,
-    Sparse,
-    /// Another tar type flag.
-    OtherType(u8),
-    /// Setuid, setgid or sticky (the mode).
-    SpecialBits(u32),
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self {
-            Refused::SpecialBits(mode) => {
-                return write!(f, "has the setuid, setgid or sticky bit (mode {mode:04o})")
-            }
-            Refused::HardLink => {
-                "a hard link (artifacts have none; the manifest cannot describe one)".to_string()
-            }
-            Refused::Device => "a device node".to_string(),
-            Refused::Fifo => "a fifo".to_string(),
-            Refused::Sparse => "a sparse file".to_string(),
-            Refused::OtherType(flag) => {
-                format!("an unsupported member type ({:?})", *flag as char)
-            }
-        };
-        write!(
-            f,
-            "is {what}; only files, directories and symlinks are allowed"
-        )
-    }
 }
 
 /// An entry name for a message: escaped, and cut short when it is long (a
@@ -704,7 +669,7 @@ mod tests {
                 what,
             );
         }
-        assert_eq!(member_kind(Char), Err(Refused::Device));
+        assert_eq!(member_kind(Char), Err(HeaderRefused::Device));
         assert_eq!(member_kind(Regular), Ok(EntryType::File));
         assert_eq!(member_kind(Symlink), Ok(EntryType::Symlink));
     }
@@ -725,7 +690,7 @@ mod tests {
                 "app/x",
                 "setuid, setgid or sticky",
             );
-            assert_eq!(check_mode(mode), Err(Refused::SpecialBits(mode)));
+            assert_eq!(check_mode(mode), Err(HeaderRefused::SpecialBits(mode)));
         }
         assert_eq!(check_mode(0o755), Ok(()));
     }

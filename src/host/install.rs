@@ -53,12 +53,22 @@ impl InstallOptions {
         self.fetch_timeout
             .unwrap_or(crate::host::fetch::DEFAULT_TIMEOUT)
     }
+
+    /// What the source is asked to read and check.
+    fn source(&self) -> source::Request<'_> {
+        source::Request {
+            artifact: &self.artifact,
+            sha256: self.sha256.as_deref(),
+            signature: self.signature.as_deref(),
+            fetch_timeout: self.fetch_timeout(),
+        }
+    }
 }
 
 /// What `release install --json` prints.
 #[derive(Debug, Serialize)]
 pub struct InstallReport {
-    pub id: String,
+    pub id: ReleaseId,
     pub commit: String,
     pub path: PathBuf,
     /// Entries in the manifest.
@@ -68,7 +78,7 @@ pub struct InstallReport {
     pub seconds: f64,
     pub already_installed: bool,
     /// The installed release identical files were hard-linked from.
-    pub linked_from: Option<String>,
+    pub linked_from: Option<ReleaseId>,
     /// Files hard-linked from it instead of written, and their bytes.
     pub linked_files: u64,
     pub linked_bytes: u64,
@@ -467,7 +477,7 @@ pub fn install(
 ) -> Result<InstallReport> {
     let mut need = None;
     // The artifact's bytes (a file or a URL) and what they must prove.
-    let source = source::open(options, &config.trust.keys(), printer)?;
+    let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
     install_steps(host, lock, config, options, source, printer, &mut need)
         .map_err(|e| failure.explain(e))
@@ -643,7 +653,7 @@ fn unpack<R: std::io::Read>(
             let path = &manifest.files[index].path;
             InstallError::DeltaBaseChanged(Box::new(crate::error::DeltaBaseChanged {
                 artifact: artifact.to_path_buf(),
-                base: reuse.name.clone(),
+                base: reuse.id.to_string(),
                 path: path.clone(),
                 why,
                 full: crate::host::reuse::full_artifact_name(artifact, manifest),
@@ -664,7 +674,7 @@ fn unpack<R: std::io::Read>(
         if let Some(reuse) = &fresh.reuse {
             printer.progress(&format!(
                 "linked {} unchanged files ({} bytes) from release {}",
-                extracted.linked, extracted.linked_bytes, reuse.name
+                extracted.linked, extracted.linked_bytes, reuse.id
             ));
         }
     }
@@ -697,7 +707,7 @@ fn already_installed(
             .warn("--python / --rebuild-venv were not applied: the release was already installed");
     }
     Ok(InstallReport {
-        id: existing.name().to_string(),
+        id: existing.id.clone(),
         commit: manifest.commit,
         path: existing.dir.clone(),
         files: manifest.file_count,
@@ -776,13 +786,13 @@ fn finalize(
     let linked = match &fresh.reuse {
         Some(reuse) if extracted.linked > 0 => format!(
             " ({} unchanged files linked from {})",
-            extracted.linked, reuse.name
+            extracted.linked, reuse.id
         ),
         _ => String::new(),
     };
     printer.progress(&format!("installed {id} in {seconds:.2}s{linked}"));
     Ok(InstallReport {
-        id: id.to_string(),
+        id: id.clone(),
         commit: fresh.manifest.commit,
         path: final_dir,
         files: fresh.manifest.file_count,
@@ -790,7 +800,7 @@ fn finalize(
         seconds,
         already_installed: false,
         delta: fresh.reuse.as_ref().is_some_and(|r| r.delta),
-        linked_from: fresh.reuse.map(|r| r.name),
+        linked_from: fresh.reuse.map(|r| r.id),
         linked_files: extracted.linked,
         linked_bytes: extracted.linked_bytes,
         source: landed.source,
@@ -852,7 +862,7 @@ fn journal_install(
             python: record.python.clone(),
             venv_rebuilt: record.venv_rebuilt,
         },
-        id.as_str(),
+        id,
         None,
     );
     event.at = rfc3339(id.installed);
@@ -866,14 +876,14 @@ pub struct InstallPlan {
     pub dry_run: bool,
     /// The installed release when this one is already installed; otherwise
     /// null (an id is made when the install runs).
-    pub id: Option<String>,
+    pub id: Option<ReleaseId>,
     pub commit: String,
     /// Entries in the manifest, and bytes of its regular files.
     pub files: u64,
     pub bytes: u64,
     pub already_installed: bool,
     /// The release unchanged files would be hard-linked from, and how many.
-    pub linked_from: Option<String>,
+    pub linked_from: Option<ReleaseId>,
     pub linked_files: u64,
     pub linked_bytes: u64,
     /// Disk the install needs (what the space check compares with what is
@@ -894,7 +904,7 @@ impl InstallPlan {
                 self.files,
                 self.need_bytes.unwrap_or(0).div_ceil(1024 * 1024),
                 self.linked_files,
-                self.linked_from.as_deref().unwrap_or("none")
+                self.linked_from.as_ref().map_or("none", ReleaseId::as_str)
             ),
         }
     }
@@ -909,7 +919,7 @@ pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<
     // The same source and checks as the install: sha256, and the signature
     // when release.toml requires one.
     let config = HostConfig::load(&host.config)?;
-    let source = source::open(options, &config.trust.keys(), printer)?;
+    let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
     plan_steps(host, options, source, printer).map_err(|e| failure.explain(e))
 }
@@ -954,7 +964,7 @@ fn plan_steps(
             need_bytes: None,
         };
         if let Some(existing) = find_installed(&installed, &manifest, printer)? {
-            plan.id = Some(existing.name().to_string());
+            plan.id = Some(existing.id.clone());
             plan.already_installed = true;
         } else {
             let venv = plan_venv(options, &manifest)?;
@@ -974,7 +984,7 @@ fn plan_steps(
                 space_needed(&manifest, rebuild)
             });
             if let Some(reuse) = reuse {
-                plan.linked_from = Some(reuse.name);
+                plan.linked_from = Some(reuse.id);
                 plan.linked_files = reuse.files;
                 plan.linked_bytes = reuse.bytes;
             }
@@ -1003,7 +1013,7 @@ fn journal_if_missing(
         .read()?
         .events
         .iter()
-        .any(|e| e.kind() == EventKind::Installed && e.release == release.name());
+        .any(|e| e.kind() == EventKind::Installed && e.release == release.id);
     if known {
         return Ok(());
     }
@@ -1014,7 +1024,7 @@ fn journal_if_missing(
             python: record.python,
             venv_rebuilt: record.venv_rebuilt,
         },
-        release.name(),
+        &release.id,
         None,
     );
     event.at = rfc3339(release.id.installed);

@@ -17,6 +17,7 @@ use crate::crashpoint::CrashPoint;
 use crate::error::{FailedStep, Result};
 use crate::fsutil;
 use crate::host::lock::Lock;
+use crate::host::release_id::ReleaseId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,10 +44,10 @@ pub enum EventKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "Line", from = "Line")]
 pub struct Event {
-    /// The release id the event is about.
-    pub release: String,
+    /// The release the event is about.
+    pub release: ReleaseId,
     /// The release that was current before (activations), if any.
-    pub from: Option<String>,
+    pub from: Option<ReleaseId>,
     /// RFC 3339 UTC.
     pub at: String,
     /// `$SUDO_USER`, else `$USER`, else the numeric uid.
@@ -100,8 +101,8 @@ impl What {
 #[derive(Serialize, Deserialize)]
 struct Line {
     event: EventKind,
-    release: String,
-    from: Option<String>,
+    release: ReleaseId,
+    from: Option<ReleaseId>,
     at: String,
     user: String,
     host: String,
@@ -195,10 +196,10 @@ impl From<Event> for Line {
 
 impl Event {
     /// A new event stamped with now, this user and this host.
-    pub fn new(what: What, release: &str, from: Option<&str>) -> Event {
+    pub fn new(what: What, release: &ReleaseId, from: Option<&ReleaseId>) -> Event {
         Event {
-            release: release.to_string(),
-            from: from.map(str::to_string),
+            release: release.clone(),
+            from: from.cloned(),
             // Milliseconds: `status` compares process start times with it.
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             user: current_user(),
@@ -360,6 +361,13 @@ fn parse(bytes: &[u8]) -> History {
 mod tests {
     use super::*;
 
+    const A: &str = "0123456789ab-20260101T000000Z";
+    const B: &str = "ba9876543210-20260102T000000Z";
+
+    fn id(name: &str) -> ReleaseId {
+        ReleaseId::parse(name).unwrap()
+    }
+
     fn line(kind: &str, release: &str) -> String {
         format!(
             "{{\"event\":\"{kind}\",\"release\":\"{release}\",\"from\":null,\"at\":\"2026-01-01T00:00:00Z\",\"user\":\"u\",\"host\":\"h\"}}\n"
@@ -368,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_skipped() {
-        let text = line("installed", "a") + &line("activated", "a") + "{\"event\":\"activ";
+        let text = line("installed", A) + &line("activated", A) + "{\"event\":\"activ";
         let h = parse(text.as_bytes());
         assert_eq!(h.events.len(), 2);
         assert!(h.torn);
@@ -378,7 +386,7 @@ mod tests {
 
     #[test]
     fn unknown_events_and_fields_are_tolerated() {
-        let text = "{\"event\":\"reloaded\",\"release\":\"a\",\"from\":null,\"at\":\"t\",\"user\":\"u\",\"host\":\"h\",\"new\":1}\nnot json\n";
+        let text = format!("{{\"event\":\"reloaded\",\"release\":\"{A}\",\"from\":null,\"at\":\"t\",\"user\":\"u\",\"host\":\"h\",\"new\":1}}\nnot json\n");
         let h = parse(text.as_bytes());
         assert_eq!(h.events[0].kind(), EventKind::Unknown);
         assert_eq!(h.bad_lines, vec![2]);
@@ -389,7 +397,7 @@ mod tests {
     fn repair_cuts_back_to_the_last_newline() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
-        let whole = line("installed", "a");
+        let whole = line("installed", A);
         std::fs::write(&path, format!("{whole}{{\"event\":\"act")).unwrap();
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -410,14 +418,27 @@ mod tests {
 
     #[test]
     fn events_serialise_without_empty_extras() {
-        let mut e = Event::new(What::Activated, "r", Some("q"));
+        let mut e = Event::new(What::Activated, &id(A), Some(&id(B)));
         e.at = "2026-01-01T00:00:00Z".into();
         e.user = "u".into();
         e.host = "h".into();
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            "{\"event\":\"activated\",\"release\":\"r\",\"from\":\"q\",\"at\":\"2026-01-01T00:00:00Z\",\"user\":\"u\",\"host\":\"h\"}"
+            format!("{{\"event\":\"activated\",\"release\":\"{A}\",\"from\":\"{B}\",\"at\":\"2026-01-01T00:00:00Z\",\"user\":\"u\",\"host\":\"h\"}}")
         );
+    }
+
+    /// The release an event is about is a release id; a line that names
+    /// something else is not an event of ours, whatever else it holds.
+    #[test]
+    fn a_line_whose_release_is_not_an_id_is_a_bad_line() {
+        let text = line("installed", A)
+            + &line("activated", "../../etc")
+            + &line("activated", "0123456789AB-20260101T000000Z")
+            + &line("activated", A).replace("\"from\":null", "\"from\":\"x\"");
+        let h = parse(text.as_bytes());
+        assert_eq!(h.events.len(), 1);
+        assert_eq!(h.bad_lines, vec![2, 3, 4]);
     }
 
     /// A journal written by the binary before events became an enum of
@@ -458,10 +479,7 @@ mod tests {
             &h.events[8].what,
             What::Installed { python: Some(_), commit: Some(c), venv_rebuilt: false } if c.len() == 40
         ));
-        assert_eq!(
-            h.events[4].from.as_deref(),
-            Some(h.events[3].release.as_str())
-        );
+        assert_eq!(h.events[4].from.as_ref(), Some(&h.events[3].release));
         let mut written = String::new();
         for event in &h.events {
             written.push_str(&serde_json::to_string(event).unwrap());

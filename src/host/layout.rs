@@ -42,13 +42,13 @@ pub enum Current {
     /// No `current` yet: nothing was ever activated.
     None,
     /// `current -> releases/<id>`.
-    Release(String),
+    Release(ReleaseId),
     /// A symlink somewhere else (changed by hand).
     Foreign(PathBuf),
 }
 
 impl Current {
-    pub fn id(&self) -> Option<&str> {
+    pub fn id(&self) -> Option<&ReleaseId> {
         match self {
             Current::Release(id) => Some(id),
             _ => None,
@@ -250,11 +250,12 @@ impl Host {
             (Some(std::path::Component::Normal(r)), Some(std::path::Component::Normal(_)), None)
                 if r == "releases"
         );
-        let name = target.file_name().and_then(|n| n.to_str());
-        match name {
-            Some(name) if is_release && ReleaseId::parse(name).is_some() => {
-                Ok(Current::Release(name.to_string()))
-            }
+        let id = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(ReleaseId::parse);
+        match id {
+            Some(id) if is_release => Ok(Current::Release(id)),
             _ => Ok(Current::Foreign(target)),
         }
     }

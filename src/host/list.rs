@@ -1,17 +1,13 @@
-//! `release list` and `release status`: read-only views built from the
-//! release directories (each one's `release.json` header, never its tree), the
-//! `current` link and one read of the journal.
-
-use std::path::PathBuf;
+//! `release list`: the installed releases as rows (id, commit, times, size,
+//! state), built from the release directories (each one's `release.json`
+//! header, never its tree), the `current` link and one read of the journal.
 
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::host::config::HostConfig;
-use crate::host::journal::Journal;
-use crate::host::layout::{Current, Host};
+use crate::host::layout::Host;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases;
-use crate::host::services::{self, ServiceStatus};
 use crate::host::state::ReleaseHistory;
 use crate::output::{paint, Printer, Style};
 
@@ -44,7 +40,7 @@ impl State {
 
 #[derive(Debug, Serialize)]
 pub struct Row {
-    pub id: String,
+    pub id: ReleaseId,
     pub commit: String,
     pub installed_at: String,
     pub last_activated_at: Option<String>,
@@ -54,38 +50,26 @@ pub struct Row {
     pub state: State,
 }
 
-fn warn_about_journal(host: &Host, printer: &Printer, history: &crate::host::journal::History) {
-    if !history.bad_lines.is_empty() {
-        printer.warn(&format!(
-            "{}: ignored line(s) {:?} that are not journal events",
-            host.journal.display(),
-            history.bad_lines
-        ));
-    }
-}
-
 pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
     let installed = releases::installed(host)?;
     let current = host.current()?;
-    let journal = Journal::new(&host.journal).read()?;
-    warn_about_journal(host, printer, &journal);
-    let history = ReleaseHistory::from_events(&journal.events);
+    let history = ReleaseHistory::read(host, printer)?;
     let target = history.rollback_target(current.id());
     Ok(installed
         .into_iter()
         .map(|r| {
-            let state = if current.id() == Some(r.name()) {
+            let state = if current.id() == Some(&r.id) {
                 State::Current
             } else if !r.is_complete() {
                 State::Incomplete
-            } else if target == Some(r.name()) {
+            } else if target == Some(&r.id) {
                 State::RollbackTarget
-            } else if history.is_rolled_back(r.name()) {
+            } else if history.is_rolled_back(&r.id) {
                 State::RolledBack
             } else {
                 State::Inactive
             };
-            let activation = history.last_activation(r.name());
+            let activation = history.last_activation(&r.id);
             Row {
                 commit: r.commit().to_string(),
                 installed_at: r.id.installed_rfc3339(),
@@ -93,7 +77,7 @@ pub fn list(host: &Host, printer: &Printer) -> Result<Vec<Row>> {
                 activated_by: activation.map(|a| a.user.clone()),
                 bytes: r.summary.as_ref().map_or(0, |s| s.bytes),
                 state,
-                id: r.name().to_string(),
+                id: r.id.clone(),
             }
         })
         .collect())
@@ -141,7 +125,7 @@ pub fn table(rows: &[Row], color: bool) -> String {
         .iter()
         .map(|r| {
             [
-                r.id.clone(),
+                r.id.to_string(),
                 r.commit.chars().take(12).collect(),
                 r.installed_at.clone(),
                 r.last_activated_at.clone().unwrap_or_else(|| "-".into()),
@@ -191,94 +175,6 @@ pub fn table(rows: &[Row], color: bool) -> String {
     text
 }
 
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub root: PathBuf,
-    /// The current release id, or null.
-    pub current: Option<String>,
-    pub commit: Option<String>,
-    /// When it was last activated (from the journal) and by whom.
-    pub since: Option<String>,
-    pub by: Option<String>,
-    pub path: Option<PathBuf>,
-    pub rollback_target: Option<String>,
-    pub releases: usize,
-    /// Each configured service (filled in when services are reloaded).
-    pub services: Vec<ServiceStatus>,
-}
-
-impl Status {
-    pub fn human(&self, color: bool) -> String {
-        let Some(current) = &self.current else {
-            return format!(
-                "no release is current under {} ({} installed)\n",
-                self.root.display(),
-                self.releases
-            );
-        };
-        let mut text = format!("current   {current}\n");
-        if let Some(commit) = &self.commit {
-            text.push_str(&format!("commit    {commit}\n"));
-        }
-        text.push_str(&format!(
-            "since     {} by {}\n",
-            self.since.as_deref().unwrap_or("(not in the journal)"),
-            self.by.as_deref().unwrap_or("?")
-        ));
-        if let Some(path) = &self.path {
-            text.push_str(&format!("path      {}\n", path.display()));
-        }
-        text.push_str(&format!(
-            "rollback  {}\n",
-            self.rollback_target.as_deref().unwrap_or("(none)")
-        ));
-        text.push_str(&services::human(&self.services, color));
-        text
-    }
-}
-
-pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Status> {
-    let installed = releases::installed(host)?;
-    let current = host.current()?;
-    let journal = Journal::new(&host.journal).read()?;
-    warn_about_journal(host, printer, &journal);
-    let history = ReleaseHistory::from_events(&journal.events);
-    if let Current::Foreign(link) = &current {
-        printer.warn(&format!(
-            "{} points to {}, which is not a release under releases/",
-            host.current.display(),
-            link.display()
-        ));
-    }
-    let id = current.id();
-    let release = id.and_then(|id| installed.iter().find(|r| r.name() == id));
-    if id.is_some() && release.is_none() {
-        printer.warn(&format!(
-            "{} points to a release that is not installed (dangling link)",
-            host.current.display()
-        ));
-    }
-    let activation = id.and_then(|id| history.last_activation(id));
-    Ok(Status {
-        root: host.root.clone(),
-        current: id.map(str::to_string),
-        commit: release.map(|r| r.commit().to_string()),
-        since: activation.map(|a| a.at.clone()),
-        by: activation.map(|a| a.user.clone()),
-        path: release.map(|r| r.dir.clone()),
-        rollback_target: history.rollback_target(id).map(str::to_string),
-        releases: installed.len(),
-        services: services::statuses(
-            config,
-            host,
-            id,
-            activation
-                .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
-                .map(|t| t.timestamp_millis() as f64 / 1000.0),
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +189,7 @@ mod tests {
     fn the_table_is_aligned() {
         let rows = vec![
             Row {
-                id: "aaaaaaaaaaaa-20260101T000000Z".into(),
+                id: ReleaseId::parse("aaaaaaaaaaaa-20260101T000000Z").unwrap(),
                 commit: "a".repeat(40),
                 installed_at: "2026-01-01T00:00:00Z".into(),
                 last_activated_at: None,
@@ -302,7 +198,7 @@ mod tests {
                 state: State::Inactive,
             },
             Row {
-                id: "bbbbbbbbbbbb-20260101T000001Z".into(),
+                id: ReleaseId::parse("bbbbbbbbbbbb-20260101T000001Z").unwrap(),
                 commit: "b".repeat(40),
                 installed_at: "2026-01-01T00:00:01Z".into(),
                 last_activated_at: Some("2026-01-01T00:00:02Z".into()),

@@ -5,8 +5,8 @@
 //! Modules follow the data flow: `layout` (the root and its checks) → `lock`
 //! → `install` (with `extract`, `reuse`, `python`, `record`) → `activate`
 //! (with `hooks`, and `services`, which drives `reload` for each service) →
-//! `journal` / `state` (what happened, what is live) → `list`, `prune`,
-//! `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
+//! `journal` / `state` (what happened, what is live) → `list`, `status`,
+//! `prune`, `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
 //! `config` is release.toml; `releases` and `release_id` name what is installed.
 //!
 //! Mutating commands (install, activate, deploy, rollback, prune) hold the
@@ -36,6 +36,7 @@ pub mod reuse;
 pub mod services;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod verify;
 
 use std::path::Path;
@@ -103,7 +104,7 @@ fn installed_but_refused(err: Error, installed: &install::InstallReport) -> Erro
             | ActivateError::ServicesNotReady { .. }),
         ) => ActivateError::RefusedAfterInstall {
             refused: Box::new(refused),
-            release: installed.id.clone(),
+            release: installed.id.to_string(),
             already_installed: installed.already_installed,
         }
         .into(),
@@ -203,8 +204,8 @@ pub fn run(
         HostCommand::Status => {
             host.check_exists()?;
             let config = HostConfig::load(&host.config)?;
-            let status = list::status(&host, &config, printer)?;
-            printer.data(&status, || status.human(printer.color));
+            let report = status::status(&host, &config, printer)?;
+            printer.data(&report, || report.human(printer.color));
         }
         HostCommand::Prune { keep, dry_run } => prune(host, *keep, *dry_run, wait, printer)?,
         HostCommand::Verify { id } => return verify(&host, id.as_deref(), printer),
@@ -224,7 +225,7 @@ fn deploy(host: Host, args: &DeployArgs, wait: Option<f64>, printer: &Printer) -
         printer,
     )?;
     let list = releases::installed(&s.host)?;
-    let target = releases::resolve(&s.host, &list, &installed.id)?;
+    let target = releases::resolve(&s.host, &list, installed.id.as_str())?;
     let activated = activate::activate(
         &s.host,
         &s.lock,
@@ -290,7 +291,7 @@ fn verify(host: &Host, id: Option<&str>, printer: &Printer) -> Result<ExitCode> 
                 }
                 .into());
             };
-            releases::resolve(host, &list, current)?
+            releases::resolve(host, &list, current.as_str())?
         }
     };
     let report = verify::verify(target)?;

@@ -10,28 +10,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-pub type Pid = i32;
-
-/// Why a pidfile could not give a live process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PidfileProblem {
-    Missing,
-    Garbage(String),
-    /// The pid is not running (a stale pidfile from a crash or a stopped service).
-    Dead(Pid),
-}
-
-impl std::fmt::Display for PidfileProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PidfileProblem::Missing => f.write_str("does not exist (is the service running?)"),
-            PidfileProblem::Garbage(text) => write!(f, "does not hold a pid: {text:?}"),
-            PidfileProblem::Dead(pid) => {
-                write!(f, "names pid {pid}, which is not running (stale pidfile)")
-            }
-        }
-    }
-}
+pub use crate::pid::{Pid, PidfileProblem};
 
 /// Read a pidfile and check that the process is alive.
 pub fn read_pidfile(path: &Path) -> Result<Pid, PidfileProblem> {

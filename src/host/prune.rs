@@ -11,6 +11,7 @@ use crate::host::journal::{Event, Journal, What};
 use crate::host::layout::{Host, REMOVING_PREFIX};
 use crate::host::lock::Lock;
 use crate::host::procs;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases::{self, Installed};
 use crate::host::state::ReleaseHistory;
 use crate::output::Printer;
@@ -20,14 +21,14 @@ pub struct PruneReport {
     pub keep: usize,
     pub dry_run: bool,
     /// Removed (or, with --dry-run, to be removed), oldest last.
-    pub removed: Vec<String>,
+    pub removed: Vec<ReleaseId>,
     /// Kept, with why.
     pub kept: Vec<Kept>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Kept {
-    pub id: String,
+    pub id: ReleaseId,
     pub reason: String,
 }
 
@@ -53,20 +54,18 @@ impl PruneReport {
 fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
     let list = releases::installed(host)?;
     let current = host.current()?;
-    let current_id = current.id().map(str::to_string);
+    let current_id = current.id();
     let history = ReleaseHistory::from_events(&Journal::new(&host.journal).read()?.events);
-    let target = history
-        .rollback_target(current_id.as_deref())
-        .map(str::to_string);
+    let target = history.rollback_target(current_id);
     let in_use = procs::releases_in_use(&host.releases);
     let mut remove = Vec::new();
     let mut kept = Vec::new();
     for (i, release) in list.into_iter().enumerate() {
         let mut reasons = Vec::new();
-        if current_id.as_deref() == Some(release.name()) {
+        if current_id == Some(&release.id) {
             reasons.push("current".to_string());
         }
-        if target.as_deref() == Some(release.name()) {
+        if target == Some(&release.id) {
             reasons.push("rollback target".to_string());
         }
         if i < keep {
@@ -80,7 +79,7 @@ fn plan(host: &Host, keep: usize) -> Result<(Vec<Installed>, Vec<Kept>)> {
             remove.push(release);
         } else {
             kept.push(Kept {
-                id: release.name().to_string(),
+                id: release.id.clone(),
                 reason: reasons.join(", "),
             });
         }
@@ -94,7 +93,7 @@ pub fn dry_run(host: &Host, keep: usize) -> Result<PruneReport> {
     Ok(PruneReport {
         keep,
         dry_run: true,
-        removed: remove.into_iter().map(|r| r.name().to_string()).collect(),
+        removed: remove.into_iter().map(|r| r.id).collect(),
         kept,
     })
 }
@@ -114,10 +113,10 @@ pub fn prune(host: &Host, lock: &Lock, keep: usize, printer: &Printer) -> Result
         ));
         fs_err::rename(&release.dir, &trash)?;
         fsutil::fsync_dir(&host.releases)?;
-        journal.append(lock, &Event::new(What::Pruned, release.name(), None))?;
+        journal.append(lock, &Event::new(What::Pruned, &release.id, None))?;
         remove_tree(&trash)?;
-        printer.progress(&format!("removed {}", release.name()));
-        removed.push(release.name().to_string());
+        printer.progress(&format!("removed {}", release.id));
+        removed.push(release.id);
     }
     Ok(PruneReport {
         keep,

@@ -7,7 +7,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// A release's id, which is also its directory name under `releases/`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Equal, hashed and borrowed as its text, so maps keyed by ids can be
+/// looked up with a `&str`.
+#[derive(Debug, Clone)]
 pub struct ReleaseId {
     pub commit12: String,
     pub installed: DateTime<Utc>,
@@ -64,6 +66,36 @@ impl std::fmt::Display for ReleaseId {
 impl serde::Serialize for ReleaseId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.name)
+    }
+}
+
+/// In the journal, an id is its text; a line whose id is not one is not an
+/// event of ours.
+impl<'de> serde::Deserialize<'de> for ReleaseId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        ReleaseId::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("{name:?} is not a release id")))
+    }
+}
+
+impl PartialEq for ReleaseId {
+    fn eq(&self, other: &ReleaseId) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for ReleaseId {}
+
+impl std::hash::Hash for ReleaseId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ReleaseId {
+    fn borrow(&self) -> &str {
+        &self.name
     }
 }
 

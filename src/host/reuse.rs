@@ -36,6 +36,7 @@ use crate::error::{DeltaBaseChanged, DeltaBaseMissing, InstallError, Result};
 use crate::host::layout::installed_mode;
 use crate::host::layout::Host;
 use crate::host::record::InstallRecord;
+use crate::host::release_id::ReleaseId;
 use crate::host::releases::Installed;
 use crate::manifest::{EntryType, Manifest, MANIFEST_NAME};
 
@@ -46,7 +47,7 @@ pub struct Reuse {
     /// The release directory linked from.
     pub dir: PathBuf,
     /// Its id.
-    pub name: String,
+    pub id: ReleaseId,
     /// Per entry of the new manifest: the file can be linked from `dir`.
     pub linkable: Vec<bool>,
     /// How many files and bytes that is.
@@ -61,11 +62,11 @@ impl Reuse {
     /// Plan the reuse for `manifest` from the installed releases `list`:
     /// `None` when none shares a file with it (or none is installed).
     pub fn plan(host: &Host, list: &[Installed], manifest: &Manifest) -> Option<Reuse> {
-        let current = host.current().ok().and_then(|c| c.id().map(str::to_string));
+        let current = host.current().ok().and_then(|c| c.id().cloned());
         let source = list
             .iter()
             .filter(|r| r.is_complete())
-            .find(|r| current.as_deref() == Some(r.name()))
+            .find(|r| current.as_ref() == Some(&r.id))
             .or_else(|| list.iter().find(|r| r.is_complete()))?;
         Reuse::from_release(source, manifest)
     }
@@ -77,7 +78,7 @@ impl Reuse {
         let tree = record.expected(&theirs);
         let mut reuse = Reuse {
             dir: source.dir.clone(),
-            name: source.name().to_string(),
+            id: source.id.clone(),
             linkable: vec![false; manifest.files.len()],
             files: 0,
             bytes: 0,
@@ -135,7 +136,7 @@ impl Reuse {
         hash: bool,
     ) -> Result<DeltaPlan> {
         let base = &header.base;
-        let current = host.current().ok().and_then(|c| c.id().map(str::to_string));
+        let current = host.current().ok().and_then(|c| c.id().cloned());
         let is_base = |r: &&Installed| {
             r.summary
                 .as_ref()
@@ -144,7 +145,7 @@ impl Reuse {
         let source = list
             .iter()
             .filter(is_base)
-            .find(|r| current.as_deref() == Some(r.name()))
+            .find(|r| current.as_ref() == Some(&r.id))
             .or_else(|| list.iter().find(is_base))
             .ok_or_else(|| {
                 InstallError::DeltaBaseMissing(Box::new(DeltaBaseMissing {
@@ -185,7 +186,7 @@ impl Reuse {
         let tree = record.expected(&theirs);
         let mut reuse = Reuse {
             dir: source.dir.clone(),
-            name: source.name().to_string(),
+            id: source.id.clone(),
             linkable: vec![false; manifest.files.len()],
             files: 0,
             bytes: 0,

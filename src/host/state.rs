@@ -12,7 +12,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::host::journal::{Event, What};
+use crate::error::Result;
+use crate::host::journal::{Event, Journal, What};
+use crate::host::layout::Host;
+use crate::host::release_id::ReleaseId;
+use crate::output::Printer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
@@ -23,14 +27,28 @@ pub struct Activation {
 #[derive(Debug, Default)]
 pub struct ReleaseHistory {
     /// Releases in the order they became live (with repeats).
-    live: Vec<String>,
-    rolled_back: HashSet<String>,
-    last_activation: HashMap<String, Activation>,
+    live: Vec<ReleaseId>,
+    rolled_back: HashSet<ReleaseId>,
+    last_activation: HashMap<ReleaseId, Activation>,
     /// The release the journal's last switch left live.
-    live_now: Option<String>,
+    live_now: Option<ReleaseId>,
 }
 
 impl ReleaseHistory {
+    /// Read the root's journal once; lines that are not events are skipped
+    /// with a warning.
+    pub fn read(host: &Host, printer: &Printer) -> Result<ReleaseHistory> {
+        let journal = Journal::new(&host.journal).read()?;
+        if !journal.bad_lines.is_empty() {
+            printer.warn(&format!(
+                "{}: ignored line(s) {:?} that are not journal events",
+                host.journal.display(),
+                journal.bad_lines
+            ));
+        }
+        Ok(ReleaseHistory::from_events(&journal.events))
+    }
+
     pub fn from_events(events: &[Event]) -> ReleaseHistory {
         let mut h = ReleaseHistory::default();
         for e in events {
@@ -66,35 +84,34 @@ impl ReleaseHistory {
         h
     }
 
-    fn make_live(&mut self, id: &str) {
+    fn make_live(&mut self, id: &ReleaseId) {
         self.rolled_back.remove(id);
-        self.live.push(id.to_string());
+        self.live.push(id.clone());
     }
 
     /// The release the journal says is live: the last switch's target (or,
     /// after a reverted failure, the release switched back to). It differs
     /// from `current` only when a command died between switching `current`
     /// and journaling it, or when `current` was changed by hand.
-    pub fn live_now(&self) -> Option<&str> {
-        self.live_now.as_deref()
+    pub fn live_now(&self) -> Option<&ReleaseId> {
+        self.live_now.as_ref()
     }
 
-    pub fn is_rolled_back(&self, id: &str) -> bool {
+    pub fn is_rolled_back(&self, id: &ReleaseId) -> bool {
         self.rolled_back.contains(id)
     }
 
-    pub fn last_activation(&self, id: &str) -> Option<&Activation> {
+    pub fn last_activation(&self, id: &ReleaseId) -> Option<&Activation> {
         self.last_activation.get(id)
     }
 
     /// The release `rollback` goes to from `current`: the most recently live
     /// one that is neither `current` nor rolled back. Whether it is still
     /// installed is for the caller to check (and refuse if not).
-    pub fn rollback_target(&self, current: Option<&str>) -> Option<&str> {
+    pub fn rollback_target(&self, current: Option<&ReleaseId>) -> Option<&ReleaseId> {
         self.live
             .iter()
             .rev()
-            .map(String::as_str)
             .find(|id| Some(*id) != current && !self.rolled_back.contains(*id))
     }
 }
@@ -103,8 +120,14 @@ impl ReleaseHistory {
 mod tests {
     use super::*;
 
+    /// `A` → `aaaaaaaaaaaa-20260101T000000Z`: one letter names a release.
+    fn id(letter: &str) -> ReleaseId {
+        let commit = letter.to_lowercase().repeat(12);
+        ReleaseId::parse(&format!("{commit}-20260101T000000Z")).unwrap()
+    }
+
     fn ev(what: What, release: &str, from: Option<&str>) -> Event {
-        let mut e = Event::new(what, release, from);
+        let mut e = Event::new(what, &id(release), from.map(id).as_ref());
         e.at = "t".into();
         e
     }
@@ -134,22 +157,22 @@ mod tests {
             ev(Activated, "C", Some("B")),
         ];
         let h = ReleaseHistory::from_events(&events);
-        assert_eq!(h.rollback_target(Some("C")), Some("B"));
+        assert_eq!(h.rollback_target(Some(&id("C"))), Some(&id("B")));
 
         events.push(ev(RolledBack, "B", Some("C")));
         let h = ReleaseHistory::from_events(&events);
-        assert!(h.is_rolled_back("C"));
-        assert_eq!(h.rollback_target(Some("B")), Some("A"));
+        assert!(h.is_rolled_back(&id("C")));
+        assert_eq!(h.rollback_target(Some(&id("B"))), Some(&id("A")));
 
         events.push(ev(RolledBack, "A", Some("B")));
         let h = ReleaseHistory::from_events(&events);
-        assert_eq!(h.rollback_target(Some("A")), None);
+        assert_eq!(h.rollback_target(Some(&id("A"))), None);
 
         events.push(ev(Activated, "C", Some("A")));
         let h = ReleaseHistory::from_events(&events);
-        assert!(!h.is_rolled_back("C"));
-        assert!(h.is_rolled_back("B"));
-        assert_eq!(h.rollback_target(Some("C")), Some("A"));
+        assert!(!h.is_rolled_back(&id("C")));
+        assert!(h.is_rolled_back(&id("B")));
+        assert_eq!(h.rollback_target(Some(&id("C"))), Some(&id("A")));
     }
 
     #[test]
@@ -162,9 +185,9 @@ mod tests {
             failed,
         ];
         let h = ReleaseHistory::from_events(&events);
-        assert!(h.is_rolled_back("B"));
-        assert_eq!(h.rollback_target(Some("A")), None);
-        assert_eq!(h.live_now(), Some("A"));
+        assert!(h.is_rolled_back(&id("B")));
+        assert_eq!(h.rollback_target(Some(&id("A"))), None);
+        assert_eq!(h.live_now(), Some(&id("A")));
     }
 
     #[test]
@@ -178,10 +201,16 @@ mod tests {
             ev(Activated, "B", Some("A")),
             ev(RolledBack, "A", Some("B")),
         ];
-        assert_eq!(ReleaseHistory::from_events(&events).live_now(), Some("A"));
+        assert_eq!(
+            ReleaseHistory::from_events(&events).live_now(),
+            Some(&id("A"))
+        );
         events.push(ev(failed(false), "C", Some("A")));
         events.push(ev(Pruned, "B", None));
-        assert_eq!(ReleaseHistory::from_events(&events).live_now(), Some("A"));
+        assert_eq!(
+            ReleaseHistory::from_events(&events).live_now(),
+            Some(&id("A"))
+        );
         // A first activation that failed and was reverted leaves nothing live.
         let failed = ev(failed(true), "A", None);
         let events = vec![ev(Activated, "A", None), failed];
@@ -197,7 +226,7 @@ mod tests {
             ev(Activated, "C", Some("A")),
         ];
         let h = ReleaseHistory::from_events(&events);
-        assert!(!h.is_rolled_back("B"));
-        assert_eq!(h.rollback_target(Some("C")), Some("A"));
+        assert!(!h.is_rolled_back(&id("B")));
+        assert_eq!(h.rollback_target(Some(&id("C"))), Some(&id("A")));
     }
 }

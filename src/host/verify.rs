@@ -14,12 +14,13 @@ use crate::archive;
 use crate::error::Result;
 use crate::host::layout::installed_mode;
 use crate::host::record::{InstallRecord, RECORD_NAME};
+use crate::host::release_id::ReleaseId;
 use crate::host::releases::Installed;
 use crate::manifest::{Entry, EntryType, Invalid, Manifest, MANIFEST_NAME};
 
 #[derive(Debug, Serialize)]
 pub struct VerifyReport {
-    pub id: String,
+    pub id: ReleaseId,
     pub ok: bool,
     pub problems: Vec<Problem>,
 }
@@ -56,7 +57,7 @@ fn kind_of(file_type: std::fs::FileType) -> Option<EntryType> {
 }
 
 pub fn verify(release: &Installed) -> Result<VerifyReport> {
-    let id = release.name().to_string();
+    let id = release.id.clone();
     let dir = &release.dir;
     let (expected, mut problems) = match expected_tree(dir) {
         Ok(found) => found,
