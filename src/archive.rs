@@ -18,7 +18,16 @@ use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME, MAX_MANIFEST_BY
 /// The default window (no long-distance matching) keeps the decoder's memory
 /// at a few MB, which keeps `install` small. Multi-threaded zstd writes the
 /// same bytes whatever the number of workers, so reproducibility holds.
-const ZSTD_LEVEL: i32 = 9;
+pub const ZSTD_LEVEL: i32 = 9;
+
+/// The mtime of the venv's and the wheels' members (1980-01-01T00:00:00Z,
+/// the earliest time a wheel's zip can record): they come from the build
+/// cache, not from the commit, so their headers do not carry the commit's
+/// time; then the compressed frame that holds them is the same bytes for
+/// every commit built with the same dependencies, and a build can reuse it
+/// (src/build/frame.rs). `release.json`, `app/` and `static/` carry
+/// `source_date_epoch`.
+pub const DEPENDENCY_MTIME: i64 = 315_532_800;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -261,6 +270,11 @@ impl ArtifactWriter {
             tar,
             mtime: mtime.max(0) as u64,
         })
+    }
+
+    /// The mtime of the members appended from now on.
+    pub fn set_mtime(&mut self, mtime: i64) {
+        self.mtime = mtime.max(0) as u64;
     }
 
     fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {

@@ -6,6 +6,7 @@
 //! the deterministic archive.
 
 mod delta;
+mod frame;
 mod git;
 mod interpreter;
 mod lock;
@@ -427,18 +428,10 @@ impl<'a> Build<'a> {
         steps: &mut Steps,
     ) -> Result<Written> {
         let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|scope| -> Result<_> {
+        let reused = std::sync::atomic::AtomicBool::new(false);
+        let written = std::thread::scope(|scope| -> Result<_> {
             let tail = (self.settings.format == Format::Zst).then(|| {
-                scope.spawn(|| {
-                    write_tail(
-                        &env.tail,
-                        &env.dir,
-                        self.work_dir,
-                        self.settings.format,
-                        self.commit.epoch,
-                        &stop,
-                    )
-                })
+                scope.spawn(|| frame::tail(&env.tail, &env.dir, self.work_dir, &stop, &reused))
             });
             let join_tail = tail.map(|tail| {
                 move || {
@@ -451,7 +444,13 @@ impl<'a> Build<'a> {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             rest
-        })
+        })?;
+        if reused.load(std::sync::atomic::Ordering::Relaxed) {
+            self.printer.progress(
+                "the venv and the wheels: their compressed frame came from the build cache",
+            );
+        }
+        Ok(written)
     }
 
     /// Everything after the env: the static step and the app's pycs, the
@@ -643,6 +642,7 @@ impl<'a> Build<'a> {
                 writer.finish_with_tail(tail)?
             }
             None => {
+                writer.set_mtime(archive::DEPENDENCY_MTIME);
                 for entry in &env.tail {
                     writer.append(entry, &env.dir.join(&entry.path))?;
                 }
@@ -831,7 +831,6 @@ fn write_tail(
     env_dir: &Path,
     work_dir: &Path,
     format: Format,
-    epoch: i64,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<fs::File> {
     let path = work_dir.join("tail.partial");
@@ -840,7 +839,7 @@ fn write_tail(
         .write(true)
         .create_new(true)
         .open(&path)?;
-    let mut writer = ArtifactWriter::new(file, format, epoch)?;
+    let mut writer = ArtifactWriter::new(file, format, archive::DEPENDENCY_MTIME)?;
     for entry in entries {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Stopped);

@@ -26,6 +26,7 @@ use crate::host::release_id::{rfc3339, ReleaseId};
 use crate::host::releases::{self, Installed};
 use crate::host::reuse::{BaseCheck, Reuse};
 use crate::host::source;
+use crate::host::statics;
 use crate::host::verify;
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
 use crate::output::Printer;
@@ -479,9 +480,19 @@ pub fn install(
     // The artifact's bytes (a file or a URL) and what they must prove.
     let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
-    install_steps(host, lock, config, options, source, printer, &mut need)
+    let report = install_steps(host, lock, config, options, source, printer, &mut need)
         .map_err(|e| failure.explain(e))
-        .map_err(|e| explain_full_disk(e, &host.releases, need))
+        .map_err(|e| explain_full_disk(e, &host.releases, need))?;
+    // The release is installed: serve its static files beside the others'
+    // (also when it already was: a killed install may not have got here).
+    if let Err(e) = statics::after_install(host, lock, config, printer) {
+        printer.warn(&format!(
+            "{} is installed, but its static files could not be added to {}: {e}\n  fix: the next install, activate or prune tries again; `release verify` shows what is missing",
+            report.id,
+            statics::dir(host).display()
+        ));
+    }
+    Ok(report)
 }
 
 /// The pipeline: plan (manifest, an identical release already installed,

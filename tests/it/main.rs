@@ -15,4 +15,5 @@ mod host;
 mod hostile;
 mod locks;
 mod reload;
+mod statics;
 mod store;
