@@ -148,13 +148,6 @@ fn results_md(table: &str, quick: bool, notes: &str) -> String {
     )
 }
 
-/// The 1, 5 and 15 minute load averages, as `uptime` gives them.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
-}
-
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     xs[xs.len() / 2]
