@@ -49,6 +49,9 @@ fn main() {
     if wanted("url") {
         rows.extend(b.url_rows(runs));
     }
+    if wanted("delta") {
+        rows.extend(b.delta_rows(runs));
+    }
     if wanted("activate") || wanted("list") {
         rows.extend(b.activate_and_list_rows(runs));
     }
@@ -500,6 +503,79 @@ impl Bench {
                 ratio: format!("{:.2}× ({:.1}× faster)", next_o / fresh_o, fresh_o / next_o),
                 target: "≥ 5× faster; disk ≈ changed bytes".into(),
                 met: fresh_o / next_o >= 5.0,
+            },
+        ]
+    }
+
+    /// Delta artifacts (`build --delta-from`), for B = A plus a new module
+    /// (a code-only change): the delta's size against B's full artifact;
+    /// installing the delta next to A against installing B's full artifact
+    /// next to A (each into a fresh root holding A, alternating); and the
+    /// build that writes both artifacts against the warm build of B alone.
+    fn delta_rows(&self, runs: usize) -> Vec<Row> {
+        let (a, b) = self.two_artifacts();
+        let w = self.fs.dir.join("delta");
+        let cache = self.work.join("build/cache0");
+        eprintln!("delta rows: load average before: {}", load_average());
+        let (mut with_delta, mut full_only) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            with_delta.push(timed(
+                self.release_build(&w.join(format!("d{i}")), &cache)
+                    .arg("--delta-from")
+                    .arg(&a),
+            ));
+            full_only.push(timed(
+                &mut self.release_build(&w.join(format!("f{i}")), &cache),
+            ));
+        }
+        let delta = std::fs::read_dir(w.join("d0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.to_string_lossy().ends_with(".tar.zst") && p.to_string_lossy().contains(".delta-")
+            })
+            .expect("the build wrote a delta");
+        let (delta_bytes, full_bytes) = (
+            std::fs::metadata(&delta).unwrap().len(),
+            std::fs::metadata(&b).unwrap().len(),
+        );
+        let (mut by_delta, mut by_full) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let root = w.join(format!("rd{i}"));
+            run(&mut self.install(&root, &a));
+            by_delta.push(timed(&mut self.install(&root, &delta)));
+            let root = w.join(format!("rf{i}"));
+            run(&mut self.install(&root, &a));
+            by_full.push(timed(&mut self.install(&root, &b)));
+        }
+        eprintln!("delta rows: load average after: {}", load_average());
+        let (bd, bf) = (median(with_delta), median(full_only));
+        let (id, if_) = (median(by_delta), median(by_full));
+        let size = delta_bytes as f64 / full_bytes as f64;
+        vec![
+            Row {
+                what: "delta artifact of a code-only change (`build --delta-from A`) vs the full artifact of the same release".into(),
+                ours: format!("{:.0} KB", delta_bytes as f64 / 1000.0),
+                baseline: mb(full_bytes),
+                ratio: format!("{:.2}%", size * 100.0),
+                target: "≤ 2%".into(),
+                met: size <= 0.02,
+            },
+            Row {
+                what: format!("`release install DELTA` next to A vs `release install` of the full artifact next to A, {}", self.fs.what()),
+                ours: secs(id),
+                baseline: secs(if_),
+                ratio: format!("{:.2}×", id / if_),
+                target: "≤ 0.5×".into(),
+                met: id / if_ <= 0.5,
+            },
+            Row {
+                what: "`release build --delta-from A` (full artifact and delta), warm, vs the warm build alone".into(),
+                ours: secs(bd),
+                baseline: secs(bf),
+                ratio: format!("{:.2}×", bd / bf),
+                target: "≤ 1.0×".into(),
+                met: bd / bf <= 1.0,
             },
         ]
     }
