@@ -695,7 +695,14 @@ impl<'a> Build<'a> {
         let wheels = self.build_wheels(tmp.path(), steps)?;
         let venv = tmp.path().join("venv");
         let (interpreter, installer) = (&self.interpreter, &self.installer);
-        python::create_venv(installer, interpreter, &venv, &wheels, self.commit.epoch)?;
+        python::create_venv(
+            installer,
+            interpreter,
+            &venv,
+            &wheels,
+            Some(&self.cache_dir.join("uv")),
+            self.commit.epoch,
+        )?;
         steps.done("venv");
         let base_executable = self.relocate(&venv)?;
         steps.done("relocate");

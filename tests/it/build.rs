@@ -403,6 +403,9 @@ fn uv_builds_work_and_an_unchanged_requirements_rebuild_reuses_the_venv() {
     // `auto` picks uv when it is on PATH.
     let first = build("one");
     assert_eq!(first["cached_env"], false);
+    // uv unpacked the wheels into the build cache (not a temporary cache it
+    // then deletes).
+    assert!(tmp.join("cache/uv").is_dir());
     let inspect = run_json(
         release()
             .args(["inspect", "--json"])
