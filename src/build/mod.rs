@@ -158,23 +158,10 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let env = build.env(&key_input, resolved, &mut steps)?;
     let (manifest, artifact, written, delta) =
         build.write(&env, requirements_sha256, base.as_ref(), &mut steps)?;
-    let sign = |artifact: &Path, steps: &mut Steps| -> Result<Option<PathBuf>> {
-        let Some(signer) = &signer else {
-            return Ok(None);
-        };
-        let path = signer.sign(artifact)?;
-        printer.progress(&format!(
-            "signed with key id {}: {}",
-            signer.key_id,
-            path.display()
-        ));
-        steps.done("sign");
-        Ok(Some(path))
-    };
-    let signature = sign(&artifact, &mut steps)?;
+    let signature = sign(signer.as_ref(), &artifact, printer, &mut steps)?;
     let delta = match (delta, &base) {
         (Some(d), Some(base)) => Some(DeltaReport {
-            signature: sign(&d.path, &mut steps)?,
+            signature: sign(signer.as_ref(), &d.path, printer, &mut steps)?,
             artifact: d.path,
             sha256: d.sha256,
             bytes: d.bytes,
@@ -204,6 +191,26 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         dependencies: build.dependencies.clone(),
         delta,
     })
+}
+
+/// Sign `artifact` with `--sign`'s key, when one was given; the signature's path.
+fn sign(
+    signer: Option<&crate::signature::Signer>,
+    artifact: &Path,
+    printer: &Printer,
+    steps: &mut Steps,
+) -> Result<Option<PathBuf>> {
+    let Some(signer) = signer else {
+        return Ok(None);
+    };
+    let path = signer.sign(artifact)?;
+    printer.progress(&format!(
+        "signed with key id {}: {}",
+        signer.key_id,
+        path.display()
+    ));
+    steps.done("sign");
+    Ok(Some(path))
 }
 
 /// What a build wrote: the manifest, the artifact (its path and what was

@@ -29,6 +29,40 @@ pub struct DeltaBaseChanged {
     pub full: String,
 }
 
+/// What is free on a full filesystem, when it could be read.
+fn free_now(free_mib: Option<u64>) -> String {
+    match free_mib {
+        Some(free) => format!("{free} MiB are free now"),
+        None => "free space unknown".to_string(),
+    }
+}
+
+impl DeltaBaseMissing {
+    fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is a delta: it installs release {} only next to release {} (commit {}), which is not installed here",
+            self.artifact.display(),
+            self.release,
+            self.base_release,
+            self.base_commit
+        )
+    }
+}
+
+impl DeltaBaseChanged {
+    fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: the delta takes {} from installed release {}, but {}",
+            self.artifact.display(),
+            self.path,
+            self.base,
+            self.why
+        )
+    }
+}
+
 #[derive(Debug)]
 pub enum InstallError {
     /// `--rebuild-venv` for an artifact built with `wheels = false`.
@@ -131,22 +165,8 @@ impl Explain for InstallError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use InstallError::*;
         match self {
-            DeltaBaseMissing(m) => write!(
-                f,
-                "{} is a delta: it installs release {} only next to release {} (commit {}), which is not installed here",
-                m.artifact.display(),
-                m.release,
-                m.base_release,
-                m.base_commit
-            ),
-            DeltaBaseChanged(c) => write!(
-                f,
-                "{}: the delta takes {} from installed release {}, but {}",
-                c.artifact.display(),
-                c.path,
-                c.base,
-                c.why
-            ),
+            DeltaBaseMissing(m) => m.what(f),
+            DeltaBaseChanged(c) => c.what(f),
             NoWheels { release, .. } => write!(
                 f,
                 "--rebuild-venv: release {release} carries no wheels/ (it was built with `wheels = false`), so its venv cannot be recreated on this host"
@@ -202,18 +222,12 @@ impl Explain for InstallError {
                 release,
                 need_mib,
                 free_mib,
-            } => {
-                write!(
-                    f,
-                    "the filesystem of {} is full ({error}): release {release} needs about {need_mib} MiB, ",
-                    dir.display()
-                )?;
-                match free_mib {
-                    Some(free) => write!(f, "{free} MiB are free now")?,
-                    None => f.write_str("free space unknown")?,
-                }
-                f.write_str("; the partial copy was removed and nothing was installed")
-            }
+            } => write!(
+                f,
+                "the filesystem of {} is full ({error}): release {release} needs about {need_mib} MiB, {}; the partial copy was removed and nothing was installed",
+                dir.display(),
+                free_now(*free_mib)
+            ),
             SharedParentNotADirectory {
                 path,
                 parent,
