@@ -32,7 +32,9 @@ pub const UNCHANGED: &str = "app/mysite/urls.py";
 pub fn pair() -> &'static Pair {
     static PAIR: OnceLock<Pair> = OnceLock::new();
     PAIR.get_or_init(|| {
+        // Fresh: the build creates --out itself.
         let out = Path::new(REPO).join("target/delta-it");
+        let _ = std::fs::remove_dir_all(&out);
         let app = App::new();
         let base = app.build_ok(&out.join("base"), &[]);
         let views = std::fs::read_to_string(app.path("mysite/views.py")).unwrap();
