@@ -625,6 +625,12 @@ fn plan_install(
     let (reuse, base_check) = match &delta {
         Some(delta) => {
             let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, true)?;
+            if printer.verbose > 0 {
+                printer.progress(&format!(
+                    "taking {} unchanged files from release {}; hashing the {} changed on this host since it was installed",
+                    plan.reuse.files, plan.reuse.id, plan.hashed
+                ));
+            }
             (Some(Box::new(plan.reuse)), plan.check)
         }
         None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),
