@@ -1,4 +1,5 @@
-//! Crash points: the named steps of `install`, `activate` and `rollback` where
+//! Crash points: the named steps of `install`, `activate` and `rollback` (and
+//! their updates of the served `static/`) where
 //! the fault tests (tests/it/faults.rs) kill the real binary with SIGKILL, to
 //! prove that every step leaves a root the next command repairs
 //! (docs/host.md, "Crash safety").
@@ -27,17 +28,22 @@ pub enum CrashPoint {
     InstallSynced,
     InstallRenamed,
     InstallJournaled,
+    InstallStaticAdded,
     ActivateChecked,
     ActivateTmpLink,
     ActivateRenamed,
     ActivateFsynced,
     ActivateJournaled,
+    ActivateStaticTmpLink,
+    ActivateStaticReplaced,
     ActivateReloaded,
     RollbackChecked,
     RollbackTmpLink,
     RollbackRenamed,
     RollbackFsynced,
     RollbackJournaled,
+    RollbackStaticTmpLink,
+    RollbackStaticReplaced,
     RollbackReloaded,
     JournalTorn,
 }
@@ -58,17 +64,22 @@ pub const ALL: &[CrashPoint] = &[
     CrashPoint::InstallSynced,
     CrashPoint::InstallRenamed,
     CrashPoint::InstallJournaled,
+    CrashPoint::InstallStaticAdded,
     CrashPoint::ActivateChecked,
     CrashPoint::ActivateTmpLink,
     CrashPoint::ActivateRenamed,
     CrashPoint::ActivateFsynced,
     CrashPoint::ActivateJournaled,
+    CrashPoint::ActivateStaticTmpLink,
+    CrashPoint::ActivateStaticReplaced,
     CrashPoint::ActivateReloaded,
     CrashPoint::RollbackChecked,
     CrashPoint::RollbackTmpLink,
     CrashPoint::RollbackRenamed,
     CrashPoint::RollbackFsynced,
     CrashPoint::RollbackJournaled,
+    CrashPoint::RollbackStaticTmpLink,
+    CrashPoint::RollbackStaticReplaced,
     CrashPoint::RollbackReloaded,
     CrashPoint::JournalTorn,
 ];
@@ -151,6 +162,12 @@ const TABLE: &[Described] = &[
         "releases/<id> complete and journaled",
     ),
     d(
+        CrashPoint::InstallStaticAdded,
+        "install:static-added",
+        INSTALL,
+        "the release's first new file linked into static/, the others not yet",
+    ),
+    d(
         CrashPoint::ActivateChecked,
         "activate:checked",
         ACTIVATE,
@@ -179,6 +196,18 @@ const TABLE: &[Described] = &[
         "activate:journaled",
         ACTIVATE,
         "current switched and journaled, services not reloaded",
+    ),
+    d(
+        CrashPoint::ActivateStaticTmpLink,
+        "activate:static-tmp-link",
+        ACTIVATE,
+        "switched and journaled; a static/.release-tmp-* link to the new release's file",
+    ),
+    d(
+        CrashPoint::ActivateStaticReplaced,
+        "activate:static-replaced",
+        ACTIVATE,
+        "switched and journaled; one static/ file the new release's, the others the old one's",
     ),
     d(
         CrashPoint::ActivateReloaded,
@@ -215,6 +244,18 @@ const TABLE: &[Described] = &[
         "rollback:journaled",
         ROLLBACK,
         "current switched back and journaled, services not reloaded",
+    ),
+    d(
+        CrashPoint::RollbackStaticTmpLink,
+        "rollback:static-tmp-link",
+        ROLLBACK,
+        "switched back and journaled; a static/.release-tmp-* link to the target's file",
+    ),
+    d(
+        CrashPoint::RollbackStaticReplaced,
+        "rollback:static-replaced",
+        ROLLBACK,
+        "switched back and journaled; one static/ file the target's, the others not yet",
     ),
     d(
         CrashPoint::RollbackReloaded,

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::pep508::{self, Env, Marker, Requirement};
 use super::requirements::normalize;
-use crate::error::{tail, Error, LockError, PythonError, Result};
+use crate::error::{tail, Error, LockError, PackageProblem, PythonError, Result};
 use crate::python::Interpreter;
 
 /// What kind of dependency file.
@@ -142,18 +142,21 @@ impl Locked {
 
     fn add_pin(&mut self, file: &str, pin: Pin) -> Result<()> {
         if pin.hashes.is_empty() {
-            return Err(LockError::NoHashes {
+            return Err(LockError::Package {
                 file: file.to_string(),
                 package: format!("{}=={}", pin.name, pin.version),
+                problem: PackageProblem::NoHashes,
             }
             .into());
         }
         if let Some(other) = self.pins.iter().find(|p| p.name == pin.name) {
-            return Err(LockError::LockedTwice {
+            return Err(LockError::Package {
                 file: file.to_string(),
-                name: pin.name.clone(),
-                first: other.version.clone(),
-                second: pin.version.clone(),
+                package: pin.name.clone(),
+                problem: PackageProblem::LockedTwice {
+                    first: other.version.clone(),
+                    second: pin.version.clone(),
+                },
             }
             .into());
         }
@@ -226,11 +229,13 @@ pub fn read(req: &Request<'_>) -> Result<Locked> {
 
 fn parse_marker(file: &str, package: &str, text: &str) -> Result<Marker> {
     Marker::parse(text).map_err(|why| {
-        LockError::BadMarker {
+        LockError::Package {
             file: file.to_string(),
             package: package.to_string(),
-            marker: text.to_string(),
-            why: why.to_string(),
+            problem: PackageProblem::BadMarker {
+                marker: text.to_string(),
+                why: why.to_string(),
+            },
         }
         .into()
     })
@@ -323,13 +328,15 @@ pub fn read_pylock(
             continue;
         }
         if package.vcs.is_some() || package.archive.is_some() {
-            return Err(LockError::Unpinnable {
+            return Err(LockError::Package {
                 file: file.to_string(),
-                name,
-                source: if package.vcs.is_some() {
-                    "VCS repository".into()
-                } else {
-                    "URL archive".into()
+                package: name,
+                problem: PackageProblem::Unpinnable {
+                    source: if package.vcs.is_some() {
+                        "VCS repository".into()
+                    } else {
+                        "URL archive".into()
+                    },
                 },
             }
             .into());
@@ -535,10 +542,12 @@ pub fn read_poetry(
                 continue;
             }
             Some(other) => {
-                return Err(LockError::Unpinnable {
+                return Err(LockError::Package {
                     file: file.to_string(),
-                    name,
-                    source: format!("{other} source"),
+                    package: name,
+                    problem: PackageProblem::Unpinnable {
+                        source: format!("{other} source"),
+                    },
                 }
                 .into())
             }

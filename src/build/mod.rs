@@ -5,6 +5,8 @@
 //! requirements are unchanged), run the static step, then write the manifest and
 //! the deterministic archive.
 
+mod delta;
+mod frame;
 mod git;
 mod interpreter;
 mod lock;
@@ -22,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, ArtifactWriter, Format};
-use crate::error::{tail, BuildError, Error, LockError, PythonError, Result, SourceError};
+use crate::error::{
+    tail, BuildError, Error, LockError, PackageProblem, PythonError, Result, SourceError,
+};
 use crate::fsutil;
 use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
@@ -56,6 +60,25 @@ pub struct BuildReport {
     pub signature: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// `--delta-from`: the delta artifact written beside the full one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaReport>,
+}
+
+/// The delta artifact of a build (`--delta-from`).
+#[derive(Debug, Serialize)]
+pub struct DeltaReport {
+    pub artifact: PathBuf,
+    pub sha256: String,
+    /// Size of the delta file.
+    pub bytes: u64,
+    /// The release it applies to.
+    pub base_release: String,
+    pub base_commit: String,
+    /// Regular files it carries (the others come from the base release).
+    pub carried_files: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<PathBuf>,
 }
 
 /// The contents of one build-cache entry: the venv and the wheels it was
@@ -110,6 +133,12 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .as_deref()
         .map(crate::signature::Signer::load)
         .transpose()?;
+    // The previous release too: a wrong path fails now.
+    let base = flags
+        .delta_from
+        .as_deref()
+        .map(delta::base_manifest)
+        .transpose()?;
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
     let tmp_root = cache_dir.join("tmp");
     fs::create_dir_all(&tmp_root)?;
@@ -127,19 +156,33 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
     };
     let env = build.env(&key_input, resolved, &mut steps)?;
-    let (manifest, artifact, written) = build.write(&env, requirements_sha256, &mut steps)?;
-    let signature = match &signer {
-        Some(signer) => {
-            let path = signer.sign(&artifact)?;
-            printer.progress(&format!(
-                "signed with key id {}: {}",
-                signer.key_id,
-                path.display()
-            ));
-            steps.done("sign");
-            Some(path)
-        }
-        None => None,
+    let (manifest, artifact, written, delta) =
+        build.write(&env, requirements_sha256, base.as_ref(), &mut steps)?;
+    let sign = |artifact: &Path, steps: &mut Steps| -> Result<Option<PathBuf>> {
+        let Some(signer) = &signer else {
+            return Ok(None);
+        };
+        let path = signer.sign(artifact)?;
+        printer.progress(&format!(
+            "signed with key id {}: {}",
+            signer.key_id,
+            path.display()
+        ));
+        steps.done("sign");
+        Ok(Some(path))
+    };
+    let signature = sign(&artifact, &mut steps)?;
+    let delta = match (delta, &base) {
+        (Some(d), Some(base)) => Some(DeltaReport {
+            signature: sign(&d.path, &mut steps)?,
+            artifact: d.path,
+            sha256: d.sha256,
+            bytes: d.bytes,
+            base_release: base.release.clone(),
+            base_commit: base.commit.clone(),
+            carried_files: d.files,
+        }),
+        _ => None,
     };
     if printer.verbose > 0 {
         printer.progress(&steps.summary());
@@ -159,8 +202,13 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         seconds: started.elapsed().as_secs_f64(),
         cached_env: env.cached,
         dependencies: build.dependencies.clone(),
+        delta,
     })
 }
+
+/// What a build wrote: the manifest, the artifact (its path and what was
+/// written), and the delta when asked for.
+type Written = (Manifest, PathBuf, archive::Written, Option<delta::Written>);
 
 /// One build's inputs, fixed once the commit, its settings and the
 /// interpreter are known: what every later step reads.
@@ -376,21 +424,14 @@ impl<'a> Build<'a> {
         &self,
         env: &Env,
         requirements_sha256: String,
+        base: Option<&Manifest>,
         steps: &mut Steps,
-    ) -> Result<(Manifest, PathBuf, archive::Written)> {
+    ) -> Result<Written> {
         let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|scope| -> Result<_> {
+        let reused = std::sync::atomic::AtomicBool::new(false);
+        let written = std::thread::scope(|scope| -> Result<_> {
             let tail = (self.settings.format == Format::Zst).then(|| {
-                scope.spawn(|| {
-                    write_tail(
-                        &env.tail,
-                        &env.dir,
-                        self.work_dir,
-                        self.settings.format,
-                        self.commit.epoch,
-                        &stop,
-                    )
-                })
+                scope.spawn(|| frame::tail(&env.tail, &env.dir, self.work_dir, &stop, &reused))
             });
             let join_tail = tail.map(|tail| {
                 move || {
@@ -398,12 +439,18 @@ impl<'a> Build<'a> {
                         .unwrap_or_else(|_| Err(Error::internal("the archiving thread panicked")))
                 }
             });
-            let rest = self.make_rest_and_write(env, requirements_sha256, join_tail, steps);
+            let rest = self.make_rest_and_write(env, requirements_sha256, base, join_tail, steps);
             if rest.is_err() {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             rest
-        })
+        })?;
+        if reused.load(std::sync::atomic::Ordering::Relaxed) {
+            self.printer.progress(
+                "the venv and the wheels: their compressed frame came from the build cache",
+            );
+        }
+        Ok(written)
     }
 
     /// Everything after the env: the static step and the app's pycs, the
@@ -413,9 +460,10 @@ impl<'a> Build<'a> {
         &self,
         env: &Env,
         requirements_sha256: String,
+        base: Option<&Manifest>,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
         steps: &mut Steps,
-    ) -> Result<(Manifest, PathBuf, archive::Written)> {
+    ) -> Result<Written> {
         self.static_and_compile(env)?;
         steps.done(if self.settings.static_cmd.is_some() {
             "static + compile"
@@ -424,9 +472,44 @@ impl<'a> Build<'a> {
         });
         let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
         steps.done("manifest");
-        let (artifact, written) = self.write_artifact(&manifest, &manifest_json, env, join_tail)?;
-        steps.done("archive");
-        Ok((manifest, artifact, written))
+        // The delta (small) is written while the venv's frame is still
+        // being compressed, which the full artifact waits for.
+        let write_delta = || -> Result<Option<delta::Written>> {
+            let Some(base) = base else {
+                return Ok(None);
+            };
+            let delta = delta::write(
+                &self.flags.out,
+                &manifest,
+                &manifest_json,
+                base,
+                self.settings.format,
+                |entry| match entry.path.split('/').next() {
+                    Some("venv" | "wheels") => Ok(env.dir.join(&entry.path)),
+                    _ => self.source_of(entry),
+                },
+            )?;
+            self.printer.progress(&format!(
+                "wrote {} ({} changed files of {}, against {})",
+                delta.path.display(),
+                delta.files,
+                manifest
+                    .files
+                    .iter()
+                    .filter(|e| e.kind == manifest::EntryType::File)
+                    .count(),
+                base.release
+            ));
+            Ok(Some(delta))
+        };
+        let (artifact, written, delta) =
+            self.write_artifact(&manifest, &manifest_json, env, join_tail, write_delta)?;
+        steps.done(if base.is_some() {
+            "archive + delta"
+        } else {
+            "archive"
+        });
+        Ok((manifest, artifact, written, delta))
     }
 
     /// Static files, and beside them the app's pycs: the static step runs
@@ -513,13 +596,16 @@ impl<'a> Build<'a> {
 
     /// The archive: written beside its final name, then renamed into place,
     /// with its `.sha256`.
-    fn write_artifact(
+    /// `beside` runs once the app's members are written, while the venv's
+    /// frame may still be compressed on its thread.
+    fn write_artifact<D>(
         &self,
         manifest: &Manifest,
         manifest_json: &[u8],
         env: &Env,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
-    ) -> Result<(PathBuf, archive::Written)> {
+        beside: impl FnOnce() -> Result<D>,
+    ) -> Result<(PathBuf, archive::Written, D)> {
         let out = &self.flags.out;
         fs::create_dir_all(out)?;
         let artifact = out.join(format!(
@@ -547,6 +633,7 @@ impl<'a> Build<'a> {
         for entry in &manifest.files[..split] {
             writer.append(entry, &self.source_of(entry)?)?;
         }
+        let besides = beside()?;
         let written = match join_tail {
             Some(join_tail) => {
                 let spinner = self.printer.spinner("compressing the venv and the wheels");
@@ -555,6 +642,7 @@ impl<'a> Build<'a> {
                 writer.finish_with_tail(tail)?
             }
             None => {
+                writer.set_mtime(archive::DEPENDENCY_MTIME);
                 for entry in &env.tail {
                     writer.append(entry, &env.dir.join(&entry.path))?;
                 }
@@ -568,7 +656,7 @@ impl<'a> Build<'a> {
             .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
         archive::write_checksum_file(&artifact, &written.sha256)?;
         fsutil::fsync_dir(out)?;
-        Ok((artifact, written))
+        Ok((artifact, written, besides))
     }
 
     /// Where an `app/` or `static/` entry's content is on disk.
@@ -743,7 +831,6 @@ fn write_tail(
     env_dir: &Path,
     work_dir: &Path,
     format: Format,
-    epoch: i64,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<fs::File> {
     let path = work_dir.join("tail.partial");
@@ -752,7 +839,7 @@ fn write_tail(
         .write(true)
         .create_new(true)
         .open(&path)?;
-    let mut writer = ArtifactWriter::new(file, format, epoch)?;
+    let mut writer = ArtifactWriter::new(file, format, archive::DEPENDENCY_MTIME)?;
     for entry in entries {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Stopped);
@@ -965,8 +1052,53 @@ fn lock_plan(
     work_dir: &Path,
     cache_dir: &Path,
 ) -> Result<DepPlan> {
-    // uv reads the project around the lock: a scratch copy, so nothing it
-    // (or a build backend it runs for metadata) writes reaches app/.
+    let locked = read_lock(
+        found,
+        settings,
+        interpreter,
+        (source, commit),
+        app_dir,
+        work_dir,
+        cache_dir,
+    )?;
+    let text = locked.requirements_text(&found.file);
+    let requirements = work_dir.join("locked-requirements.txt");
+    fs::write(&requirements, &text)?;
+    let selection = [
+        found.format.name(),
+        dep_sha256,
+        &settings.extras.join(","),
+        &settings.groups.join(","),
+        &text,
+    ];
+    let (mut digest, mut local) = lock_digest(&found.file, &selection, &locked.dirs, app_dir)?;
+    if settings.package {
+        digest = package_digest(&digest, app_dir)?;
+        local.push(".".to_string());
+    }
+    Ok(DepPlan {
+        requirements,
+        no_deps: true,
+        drop_app_lines: false,
+        local,
+        digest,
+    })
+}
+
+/// The lock read for this interpreter and selection, refused when it does
+/// not satisfy pyproject.toml. uv checks its own lock (`--locked`) and reads
+/// the project around it, so uv.lock is read from a scratch copy of the
+/// commit: nothing uv (or a build backend it runs for metadata) writes
+/// reaches app/.
+fn read_lock(
+    found: &lock::Found,
+    settings: &settings::Settings,
+    interpreter: &python::Interpreter,
+    (source, commit): (&git::Source, &git::Commit),
+    app_dir: &Path,
+    work_dir: &Path,
+    cache_dir: &Path,
+) -> Result<lock::Locked> {
     let scratch;
     let lock_path = if found.format == lock::Format::UvLock {
         scratch = work_dir.join("lock");
@@ -987,7 +1119,6 @@ fn lock_plan(
         cache_dir: &cache_dir.join("uv"),
         project: lock::project_name(app_dir)?,
     })?;
-    // uv checked its own lock (--locked); the others are checked here.
     if found.format != lock::Format::UvLock {
         let problems = lock::unsatisfied(
             app_dir,
@@ -1001,28 +1132,34 @@ fn lock_plan(
             return Err(lock::stale(&found.file, found.format, &problems));
         }
     }
-    let text = locked.requirements_text(&found.file);
-    let requirements = work_dir.join("locked-requirements.txt");
-    fs::write(&requirements, &text)?;
-    let mut local: Vec<String> = Vec::new();
+    Ok(locked)
+}
+
+/// The venv cache key of a lock: the `selection` (format, the file's
+/// sha256, extras, groups, the pins as pip reads them) and the files of each
+/// directory package, which must be a directory inside the app; and those
+/// directories, to build as wheels.
+fn lock_digest(
+    file: &str,
+    selection: &[&str],
+    dirs: &[lock::LocalDir],
+    app_dir: &Path,
+) -> Result<(String, Vec<String>)> {
     let mut hasher = Sha256::new();
-    for part in [
-        found.format.name(),
-        dep_sha256,
-        &settings.extras.join(","),
-        &settings.groups.join(","),
-        &text,
-    ] {
+    for part in selection {
         hasher.update(part.as_bytes());
         hasher.update(b"\0");
     }
-    for dir in &locked.dirs {
+    let mut local = Vec::new();
+    for dir in dirs {
         let path = app_dir.join(&dir.path);
         if !path.is_dir() || !path.starts_with(app_dir) || dir.path.split('/').any(|c| c == "..") {
-            return Err(LockError::DirectoryOutside {
-                file: found.file.clone(),
-                name: dir.name.clone(),
-                path: dir.path.clone(),
+            return Err(LockError::Package {
+                file: file.to_string(),
+                package: dir.name.clone(),
+                problem: PackageProblem::DirectoryOutside {
+                    path: dir.path.clone(),
+                },
             }
             .into());
         }
@@ -1031,18 +1168,7 @@ fn lock_plan(
         }
         local.push(dir.path.clone());
     }
-    let mut digest = hex::encode(hasher.finalize());
-    if settings.package {
-        digest = package_digest(&digest, app_dir)?;
-        local.push(".".to_string());
-    }
-    Ok(DepPlan {
-        requirements,
-        no_deps: true,
-        drop_app_lines: false,
-        local,
-        digest,
-    })
+    Ok((hex::encode(hasher.finalize()), local))
 }
 
 /// `digest` extended with the app's files: an app built as a wheel is part

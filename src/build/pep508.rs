@@ -35,6 +35,55 @@ impl From<&str> for Invalid {
     }
 }
 
+/// `text` split after its leading ASCII digits.
+fn leading_digits(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    text.split_at(end)
+}
+
+/// A version's release segment (`1.2.3`), and what follows it; `None`
+/// unless it starts with a number.
+fn release_numbers(text: &str) -> Option<(Vec<u64>, &str)> {
+    let mut release = Vec::new();
+    let mut rest = text;
+    loop {
+        let (digits, after) = leading_digits(rest);
+        if digits.is_empty() {
+            return None;
+        }
+        release.push(digits.parse().ok()?);
+        rest = after;
+        match rest.strip_prefix('.') {
+            Some(next) if next.starts_with(|c: char| c.is_ascii_digit()) => rest = next,
+            _ => return Some((release, rest)),
+        }
+    }
+}
+
+/// One of `labels` (after optional separators `.`, `-`, `_`), an optional
+/// separator and an optional number (0 when absent): the label's kind and
+/// the number, with `rest` moved past them. `None` (and `rest` unchanged)
+/// when no label is there.
+fn take_label(rest: &mut &str, labels: &[(&str, u8)]) -> Option<(u8, u64)> {
+    let trimmed = rest.trim_start_matches(['.', '-', '_']);
+    for (label, kind) in labels {
+        if let Some(after) = trimmed.strip_prefix(label) {
+            let after = after.trim_start_matches(['.', '-', '_']);
+            let (digits, after) = leading_digits(after);
+            let n = if digits.is_empty() {
+                0
+            } else {
+                digits.parse().ok()?
+            };
+            *rest = after;
+            return Some((*kind, n));
+        }
+    }
+    None
+}
+
 /// A PEP 440 version, compared as the standard orders them (the local part
 /// `+...` is kept as text and only breaks ties).
 #[derive(Debug, Clone)]
@@ -60,24 +109,7 @@ impl Version {
             Some((e, r)) => (e.parse().ok()?, r),
             None => (0, text),
         };
-        let bytes = rest.as_bytes();
-        let mut i = 0;
-        let mut release = Vec::new();
-        loop {
-            let start = i;
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            if start == i {
-                return None;
-            }
-            release.push(rest[start..i].parse().ok()?);
-            if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
-                i += 1;
-                continue;
-            }
-            break;
-        }
+        let (release, mut rest) = release_numbers(rest)?;
         let mut v = Version {
             epoch,
             release,
@@ -85,26 +117,6 @@ impl Version {
             post: None,
             dev: None,
             local,
-        };
-        let mut rest = &rest[i..];
-        // Optional separators, a label, optional separator, an optional number.
-        let take_label = |rest: &mut &str, labels: &[(&str, u8)]| -> Option<(u8, u64)> {
-            let trimmed = rest.trim_start_matches(['.', '-', '_']);
-            for (label, kind) in labels {
-                if let Some(after) = trimmed.strip_prefix(label) {
-                    let after = after.trim_start_matches(['.', '-', '_']);
-                    let digits =
-                        after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-                    let n = if digits == 0 {
-                        0
-                    } else {
-                        after[..digits].parse().ok()?
-                    };
-                    *rest = &after[digits..];
-                    return Some((*kind, n));
-                }
-            }
-            None
         };
         v.pre = take_label(
             &mut rest,
@@ -119,13 +131,14 @@ impl Version {
                 ("c", 2),
             ],
         );
+        // `1.0-1` is a post-release too.
         if let Some(n) = rest
             .strip_prefix('-')
             .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
         {
-            let digits = n.len() - n.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-            v.post = Some(n[..digits].parse().ok()?);
-            rest = &n[digits..];
+            let (digits, after) = leading_digits(n);
+            v.post = Some(digits.parse().ok()?);
+            rest = after;
         } else if let Some((_, n)) = take_label(&mut rest, &[("post", 0), ("rev", 0), ("r", 0)]) {
             v.post = Some(n);
         }

@@ -31,11 +31,11 @@ pub enum LockError {
         file: String,
         version: String,
     },
-    BadMarker {
+    /// A package the lock names that the build cannot take as locked.
+    Package {
         file: String,
         package: String,
-        marker: String,
-        why: String,
+        problem: PackageProblem,
     },
     /// An extra or group the lock does not offer.
     NoSuchSelection {
@@ -60,28 +60,6 @@ pub enum LockError {
         environments: String,
         version: String,
         platform: String,
-    },
-    NoHashes {
-        file: String,
-        package: String,
-    },
-    LockedTwice {
-        file: String,
-        name: String,
-        first: String,
-        second: String,
-    },
-    /// A package from a VCS or a URL archive.
-    Unpinnable {
-        file: String,
-        name: String,
-        source: String,
-    },
-    /// A directory package that is not a directory inside the app.
-    DirectoryOutside {
-        file: String,
-        name: String,
-        path: String,
     },
     UvMissing {
         file: String,
@@ -125,15 +103,11 @@ impl Explain for LockError {
                 f,
                 "{file} has lock-version {version}, written by Poetry before 2.0, which does not record the group and markers of each package"
             ),
-            BadMarker {
+            Package {
                 file,
                 package,
-                marker,
-                why,
-            } => write!(
-                f,
-                "{file}: the marker of {package} ({marker}) cannot be read: {why}"
-            ),
+                problem,
+            } => problem.describe(file, package, f),
             NoSuchSelection {
                 file,
                 what,
@@ -143,11 +117,7 @@ impl Explain for LockError {
             } => write!(
                 f,
                 "{file} offers no {what} {name:?} (it offers: {})",
-                if offered.is_empty() {
-                    "none".to_string()
-                } else {
-                    offered.join(", ")
-                }
+                list_or_none(offered)
             ),
             WrongPython {
                 file,
@@ -167,27 +137,6 @@ impl Explain for LockError {
             } => write!(
                 f,
                 "{file} is locked for {environments} only, which this build's Python {version} on {platform} is not"
-            ),
-            NoHashes { file, package } => write!(
-                f,
-                "{file}: {package} has no file hashes, so what is downloaded could not be checked"
-            ),
-            LockedTwice {
-                file,
-                name,
-                first,
-                second,
-            } => write!(
-                f,
-                "{file}: {name} is locked twice for this interpreter ({first} and {second})"
-            ),
-            Unpinnable { file, name, source } => write!(
-                f,
-                "{file}: {name} comes from a {source}, which release cannot check by version and hash"
-            ),
-            DirectoryOutside { file, name, path } => write!(
-                f,
-                "{file}: {name} is a directory package at {path}, which is not a directory inside the app at this commit"
             ),
             UvMissing { file } => write!(
                 f,
@@ -223,20 +172,81 @@ impl Explain for LockError {
         use LockError::*;
         Some(match self {
             NoDependencyFile { .. } => "commit the lock file the app uses (`uv lock`, `poetry lock`, `uv export --format pylock.toml -o pylock.toml`, or `pip-compile --generate-hashes`), or name it with --requirements FILE or `requirements` under [tool.release]".into(),
-            NotALock { .. } | BadMarker { .. } => RELOCK.into(),
+            NotALock { .. } => RELOCK.into(),
+            Package { problem, .. } => problem.fix().into(),
             PylockVersion { .. } => "export the lock in version 1 (`uv export --format pylock.toml`), or upgrade release".into(),
             OldPoetryLock { .. } => "run `poetry lock` with Poetry 2 and commit poetry.lock, or export it (`poetry export --format requirements.txt -o requirements.txt`, with poetry-plugin-export) and name that file with `requirements`".into(),
             NoSuchSelection { fix, .. } => fix.clone(),
             WrongPython { .. } => "build with an interpreter the lock covers (--python, or `python` under [tool.release]), or lock for this one".into(),
             NotForThisPlatform { .. } => "lock for this platform too, or build on one the lock covers".into(),
-            NoHashes { .. } => "lock again with a tool that records hashes (uv, pip lock, Poetry), and commit the lock".into(),
-            LockedTwice { .. } => "lock again; a lock names one version of a package for each environment".into(),
-            Unpinnable { .. } => "publish it to an index (or a --find-links directory) and lock that version".into(),
-            DirectoryOutside { .. } => "commit the package inside the app, or publish it and lock a version".into(),
             UvMissing { .. } => "install uv on the build machine (`pip install uv`), or commit a pylock.toml exported from the lock (`uv export --format pylock.toml -o pylock.toml`) and build from that".into(),
             UvStale { .. } => "run `uv lock` and commit uv.lock; the build never re-resolves on its own".into(),
             Stale { fix, .. } => format!("{fix}; the build never re-resolves on its own"),
             HashMismatch { .. } => "find out why the wheel source (--find-links, the index) serves a different file; if the new file is the right one, lock again and commit the lock".into(),
         })
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// What is wrong with one package of a lock.
+#[derive(Debug)]
+pub enum PackageProblem {
+    /// Its environment marker does not parse.
+    BadMarker { marker: String, why: String },
+    /// No file hashes: what is downloaded could not be checked.
+    NoHashes,
+    /// Two versions for this interpreter.
+    LockedTwice { first: String, second: String },
+    /// From a VCS repository or a URL archive (`source` says which).
+    Unpinnable { source: String },
+    /// A directory package that is not a directory inside the app.
+    DirectoryOutside { path: String },
+}
+
+impl PackageProblem {
+    /// What is wrong with `package` of lock `file`.
+    fn describe(&self, file: &str, package: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use PackageProblem::*;
+        write!(f, "{file}: ")?;
+        match self {
+            BadMarker { marker, why } => write!(
+                f,
+                "the marker of {package} ({marker}) cannot be read: {why}"
+            ),
+            NoHashes => write!(
+                f,
+                "{package} has no file hashes, so what is downloaded could not be checked"
+            ),
+            LockedTwice { first, second } => write!(
+                f,
+                "{package} is locked twice for this interpreter ({first} and {second})"
+            ),
+            Unpinnable { source } => write!(
+                f,
+                "{package} comes from a {source}, which release cannot check by version and hash"
+            ),
+            DirectoryOutside { path } => write!(
+                f,
+                "{package} is a directory package at {path}, which is not a directory inside the app at this commit"
+            ),
+        }
+    }
+
+    fn fix(&self) -> &'static str {
+        use PackageProblem::*;
+        match self {
+            BadMarker { .. } => RELOCK,
+            NoHashes => "lock again with a tool that records hashes (uv, pip lock, Poetry), and commit the lock",
+            LockedTwice { .. } => "lock again; a lock names one version of a package for each environment",
+            Unpinnable { .. } => "publish it to an index (or a --find-links directory) and lock that version",
+            DirectoryOutside { .. } => "commit the package inside the app, or publish it and lock a version",
+        }
     }
 }

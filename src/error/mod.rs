@@ -34,8 +34,8 @@ pub use activate::{
 pub use artifact::{ArtifactError, HeaderRefused, UnsafeRule};
 pub use build::{BuildError, Unpackable};
 pub use fetch::{Cause, Doing, DownloadFailure, FetchError};
-pub use install::{InstallError, NoSpace};
-pub use lock::LockError;
+pub use install::{DeltaBaseChanged, DeltaBaseMissing, InstallError, NoSpace};
+pub use lock::{LockError, PackageProblem};
 pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};
 pub use reload::{HealthAnswer, HealthError, ReloadError, ReloadProblem, StartSeen};

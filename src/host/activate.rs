@@ -11,7 +11,9 @@
 //!    migrates, inside the target release; failure journals `failed` and
 //!    stops with `current` and the services untouched (exit 1).
 //! 3. **switch** — `current.tmp-*` → `releases/<id>`, `rename(2)` over
-//!    `current`, fsync the root; journal `activated` (or `rolled_back`).
+//!    `current`, fsync the root; journal `activated` (or `rolled_back`);
+//!    the served `static/` takes the new release's version of every path
+//!    (host::statics).
 //! 4. **reload + health** — [`services::reload_and_check`], the seam for
 //!    `[[service]]` and `[health]`. On failure: switch back, reload the old
 //!    release (its health check is a 2xx alone: `expect` is for the new
@@ -39,6 +41,7 @@ use crate::host::release_id::ReleaseId;
 use crate::host::releases::{self, Installed};
 use crate::host::services::{self, Reloaded};
 use crate::host::state::ReleaseHistory;
+use crate::host::statics;
 use crate::output::Printer;
 
 /// Why `current` moves.
@@ -210,6 +213,8 @@ pub fn activate(
         seconds: started.elapsed().as_secs_f64(),
     };
     if already {
+        // A command killed after its switch may not have updated static/.
+        a.serve_static(a.name(), statics::Crash::default());
         return Ok(report(true, Vec::new()));
     }
     // No release was live: there is nothing to keep serving, so services
@@ -220,6 +225,7 @@ pub fn activate(
     a.before_activate()?;
     crashpoint(switch.point(CrashPoint::ActivateChecked, CrashPoint::RollbackChecked));
     let event = a.switch_current()?; // 3.
+    a.serve_static(a.name(), a.static_crash());
     let reloaded = a.reload(first)?; // 4.
     crashpoint(switch.point(CrashPoint::ActivateReloaded, CrashPoint::RollbackReloaded));
     a.after(&event, &reloaded); // 5.
@@ -376,6 +382,39 @@ impl Activation<'_> {
         .into())
     }
 
+    /// Step 3b: the served `static/` follows the live release `live`: its
+    /// version of every path replaces a differing one (host::statics). A
+    /// failure only warns: the switch is done, and the next command retries.
+    fn serve_static(&self, live: &str, crash: statics::Crash) {
+        if let Err(e) =
+            statics::after_switch(self.host, self.lock, self.config, live, crash, self.printer)
+        {
+            self.printer.warn(&format!(
+                "{live} is live, but {} could not be updated to its static files: {e}\n  fix: the next install, activate or prune tries again; `release verify` shows what differs",
+                statics::dir(self.host).display()
+            ));
+        }
+    }
+
+    /// The crash points of step 3b.
+    fn static_crash(&self) -> statics::Crash {
+        let (tmp_link, replaced) = match self.switch {
+            Switch::Activate => (
+                CrashPoint::ActivateStaticTmpLink,
+                CrashPoint::ActivateStaticReplaced,
+            ),
+            Switch::Rollback => (
+                CrashPoint::RollbackStaticTmpLink,
+                CrashPoint::RollbackStaticReplaced,
+            ),
+        };
+        statics::Crash {
+            added: None,
+            tmp_link: Some(tmp_link),
+            replaced: Some(replaced),
+        }
+    }
+
     /// Step 3: switch `current` and journal it; the event written.
     fn switch_current(&self) -> Result<Event> {
         let switch = self.switch;
@@ -433,6 +472,7 @@ impl Activation<'_> {
         let restored = match &self.from {
             Some(previous) => {
                 host.switch_current(self.lock, previous.as_str())?;
+                self.serve_static(previous.as_str(), statics::Crash::default());
                 // The previous release was serving before this switch: it
                 // need not pass the text check `expect` asks of a new release.
                 let mut back = self.config.clone();

@@ -3,6 +3,7 @@
 //! ```toml
 //! keep = 5                                  # releases `prune` keeps (plus current + rollback target)
 //! shared = ["app/media", "app/.env"]        # release path -> <root>/shared/<same path>
+//! serve_static = true                       # keep <root>/static/, the union of the releases' static/
 //! [[service]]                               # reloaded after the switch (host::reload)
 //! name = "web"
 //! pidfile = "/run/mysite/gunicorn.pid"
@@ -54,6 +55,15 @@ TOP LEVEL
       in every release (uploads, env files, a sqlite database). Not a
       top-level directory; no overlaps. A missing target is created: a copy
       of the first release's file, else an empty directory.
+  serve_static = true
+      Keep <root>/static/: every file of every installed release's static/
+      (hard links), the live release's version where two differ. Point the
+      web server at it (`location /static/ { alias <root>/static/; }`): a
+      page rendered by any installed release, on any host of a fleet, finds
+      its assets. install adds, activate/rollback replace with the live
+      release's (atomic renames), prune removes what no release has left,
+      `release verify` checks it. false: release neither creates nor touches
+      it (static files served from a CDN only).
 
 [[service]]   one table per process to reload after `current` moves
   name = "web"                      required; unique
@@ -157,6 +167,10 @@ pub struct HostConfig {
     /// Keys whose signature every install requires (`[trust]`).
     #[serde(default)]
     pub trust: TrustConfig,
+    /// Keep `<root>/static/`, the served union of the installed releases'
+    /// static files (false: static files are served from elsewhere, a CDN).
+    #[serde(default = "default_serve_static")]
+    pub serve_static: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -179,6 +193,10 @@ fn default_keep() -> usize {
     DEFAULT_KEEP
 }
 
+fn default_serve_static() -> bool {
+    true
+}
+
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
@@ -188,6 +206,7 @@ impl Default for HostConfig {
             health: None,
             hooks: Hooks::default(),
             trust: TrustConfig::default(),
+            serve_static: true,
         }
     }
 }
@@ -535,6 +554,9 @@ notify = "https://example.invalid/deploys"
             (empty.keep, empty.shared.len(), empty.services.len()),
             (5, 0, 0)
         );
+        assert!(empty.serve_static);
+        assert!(!parse("serve_static = false").unwrap().serve_static);
+        assert!(parse("serve_static = \"no\"").is_err());
         assert!(refusal("kep = 3").contains("unknown field"));
         assert!(refusal("shared = [\"app\"]").contains("top-level"));
         assert!(parse("shared = [\"../etc\"]").is_err());

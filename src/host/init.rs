@@ -34,6 +34,12 @@ const HEAD: &str = r#"# release.toml: settings of this host root. `release help 
 # as app/.env first.
 # shared = ["app/media", "app/.env"]
 
+# Keep <root>/static/, every file of every installed release's static/ (the
+# live release's where two differ), for the web server to serve:
+# location /static/ { alias <root>/static/; }. false: static files are served
+# from elsewhere (a CDN) and release leaves <root>/static/ alone.
+# serve_static = true
+
 "#;
 
 const SERVICES: &str = r#"# One table per process to reload after `current` moves. The reload is

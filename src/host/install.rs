@@ -24,8 +24,9 @@ use crate::host::python;
 use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
 use crate::host::release_id::{rfc3339, ReleaseId};
 use crate::host::releases::{self, Installed};
-use crate::host::reuse::Reuse;
+use crate::host::reuse::{BaseCheck, Reuse};
 use crate::host::source;
+use crate::host::statics;
 use crate::host::verify;
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
 use crate::output::Printer;
@@ -82,6 +83,9 @@ pub struct InstallReport {
     /// Files hard-linked from it instead of written, and their bytes.
     pub linked_files: u64,
     pub linked_bytes: u64,
+    /// The artifact was a delta (`build --delta-from`): the files it left
+    /// out were linked from `linked_from`, its base release.
+    pub delta: bool,
     /// Where the artifact came from and what vouched for it (only what
     /// applies: `signed_by`, `url`, `downloaded_bytes`).
     #[serde(flatten)]
@@ -476,9 +480,19 @@ pub fn install(
     // The artifact's bytes (a file or a URL) and what they must prove.
     let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
-    install_steps(host, lock, config, options, source, printer, &mut need)
+    let report = install_steps(host, lock, config, options, source, printer, &mut need)
         .map_err(|e| failure.explain(e))
-        .map_err(|e| explain_full_disk(e, &host.releases, need))
+        .map_err(|e| explain_full_disk(e, &host.releases, need))?;
+    // The release is installed: serve its static files beside the others'
+    // (also when it already was: a killed install may not have got here).
+    if let Err(e) = statics::after_install(host, lock, config, printer) {
+        printer.warn(&format!(
+            "{} is installed, but its static files could not be added to {}: {e}\n  fix: the next install, activate or prune tries again; `release verify` shows what is missing",
+            report.id,
+            statics::dir(host).display()
+        ));
+    }
+    Ok(report)
 }
 
 /// The pipeline: plan (manifest, an identical release already installed,
@@ -507,14 +521,24 @@ fn install_steps(
     let mut archive = tar::Archive::new(stream);
     let stage = {
         let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        let archive::Head {
+            manifest,
+            json,
+            delta,
+        } = archive::read_head(artifact, &mut entries)?;
         check.manifest_read(&manifest, json.len());
-        printer.progress(&format!(
-            "installing {} {} (commit {})",
-            manifest.app, manifest.release, manifest.commit
-        ));
+        printer.progress(&match &delta {
+            Some(delta) => format!(
+                "installing {} {} (commit {}) from a delta against {}",
+                manifest.app, manifest.release, manifest.commit, delta.base.release
+            ),
+            None => format!(
+                "installing {} {} (commit {})",
+                manifest.app, manifest.release, manifest.commit
+            ),
+        });
         crashpoint(CrashPoint::InstallManifestRead);
-        match plan_install(host, options, artifact, manifest, json, printer)? {
+        match plan_install(host, options, artifact, manifest, json, delta, printer)? {
             Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
             Plan::Fresh(fresh) => {
                 *need = Some((fresh.manifest.release.clone(), fresh.bytes));
@@ -563,6 +587,8 @@ struct Fresh {
     json: Vec<u8>,
     venv: VenvPlan,
     reuse: Option<Box<Reuse>>,
+    /// A delta install: the content check of the files its base supplies.
+    base_check: Option<BaseCheck>,
     bytes: u64,
 }
 
@@ -587,6 +613,7 @@ fn plan_install(
     artifact: &Path,
     manifest: Manifest,
     json: Vec<u8>,
+    delta: Option<archive::DeltaHeader>,
     printer: &Printer,
 ) -> Result<Plan> {
     // One listing of releases/ for both questions below.
@@ -595,7 +622,13 @@ fn plan_install(
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
-    let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
+    let (reuse, base_check) = match &delta {
+        Some(delta) => {
+            let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, true)?;
+            (Some(Box::new(plan.reuse)), plan.check)
+        }
+        None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),
+    };
     let rebuild = matches!(venv, VenvPlan::Rebuild(_));
     let bytes = check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?;
     Ok(Plan::Fresh(Fresh {
@@ -603,6 +636,7 @@ fn plan_install(
         json,
         venv,
         reuse,
+        base_check,
         bytes,
     }))
 }
@@ -612,7 +646,7 @@ fn plan_install(
 fn unpack<R: std::io::Read>(
     host: &Host,
     artifact: &Path,
-    fresh: Fresh,
+    mut fresh: Fresh,
     entries: tar::Entries<'_, R>,
     bar: indicatif::ProgressBar,
     printer: &Printer,
@@ -625,6 +659,18 @@ fn unpack<R: std::io::Read>(
         .with_progress(bar)
         .with_reuse(fresh.reuse.as_deref())
         .run(entries)?;
+    if let (Some(check), Some(reuse)) = (fresh.base_check.take(), &fresh.reuse) {
+        check.finish().map_err(|(index, why)| {
+            let path = &manifest.files[index].path;
+            InstallError::DeltaBaseChanged(Box::new(crate::error::DeltaBaseChanged {
+                artifact: artifact.to_path_buf(),
+                base: reuse.id.to_string(),
+                path: path.clone(),
+                why,
+                full: crate::host::reuse::full_artifact_name(artifact, manifest),
+            }))
+        })?;
+    }
     if let Some(check) = interpreter {
         check
             .join()
@@ -682,6 +728,7 @@ fn already_installed(
         linked_from: None,
         linked_files: 0,
         linked_bytes: 0,
+        delta: false,
         source: landed.source,
     })
 }
@@ -763,6 +810,7 @@ fn finalize(
         bytes: fresh.manifest.bytes,
         seconds,
         already_installed: false,
+        delta: fresh.reuse.as_ref().is_some_and(|r| r.delta),
         linked_from: fresh.reuse.map(|r| r.id),
         linked_files: extracted.linked,
         linked_bytes: extracted.linked_bytes,
@@ -902,7 +950,11 @@ fn plan_steps(
     let mut archive = tar::Archive::new(stream);
     let plan = {
         let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
+        let archive::Head {
+            manifest,
+            json,
+            delta,
+        } = archive::read_head(artifact, &mut entries)?;
         check.manifest_read(&manifest, json.len());
         let root_exists = host.releases.is_dir();
         let installed = if root_exists {
@@ -931,7 +983,12 @@ fn plan_steps(
                 python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
             }
             let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-            let reuse = Reuse::plan(host, &installed, &manifest);
+            let reuse = match &delta {
+                Some(delta) => Some(
+                    Reuse::for_delta(host, &installed, &manifest, delta, artifact, false)?.reuse,
+                ),
+                None => Reuse::plan(host, &installed, &manifest),
+            };
             plan.need_bytes = Some(if root_exists {
                 check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
             } else {

@@ -137,6 +137,12 @@ impl Host {
             "replace the files every release links to",
         )?;
         self.check_own_path(
+            &self.root.join(crate::host::statics::STATIC_DIR),
+            true,
+            "the served static files",
+            "replace the files the web server serves",
+        )?;
+        self.check_own_path(
             &self.config,
             false,
             "its settings",

@@ -92,7 +92,7 @@ fn to_seconds(at: &str) -> String {
 }
 
 /// Sizes as `66.6M`: short, and readable in a table.
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -6,7 +6,8 @@
 //! → `install` (with `extract`, `reuse`, `python`, `record`) → `activate`
 //! (with `hooks`, and `services`, which drives `reload` for each service) →
 //! `journal` / `state` (what happened, what is live) → `list`, `status`,
-//! `prune`, `verify`. `procs` is the one reader of `/proc` (reloads, status, prune);
+//! `prune`, `verify`; `statics` keeps the served `<root>/static/` in step
+//! with install, the switches and prune. `procs` is the one reader of `/proc` (reloads, status, prune);
 //! `config` is release.toml; `releases` and `release_id` name what is installed.
 //!
 //! Mutating commands (install, activate, deploy, rollback, prune) hold the
@@ -36,6 +37,7 @@ pub mod reuse;
 pub mod services;
 pub mod source;
 pub mod state;
+pub mod statics;
 pub mod status;
 pub mod verify;
 
@@ -199,7 +201,14 @@ pub fn run(
         HostCommand::List => {
             host.check_exists()?;
             let rows = list::list(&host, printer)?;
-            printer.data(&rows, || list::table(&rows, printer.color));
+            let served = statics::served(&host);
+            printer.data(&rows, || {
+                let mut text = list::table(&rows, printer.color);
+                if let Some(served) = &served {
+                    text.push_str(&served.human());
+                }
+                text
+            });
         }
         HostCommand::Status => {
             host.check_exists()?;
@@ -235,7 +244,7 @@ fn deploy(host: Host, args: &DeployArgs, wait: Option<f64>, printer: &Printer) -
         printer,
     )
     .map_err(|e| installed_but_refused(e, &installed))?;
-    let pruned = prune::prune(&s.host, &s.lock, s.config.keep, printer)?;
+    let pruned = prune::prune(&s.host, &s.lock, &s.config, s.config.keep, printer)?;
     let report = DeployReport {
         install: installed,
         activate: activated,
@@ -260,7 +269,13 @@ fn prune(
         printer.data(&report, || report.human());
     } else {
         let s = Session::open(host, false, wait, printer)?;
-        let report = prune::prune(&s.host, &s.lock, keep.unwrap_or(s.config.keep), printer)?;
+        let report = prune::prune(
+            &s.host,
+            &s.lock,
+            &s.config,
+            keep.unwrap_or(s.config.keep),
+            printer,
+        )?;
         printer.data(&report, || report.human());
     }
     Ok(())
@@ -294,15 +309,35 @@ fn verify(host: &Host, id: Option<&str>, printer: &Printer) -> Result<ExitCode> 
             releases::resolve(host, &list, current.as_str())?
         }
     };
-    let report = verify::verify(target)?;
-    printer.data(&report, || report.human());
+    let mut report = verify::verify(target)?;
+    if id.is_none() {
+        // The current release is checked: so is what is served beside it.
+        report.served_static = statics::verify(host, &HostConfig::load(&host.config)?)?;
+    }
+    printer.data(&report, || {
+        let mut text = report.human();
+        if let Some(served) = &report.served_static {
+            text.push_str(&served.human());
+        }
+        text
+    });
+    let mut code = ExitCode::Success;
     if !report.ok {
         eprintln!(
             "error: release {} differs from its manifest ({} problem(s))\n  fix: find out who changed it; then install its artifact again (a fresh copy) and activate that",
             report.id,
             report.problems.len()
         );
-        return Ok(ExitCode::Failed);
+        code = ExitCode::Failed;
     }
-    Ok(ExitCode::Success)
+    if let Some(served) = report.served_static.as_ref().filter(|s| !s.ok) {
+        eprintln!(
+            "error: {} differs from the installed releases ({} problem(s))\n  fix: run `release activate {}` (it is already current: it puts static/ right and changes nothing else)",
+            served.path.display(),
+            served.problems.len(),
+            report.id
+        );
+        code = ExitCode::Failed;
+    }
+    Ok(code)
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fsutil;
 use crate::fsutil::{random_suffix, remove_tree};
+use crate::host::config::HostConfig;
 use crate::host::journal::{Event, Journal, What};
 use crate::host::layout::{Host, REMOVING_PREFIX};
 use crate::host::lock::Lock;
@@ -14,6 +15,7 @@ use crate::host::procs;
 use crate::host::release_id::ReleaseId;
 use crate::host::releases::{self, Installed};
 use crate::host::state::ReleaseHistory;
+use crate::host::statics;
 use crate::output::Printer;
 
 #[derive(Debug, Serialize)]
@@ -101,8 +103,18 @@ pub fn dry_run(host: &Host, keep: usize) -> Result<PruneReport> {
 /// Remove old releases under the lock. Each goes in one rename to
 /// `releases/.removing-*` first, so a half-deleted release never looks
 /// installed; a leftover is finished by the next mutating command.
-pub fn prune(host: &Host, lock: &Lock, keep: usize, printer: &Printer) -> Result<PruneReport> {
+pub fn prune(
+    host: &Host,
+    lock: &Lock,
+    config: &HostConfig,
+    keep: usize,
+    printer: &Printer,
+) -> Result<PruneReport> {
     let (remove, kept) = plan(host, keep)?;
+    // First the served static files: what only the releases that go have
+    // leaves static/ before they do.
+    let going: Vec<String> = remove.iter().map(|r| r.name().to_string()).collect();
+    statics::before_prune(host, lock, config, &going, printer)?;
     let journal = Journal::new(&host.journal);
     let mut removed = Vec::new();
     for release in remove {

@@ -127,60 +127,14 @@ fn refused(artifact: &Path, why: Refusal) -> Error {
 
 fn open_file(request: &Request, trust: &Trust, printer: &Printer) -> Result<Source> {
     let artifact = request.artifact;
-    let file_name = artifact
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
-    let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
-    if sidecar.is_file() {
-        let text = fs::read_to_string(&sidecar)?;
-        let hex = archive::parse_checksum_file(&text, &file_name).map_err(|why| {
-            ArtifactError::BadChecksumFile {
-                path: sidecar.clone(),
-                name: file_name.clone(),
-                reason: why.to_string(),
-            }
-        })?;
-        digests.push((sidecar.display().to_string(), hex));
-    }
+    let digests = file_digests(request)?;
     warn_unverified(&digests, artifact, printer);
-
-    let mut signed_sha256 = None;
-    let mut signature = None;
-    if trust.required() {
-        let sig_source = request
-            .signature
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| signature::sig_path(artifact));
-        let text = if fetch::is_url(&sig_source) {
-            let url = sig_source.to_string_lossy().into_owned();
-            Fetcher::new(request.fetch_timeout, url.starts_with("https://"))?.small(
-                &url,
-                Doing::Signature,
-                signature::MAX_SIG_BYTES,
-            )?
-        } else {
-            signature::read_sig_file(&sig_source)?
-        };
-        let shown = sig_source.display().to_string();
-        let Some(text) = text else {
-            return Err(refused(artifact, trust.unsigned(&shown)));
-        };
-        let expected = trust
-            .expect(&text, &shown)
-            .map_err(|why| refused(artifact, why))?;
-        let sha = expected
-            .verify_file(artifact)
-            .map_err(|why| refused(artifact, why))?;
-        printer.progress(&format!(
-            "signature verified: key id {} ({})",
-            expected.info.key_id, shown
-        ));
-        signed_sha256 = Some(sha);
-        signature = Some(expected.info);
-    }
-
+    let (signed_sha256, signature) = if trust.required() {
+        let (sha, info) = file_signature(request, trust, printer)?;
+        (Some(sha), Some(info))
+    } else {
+        (None, None)
+    };
     let (_format, stream) = Background::open(artifact)?;
     Ok(Source {
         name: artifact.to_path_buf(),
@@ -198,66 +152,81 @@ fn open_file(request: &Request, trust: &Trust, printer: &Printer) -> Result<Sour
     })
 }
 
+/// A local file's expected digests: `--sha256`, and the `.sha256` beside it.
+fn file_digests(request: &Request) -> Result<Vec<(String, String)>> {
+    let artifact = request.artifact;
+    let file_name = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
+    let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
+    if sidecar.is_file() {
+        let text = fs::read_to_string(&sidecar)?;
+        let hex = archive::parse_checksum_file(&text, &file_name).map_err(|why| {
+            ArtifactError::BadChecksumFile {
+                path: sidecar.clone(),
+                name: file_name.clone(),
+                reason: why.to_string(),
+            }
+        })?;
+        digests.push((sidecar.display().to_string(), hex));
+    }
+    Ok(digests)
+}
+
+/// A local file's signature (`--signature`, a file or a URL, else the
+/// `.minisig` beside it), checked over the whole file before anything of it
+/// is unpacked: the sha256 of the bytes checked, and who signed them.
+fn file_signature(
+    request: &Request,
+    trust: &Trust,
+    printer: &Printer,
+) -> Result<(String, SignatureInfo)> {
+    let artifact = request.artifact;
+    let sig_source = request
+        .signature
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| signature::sig_path(artifact));
+    let text = if fetch::is_url(&sig_source) {
+        let url = sig_source.to_string_lossy().into_owned();
+        Fetcher::new(request.fetch_timeout, url.starts_with("https://"))?.small(
+            &url,
+            Doing::Signature,
+            signature::MAX_SIG_BYTES,
+        )?
+    } else {
+        signature::read_sig_file(&sig_source)?
+    };
+    let shown = sig_source.display().to_string();
+    let Some(text) = text else {
+        return Err(refused(artifact, trust.unsigned(&shown)));
+    };
+    let expected = trust
+        .expect(&text, &shown)
+        .map_err(|why| refused(artifact, why))?;
+    let sha = expected
+        .verify_file(artifact)
+        .map_err(|why| refused(artifact, why))?;
+    printer.progress(&format!(
+        "signature verified: key id {} ({})",
+        expected.info.key_id, shown
+    ));
+    Ok((sha, expected.info))
+}
+
 fn open_url(request: &Request, trust: &Trust, printer: &Printer) -> Result<Source> {
     let url = request.artifact.to_string_lossy().into_owned();
     let shown = fetch::redact(&url);
     let name = PathBuf::from(&shown);
     let fetcher = Fetcher::new(request.fetch_timeout, url.starts_with("https://"))?;
-    let file_name = url
-        .split(['?', '#'])
-        .next()
-        .and_then(|path| path.rsplit('/').next())
-        .unwrap_or_default()
-        .to_string();
-
-    let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
-    if digests.is_empty() {
-        let sidecar = fetch::sidecar_url(&url, ".sha256");
-        let sidecar_shown = fetch::redact(&sidecar);
-        if let Some(text) = fetcher.small(&sidecar, Doing::Checksum, MAX_CHECKSUM_BYTES)? {
-            let hex = archive::parse_checksum_file(&text, &file_name).map_err(|reason| {
-                FetchError::BadChecksum {
-                    url: sidecar_shown.clone(),
-                    reason,
-                }
-            })?;
-            digests.push((sidecar_shown, hex));
-        }
-    }
-    if digests.is_empty() {
-        printer.warn(&format!(
-            "no {} on the store and no --sha256: the artifact's bytes are not verified (every member is still checked against its manifest)",
-            fetch::redact(&fetch::sidecar_url(&url, ".sha256"))
-        ));
-    }
-
-    let mut observer: Option<Box<dyn Observer>> = None;
-    let mut signature = None;
-    if trust.required() {
-        let (text, sig_shown) = match request.signature {
-            Some(path) if !fetch::is_url(path) => {
-                (signature::read_sig_file(path)?, path.display().to_string())
-            }
-            other => {
-                let sig_url = match other {
-                    Some(u) => u.to_string_lossy().into_owned(),
-                    None => fetch::sidecar_url(&url, signature::SIG_SUFFIX),
-                };
-                let text = fetcher.small(&sig_url, Doing::Signature, signature::MAX_SIG_BYTES)?;
-                (text, fetch::redact(&sig_url))
-            }
-        };
-        let Some(text) = text else {
-            return Err(refused(&name, trust.unsigned(&sig_shown)));
-        };
-        let expected = trust
-            .expect(&text, &sig_shown)
-            .map_err(|why| refused(&name, why))?;
-        signature = Some(expected.info.clone());
-        let check = expected.stream().map_err(|why| refused(&name, why))?;
-        observer = Some(Box::new(check));
-    }
-
+    let digests = url_digests(request, &url, &fetcher, printer)?;
+    let (signature, observer) = if trust.required() {
+        let (info, check) = url_signature(request, &url, &fetcher, trust, &name)?;
+        (Some(info), Some(check))
+    } else {
+        (None, None)
+    };
     printer.progress(&format!("downloading {shown}"));
     let body = fetcher.open(&url, printer.download_bar("downloading"))?;
     let bound = body.bound();
@@ -278,6 +247,76 @@ fn open_url(request: &Request, trust: &Trust, printer: &Printer) -> Result<Sourc
             failure: Some(failure),
         },
     })
+}
+
+/// A URL's expected digests: `--sha256`, else the `.sha256` beside it on the
+/// store (warned about when there is neither).
+fn url_digests(
+    request: &Request,
+    url: &str,
+    fetcher: &Fetcher,
+    printer: &Printer,
+) -> Result<Vec<(String, String)>> {
+    let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
+    if digests.is_empty() {
+        let file_name = url
+            .split(['?', '#'])
+            .next()
+            .and_then(|path| path.rsplit('/').next())
+            .unwrap_or_default();
+        let sidecar = fetch::sidecar_url(url, ".sha256");
+        let sidecar_shown = fetch::redact(&sidecar);
+        if let Some(text) = fetcher.small(&sidecar, Doing::Checksum, MAX_CHECKSUM_BYTES)? {
+            let hex = archive::parse_checksum_file(&text, file_name).map_err(|reason| {
+                FetchError::BadChecksum {
+                    url: sidecar_shown.clone(),
+                    reason,
+                }
+            })?;
+            digests.push((sidecar_shown, hex));
+        }
+    }
+    if digests.is_empty() {
+        printer.warn(&format!(
+            "no {} on the store and no --sha256: the artifact's bytes are not verified (every member is still checked against its manifest)",
+            fetch::redact(&fetch::sidecar_url(url, ".sha256"))
+        ));
+    }
+    Ok(digests)
+}
+
+/// A URL's signature (`--signature`, a file or a URL, else the `.minisig`
+/// beside it on the store), read before the download: who signed, and the
+/// check the stream must pass as it arrives.
+fn url_signature(
+    request: &Request,
+    url: &str,
+    fetcher: &Fetcher,
+    trust: &Trust,
+    name: &Path,
+) -> Result<(SignatureInfo, Box<dyn Observer>)> {
+    let (text, sig_shown) = match request.signature {
+        Some(path) if !fetch::is_url(path) => {
+            (signature::read_sig_file(path)?, path.display().to_string())
+        }
+        other => {
+            let sig_url = match other {
+                Some(u) => u.to_string_lossy().into_owned(),
+                None => fetch::sidecar_url(url, signature::SIG_SUFFIX),
+            };
+            let text = fetcher.small(&sig_url, Doing::Signature, signature::MAX_SIG_BYTES)?;
+            (text, fetch::redact(&sig_url))
+        }
+    };
+    let Some(text) = text else {
+        return Err(refused(name, trust.unsigned(&sig_shown)));
+    };
+    let expected = trust
+        .expect(&text, &sig_shown)
+        .map_err(|why| refused(name, why))?;
+    let info = expected.info.clone();
+    let check = expected.stream().map_err(|why| refused(name, why))?;
+    Ok((info, Box::new(check)))
 }
 
 /// The most bytes an honest artifact with this manifest can have: its tar

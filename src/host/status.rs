@@ -14,6 +14,7 @@ use crate::host::release_id::ReleaseId;
 use crate::host::releases;
 use crate::host::services::{self, ServiceStatus};
 use crate::host::state::ReleaseHistory;
+use crate::host::statics;
 use crate::output::Printer;
 
 #[derive(Debug, Serialize)]
@@ -30,6 +31,10 @@ pub struct Status {
     pub releases: usize,
     /// Each configured service (filled in when services are reloaded).
     pub services: Vec<ServiceStatus>,
+    /// The served `<root>/static/` (host::statics): its files and bytes;
+    /// null when there is none.
+    #[serde(rename = "static")]
+    pub served_static: Option<statics::Served>,
 }
 
 impl Status {
@@ -59,6 +64,9 @@ impl Status {
                 .as_ref()
                 .map_or("(none)", ReleaseId::as_str)
         ));
+        if let Some(served) = &self.served_static {
+            text.push_str(&served.human());
+        }
         text.push_str(&services::human(&self.services, color));
         text
     }
@@ -101,5 +109,6 @@ pub fn status(host: &Host, config: &HostConfig, printer: &Printer) -> Result<Sta
                 .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok())
                 .map(|t| t.timestamp_millis() as f64 / 1000.0),
         ),
+        served_static: statics::served(host),
     })
 }

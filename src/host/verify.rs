@@ -23,6 +23,10 @@ pub struct VerifyReport {
     pub id: ReleaseId,
     pub ok: bool,
     pub problems: Vec<Problem>,
+    /// The served `static/` (host::statics), checked by `verify` without an
+    /// ID; absent otherwise.
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub served_static: Option<crate::host::statics::StaticReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -66,6 +70,7 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
                 id,
                 ok: false,
                 problems: vec![problem],
+                served_static: None,
             })
         }
     };
@@ -78,6 +83,7 @@ pub fn verify(release: &Installed) -> Result<VerifyReport> {
         ok: problems.is_empty(),
         id,
         problems,
+        served_static: None,
     })
 }
 

@@ -54,6 +54,48 @@ fn same_commit_gives_byte_identical_artifacts_in_both_formats() {
     assert_eq!(a["sha256"], b["sha256"]);
     assert_eq!(a["tree_sha256"], b["tree_sha256"]);
 
+    // Warm: the cold build kept the compressed venv-and-wheels frame in its
+    // cache entry, and the next build appends it instead of compressing:
+    // the same bytes. A damaged copy is not used: still the same bytes.
+    let frames = |cache: &str| -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for env in std::fs::read_dir(tmp.join(cache).join("envs")).unwrap() {
+            let dir = env.unwrap().path().join("frames");
+            for f in std::fs::read_dir(&dir).into_iter().flatten() {
+                let f = f.unwrap().path();
+                if f.to_string_lossy().ends_with(".tar.zst") {
+                    found.push(f);
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(frames("cache-a").len(), 1, "the cold build keeps one frame");
+    let warm = json_ok(&app.build(
+        &tmp.join("warm"),
+        &tmp.join("cache-a"),
+        &["--installer", "pip"],
+    ));
+    assert_eq!(warm["cached_env"], true);
+    assert_eq!(
+        std::fs::read(artifact_of(&warm)).unwrap(),
+        std::fs::read(&a_path).unwrap()
+    );
+    let copy = &frames("cache-b")[0];
+    let mut bytes = std::fs::read(copy).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(copy, bytes).unwrap();
+    let damaged = json_ok(&app.build(
+        &tmp.join("damaged"),
+        &tmp.join("cache-b"),
+        &["--installer", "pip"],
+    ));
+    assert_eq!(
+        std::fs::read(artifact_of(&damaged)).unwrap(),
+        std::fs::read(&a_path).unwrap()
+    );
+
     // gzip, from each of the two caches.
     let gz = ["--installer", "pip", "--format", "gz"];
     let c = json_ok(&app.build(&tmp.join("c"), &tmp.join("cache-a"), &gz));
@@ -130,10 +172,27 @@ fn every_member_matches_its_manifest_entry_and_the_manifest_comes_first() {
         let (manifest, members, owners) = read_members(&artifact);
         let manifest: Value = serde_json::from_slice(&manifest).unwrap();
         let epoch = manifest["source_date_epoch"].as_u64().unwrap();
-        assert!(
-            owners.iter().all(|o| *o == (epoch, 0, 0)),
-            "mtime/uid/gid not normalised"
-        );
+        // release.json, app/ and static/ carry the commit's time; the venv
+        // and the wheels 1980-01-01 (they come from the build cache).
+        let dependency = |p: &str| {
+            ["venv", "wheels"]
+                .iter()
+                .any(|d| p == *d || p.starts_with(&format!("{d}/")))
+        };
+        assert_eq!(owners[0], (epoch, 0, 0), "release.json's mtime/uid/gid");
+        for (member, owner) in members.iter().zip(&owners[1..]) {
+            let mtime = if dependency(&member.0) {
+                315_532_800
+            } else {
+                epoch
+            };
+            assert_eq!(
+                *owner,
+                (mtime, 0, 0),
+                "{}: mtime/uid/gid not normalised",
+                member.0
+            );
+        }
 
         let files = manifest["files"].as_array().unwrap();
         assert_eq!(files.len() as u64, manifest["file_count"].as_u64().unwrap());

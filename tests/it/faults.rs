@@ -175,8 +175,9 @@ fn crash_at(point: &'static str, command: &'static str) -> Row {
     // Each point sits where its name says: past the rename, `current` (or
     // releases/<id>) has changed; past the journal line, it is journaled.
     let step = point.rsplit(':').next().unwrap();
-    let renamed = ["renamed", "fsynced", "journaled", "reloaded", "torn"].contains(&step);
-    let journaled = ["journaled", "reloaded"].contains(&step);
+    // The served static/ is updated after the journal line.
+    let journaled = ["journaled", "reloaded"].contains(&step) || step.starts_with("static-");
+    let renamed = ["renamed", "fsynced", "torn"].contains(&step) || journaled;
     if command == "install" {
         assert_eq!(b_now.is_some(), renamed, "{command} at {point}: releases/B");
     } else {
@@ -191,6 +192,13 @@ fn crash_at(point: &'static str, command: &'static str) -> Row {
         whole.lines().count() - journal_before,
         usize::from(journaled),
         "{command} at {point}: new journal lines"
+    );
+    // The served static/ holds only files of installed releases, whatever
+    // step was killed.
+    assert_eq!(
+        root.served_not_from_releases(),
+        Vec::<String>::new(),
+        "{command} at {point}: served files of no installed release"
     );
     // Readers cope with all of it.
     root.list_consistent();
@@ -210,6 +218,9 @@ fn crash_at(point: &'static str, command: &'static str) -> Row {
     }
     if torn {
         found.push("torn journal line".into());
+    }
+    if !root.verifies_all() {
+        found.push("static/ behind".into());
     }
     for left in root.leftovers() {
         found.push(left.split('-').next().unwrap().to_string() + "-*");
@@ -256,6 +267,18 @@ fn crash_at(point: &'static str, command: &'static str) -> Row {
     );
     assert!(root.verifies(want_current));
     assert!(root.verifies(&b));
+    // static/ is whole again: every file of A and B served, the current
+    // release's where they differ, no temporary link left.
+    assert!(
+        root.verifies_all(),
+        "{command} at {point}: {}",
+        stdout(&root.run(&["verify"]))
+    );
+    let mut union = root.release_static(&a);
+    union.extend(root.release_static(&b));
+    union.sort();
+    union.dedup();
+    assert_eq!(root.served_static(), union, "{command} at {point}");
     // The journal agrees with current, and records every install once.
     assert_eq!(
         root.journal_live().as_ref(),

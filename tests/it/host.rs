@@ -44,6 +44,13 @@ pub(crate) fn artifacts() -> &'static Artifacts {
         let a = app.build_ok(&out, &[]);
         let commit_a = app.head();
         app.write("mysite/extra.py", "X = 1\n");
+        // B's CSS differs too: a new hashed name, and new content at the
+        // unhashed names (style.css, staticfiles.json) in the served static/.
+        let css = std::fs::read_to_string(app.path("mysite/static/mysite/style.css")).unwrap();
+        app.write(
+            "mysite/static/mysite/style.css",
+            &format!("{css}\nh1 {{\n  color: #036;\n}}\n"),
+        );
         let commit_b = app.commit("two");
         let b = app.build_ok(&out, &[]);
         let members = Members::read(&b);

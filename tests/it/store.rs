@@ -712,3 +712,38 @@ fn https_checks_the_server_against_the_system_roots_or_ssl_cert_file() {
     let report = json_ok(&out);
     assert_eq!(report["url"], url.as_str());
 }
+
+/// A delta from a URL: the same checks and tree as from a file, the base
+/// taken from the root; without its base, refused before anything streams
+/// into the root.
+#[test]
+fn a_delta_from_a_url_installs_next_to_its_base() {
+    let pair = crate::delta::pair();
+    let server = Store::start();
+    let name = server.put(&pair.delta);
+    let root = Root::new();
+    let base = root.install(pair.base.to_str().unwrap(), &[]);
+    let report = root.install(&server.url("chunked", &name), &[]);
+    assert_eq!(report["delta"], true, "{report}");
+    assert_eq!(report["linked_from"], base["id"]);
+    assert_eq!(
+        report["downloaded_bytes"],
+        std::fs::metadata(&pair.delta).unwrap().len()
+    );
+    let by_file = Root::new();
+    by_file.install(pair.base.to_str().unwrap(), &[]);
+    let full = by_file.install(pair.full.to_str().unwrap(), &[]);
+    assert_eq!(
+        root.tree_digest(report["id"].as_str().unwrap()),
+        by_file.tree_digest(full["id"].as_str().unwrap())
+    );
+    let base12 = pair.report["delta"]["base_release"].as_str().unwrap();
+    Root::new().refused(
+        &server.url("ok", &name),
+        &[],
+        &[
+            &format!("only next to release {base12}"),
+            "install the full artifact",
+        ],
+    );
+}

@@ -201,4 +201,78 @@ impl Root {
     pub fn verifies(&self, id: &str) -> bool {
         self.run(&["verify", id]).status.success()
     }
+
+    /// Every file under `dir` (relative paths, sorted) with its (dev, ino).
+    fn files_under(dir: &Path) -> Vec<(String, (u64, u64))> {
+        use std::os::unix::fs::MetadataExt;
+        let mut found = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries {
+                let e = e.unwrap();
+                let meta = std::fs::symlink_metadata(e.path()).unwrap();
+                if meta.is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    let rel = e
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    found.push((rel, (meta.dev(), meta.ino())));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// The files of the served `<root>/static/`, relative, sorted.
+    pub fn served_static(&self) -> Vec<String> {
+        Root::files_under(&self.path.join("static"))
+            .into_iter()
+            .map(|(rel, _)| rel)
+            .collect()
+    }
+
+    /// The files of `releases/<id>/static/`, relative, sorted.
+    pub fn release_static(&self, id: &str) -> Vec<String> {
+        Root::files_under(&self.path.join("releases").join(id).join("static"))
+            .into_iter()
+            .map(|(rel, _)| rel)
+            .collect()
+    }
+
+    /// The installed release whose `static/` file is served at `rel` (the
+    /// same inode), if any.
+    pub fn served_from(&self, rel: &str) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(self.path.join("static").join(rel)).ok()?;
+        self.releases().into_iter().find(|id| {
+            std::fs::symlink_metadata(self.path.join("releases").join(id).join("static").join(rel))
+                .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+        })
+    }
+
+    /// Served files that are not a file of an installed release at the same
+    /// path (what a crash must never leave). A replacement's temporary link
+    /// (`.release-tmp-*`, a link to the live release's file under another
+    /// name, renamed over the old file next) is not counted: the next
+    /// command removes it, which the fault test checks.
+    pub fn served_not_from_releases(&self) -> Vec<String> {
+        self.served_static()
+            .into_iter()
+            .filter(|rel| !rel.rsplit('/').next().unwrap().starts_with(".release-tmp-"))
+            .filter(|rel| self.served_from(rel).is_none())
+            .collect()
+    }
+
+    /// `release verify` (the current release and the served static/).
+    pub fn verifies_all(&self) -> bool {
+        self.run(&["verify"]).status.success()
+    }
 }
