@@ -511,23 +511,9 @@ fn install_steps(
     need: &mut Option<(String, u64)>,
 ) -> Result<InstallReport> {
     let started = Instant::now();
-    // Decompression runs on its own thread, beside the checks and writes here.
-    let source::Source {
-        name: artifact,
-        stream,
-        check,
-    } = source;
-    let artifact = &artifact;
-    let mut archive = tar::Archive::new(stream);
-    let stage = {
-        let mut entries = archive::raw_entries(&mut archive)?;
-        let archive::Head {
-            manifest,
-            json,
-            delta,
-        } = archive::read_head(artifact, &mut entries)?;
-        check.manifest_read(&manifest, json.len());
-        printer.progress(&match &delta {
+    let (stage, digest, provenance) = read_source(source, |artifact, check, head, entries| {
+        let manifest = &head.manifest;
+        printer.progress(&match &head.delta {
             Some(delta) => format!(
                 "installing {} {} (commit {}) from a delta against {}",
                 manifest.app, manifest.release, manifest.commit, delta.base.release
@@ -538,31 +524,28 @@ fn install_steps(
             ),
         });
         crashpoint(CrashPoint::InstallManifestRead);
-        match plan_install(host, options, artifact, manifest, json, delta, printer)? {
-            Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
-            Plan::Fresh(fresh) => {
-                *need = Some((fresh.manifest.release.clone(), fresh.bytes));
-                let bar = if check.shows_download() {
-                    // The download's bar shows the progress.
-                    indicatif::ProgressBar::hidden()
-                } else {
-                    printer.bar(fresh.manifest.files.len() as u64, "installing")
-                };
-                Stage::Unpacked(Box::new(unpack(
-                    host, artifact, fresh, entries, bar, printer,
-                )?))
-            }
-        }
-    };
-    let finished = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    let digest = check.verify(finished)?;
+        Ok(
+            match plan_install(host, options, artifact, head, printer, Planning::Install)? {
+                Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
+                Plan::Fresh(fresh) => {
+                    *need = Some((fresh.manifest.release.clone(), fresh.bytes));
+                    let bar = if check.shows_download() {
+                        // The download's bar shows the progress.
+                        indicatif::ProgressBar::hidden()
+                    } else {
+                        printer.bar(fresh.manifest.files.len() as u64, "installing")
+                    };
+                    Stage::Unpacked(Box::new(unpack(
+                        host, artifact, fresh, entries, bar, printer,
+                    )?))
+                }
+            },
+        )
+    })?;
     let landed = Landed {
         digest,
         started,
-        source: check.provenance(),
+        source: provenance,
     };
     match stage {
         Stage::Existing(manifest, existing) => {
@@ -570,6 +553,42 @@ fn install_steps(
         }
         Stage::Unpacked(unpacked) => finalize(host, lock, config, *unpacked, landed, printer, need),
     }
+}
+
+/// The artifact's stream, read once: its head (the manifest, which bounds
+/// the stream's size, and a delta's header) and the members after it go to
+/// `step`, which plans and,
+/// for an install, unpacks; then the rest of the stream is read and its
+/// digest (and, for a URL, its signature) checked. Decompression runs on a
+/// thread of its own, beside `step`. The digest and where the artifact came
+/// from come back with what `step` made.
+fn read_source<T>(
+    source: source::Source,
+    step: impl FnOnce(
+        &Path,
+        &source::SourceCheck,
+        archive::Head,
+        tar::Entries<'_, archive::Background>,
+    ) -> Result<T>,
+) -> Result<(T, String, source::Provenance)> {
+    let source::Source {
+        name: artifact,
+        stream,
+        check,
+    } = source;
+    let mut archive = tar::Archive::new(stream);
+    let made = {
+        let mut entries = archive::raw_entries(&mut archive)?;
+        let head = archive::read_head(&artifact, &mut entries)?;
+        check.manifest_read(&head.manifest, head.json.len());
+        step(&artifact, &check, head, entries)?
+    };
+    let finished = archive
+        .into_inner()
+        .finish()
+        .map_err(|e| fsutil::fs_err_io(e, &artifact))?;
+    let digest = check.verify(finished)?;
+    Ok((made, digest, check.provenance()))
 }
 
 /// What planning found.
@@ -605,32 +624,59 @@ struct Unpacked {
     extracted: Extracted,
 }
 
+/// Who plans: the install, or its dry run. A dry run may find no root yet
+/// (then nothing is installed and the space is what the release needs,
+/// unchecked), and starts no check of a delta's base files.
+#[derive(Debug, Clone, Copy)]
+enum Planning {
+    Install,
+    DryRun { root_exists: bool },
+}
+
 /// Step 1, plan: an identical release already installed, else the venv
-/// plan, the reuse plan and the space check; nothing is written.
+/// plan, the reuse plan (for a delta, its base) and the space check;
+/// nothing is written. The install and its dry run both plan here.
 fn plan_install(
     host: &Host,
     options: &InstallOptions,
     artifact: &Path,
-    manifest: Manifest,
-    json: Vec<u8>,
-    delta: Option<archive::DeltaHeader>,
+    head: archive::Head,
     printer: &Printer,
+    planning: Planning,
 ) -> Result<Plan> {
+    let archive::Head {
+        manifest,
+        json,
+        delta,
+    } = head;
+    let root_exists = match planning {
+        Planning::Install => true,
+        Planning::DryRun { root_exists } => root_exists,
+    };
     // One listing of releases/ for both questions below.
-    let installed = releases::installed(host)?;
+    let installed = if root_exists {
+        releases::installed(host)?
+    } else {
+        Vec::new()
+    };
     if let Some(existing) = find_installed(&installed, &manifest, printer)? {
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
     let (reuse, base_check) = match &delta {
         Some(delta) => {
-            let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, true)?;
+            let check_base = matches!(planning, Planning::Install);
+            let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, check_base)?;
             (Some(Box::new(plan.reuse)), plan.check)
         }
         None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),
     };
     let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-    let bytes = check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?;
+    let bytes = if root_exists {
+        check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?
+    } else {
+        space_needed(&manifest, rebuild)
+    };
     Ok(Plan::Fresh(Fresh {
         manifest,
         json,
@@ -932,37 +978,23 @@ pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<
     let config = HostConfig::load(&host.config)?;
     let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
-    plan_steps(host, options, source, printer).map_err(|e| failure.explain(e))
+    let root_exists = host.releases.is_dir();
+    read_source(source, |artifact, _, head, _| {
+        let planning = Planning::DryRun { root_exists };
+        InstallPlan::of(plan_install(
+            host, options, artifact, head, printer, planning,
+        )?)
+    })
+    .map(|(plan, _, _)| plan)
+    .map_err(|e| failure.explain(e))
 }
 
-fn plan_steps(
-    host: &Host,
-    options: &InstallOptions,
-    source: source::Source,
-    printer: &Printer,
-) -> Result<InstallPlan> {
-    let source::Source {
-        name: artifact,
-        stream,
-        check,
-    } = source;
-    let artifact = &artifact;
-    let mut archive = tar::Archive::new(stream);
-    let plan = {
-        let mut entries = archive::raw_entries(&mut archive)?;
-        let archive::Head {
-            manifest,
-            json,
-            delta,
-        } = archive::read_head(artifact, &mut entries)?;
-        check.manifest_read(&manifest, json.len());
-        let root_exists = host.releases.is_dir();
-        let installed = if root_exists {
-            releases::installed(host)?
-        } else {
-            Vec::new()
-        };
-        let mut plan = InstallPlan {
+impl InstallPlan {
+    /// What a plan says an install would do; the interpreter a venv kept as
+    /// built links to is checked here (the install checks it while it
+    /// unpacks).
+    fn of(plan: Plan) -> Result<InstallPlan> {
+        let of_manifest = |manifest: &Manifest| InstallPlan {
             dry_run: true,
             id: None,
             commit: manifest.commit.clone(),
@@ -974,40 +1006,28 @@ fn plan_steps(
             linked_bytes: 0,
             need_bytes: None,
         };
-        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
-            plan.id = Some(existing.id.clone());
-            plan.already_installed = true;
-        } else {
-            let venv = plan_venv(options, &manifest)?;
-            if let VenvPlan::AsBuilt = venv {
-                python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+        Ok(match plan {
+            Plan::Existing(manifest, existing) => InstallPlan {
+                id: Some(existing.id.clone()),
+                already_installed: true,
+                ..of_manifest(&manifest)
+            },
+            Plan::Fresh(fresh) => {
+                let manifest = &fresh.manifest;
+                if let VenvPlan::AsBuilt = fresh.venv {
+                    python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+                }
+                let reuse = fresh.reuse.as_deref();
+                InstallPlan {
+                    need_bytes: Some(fresh.bytes),
+                    linked_from: reuse.map(|r| r.id.clone()),
+                    linked_files: reuse.map_or(0, |r| r.files),
+                    linked_bytes: reuse.map_or(0, |r| r.bytes),
+                    ..of_manifest(manifest)
+                }
             }
-            let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-            let reuse = match &delta {
-                Some(delta) => Some(
-                    Reuse::for_delta(host, &installed, &manifest, delta, artifact, false)?.reuse,
-                ),
-                None => Reuse::plan(host, &installed, &manifest),
-            };
-            plan.need_bytes = Some(if root_exists {
-                check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
-            } else {
-                space_needed(&manifest, rebuild)
-            });
-            if let Some(reuse) = reuse {
-                plan.linked_from = Some(reuse.id);
-                plan.linked_files = reuse.files;
-                plan.linked_bytes = reuse.bytes;
-            }
-        }
-        plan
-    };
-    let finished = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    check.verify(finished)?;
-    Ok(plan)
+        })
+    }
 }
 
 /// An install killed after its rename but before its journal line left a
