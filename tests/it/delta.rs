@@ -184,6 +184,15 @@ fn a_delta_installs_the_same_tree_as_the_full_artifact() {
     };
     assert_eq!(verify(&root, id), verify(&other, &full_id));
     assert!(root.journal_text().contains(id));
+    // `deploy DELTA`: installed and made live in one step.
+    let live = Root::new();
+    let live_base = live.install(&pair.base);
+    live.ok(&["activate", &live_base]);
+    let deployed = live.json(&["deploy", pair.delta.to_str().unwrap()]);
+    assert_eq!(deployed["install"]["delta"], true, "{deployed}");
+    let deployed_id = deployed["activate"]["id"].as_str().unwrap();
+    assert_eq!(live.current().as_deref(), Some(deployed_id));
+    assert!(live.verifies(deployed_id));
     // Installing it again is a no-op, like a full artifact's.
     let again = root.json(&["install", pair.delta.to_str().unwrap()]);
     assert_eq!(again["already_installed"], true);
