@@ -49,6 +49,9 @@ fn main() {
     if wanted("url") {
         rows.extend(b.url_rows(runs));
     }
+    if wanted("delta") {
+        rows.extend(b.delta_rows(runs));
+    }
     if wanted("activate") || wanted("list") {
         rows.extend(b.activate_and_list_rows(runs));
     }
@@ -171,6 +174,39 @@ fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Wall time and CPU time (user + system, from GNU time) of `cmd`: on a
+/// machine shared with other work the CPU time says what a change saves
+/// when the wall time mostly measures the wait for a core.
+fn timed_cpu(cmd: &mut Command) -> (f64, f64) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%U %S", "-o"])
+        .arg(out.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let wall = {
+        let t = Instant::now();
+        run(&mut timed);
+        t.elapsed().as_secs_f64()
+    };
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    let cpu = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap())
+        .sum();
+    (wall, cpu)
 }
 
 fn timed(cmd: &mut Command) -> f64 {
@@ -500,6 +536,83 @@ impl Bench {
                 ratio: format!("{:.2}× ({:.1}× faster)", next_o / fresh_o, fresh_o / next_o),
                 target: "≥ 5× faster; disk ≈ changed bytes".into(),
                 met: fresh_o / next_o >= 5.0,
+            },
+        ]
+    }
+
+    /// Delta artifacts (`build --delta-from`), for B = A plus a new module
+    /// (a code-only change): the delta's size against B's full artifact;
+    /// installing the delta next to A against installing B's full artifact
+    /// next to A (each into a fresh root holding A, alternating); and the
+    /// build that writes both artifacts against the warm build of B alone.
+    fn delta_rows(&self, runs: usize) -> Vec<Row> {
+        let (a, b) = self.two_artifacts();
+        let w = self.fs.dir.join("delta");
+        let cache = self.work.join("build/cache0");
+        eprintln!("delta rows: load average before: {}", load_average());
+        let (mut with_delta, mut full_only) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            with_delta.push(timed_cpu(
+                self.release_build(&w.join(format!("d{i}")), &cache)
+                    .arg("--delta-from")
+                    .arg(&a),
+            ));
+            full_only.push(timed_cpu(
+                &mut self.release_build(&w.join(format!("f{i}")), &cache),
+            ));
+        }
+        let delta = std::fs::read_dir(w.join("d0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.to_string_lossy().ends_with(".tar.zst") && p.to_string_lossy().contains(".delta-")
+            })
+            .expect("the build wrote a delta");
+        let (delta_bytes, full_bytes) = (
+            std::fs::metadata(&delta).unwrap().len(),
+            std::fs::metadata(&b).unwrap().len(),
+        );
+        let (mut by_delta, mut by_full) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let root = w.join(format!("rd{i}"));
+            run(&mut self.install(&root, &a));
+            by_delta.push(timed_cpu(&mut self.install(&root, &delta)));
+            let root = w.join(format!("rf{i}"));
+            run(&mut self.install(&root, &a));
+            by_full.push(timed_cpu(&mut self.install(&root, &b)));
+        }
+        eprintln!("delta rows: load average after: {}", load_average());
+        let walls = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
+        let cpus = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+        let (bd, bf) = (walls(&with_delta), walls(&full_only));
+        let (bd_cpu, bf_cpu) = (cpus(&with_delta), cpus(&full_only));
+        let (id, if_) = (walls(&by_delta), walls(&by_full));
+        let (id_cpu, if_cpu) = (cpus(&by_delta), cpus(&by_full));
+        let size = delta_bytes as f64 / full_bytes as f64;
+        vec![
+            Row {
+                what: "delta artifact of a code-only change (`build --delta-from A`) vs the full artifact of the same release".into(),
+                ours: format!("{:.0} KB", delta_bytes as f64 / 1000.0),
+                baseline: mb(full_bytes),
+                ratio: format!("{:.2}%", size * 100.0),
+                target: "≤ 2%".into(),
+                met: size <= 0.02,
+            },
+            Row {
+                what: format!("`release install DELTA` next to A vs `release install` of the full artifact next to A, {}", self.fs.what()),
+                ours: format!("{} (CPU {})", secs(id), secs(id_cpu)),
+                baseline: format!("{} (CPU {})", secs(if_), secs(if_cpu)),
+                ratio: format!("{:.2}× (CPU {:.2}×)", id / if_, id_cpu / if_cpu),
+                target: "≤ 0.5×".into(),
+                met: id / if_ <= 0.5,
+            },
+            Row {
+                what: "`release build --delta-from A` (full artifact and delta), warm, vs the warm build alone".into(),
+                ours: format!("{} (CPU {})", secs(bd), secs(bd_cpu)),
+                baseline: format!("{} (CPU {})", secs(bf), secs(bf_cpu)),
+                ratio: format!("{:.2}× (CPU {:.2}×)", bd / bf, bd_cpu / bf_cpu),
+                target: "≤ 1.0×".into(),
+                met: bd / bf <= 1.0,
             },
         ]
     }

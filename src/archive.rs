@@ -289,8 +289,17 @@ impl ArtifactWriter {
     }
 
     pub fn append_manifest(&mut self, json: &[u8]) -> Result<()> {
+        self.append_head_member(MANIFEST_NAME, json)
+    }
+
+    /// A delta's first member, before its manifest.
+    pub fn append_delta_header(&mut self, header: &DeltaHeader) -> Result<()> {
+        self.append_head_member(DELTA_NAME, &header.to_json_bytes())
+    }
+
+    fn append_head_member(&mut self, name: &str, json: &[u8]) -> Result<()> {
         let mut h = self.header(tar::EntryType::Regular, 0o644, json.len() as u64);
-        self.tar.append_data(&mut h, MANIFEST_NAME, json)?;
+        self.tar.append_data(&mut h, name, json)?;
         Ok(())
     }
 
@@ -877,6 +886,21 @@ pub fn read_manifest_entry<R: Read>(
         .next()
         .ok_or_else(|| bad("the archive is empty; release.json must be its first member".into()))?
         .map_err(|e| bad(format!("cannot read the first archive member: {e}")))?;
+    manifest_from_member(path, first)
+}
+
+/// Read `member` as the artifact's `release.json`.
+fn manifest_from_member<R: Read>(
+    path: &Path,
+    first: tar::Entry<'_, R>,
+) -> Result<(Manifest, Vec<u8>)> {
+    let bad = |reason: String| -> Error {
+        ArtifactError::BadManifest {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .into()
+    };
     let name = first.path_bytes().into_owned();
     if name != MANIFEST_NAME.as_bytes() {
         return Err(bad(format!(
@@ -902,13 +926,157 @@ pub fn read_manifest_entry<R: Read>(
     Ok((manifest, json))
 }
 
-/// Read only the manifest of an artifact, without unpacking the rest.
+/// Read only the manifest of an artifact, without unpacking the rest (of a
+/// delta too: its manifest is the new release's, complete).
 pub fn read_manifest(path: &Path) -> Result<(Format, Manifest)> {
+    let (format, head) = read_head_of(path)?;
+    Ok((format, head.manifest))
+}
+
+/// Read the head of an artifact file: its manifest, and whether it is a delta.
+pub fn read_head_of(path: &Path) -> Result<(Format, Head)> {
     let (format, reader) = open(path)?;
     let mut archive = tar::Archive::new(reader);
     let mut entries = raw_entries(&mut archive)?;
-    let (manifest, _) = read_manifest_entry(path, &mut entries)?;
-    Ok((format, manifest))
+    let head = read_head(path, &mut entries)?;
+    Ok((format, head))
+}
+
+/// The first member of a delta artifact, before its `release.json`.
+pub const DELTA_NAME: &str = "release-delta.json";
+/// A delta header is a few hundred bytes; a larger one is refused unread.
+const MAX_DELTA_HEADER_BYTES: u64 = 64 * 1024;
+
+/// `release-delta.json`: which release a delta artifact applies to. The
+/// delta's `release.json` is the new release's complete manifest; its
+/// members are every directory and symlink and only the files that are not
+/// in the base release with the same path, mode, size and sha256. Those
+/// others are taken from the base release as installed on the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaHeader {
+    pub format: u32,
+    pub base: DeltaBase,
+}
+
+/// The release a delta is taken against, as its manifest names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaBase {
+    pub app: String,
+    pub commit: String,
+    pub release: String,
+    pub tree_sha256: String,
+}
+
+impl DeltaHeader {
+    pub fn of(base: &Manifest) -> DeltaHeader {
+        DeltaHeader {
+            format: crate::manifest::FORMAT,
+            base: DeltaBase {
+                app: base.app.clone(),
+                commit: base.commit.clone(),
+                release: base.release.clone(),
+                tree_sha256: base.tree_sha256.clone(),
+            },
+        }
+    }
+
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec_pretty(self).expect("delta header serialises");
+        json.push(b'\n');
+        json
+    }
+
+    fn parse(json: &[u8]) -> std::result::Result<DeltaHeader, String> {
+        let header: DeltaHeader = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        if header.format != crate::manifest::FORMAT {
+            return Err(format!(
+                "format {} is not supported (this release reads format {})",
+                header.format,
+                crate::manifest::FORMAT
+            ));
+        }
+        let base = &header.base;
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(&base.commit, 40) || base.release != base.commit[..12] {
+            return Err(format!(
+                "the base commit {:?} (release {:?}) is not 40 hex digits with its first 12 as the release",
+                base.commit, base.release
+            ));
+        }
+        if !hex(&base.tree_sha256, 64) {
+            return Err(format!(
+                "the base tree_sha256 {:?} is not a sha256",
+                base.tree_sha256
+            ));
+        }
+        Ok(header)
+    }
+}
+
+/// What an artifact's first members say: the manifest (and its bytes as
+/// read), and for a delta artifact, its header.
+#[derive(Debug)]
+pub struct Head {
+    pub manifest: Manifest,
+    pub json: Vec<u8>,
+    pub delta: Option<DeltaHeader>,
+}
+
+/// Read the head of an open archive (entries from [`raw_entries`]): a
+/// delta's `release-delta.json` when it comes first, then `release.json`.
+pub fn read_head<R: Read>(path: &Path, entries: &mut tar::Entries<'_, R>) -> Result<Head> {
+    let bad = |reason: String| -> Error {
+        ArtifactError::BadManifest {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .into()
+    };
+    let first = entries
+        .next()
+        .ok_or_else(|| bad("the archive is empty; release.json must be its first member".into()))?
+        .map_err(|e| bad(format!("cannot read the first archive member: {e}")))?;
+    if first.path_bytes().as_ref() != DELTA_NAME.as_bytes() {
+        let (manifest, json) = manifest_from_member(path, first)?;
+        return Ok(Head {
+            manifest,
+            json,
+            delta: None,
+        });
+    }
+    if first.header().entry_type() != tar::EntryType::Regular {
+        return Err(bad(format!("{DELTA_NAME} is not a regular file")));
+    }
+    let size = first.header().size().map_err(|e| bad(e.to_string()))?;
+    if size > MAX_DELTA_HEADER_BYTES {
+        return Err(bad(format!(
+            "{DELTA_NAME} declares {size} bytes, more than the {MAX_DELTA_HEADER_BYTES} allowed"
+        )));
+    }
+    let mut json = Vec::new();
+    first
+        .take(MAX_DELTA_HEADER_BYTES)
+        .read_to_end(&mut json)
+        .map_err(|e| bad(format!("cannot read {DELTA_NAME}: {e}")))?;
+    let delta = DeltaHeader::parse(&json).map_err(|why| bad(format!("{DELTA_NAME}: {why}")))?;
+    let second = entries
+        .next()
+        .ok_or_else(|| bad(format!("{DELTA_NAME} is not followed by {MANIFEST_NAME}")))?
+        .map_err(|e| bad(format!("cannot read the member after {DELTA_NAME}: {e}")))?;
+    let (manifest, json) = manifest_from_member(path, second)?;
+    if delta.base.app != manifest.app {
+        return Err(bad(format!(
+            "it is a delta of app {:?}, but its manifest is of app {:?}",
+            delta.base.app, manifest.app
+        )));
+    }
+    Ok(Head {
+        manifest,
+        json,
+        delta: Some(delta),
+    })
 }
 
 /// Write `<artifact>.sha256` in `sha256sum --check` format, atomically.

@@ -35,6 +35,18 @@ pub struct Inspection {
     /// `<artifact>.minisig`, when there is one: the key id that signed it
     /// (checked against a key by `install` on a host that requires one).
     pub signature: Option<Signature>,
+    /// A delta artifact (`build --delta-from`): the release it applies to
+    /// and the files it carries; absent for a full artifact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Delta {
+    pub base: archive::DeltaBase,
+    /// Regular files in the delta; the manifest's others come from the base.
+    pub carried_files: u64,
+    pub carried_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,7 +57,30 @@ pub struct Signature {
 }
 
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let (format, m) = archive::read_manifest(path)?;
+    let (format, reader) = archive::open(path)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive::raw_entries(&mut archive)?;
+    let head = archive::read_head(path, &mut entries)?;
+    let delta = match head.delta {
+        // A delta is small: count what it carries.
+        Some(header) => {
+            let (mut carried_files, mut carried_bytes) = (0, 0);
+            for entry in entries {
+                let entry = entry?;
+                if entry.header().entry_type().is_file() {
+                    carried_files += 1;
+                    carried_bytes += entry.size();
+                }
+            }
+            Some(Delta {
+                base: header.base,
+                carried_files,
+                carried_bytes,
+            })
+        }
+        None => None,
+    };
+    let m = head.manifest;
     let signature = SignatureInfo::beside(path)?.map(|(path, info)| Signature { path, info });
     Ok(Inspection {
         signature,
@@ -69,6 +104,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         files: m.file_count,
         bytes: m.bytes,
         tree_sha256: m.tree_sha256,
+        delta,
     })
 }
 
@@ -134,6 +170,12 @@ impl Inspection {
                 s.path.display()
             ),
             None => "signed    no (no .minisig beside it)\n".to_string(),
+        } + &match &self.delta {
+            Some(d) => format!(
+                "delta     against release {} (commit {}): carries {} changed files ({} bytes); the others come from release {}, which must be installed where this installs\n",
+                d.base.release, d.base.commit, d.carried_files, d.carried_bytes, d.base.release
+            ),
+            None => String::new(),
         }
     }
 }

@@ -80,7 +80,14 @@ fn dispatch(cli: &Cli, printer: &Printer) -> Result<ExitCode> {
     match &cli.command {
         Command::Build(flags) => {
             let report = build::run(flags, printer)?;
-            printer.data(&report, || format!("{}\n", report.artifact.display()));
+            printer.data(&report, || match &report.delta {
+                Some(delta) => format!(
+                    "{}\n{}\n",
+                    report.artifact.display(),
+                    delta.artifact.display()
+                ),
+                None => format!("{}\n", report.artifact.display()),
+            });
         }
         Command::Inspect { artifact } => {
             let inspection = inspect::inspect(artifact)?;

@@ -285,10 +285,11 @@ impl Expected {
         if !self.info.prehashed {
             return Err(Refusal::LegacyWhileStreaming);
         }
-        // The verifier borrows the key and the signature for as long as the
-        // artifact streams, on a thread of its own; one install checks one
-        // signature, so these few hundred bytes are simply kept for the
-        // life of the process.
+        // minisign-verify's StreamVerifier only borrows the key and the
+        // signature (it has no owning form), and it lives on the stream's
+        // own thread for as long as the artifact streams. One install checks
+        // one signature, so these few hundred bytes are kept for the life of
+        // the process rather than tied to a lifetime the thread cannot name.
         let owned: &'static Expected = Box::leak(Box::new(self));
         let verifier = owned
             .key

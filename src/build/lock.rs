@@ -46,6 +46,14 @@ impl Format {
         }
     }
 
+    /// What messages call a file of this format.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Format::Requirements => "requirements file",
+            Format::Pylock | Format::UvLock | Format::PoetryLock => "lock file",
+        }
+    }
+
     /// The format of a file, from its name.
     pub fn of(file: &str) -> Format {
         let name = Path::new(file)

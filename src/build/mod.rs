@@ -5,6 +5,7 @@
 //! requirements are unchanged), run the static step, then write the manifest and
 //! the deterministic archive.
 
+mod delta;
 mod frame;
 mod git;
 mod interpreter;
@@ -59,6 +60,25 @@ pub struct BuildReport {
     pub signature: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// `--delta-from`: the delta artifact written beside the full one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaReport>,
+}
+
+/// The delta artifact of a build (`--delta-from`).
+#[derive(Debug, Serialize)]
+pub struct DeltaReport {
+    pub artifact: PathBuf,
+    pub sha256: String,
+    /// Size of the delta file.
+    pub bytes: u64,
+    /// The release it applies to.
+    pub base_release: String,
+    pub base_commit: String,
+    /// Regular files it carries (the others come from the base release).
+    pub carried_files: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<PathBuf>,
 }
 
 /// The contents of one build-cache entry: the venv and the wheels it was
@@ -113,6 +133,12 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .as_deref()
         .map(crate::signature::Signer::load)
         .transpose()?;
+    // The previous release too: a wrong path fails now.
+    let base = flags
+        .delta_from
+        .as_deref()
+        .map(delta::base_manifest)
+        .transpose()?;
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
     let tmp_root = cache_dir.join("tmp");
     fs::create_dir_all(&tmp_root)?;
@@ -130,19 +156,33 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
     };
     let env = build.env(&key_input, resolved, &mut steps)?;
-    let (manifest, artifact, written) = build.write(&env, requirements_sha256, &mut steps)?;
-    let signature = match &signer {
-        Some(signer) => {
-            let path = signer.sign(&artifact)?;
-            printer.progress(&format!(
-                "signed with key id {}: {}",
-                signer.key_id,
-                path.display()
-            ));
-            steps.done("sign");
-            Some(path)
-        }
-        None => None,
+    let (manifest, artifact, written, delta) =
+        build.write(&env, requirements_sha256, base.as_ref(), &mut steps)?;
+    let sign = |artifact: &Path, steps: &mut Steps| -> Result<Option<PathBuf>> {
+        let Some(signer) = &signer else {
+            return Ok(None);
+        };
+        let path = signer.sign(artifact)?;
+        printer.progress(&format!(
+            "signed with key id {}: {}",
+            signer.key_id,
+            path.display()
+        ));
+        steps.done("sign");
+        Ok(Some(path))
+    };
+    let signature = sign(&artifact, &mut steps)?;
+    let delta = match (delta, &base) {
+        (Some(d), Some(base)) => Some(DeltaReport {
+            signature: sign(&d.path, &mut steps)?,
+            artifact: d.path,
+            sha256: d.sha256,
+            bytes: d.bytes,
+            base_release: base.release.clone(),
+            base_commit: base.commit.clone(),
+            carried_files: d.files,
+        }),
+        _ => None,
     };
     if printer.verbose > 0 {
         printer.progress(&steps.summary());
@@ -162,8 +202,13 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         seconds: started.elapsed().as_secs_f64(),
         cached_env: env.cached,
         dependencies: build.dependencies.clone(),
+        delta,
     })
 }
+
+/// What a build wrote: the manifest, the artifact (its path and what was
+/// written), and the delta when asked for.
+type Written = (Manifest, PathBuf, archive::Written, Option<delta::Written>);
 
 /// One build's inputs, fixed once the commit, its settings and the
 /// interpreter are known: what every later step reads.
@@ -379,8 +424,9 @@ impl<'a> Build<'a> {
         &self,
         env: &Env,
         requirements_sha256: String,
+        base: Option<&Manifest>,
         steps: &mut Steps,
-    ) -> Result<(Manifest, PathBuf, archive::Written)> {
+    ) -> Result<Written> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let reused = std::sync::atomic::AtomicBool::new(false);
         let written = std::thread::scope(|scope| -> Result<_> {
@@ -393,7 +439,7 @@ impl<'a> Build<'a> {
                         .unwrap_or_else(|_| Err(Error::internal("the archiving thread panicked")))
                 }
             });
-            let rest = self.make_rest_and_write(env, requirements_sha256, join_tail, steps);
+            let rest = self.make_rest_and_write(env, requirements_sha256, base, join_tail, steps);
             if rest.is_err() {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -414,9 +460,10 @@ impl<'a> Build<'a> {
         &self,
         env: &Env,
         requirements_sha256: String,
+        base: Option<&Manifest>,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
         steps: &mut Steps,
-    ) -> Result<(Manifest, PathBuf, archive::Written)> {
+    ) -> Result<Written> {
         self.static_and_compile(env)?;
         steps.done(if self.settings.static_cmd.is_some() {
             "static + compile"
@@ -425,9 +472,51 @@ impl<'a> Build<'a> {
         });
         let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
         steps.done("manifest");
-        let (artifact, written) = self.write_artifact(&manifest, &manifest_json, env, join_tail)?;
-        steps.done("archive");
-        Ok((manifest, artifact, written))
+        // The delta (small) is written on a thread of its own, beside the
+        // full artifact (its compression and its fsync overlap).
+        let write_delta = || -> Result<Option<delta::Written>> {
+            let Some(base) = base else {
+                return Ok(None);
+            };
+            let delta = delta::write(
+                &self.flags.out,
+                &manifest,
+                &manifest_json,
+                base,
+                self.settings.format,
+                |entry| match entry.path.split('/').next() {
+                    Some("venv" | "wheels") => Ok(env.dir.join(&entry.path)),
+                    _ => self.source_of(entry),
+                },
+            )?;
+            self.printer.progress(&format!(
+                "wrote {} ({} changed files of {}, against {})",
+                delta.path.display(),
+                delta.files,
+                manifest
+                    .files
+                    .iter()
+                    .filter(|e| e.kind == manifest::EntryType::File)
+                    .count(),
+                base.release
+            ));
+            Ok(Some(delta))
+        };
+        let (full, delta) = std::thread::scope(|scope| {
+            let delta = scope.spawn(write_delta);
+            let full = self.write_artifact(&manifest, &manifest_json, env, join_tail);
+            let delta = delta
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("the delta's thread panicked")));
+            (full, delta)
+        });
+        let ((artifact, written), delta) = (full?, delta?);
+        steps.done(if base.is_some() {
+            "archive + delta"
+        } else {
+            "archive"
+        });
+        Ok((manifest, artifact, written, delta))
     }
 
     /// Static files, and beside them the app's pycs: the static step runs
@@ -609,7 +698,14 @@ impl<'a> Build<'a> {
         let wheels = self.build_wheels(tmp.path(), steps)?;
         let venv = tmp.path().join("venv");
         let (interpreter, installer) = (&self.interpreter, &self.installer);
-        python::create_venv(installer, interpreter, &venv, &wheels, self.commit.epoch)?;
+        python::create_venv(
+            installer,
+            interpreter,
+            &venv,
+            &wheels,
+            Some(&self.cache_dir.join("uv")),
+            self.commit.epoch,
+        )?;
         steps.done("venv");
         let base_executable = self.relocate(&venv)?;
         steps.done("relocate");
@@ -861,9 +957,10 @@ fn dependency_file(
     };
     let dep_path = app_dir.join(&found.file);
     if !dep_path.is_file() {
-        return Err(SourceError::RequirementsMissing {
+        return Err(SourceError::DependencyFileMissing {
             path: source.toplevel.join(&source.prefix).join(&found.file),
             commit: commit.sha[..12].to_string(),
+            kind: found.format.kind(),
         }
         .into());
     }

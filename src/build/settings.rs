@@ -84,6 +84,11 @@ pub struct BuildFlags {
     /// ARTIFACT.minisig; a password-protected key reads RELEASE_SIGN_PASSWORD or asks.
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,
+    /// Also write a delta artifact against this previous release (its artifact, or its
+    /// release.json): only the files that changed, installable where that release is
+    /// installed. Written beside the full artifact as APP-COMMIT12.delta-PREV12.tar.zst.
+    #[arg(long, value_name = "PREVIOUS")]
+    pub delta_from: Option<PathBuf>,
 }
 
 /// `KEY=VALUE` of `--env`.

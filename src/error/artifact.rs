@@ -189,6 +189,11 @@ pub enum UnsafeRule {
     Missing {
         count: usize,
     },
+    /// A delta's member for a file its manifest lists unchanged since the
+    /// delta's base release (installed as `base`).
+    UnchangedInDelta {
+        base: String,
+    },
 }
 
 impl fmt::Display for UnsafeRule {
@@ -236,6 +241,10 @@ impl fmt::Display for UnsafeRule {
             ParentNotDir { parent } => {
                 write!(f, "its parent `{parent}` is not a directory unpacked before it")
             }
+            UnchangedInDelta { base } => write!(
+                f,
+                "is carried by the delta, but the manifest lists it unchanged since its base release ({base}); a delta carries only the files that changed"
+            ),
             Missing { count } => {
                 f.write_str("listed in the manifest but missing from the archive")?;
                 if *count > 1 {

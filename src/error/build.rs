@@ -50,6 +50,11 @@ pub enum BuildError {
     BadPathList {
         error: String,
     },
+    /// `--delta-from PREVIOUS` names no usable previous release.
+    DeltaFrom {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// Why a file cannot go into an artifact.
@@ -115,6 +120,9 @@ impl Explain for BuildError {
                 "the manifest of {files} files is {bytes} bytes, more than the {max} a host reads"
             ),
             BadPathList { error } => write!(f, "cannot put the venv's bin/ on PATH: {error}"),
+            DeltaFrom { path, reason } => {
+                write!(f, "--delta-from {}: {reason}", path.display())
+            }
         }
     }
 
@@ -141,6 +149,7 @@ impl Explain for BuildError {
             WouldNotInstall { .. } => EXCLUDE.into(),
             ManifestTooLarge { .. } => EXCLUDE.into(),
             BadPathList { .. } => "build in a directory whose path has no `:`".into(),
+            DeltaFrom { .. } => "pass the artifact (.tar.zst or .tar.gz) of a previous release of this app, or the release.json of one (an installed release has it at its top)".into(),
         };
         Some(fix)
     }

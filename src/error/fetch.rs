@@ -135,6 +135,17 @@ pub enum FetchError {
     NoRoots { error: String },
     /// The artifact's body failed while it streamed.
     Download(DownloadFailure),
+    /// The body ended without an error from the server or the connection,
+    /// but the artifact in it had not: a store serving a short file (or a
+    /// Content-Length smaller than the file), or a corrupt one.
+    EndedEarly {
+        url: String,
+        /// Bytes of the body read.
+        bytes: u64,
+        /// The last member read whole, and what the archive reader said.
+        after: String,
+        error: String,
+    },
 }
 
 impl Explain for FetchError {
@@ -168,6 +179,16 @@ impl Explain for FetchError {
                 write!(f, "no CA certificates to check https servers with: {error}")
             }
             Download(failure) => write!(f, "{failure}"),
+            EndedEarly {
+                url,
+                bytes,
+                after,
+                error,
+            } => write!(
+                f,
+                "{} {url}: the body ended after {bytes} bytes, but the artifact in it is truncated or corrupt after member `{after}`: {error}",
+                Doing::Artifact
+            ),
         }
     }
 
@@ -195,6 +216,7 @@ impl Explain for FetchError {
             BadChecksum { .. } => "upload the .sha256 that `release build` wrote beside the artifact, or pass --sha256",
             NoRoots { .. } => "install the ca-certificates package, or point SSL_CERT_FILE at a PEM bundle",
             Download(_) => "check what the store serves at this URL (the artifact `release build` wrote, whole; `curl -o /dev/null URL` shows what arrives), then run this again",
+            EndedEarly { .. } => "check what the store serves at this URL (the artifact `release build` wrote, whole, with its own size as Content-Length; `curl -o /dev/null URL` shows what arrives), then fetch it again",
         };
         Some(fix.into())
     }

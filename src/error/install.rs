@@ -9,6 +9,27 @@ use super::Explain;
 const PRUNE: &str = "remove old releases with `release prune --keep N`";
 
 #[derive(Debug)]
+pub struct DeltaBaseMissing {
+    pub artifact: PathBuf,
+    pub release: String,
+    pub base_release: String,
+    pub base_commit: String,
+    /// The name of the full artifact to install instead.
+    pub full: String,
+}
+
+#[derive(Debug)]
+pub struct DeltaBaseChanged {
+    pub artifact: PathBuf,
+    /// The installed base release's id.
+    pub base: String,
+    pub path: String,
+    pub why: String,
+    /// The name of the full artifact to install instead.
+    pub full: String,
+}
+
+#[derive(Debug)]
 pub enum InstallError {
     /// `--rebuild-venv` for an artifact built with `wheels = false`.
     NoWheels {
@@ -59,6 +80,11 @@ pub enum InstallError {
         need_mib: u64,
         free_mib: Option<u64>,
     },
+    /// A delta artifact whose base release is not installed (complete) here.
+    DeltaBaseMissing(Box<DeltaBaseMissing>),
+    /// A file a delta takes from its base release is not, on this host,
+    /// what the new manifest lists.
+    DeltaBaseChanged(Box<DeltaBaseChanged>),
     SharedParentNotADirectory {
         path: String,
         parent: String,
@@ -105,6 +131,22 @@ impl Explain for InstallError {
     fn what(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use InstallError::*;
         match self {
+            DeltaBaseMissing(m) => write!(
+                f,
+                "{} is a delta: it installs release {} only next to release {} (commit {}), which is not installed here",
+                m.artifact.display(),
+                m.release,
+                m.base_release,
+                m.base_commit
+            ),
+            DeltaBaseChanged(c) => write!(
+                f,
+                "{}: the delta takes {} from installed release {}, but {}",
+                c.artifact.display(),
+                c.path,
+                c.base,
+                c.why
+            ),
             NoWheels { release, .. } => write!(
                 f,
                 "--rebuild-venv: release {release} carries no wheels/ (it was built with `wheels = false`), so its venv cannot be recreated on this host"
@@ -186,7 +228,11 @@ impl Explain for InstallError {
     fn outcome(&self) -> Option<&'static str> {
         use InstallError::*;
         match self {
-            RebuildFailed { .. } | NoSpace(_) | NoWheels { .. } => Some("nothing was installed"),
+            RebuildFailed { .. }
+            | NoSpace(_)
+            | NoWheels { .. }
+            | DeltaBaseMissing(_)
+            | DeltaBaseChanged(_) => Some("nothing was installed"),
             _ => None,
         }
     }
@@ -194,6 +240,11 @@ impl Explain for InstallError {
     fn fix(&self) -> Option<String> {
         use InstallError::*;
         let fix = match self {
+            DeltaBaseMissing(m) => format!("install the full artifact ({}) instead", m.full),
+            DeltaBaseChanged(c) => format!(
+                "install the full artifact ({}) instead; `release verify {}` lists what changed in {}",
+                c.full, c.base, c.base
+            ),
             NoWheels { need, at, .. } => format!(
                 "install {need} at {at} and install without --rebuild-venv, or pass --python PATH alone to re-point the venv to a matching interpreter, or rebuild the artifact with its wheels (the default)"
             ),

@@ -34,7 +34,7 @@ pub use activate::{
 pub use artifact::{ArtifactError, HeaderRefused, UnsafeRule};
 pub use build::{BuildError, Unpackable};
 pub use fetch::{Cause, Doing, DownloadFailure, FetchError};
-pub use install::{InstallError, NoSpace};
+pub use install::{DeltaBaseChanged, DeltaBaseMissing, InstallError, NoSpace};
 pub use lock::{LockError, PackageProblem};
 pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};
@@ -45,32 +45,80 @@ pub use source::SourceError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug)]
-pub enum Error {
-    /// An I/O error; `fs_err` already names the path in the message.
-    Io(std::io::Error),
-    /// Bad command-line usage detected after parsing.
-    Usage(String),
-    /// A bug: an invariant of this program did not hold (or a worker thread
-    /// panicked). Never caused by input.
-    Internal {
-        what: String,
-    },
-    /// A step stopped because another one running beside it failed (whose
-    /// error is the one reported).
-    Stopped,
-    Source(SourceError),
-    Build(BuildError),
-    Lock(LockError),
-    Python(PythonError),
-    Artifact(ArtifactError),
-    Root(RootError),
-    Release(ReleaseError),
-    Install(InstallError),
-    Activate(ActivateError),
-    Fetch(FetchError),
-    Signature(SignatureError),
+// `Error` is written by the `error_enum!` invocation below, which lists each
+// concern once: its variant, its `From`, its `Display` and its place in
+// `Error::explained`.
+macro_rules! error_enum {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty)),* $(,)?) => {
+        #[derive(Debug)]
+        pub enum Error {
+            /// An I/O error; `fs_err` already names the path in the message.
+            Io(std::io::Error),
+            /// Bad command-line usage detected after parsing.
+            Usage(String),
+            /// A bug: an invariant of this program did not hold (or a worker
+            /// thread panicked). Never caused by input.
+            Internal {
+                what: String,
+            },
+            /// A step stopped because another one running beside it failed
+            /// (whose error is the one reported).
+            Stopped,
+            $($(#[$doc])* $variant($ty),)*
+        }
+
+        impl Error {
+            /// The concern's error, when there is one.
+            fn explained(&self) -> Option<&dyn Explain> {
+                match self {
+                    $(Error::$variant(e) => Some(e),)*
+                    Error::Io(_) | Error::Usage(_) | Error::Internal { .. } | Error::Stopped => {
+                        None
+                    }
+                }
+            }
+        }
+
+        $(
+            impl From<$ty> for Error {
+                fn from(e: $ty) -> Self {
+                    Error::$variant(e)
+                }
+            }
+
+            impl fmt::Display for $ty {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    render(self, f)
+                }
+            }
+        )*
+    };
 }
+
+error_enum!(
+    /// The build's inputs: checkout, settings, requirements, cache.
+    Source(SourceError),
+    /// The build's outputs: static step, tree, manifest.
+    Build(BuildError),
+    /// The app's dependency file.
+    Lock(LockError),
+    /// Interpreters and the tools that fill a venv.
+    Python(PythonError),
+    /// Artifacts: container, manifest, checksum, members.
+    Artifact(ArtifactError),
+    /// The host root: layout, safety checks, release.toml, init, the lock.
+    Root(RootError),
+    /// Finding installed releases.
+    Release(ReleaseError),
+    /// release install: interpreter plan, space, shared paths.
+    Install(InstallError),
+    /// activate and rollback.
+    Activate(ActivateError),
+    /// Artifacts from a URL.
+    Fetch(FetchError),
+    /// minisign signatures.
+    Signature(SignatureError),
+);
 
 /// An error's parts, which [`render`] puts together.
 pub trait Explain {
@@ -108,26 +156,6 @@ impl Error {
     /// A bug, not an input problem.
     pub fn internal(what: impl Into<String>) -> Self {
         Error::Internal { what: what.into() }
-    }
-
-    /// The concern's error, when there is one.
-    fn explained(&self) -> Option<&dyn Explain> {
-        Some(match self {
-            Error::Source(e) => e,
-            Error::Build(e) => e,
-            Error::Lock(e) => e,
-            Error::Python(e) => e,
-            Error::Artifact(e) => e,
-            Error::Root(e) => e,
-            Error::Release(e) => e,
-            Error::Install(e) => e,
-            Error::Activate(e) => e,
-            Error::Fetch(e) => e,
-            Error::Signature(e) => e,
-            Error::Io(_) | Error::Usage(_) | Error::Internal { .. } | Error::Stopped => {
-                return None
-            }
-        })
     }
 }
 
@@ -183,38 +211,6 @@ impl From<std::io::Error> for Error {
         Error::Io(e)
     }
 }
-
-macro_rules! from_concern {
-    ($($variant:ident($ty:ty)),* $(,)?) => {
-        $(
-            impl From<$ty> for Error {
-                fn from(e: $ty) -> Self {
-                    Error::$variant(e)
-                }
-            }
-
-            impl fmt::Display for $ty {
-                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    render(self, f)
-                }
-            }
-        )*
-    };
-}
-
-from_concern!(
-    Source(SourceError),
-    Build(BuildError),
-    Lock(LockError),
-    Python(PythonError),
-    Artifact(ArtifactError),
-    Root(RootError),
-    Release(ReleaseError),
-    Install(InstallError),
-    Activate(ActivateError),
-    Fetch(FetchError),
-    Signature(SignatureError),
-);
 
 /// The last `lines` lines of a command's output, indented for an error message.
 pub fn tail(output: &str, lines: usize) -> String {

@@ -43,9 +43,13 @@ pub enum SourceError {
         path: PathBuf,
         files: String,
     },
-    RequirementsMissing {
+    /// The dependency file named (--requirements, `requirements`) is not
+    /// at the commit.
+    DependencyFileMissing {
         path: PathBuf,
         commit: String,
+        /// "requirements file" or "lock file".
+        kind: &'static str,
     },
     BadProjectConfig {
         path: PathBuf,
@@ -97,9 +101,9 @@ impl Explain for SourceError {
                 "the working tree at {} has uncommitted changes to tracked files:\n{files}",
                 path.display()
             ),
-            RequirementsMissing { path, commit } => write!(
+            DependencyFileMissing { path, commit, kind } => write!(
                 f,
-                "requirements file {} does not exist at commit {commit}",
+                "{kind} {} does not exist at commit {commit}",
                 path.display()
             ),
             BadProjectConfig { path, message } => write!(
@@ -127,7 +131,7 @@ impl Explain for SourceError {
             }
             CommitTimeUnreadable { .. } => "check the repository with `git fsck`".into(),
             DirtyTree { .. } => "commit or stash them, or pass --allow-dirty to build the working tree as it is (recorded in the manifest)".into(),
-            RequirementsMissing { .. } => "commit it, or name the right file with --requirements FILE or `requirements` under [tool.release] in pyproject.toml".into(),
+            DependencyFileMissing { .. } => "commit it, or name the right file with --requirements FILE or `requirements` under [tool.release] in pyproject.toml".into(),
             BadProjectConfig { .. } => return None,
             CorruptCacheEntry { .. } => "delete that directory and build again".into(),
         };

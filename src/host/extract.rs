@@ -189,10 +189,20 @@ impl<'a> Extractor<'a> {
             ));
         }
         self.progress.finish_and_clear();
-        if let Some(i) = self.seen.iter().position(|s| !s) {
-            let missing = self.seen.iter().filter(|s| !**s).count();
+        // A delta leaves out the files its base release supplies.
+        let supplied = |i: usize| self.reuse.is_some_and(|r| r.delta && r.linkable[i]);
+        let absent = |i: usize| !self.seen[i] && !supplied(i);
+        if let Some(i) = (0..self.seen.len()).find(|i| absent(*i)) {
+            let missing = (0..self.seen.len()).filter(|i| absent(*i)).count();
             let path = self.manifest.files[i].path.clone();
             return Err(self.refuse(&path, UnsafeRule::Missing { count: missing }));
+        }
+        for i in 0..self.seen.len() {
+            if !self.seen[i] {
+                let entry = &self.manifest.files[i];
+                self.link_file(&entry.path, entry)?;
+                self.seen[i] = true;
+            }
         }
         Ok(self.out)
     }
@@ -322,6 +332,14 @@ impl<'a> Extractor<'a> {
                 UnsafeRule::SizeDiffers {
                     size,
                     manifest: want_size,
+                },
+            ));
+        }
+        if let Some(reuse) = self.reuse.filter(|r| r.delta && r.linkable[index]) {
+            return Err(self.refuse(
+                path,
+                UnsafeRule::UnchangedInDelta {
+                    base: reuse.id.to_string(),
                 },
             ));
         }

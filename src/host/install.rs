@@ -24,7 +24,7 @@ use crate::host::python;
 use crate::host::record::{InstallRecord, SharedLink, RECORD_NAME};
 use crate::host::release_id::{rfc3339, ReleaseId};
 use crate::host::releases::{self, Installed};
-use crate::host::reuse::Reuse;
+use crate::host::reuse::{BaseCheck, Reuse};
 use crate::host::source;
 use crate::host::statics;
 use crate::host::verify;
@@ -83,6 +83,9 @@ pub struct InstallReport {
     /// Files hard-linked from it instead of written, and their bytes.
     pub linked_files: u64,
     pub linked_bytes: u64,
+    /// The artifact was a delta (`build --delta-from`): the files it left
+    /// out were linked from `linked_from`, its base release.
+    pub delta: bool,
     /// Where the artifact came from and what vouched for it (only what
     /// applies: `signed_by`, `url`, `downloaded_bytes`).
     #[serde(flatten)]
@@ -508,48 +511,41 @@ fn install_steps(
     need: &mut Option<(String, u64)>,
 ) -> Result<InstallReport> {
     let started = Instant::now();
-    // Decompression runs on its own thread, beside the checks and writes here.
-    let source::Source {
-        name: artifact,
-        stream,
-        check,
-    } = source;
-    let artifact = &artifact;
-    let mut archive = tar::Archive::new(stream);
-    let stage = {
-        let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
-        check.manifest_read(&manifest, json.len());
-        printer.progress(&format!(
-            "installing {} {} (commit {})",
-            manifest.app, manifest.release, manifest.commit
-        ));
+    let (stage, digest, provenance) = read_source(source, |artifact, check, head, entries| {
+        let manifest = &head.manifest;
+        printer.progress(&match &head.delta {
+            Some(delta) => format!(
+                "installing {} {} (commit {}) from a delta against {}",
+                manifest.app, manifest.release, manifest.commit, delta.base.release
+            ),
+            None => format!(
+                "installing {} {} (commit {})",
+                manifest.app, manifest.release, manifest.commit
+            ),
+        });
         crashpoint(CrashPoint::InstallManifestRead);
-        match plan_install(host, options, artifact, manifest, json, printer)? {
-            Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
-            Plan::Fresh(fresh) => {
-                *need = Some((fresh.manifest.release.clone(), fresh.bytes));
-                let bar = if check.shows_download() {
-                    // The download's bar shows the progress.
-                    indicatif::ProgressBar::hidden()
-                } else {
-                    printer.bar(fresh.manifest.files.len() as u64, "installing")
-                };
-                Stage::Unpacked(Box::new(unpack(
-                    host, artifact, fresh, entries, bar, printer,
-                )?))
-            }
-        }
-    };
-    let finished = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    let digest = check.verify(finished)?;
+        Ok(
+            match plan_install(host, options, artifact, head, printer, Planning::Install)? {
+                Plan::Existing(manifest, existing) => Stage::Existing(Box::new(manifest), existing),
+                Plan::Fresh(fresh) => {
+                    *need = Some((fresh.manifest.release.clone(), fresh.bytes));
+                    let bar = if check.shows_download() {
+                        // The download's bar shows the progress.
+                        indicatif::ProgressBar::hidden()
+                    } else {
+                        printer.bar(fresh.manifest.files.len() as u64, "installing")
+                    };
+                    Stage::Unpacked(Box::new(unpack(
+                        host, artifact, fresh, entries, bar, printer,
+                    )?))
+                }
+            },
+        )
+    })?;
     let landed = Landed {
         digest,
         started,
-        source: check.provenance(),
+        source: provenance,
     };
     match stage {
         Stage::Existing(manifest, existing) => {
@@ -557,6 +553,42 @@ fn install_steps(
         }
         Stage::Unpacked(unpacked) => finalize(host, lock, config, *unpacked, landed, printer, need),
     }
+}
+
+/// The artifact's stream, read once: its head (the manifest, which bounds
+/// the stream's size, and a delta's header) and the members after it go to
+/// `step`, which plans and,
+/// for an install, unpacks; then the rest of the stream is read and its
+/// digest (and, for a URL, its signature) checked. Decompression runs on a
+/// thread of its own, beside `step`. The digest and where the artifact came
+/// from come back with what `step` made.
+fn read_source<T>(
+    source: source::Source,
+    step: impl FnOnce(
+        &Path,
+        &source::SourceCheck,
+        archive::Head,
+        tar::Entries<'_, archive::Background>,
+    ) -> Result<T>,
+) -> Result<(T, String, source::Provenance)> {
+    let source::Source {
+        name: artifact,
+        stream,
+        check,
+    } = source;
+    let mut archive = tar::Archive::new(stream);
+    let made = {
+        let mut entries = archive::raw_entries(&mut archive)?;
+        let head = archive::read_head(&artifact, &mut entries)?;
+        check.manifest_read(&head.manifest, head.json.len());
+        step(&artifact, &check, head, entries)?
+    };
+    let finished = archive
+        .into_inner()
+        .finish()
+        .map_err(|e| fsutil::fs_err_io(e, &artifact))?;
+    let digest = check.verify(finished)?;
+    Ok((made, digest, check.provenance()))
 }
 
 /// What planning found.
@@ -574,6 +606,8 @@ struct Fresh {
     json: Vec<u8>,
     venv: VenvPlan,
     reuse: Option<Box<Reuse>>,
+    /// A delta install: the content check of the files its base supplies.
+    base_check: Option<BaseCheck>,
     bytes: u64,
 }
 
@@ -590,30 +624,71 @@ struct Unpacked {
     extracted: Extracted,
 }
 
+/// Who plans: the install, or its dry run. A dry run may find no root yet
+/// (then nothing is installed and the space is what the release needs,
+/// unchecked), and starts no check of a delta's base files.
+#[derive(Debug, Clone, Copy)]
+enum Planning {
+    Install,
+    DryRun { root_exists: bool },
+}
+
 /// Step 1, plan: an identical release already installed, else the venv
-/// plan, the reuse plan and the space check; nothing is written.
+/// plan, the reuse plan (for a delta, its base) and the space check;
+/// nothing is written. The install and its dry run both plan here.
 fn plan_install(
     host: &Host,
     options: &InstallOptions,
     artifact: &Path,
-    manifest: Manifest,
-    json: Vec<u8>,
+    head: archive::Head,
     printer: &Printer,
+    planning: Planning,
 ) -> Result<Plan> {
+    let archive::Head {
+        manifest,
+        json,
+        delta,
+    } = head;
+    let root_exists = match planning {
+        Planning::Install => true,
+        Planning::DryRun { root_exists } => root_exists,
+    };
     // One listing of releases/ for both questions below.
-    let installed = releases::installed(host)?;
+    let installed = if root_exists {
+        releases::installed(host)?
+    } else {
+        Vec::new()
+    };
     if let Some(existing) = find_installed(&installed, &manifest, printer)? {
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
-    let reuse = Reuse::plan(host, &installed, &manifest).map(Box::new);
+    let (reuse, base_check) = match &delta {
+        Some(delta) => {
+            let check_base = matches!(planning, Planning::Install);
+            let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, check_base)?;
+            if printer.verbose > 0 && check_base {
+                printer.progress(&format!(
+                    "taking {} unchanged files from release {}; hashing the {} changed on this host since it was installed",
+                    plan.reuse.files, plan.reuse.id, plan.hashed
+                ));
+            }
+            (Some(Box::new(plan.reuse)), plan.check)
+        }
+        None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),
+    };
     let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-    let bytes = check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?;
+    let bytes = if root_exists {
+        check_space(host, artifact, &manifest, reuse.as_deref(), rebuild)?
+    } else {
+        space_needed(&manifest, rebuild)
+    };
     Ok(Plan::Fresh(Fresh {
         manifest,
         json,
         venv,
         reuse,
+        base_check,
         bytes,
     }))
 }
@@ -623,7 +698,7 @@ fn plan_install(
 fn unpack<R: std::io::Read>(
     host: &Host,
     artifact: &Path,
-    fresh: Fresh,
+    mut fresh: Fresh,
     entries: tar::Entries<'_, R>,
     bar: indicatif::ProgressBar,
     printer: &Printer,
@@ -636,6 +711,18 @@ fn unpack<R: std::io::Read>(
         .with_progress(bar)
         .with_reuse(fresh.reuse.as_deref())
         .run(entries)?;
+    if let (Some(check), Some(reuse)) = (fresh.base_check.take(), &fresh.reuse) {
+        check.finish().map_err(|(index, why)| {
+            let path = &manifest.files[index].path;
+            InstallError::DeltaBaseChanged(Box::new(crate::error::DeltaBaseChanged {
+                artifact: artifact.to_path_buf(),
+                base: reuse.id.to_string(),
+                path: path.clone(),
+                why,
+                full: crate::host::reuse::full_artifact_name(artifact, manifest),
+            }))
+        })?;
+    }
     if let Some(check) = interpreter {
         check
             .join()
@@ -693,6 +780,7 @@ fn already_installed(
         linked_from: None,
         linked_files: 0,
         linked_bytes: 0,
+        delta: false,
         source: landed.source,
     })
 }
@@ -774,6 +862,7 @@ fn finalize(
         bytes: fresh.manifest.bytes,
         seconds,
         already_installed: false,
+        delta: fresh.reuse.as_ref().is_some_and(|r| r.delta),
         linked_from: fresh.reuse.map(|r| r.id),
         linked_files: extracted.linked,
         linked_bytes: extracted.linked_bytes,
@@ -895,33 +984,23 @@ pub fn plan(host: &Host, options: &InstallOptions, printer: &Printer) -> Result<
     let config = HostConfig::load(&host.config)?;
     let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
-    plan_steps(host, options, source, printer).map_err(|e| failure.explain(e))
+    let root_exists = host.releases.is_dir();
+    read_source(source, |artifact, _, head, _| {
+        let planning = Planning::DryRun { root_exists };
+        InstallPlan::of(plan_install(
+            host, options, artifact, head, printer, planning,
+        )?)
+    })
+    .map(|(plan, _, _)| plan)
+    .map_err(|e| failure.explain(e))
 }
 
-fn plan_steps(
-    host: &Host,
-    options: &InstallOptions,
-    source: source::Source,
-    printer: &Printer,
-) -> Result<InstallPlan> {
-    let source::Source {
-        name: artifact,
-        stream,
-        check,
-    } = source;
-    let artifact = &artifact;
-    let mut archive = tar::Archive::new(stream);
-    let plan = {
-        let mut entries = archive::raw_entries(&mut archive)?;
-        let (manifest, json) = archive::read_manifest_entry(artifact, &mut entries)?;
-        check.manifest_read(&manifest, json.len());
-        let root_exists = host.releases.is_dir();
-        let installed = if root_exists {
-            releases::installed(host)?
-        } else {
-            Vec::new()
-        };
-        let mut plan = InstallPlan {
+impl InstallPlan {
+    /// What a plan says an install would do; the interpreter a venv kept as
+    /// built links to is checked here (the install checks it while it
+    /// unpacks).
+    fn of(plan: Plan) -> Result<InstallPlan> {
+        let of_manifest = |manifest: &Manifest| InstallPlan {
             dry_run: true,
             id: None,
             commit: manifest.commit.clone(),
@@ -933,35 +1012,28 @@ fn plan_steps(
             linked_bytes: 0,
             need_bytes: None,
         };
-        if let Some(existing) = find_installed(&installed, &manifest, printer)? {
-            plan.id = Some(existing.id.clone());
-            plan.already_installed = true;
-        } else {
-            let venv = plan_venv(options, &manifest)?;
-            if let VenvPlan::AsBuilt = venv {
-                python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+        Ok(match plan {
+            Plan::Existing(manifest, existing) => InstallPlan {
+                id: Some(existing.id.clone()),
+                already_installed: true,
+                ..of_manifest(&manifest)
+            },
+            Plan::Fresh(fresh) => {
+                let manifest = &fresh.manifest;
+                if let VenvPlan::AsBuilt = fresh.venv {
+                    python::check_base_interpreter_for(&manifest.release, &manifest.python)?;
+                }
+                let reuse = fresh.reuse.as_deref();
+                InstallPlan {
+                    need_bytes: Some(fresh.bytes),
+                    linked_from: reuse.map(|r| r.id.clone()),
+                    linked_files: reuse.map_or(0, |r| r.files),
+                    linked_bytes: reuse.map_or(0, |r| r.bytes),
+                    ..of_manifest(manifest)
+                }
             }
-            let rebuild = matches!(venv, VenvPlan::Rebuild(_));
-            let reuse = Reuse::plan(host, &installed, &manifest);
-            plan.need_bytes = Some(if root_exists {
-                check_space(host, artifact, &manifest, reuse.as_ref(), rebuild)?
-            } else {
-                space_needed(&manifest, rebuild)
-            });
-            if let Some(reuse) = reuse {
-                plan.linked_from = Some(reuse.id);
-                plan.linked_files = reuse.files;
-                plan.linked_bytes = reuse.bytes;
-            }
-        }
-        plan
-    };
-    let finished = archive
-        .into_inner()
-        .finish()
-        .map_err(|e| fsutil::fs_err_io(e, artifact))?;
-    check.verify(finished)?;
-    Ok(plan)
+        })
+    }
 }
 
 /// An install killed after its rename but before its journal line left a

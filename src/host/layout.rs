@@ -23,6 +23,8 @@ use crate::output::Printer;
 pub const INCOMING_PREFIX: &str = ".incoming-";
 pub const REMOVING_PREFIX: &str = ".removing-";
 pub const CURRENT_TMP_PREFIX: &str = "current.tmp-";
+/// The directory of a release (and of the root) that holds static files.
+pub const STATIC_DIR: &str = "static";
 
 /// The paths of one host root.
 #[derive(Debug, Clone)]
@@ -137,7 +139,7 @@ impl Host {
             "replace the files every release links to",
         )?;
         self.check_own_path(
-            &self.root.join(crate::host::statics::STATIC_DIR),
+            &self.root.join(STATIC_DIR),
             true,
             "the served static files",
             "replace the files the web server serves",

@@ -155,7 +155,14 @@ pub fn rebuild_venv(release_dir: &Path, python: &Path) -> Result<()> {
     };
     // Nothing is built from source here (the wheels are all there), so the
     // epoch only fills SOURCE_DATE_EPOCH.
-    crate::python::create_venv(&pip, &interpreter, &venv, &release_dir.join("wheels"), 0)?;
+    crate::python::create_venv(
+        &pip,
+        &interpreter,
+        &venv,
+        &release_dir.join("wheels"),
+        None,
+        0,
+    )?;
     crate::python::relocate::relocate(&venv)?;
     crate::python::compile(&venv, release_dir, &[venv.join("lib")], 0)
 }

@@ -16,9 +16,24 @@
 //! recorded size and read-only mode, so a release changed by hand is not
 //! copied from.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+//!
+//! A delta artifact (`build --delta-from`) does not carry the files its base
+//! release has unchanged: [`Reuse::for_delta`] plans to link every one of
+//! them from the base release as installed, refusing unless each is still
+//! there as installed (type, size, read-only mode), and [`BaseCheck`] hashes
+//! the content of every one whose inode changed (ctime) since the base was
+//! installed, on threads of their own while the delta's members are
+//! unpacked; the install renames nothing into place before every hash
+//! matched the new manifest (docs/host.md, "Delta artifacts").
 
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::archive::{DeltaHeader, HashingReader};
+use crate::error::{DeltaBaseChanged, DeltaBaseMissing, InstallError, Result};
 use crate::host::layout::installed_mode;
 use crate::host::layout::Host;
 use crate::host::record::InstallRecord;
@@ -39,6 +54,9 @@ pub struct Reuse {
     /// How many files and bytes that is.
     pub files: u64,
     pub bytes: u64,
+    /// A delta install: the linkable files are exactly those the artifact
+    /// leaves out; each must be linked, and a member for one is refused.
+    pub delta: bool,
 }
 
 impl Reuse {
@@ -65,6 +83,7 @@ impl Reuse {
             linkable: vec![false; manifest.files.len()],
             files: 0,
             bytes: 0,
+            delta: false,
         };
         for (i, entry) in manifest.files.iter().enumerate() {
             if entry.kind != EntryType::File {
@@ -95,4 +114,278 @@ impl Reuse {
         }
         (reuse.files > 0).then_some(reuse)
     }
+}
+
+/// Where a delta install takes its unchanged files from, and the check of
+/// their content running beside the unpacking.
+pub struct DeltaPlan {
+    pub reuse: Reuse,
+    pub check: Option<BaseCheck>,
+    /// Files whose content is hashed: those changed (ctime) since the base
+    /// release was installed.
+    pub hashed: u64,
+}
+
+impl Reuse {
+    /// Plan a delta install of `manifest` (read from `artifact`, whose header
+    /// is `header`): its base must be installed and complete (the live
+    /// release when that is it), and every file the delta leaves out must be
+    /// in it as installed. `hash`: start checking their content now.
+    pub fn for_delta(
+        host: &Host,
+        list: &[Installed],
+        manifest: &Manifest,
+        header: &DeltaHeader,
+        artifact: &Path,
+        hash: bool,
+    ) -> Result<DeltaPlan> {
+        let base = &header.base;
+        let current = host.current().ok().and_then(|c| c.id().cloned());
+        let is_base = |r: &&Installed| {
+            r.summary
+                .as_ref()
+                .is_ok_and(|s| s.commit == base.commit && s.tree_sha256 == base.tree_sha256)
+        };
+        let source = list
+            .iter()
+            .filter(is_base)
+            .find(|r| current.as_ref() == Some(&r.id))
+            .or_else(|| list.iter().find(is_base))
+            .ok_or_else(|| {
+                InstallError::DeltaBaseMissing(Box::new(DeltaBaseMissing {
+                    artifact: artifact.to_path_buf(),
+                    release: manifest.release.clone(),
+                    base_release: base.release.clone(),
+                    base_commit: base.commit.clone(),
+                    full: full_artifact_name(artifact, manifest),
+                }))
+            })?;
+        let changed = |path: &str, why: String| {
+            InstallError::DeltaBaseChanged(Box::new(DeltaBaseChanged {
+                artifact: artifact.to_path_buf(),
+                base: source.name().to_string(),
+                path: path.to_string(),
+                why,
+                full: full_artifact_name(artifact, manifest),
+            }))
+        };
+        let manifest_path = source.dir.join(MANIFEST_NAME);
+        let json = std::fs::read(&manifest_path)
+            .map_err(|e| changed(MANIFEST_NAME, format!("it cannot be read: {e}")))?;
+        let theirs = Manifest::from_json(&json)
+            .map_err(|e| changed(MANIFEST_NAME, format!("it is not a valid manifest: {e}")))?;
+        if theirs.commit != base.commit || theirs.tree_sha256 != base.tree_sha256 {
+            return Err(changed(
+                MANIFEST_NAME,
+                "it is not the manifest of the base release".into(),
+            )
+            .into());
+        }
+        let record = InstallRecord::read(&source.dir).map_err(|e| {
+            changed(
+                crate::host::record::RECORD_NAME,
+                format!("it cannot be read: {e}"),
+            )
+        })?;
+        let tree = record.expected(&theirs);
+        // The base was complete when its install.json was written: a file
+        // changed since (written, chmod-ed, or linked into a later release)
+        // has a later ctime, which nothing but the clock can set back.
+        let completed =
+            std::fs::symlink_metadata(source.dir.join(crate::host::record::RECORD_NAME))
+                .map(|m| (m.ctime(), m.ctime_nsec()))
+                .map_err(|e| {
+                    changed(
+                        crate::host::record::RECORD_NAME,
+                        format!("it cannot be read: {e}"),
+                    )
+                })?;
+        let mut reuse = Reuse {
+            dir: source.dir.clone(),
+            id: source.id.clone(),
+            linkable: vec![false; manifest.files.len()],
+            files: 0,
+            bytes: 0,
+            delta: true,
+        };
+        let mut work = Vec::new();
+        for (i, entry) in manifest.files.iter().enumerate() {
+            let unchanged = entry.kind == EntryType::File
+                && theirs
+                    .files
+                    .binary_search_by(|b| b.path.cmp(&entry.path))
+                    .is_ok_and(|j| theirs.files[j] == *entry);
+            if !unchanged {
+                continue;
+            }
+            let as_installed = tree
+                .binary_search_by(|e| e.path.cmp(&entry.path))
+                .is_ok_and(|j| tree[j] == *entry);
+            if !as_installed {
+                return Err(changed(
+                    &entry.path,
+                    "this host installed it differently on purpose (a shared path, --python or --rebuild-venv)".into(),
+                )
+                .into());
+            }
+            let path = source.dir.join(&entry.path);
+            let meta = std::fs::symlink_metadata(&path)
+                .map_err(|e| changed(&entry.path, format!("it cannot be read: {e}")))?;
+            let want_mode = installed_mode(entry.kind, entry.mode);
+            let mode = meta.permissions().mode() & 0o7777;
+            if !meta.file_type().is_file() {
+                return Err(changed(&entry.path, "it is no longer a regular file".into()).into());
+            }
+            if mode != want_mode {
+                return Err(changed(
+                    &entry.path,
+                    format!(
+                        "it was changed on this host (mode {mode:04o}, installed {want_mode:04o})"
+                    ),
+                )
+                .into());
+            }
+            if meta.size() != entry.size() {
+                return Err(changed(
+                    &entry.path,
+                    format!(
+                        "it was changed on this host ({} bytes, the manifest lists {})",
+                        meta.size(),
+                        entry.size()
+                    ),
+                )
+                .into());
+            }
+            reuse.linkable[i] = true;
+            reuse.files += 1;
+            reuse.bytes += entry.size();
+            if (meta.ctime(), meta.ctime_nsec()) > completed {
+                work.push(Work {
+                    index: i,
+                    path,
+                    size: entry.size(),
+                    sha256: entry.sha256.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let hashed = work.len() as u64;
+        let check = (hash && !work.is_empty()).then(|| BaseCheck::start(work));
+        Ok(DeltaPlan {
+            reuse,
+            check,
+            hashed,
+        })
+    }
+}
+
+/// The name of the full artifact a delta stands for: the delta's own name
+/// without its `.delta-<base12>`, else `<app>-<release>.tar.zst`.
+pub fn full_artifact_name(artifact: &Path, manifest: &Manifest) -> String {
+    let name = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.split_once(".delta-") {
+        Some((head, tail)) if tail.len() > 12 => format!("{head}{}", &tail[12..]),
+        _ => format!("{}-{}.tar.zst", manifest.app, manifest.release),
+    }
+}
+
+/// One file to hash: the index of its manifest entry, where it is, what it
+/// must be.
+struct Work {
+    index: usize,
+    path: PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+/// The content check of a delta's unchanged files: threads hash the base
+/// release's copies (largest first, shared out as each thread is free)
+/// beside the unpacking. The first mismatch stops them.
+pub struct BaseCheck {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    failure: Arc<Mutex<Option<(usize, String)>>>,
+}
+
+impl BaseCheck {
+    fn start(mut work: Vec<Work>) -> BaseCheck {
+        work.sort_by_key(|w| std::cmp::Reverse(w.size));
+        let work = Arc::new(work);
+        let next = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(Mutex::new(None));
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(work.len().max(1));
+        let threads = (0..n)
+            .map(|_| {
+                let (work, next, stop, failure) =
+                    (work.clone(), next.clone(), stop.clone(), failure.clone());
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 256 * 1024];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(item) = work.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        if let Err(why) = check_one(item, &mut buffer) {
+                            stop.store(true, Ordering::Relaxed);
+                            let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+                            first.get_or_insert((item.index, why));
+                        }
+                    }
+                })
+            })
+            .collect();
+        BaseCheck { threads, failure }
+    }
+
+    /// Wait for the check: `Err((index, why))` names the first file of the
+    /// new manifest whose base copy is not what it lists.
+    pub fn finish(self) -> std::result::Result<(), (usize, String)> {
+        for thread in self.threads {
+            if thread.join().is_err() {
+                return Err((0, "the thread hashing it panicked".into()));
+            }
+        }
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Hash one base file (never through a symlink) against its entry.
+fn check_one(item: &Work, buffer: &mut [u8]) -> std::result::Result<(), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&item.path)
+        .map_err(|e| format!("it cannot be read: {e}"))?;
+    let mut reader = HashingReader::new(file, item.size);
+    loop {
+        match reader.read(buffer) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("it was changed on this host: {e}")),
+        }
+    }
+    let read = reader.bytes_read();
+    let digest = reader.digest();
+    if read != item.size {
+        return Err(format!(
+            "it was changed on this host ({read} bytes, the manifest lists {})",
+            item.size
+        ));
+    }
+    if digest != item.sha256 {
+        return Err(format!(
+            "it was changed on this host (its content has sha256 {digest}, the manifest lists {})",
+            item.sha256
+        ));
+    }
+    Ok(())
 }

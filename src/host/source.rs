@@ -371,7 +371,11 @@ impl SourceCheck {
     /// A handle that turns an install's error into the download's failure
     /// when the download failed first (whatever reader then met it).
     pub fn failure(&self) -> DownloadFailure {
-        DownloadFailure(self.failure.clone())
+        DownloadFailure {
+            failure: self.failure.clone(),
+            url: self.url.clone(),
+            downloaded: self.downloaded.clone(),
+        }
     }
 
     /// Where the artifact came from and what vouched for it, for the report.
@@ -416,15 +420,34 @@ impl SourceCheck {
 }
 
 /// See [`SourceCheck::failure`].
-pub struct DownloadFailure(Option<Failure>);
+pub struct DownloadFailure {
+    failure: Option<Failure>,
+    /// For a URL: the redacted URL and the bytes read.
+    url: Option<String>,
+    downloaded: Option<Downloaded>,
+}
 
 impl DownloadFailure {
     /// The download's own failure when there was one: whatever reader met
-    /// it first (decompression, the tar parser) gives a vaguer message.
+    /// it first (decompression, the tar parser) gives a vaguer message. A
+    /// URL's body that ended cleanly in the middle of the artifact is the
+    /// download's failure too: fetching again (after the store is fixed)
+    /// is the fix, not copying a file.
     pub fn explain(&self, err: Error) -> Error {
-        match self.0.as_ref().and_then(Failure::get) {
-            Some(failure) => FetchError::Download(failure).into(),
-            None => err,
+        if let Some(failure) = self.failure.as_ref().and_then(Failure::get) {
+            return FetchError::Download(failure).into();
+        }
+        match (err, &self.url) {
+            (Error::Artifact(ArtifactError::CorruptArchive { after, error, .. }), Some(url)) => {
+                FetchError::EndedEarly {
+                    url: url.clone(),
+                    bytes: self.downloaded.as_ref().map_or(0, Downloaded::get),
+                    after,
+                    error,
+                }
+                .into()
+            }
+            (err, _) => err,
         }
     }
 }

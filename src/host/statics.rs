@@ -43,10 +43,10 @@ use crate::host::config::HostConfig;
 use crate::host::layout::Host;
 use crate::host::lock::Lock;
 use crate::host::releases::{self, Installed};
+pub use crate::host::verify::{Problem, StaticReport};
 use crate::output::Printer;
 
-/// The directory of a release (and of the root) that holds static files.
-pub const STATIC_DIR: &str = "static";
+pub use crate::host::layout::STATIC_DIR;
 /// Names of the temporary links of a replacement (removed by the next sync).
 pub const TMP_PREFIX: &str = ".release-tmp-";
 
@@ -495,37 +495,6 @@ pub fn served(host: &Host) -> Option<Served> {
     Some(Served { path, files, bytes })
 }
 
-/// What `release verify` found in the served directory.
-#[derive(Debug, Clone, Serialize)]
-pub struct StaticReport {
-    pub path: PathBuf,
-    pub ok: bool,
-    /// Regular files served.
-    pub files: u64,
-    pub problems: Vec<crate::host::verify::Problem>,
-}
-
-impl StaticReport {
-    pub fn human(&self) -> String {
-        if self.ok {
-            return format!(
-                "{}: ok, {} file(s), each an installed release's, the current release's all served\n",
-                self.path.display(),
-                self.files
-            );
-        }
-        let mut text = format!(
-            "{}: {} problem(s)\n",
-            self.path.display(),
-            self.problems.len()
-        );
-        for p in &self.problems {
-            text.push_str(&format!("  {}: {}\n", p.path.escape_debug(), p.problem));
-        }
-        text
-    }
-}
-
 /// One installed release's static files by its manifest (with what install
 /// recorded applied): path under `static/` -> sha256.
 fn manifest_files(release: &Installed) -> Option<BTreeMap<String, String>> {
@@ -681,8 +650,8 @@ pub fn verify(host: &Host, config: &HostConfig) -> Result<Option<StaticReport>> 
     Ok(Some(report))
 }
 
-fn report_problem(problems: &mut Vec<crate::host::verify::Problem>, path: &str, problem: String) {
-    problems.push(crate::host::verify::Problem {
+fn report_problem(problems: &mut Vec<Problem>, path: &str, problem: String) {
+    problems.push(Problem {
         path: if path.is_empty() {
             format!("{STATIC_DIR}/")
         } else {

@@ -1,6 +1,8 @@
 //! `release verify [ID]`: re-hash an installed release against its manifest
 //! (the `release.json` inside it) with the changes `install` recorded in
-//! `install.json` applied, and report every difference.
+//! `install.json` applied, and report every difference. The report of the
+//! served `static/` (which `statics::verify` checks) is defined here beside
+//! the release's, so statics depends on verify and not both ways.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,44 @@ pub struct VerifyReport {
     /// The served `static/` (host::statics), checked by `verify` without an
     /// ID; absent otherwise.
     #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
-    pub served_static: Option<crate::host::statics::StaticReport>,
+    pub served_static: Option<StaticReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Problem {
     pub path: String,
     pub problem: String,
+}
+
+/// What `release verify` found in the served directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaticReport {
+    pub path: PathBuf,
+    pub ok: bool,
+    /// Regular files served.
+    pub files: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl StaticReport {
+    pub fn human(&self) -> String {
+        if self.ok {
+            return format!(
+                "{}: ok, {} file(s), each an installed release's, the current release's all served\n",
+                self.path.display(),
+                self.files
+            );
+        }
+        let mut text = format!(
+            "{}: {} problem(s)\n",
+            self.path.display(),
+            self.problems.len()
+        );
+        for p in &self.problems {
+            text.push_str(&format!("  {}: {}\n", p.path.escape_debug(), p.problem));
+        }
+        text
+    }
 }
 
 impl VerifyReport {

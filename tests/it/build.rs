@@ -403,6 +403,9 @@ fn uv_builds_work_and_an_unchanged_requirements_rebuild_reuses_the_venv() {
     // `auto` picks uv when it is on PATH.
     let first = build("one");
     assert_eq!(first["cached_env"], false);
+    // uv unpacked the wheels into the build cache (not a temporary cache it
+    // then deletes).
+    assert!(tmp.join("cache/uv").is_dir());
     let inspect = run_json(
         release()
             .args(["inspect", "--json"])
@@ -542,6 +545,13 @@ fn missing_requirements_file() {
         "{err}"
     );
     assert!(err.contains("--requirements"), "{err}");
+    // A lock file is named as one.
+    let err = build_fails(&app, &["--requirements", "locks/pylock.toml"]);
+    assert!(
+        err.contains("lock file") && err.contains("locks/pylock.toml does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("requirements file"), "{err}");
 }
 
 #[test]

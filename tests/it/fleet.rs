@@ -631,8 +631,11 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
     let a12 = app.head()[..12].to_string();
     app.write("mysite/extra.py", "X = 2\n");
     app.commit("release B");
-    let b = app.build_ok(&dist, &[]);
+    // B with a delta against A: the good rollout (a) ships the delta.
+    let b = app.build_ok(&dist, &["--delta-from", a.to_str().unwrap()]);
     let b12 = app.head()[..12].to_string();
+    let b_delta = dist.join(format!("mysite-{b12}.delta-{a12}.tar.zst"));
+    assert!(b_delta.is_file(), "no delta {}", b_delta.display());
     let views = std::fs::read_to_string(app.path("mysite/views.py")).unwrap();
     app.write(
         "mysite/views.py",
@@ -683,13 +686,16 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
             "release_lock_wait": 30,
         })
     };
-    let by_url = |artifact: &Path| {
-        let mut vars = base(artifact);
-        vars["release_artifact"] = json!(format!(
+    let url_of = |artifact: &Path| {
+        format!(
             "http://127.0.0.1:{}/files/{}",
             nginx.port,
             artifact.file_name().unwrap().to_string_lossy()
-        ));
+        )
+    };
+    let by_url = |artifact: &Path| {
+        let mut vars = base(artifact);
+        vars["release_artifact"] = json!(url_of(artifact));
         vars
     };
     eprintln!(
@@ -757,7 +763,9 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         log = phase_log.display(),
         roots = roots.join(" ")
     );
+    // Every host has A, the delta's base: each gets the delta, not B.
     let mut vars = base(&b);
+    vars["release_delta"] = json!(b_delta);
     vars["release_phase"] = json!(phase);
     vars["release_canary_pause"] = json!(2);
     let run = fleet.playbook("deploy.yml", &vars, &[]);
@@ -819,12 +827,30 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
     );
     let report = window("a", &mut load, true);
     assert!(report.bodies.contains_key(&b12), "{:?}", report.bodies);
+    for h in &fleet.hosts {
+        let incoming = h.root.join("incoming");
+        assert!(incoming.join(b_delta.file_name().unwrap()).is_file());
+        assert!(!incoming.join(b.file_name().unwrap()).exists());
+        let installed = h
+            .journal()
+            .into_iter()
+            .find(|e| e["event"] == "installed" && e["release"].as_str().unwrap().starts_with(&b12))
+            .unwrap();
+        let id = installed["release"].as_str().unwrap();
+        assert!(
+            h.release(&["verify", id]).status.success(),
+            "{}: B from the delta does not verify",
+            h.name
+        );
+    }
 
     // (e) the same deploy again: no change, no journal line. This time from
     // a URL (nginx serves dist/): each host would download it itself, and
     // finds the copy it already has matches the .sha256 beside the URL.
     let before = fleet.snapshot();
-    let run = fleet.playbook("deploy.yml", &by_url(&b), &[]);
+    let mut vars = by_url(&b);
+    vars["release_delta"] = json!(url_of(&b_delta));
+    let run = fleet.playbook("deploy.yml", &vars, &[]);
     run.ok();
     assert_eq!(fleet.snapshot(), before, "a repeated deploy changed a host");
     let recap = run.recap();
@@ -846,9 +872,11 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         "fleet (e): the same deploy again changed nothing ({:.1}s)",
         run.seconds
     );
-    // (g) again, with the artifact on the hosts: check mode runs the
-    // binary's install --dry-run and activate --dry-run.
-    let run = fleet.playbook("deploy.yml", &base(&b), &["--check", "--diff"]);
+    // (g) again, with the artifact (B's delta) on the hosts: check mode
+    // runs the binary's install --dry-run and activate --dry-run.
+    let mut vars = base(&b);
+    vars["release_delta"] = json!(b_delta);
+    let run = fleet.playbook("deploy.yml", &vars, &["--check", "--diff"]);
     run.ok();
     assert_eq!(fleet.snapshot(), before, "--check changed a host");
     assert!(

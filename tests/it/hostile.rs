@@ -1881,3 +1881,144 @@ fn a_safe_root_works_between_the_unsafe_cases() {
     let out = site.run(&["install", healthy().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+// ---- deltas --------------------------------------------------------------------
+
+/// Hostile deltas (docs/host.md "Delta artifacts"): each runs on a fresh
+/// site whose live release is the healthy one, the base of the real delta
+/// built by `delta::pair`, and checks exit 1, the message, and that nothing
+/// in the root changed (the live release still verifies).
+mod delta_case {
+    use super::*;
+    use crate::common::members::{Member, Members};
+    use crate::delta::{pair, CHANGED, UNCHANGED};
+
+    /// A site with the delta's base live.
+    fn site() -> (Site, String) {
+        let site = Site::in_tmp(
+            tempfile::Builder::new()
+                .prefix("rh-delta-")
+                .tempdir()
+                .unwrap(),
+        );
+        let id = site.healthy();
+        let base12 = pair().report["delta"]["base_release"].as_str().unwrap();
+        assert!(
+            id.starts_with(base12),
+            "the healthy release {id} is not the delta's base"
+        );
+        (site, id)
+    }
+
+    /// Install `delta` (an edited copy of the real one, with a matching
+    /// .sha256); it must be refused naming each of `expect`, and change nothing.
+    fn refused(site: &Site, id: &str, delta: &Members, expect: &[&str]) {
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = delta.write(&dir.path().join("hostile.delta-x.tar.zst"));
+        let before = snapshot(&site.root);
+        let out = limited_install(&site.root, &artifact);
+        let err = fails_with(&out, 1);
+        for needle in expect {
+            assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+        }
+        assert_eq!(diff(&before, &snapshot(&site.root)), Vec::<String>::new());
+        assert_eq!(site.current(), Some(Path::new("releases").join(id)));
+        assert_eq!(site.host.releases(), vec![id.to_string()]);
+        site.verify_ok();
+    }
+
+    #[test]
+    fn a_member_for_a_file_the_manifest_lists_unchanged() {
+        let (site, id) = site();
+        let mut delta = Members::read(&pair().delta);
+        let base = Members::read(&pair().base);
+        let original = base.0.iter().find(|m| m.path == UNCHANGED).unwrap();
+        let carried = delta.0.iter().find(|m| m.path == CHANGED).unwrap();
+        let smuggled = Member {
+            path: UNCHANGED.to_string(),
+            data: original.data.clone(),
+            ..carried.clone()
+        };
+        delta.insert_after("app/mysite", smuggled);
+        refused(
+            &site,
+            &id,
+            &delta,
+            &[
+                &format!("entry `{UNCHANGED}` refused"),
+                "is carried by the delta, but the manifest lists it unchanged",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_base_that_is_not_installed() {
+        let (site, id) = site();
+        let mut delta = Members::read(&pair().delta);
+        let mut header: serde_json::Value = serde_json::from_slice(&delta.0[0].data).unwrap();
+        header["base"]["commit"] = COMMIT_H.into();
+        header["base"]["release"] = COMMIT_H[..12].into();
+        delta.0[0].data = serde_json::to_vec(&header).unwrap();
+        let release12 = pair().report["release"].as_str().unwrap();
+        refused(
+            &site,
+            &id,
+            &delta,
+            &[
+                &format!(
+                    "only next to release {} (commit {COMMIT_H})",
+                    &COMMIT_H[..12]
+                ),
+                &format!("install the full artifact (mysite-{release12}.tar.zst)"),
+            ],
+        );
+    }
+
+    /// An operator's hot fix in the live release: made writable, edited
+    /// (same size), made read-only again. The delta would link the edited
+    /// file into the new release; the content check refuses it.
+    #[test]
+    fn a_base_file_edited_on_the_host() {
+        let (site, id) = site();
+        let file = site.root.join("releases").join(&id).join(UNCHANGED);
+        let dir = file.parent().unwrap();
+        let mut text = std::fs::read(&file).unwrap();
+        text[0] = if text[0] == b'#' { b' ' } else { b'#' };
+        chmod(dir, 0o755);
+        chmod(&file, 0o644);
+        std::fs::write(&file, &text).unwrap();
+        let delta = Members::read(&pair().delta);
+        // Left writable: refused on its mode, before anything is unpacked.
+        refused_after_edit(
+            &site,
+            &delta,
+            &[UNCHANGED, "changed on this host (mode 0644"],
+        );
+        // Made read-only again: refused on its content.
+        chmod(&file, 0o444);
+        chmod(dir, 0o555);
+        refused_after_edit(
+            &site,
+            &delta,
+            &[
+                UNCHANGED,
+                "its content has sha256",
+                &format!("release verify {id}"),
+            ],
+        );
+        assert_eq!(site.current(), Some(Path::new("releases").join(&id)));
+        assert_eq!(site.host.releases(), vec![id.to_string()]);
+    }
+
+    /// As [`refused`], on a site whose live release no longer verifies.
+    fn refused_after_edit(site: &Site, delta: &Members, expect: &[&str]) {
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = delta.write(&dir.path().join("hostile.delta-x.tar.zst"));
+        let before = snapshot(&site.root);
+        let err = fails_with(&limited_install(&site.root, &artifact), 1);
+        for needle in expect {
+            assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+        }
+        assert_eq!(diff(&before, &snapshot(&site.root)), Vec::<String>::new());
+    }
+}

@@ -5,6 +5,7 @@ mod bakery;
 mod build;
 mod cli;
 mod common;
+mod delta;
 mod demo;
 mod dry_run;
 mod faults;

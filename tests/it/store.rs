@@ -510,8 +510,19 @@ fn install_from_a_url_streams_the_same_tree_and_hostile_servers_leave_nothing() 
     );
     root.refused(&server.url("cut", &name), &[], &["/cut/", "truncated"]);
     // A Content-Length shorter than the body: the body is what it declares,
-    // which is not a whole artifact.
-    root.refused(&server.url("long", &name), &[], &["/long/", "truncated"]);
+    // which is not a whole artifact. The download is what to do again, not
+    // a copy of a file.
+    let err = root.refused(
+        &server.url("long", &name),
+        &[],
+        &[
+            "/long/",
+            "the body ended after",
+            "truncated",
+            "fetch it again",
+        ],
+    );
+    assert!(!err.contains("copy the artifact"), "{err}");
     // A body that goes on past the artifact (in a frame the decompressor
     // skips): refused once it exceeds what the manifest's files can take.
     root.refused(
@@ -711,4 +722,92 @@ fn https_checks_the_server_against_the_system_roots_or_ssl_cert_file() {
         .unwrap();
     let report = json_ok(&out);
     assert_eq!(report["url"], url.as_str());
+}
+
+/// A delta from a URL: the same checks and tree as from a file, the base
+/// taken from the root; without its base, refused before anything streams
+/// into the root.
+#[test]
+fn a_delta_from_a_url_installs_next_to_its_base() {
+    let pair = crate::delta::pair();
+    let server = Store::start();
+    let name = server.put(&pair.delta);
+    let root = Root::new();
+    let base = root.install(pair.base.to_str().unwrap(), &[]);
+    let report = root.install(&server.url("chunked", &name), &[]);
+    assert_eq!(report["delta"], true, "{report}");
+    assert_eq!(report["linked_from"], base["id"]);
+    assert_eq!(
+        report["downloaded_bytes"],
+        std::fs::metadata(&pair.delta).unwrap().len()
+    );
+    let by_file = Root::new();
+    by_file.install(pair.base.to_str().unwrap(), &[]);
+    let full = by_file.install(pair.full.to_str().unwrap(), &[]);
+    assert_eq!(
+        root.tree_digest(report["id"].as_str().unwrap()),
+        by_file.tree_digest(full["id"].as_str().unwrap())
+    );
+    let base12 = pair.report["delta"]["base_release"].as_str().unwrap();
+    Root::new().refused(
+        &server.url("ok", &name),
+        &[],
+        &[
+            &format!("only next to release {base12}"),
+            "install the full artifact",
+        ],
+    );
+}
+
+/// `build --sign --delta-from`: the delta is signed like the full artifact,
+/// and a host that requires signatures installs it next to its base.
+#[test]
+fn a_signed_build_signs_its_delta_too() {
+    let pair = crate::delta::pair();
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::new(dir.path(), "ci", Some("pw"));
+    let app = App::new();
+    app.write("mysite/signed_change.py", "SIGNED = True\n");
+    app.commit("a signed change");
+    let out = dir.path().join("dist");
+    let mut build = release();
+    build
+        .current_dir(&app.dir)
+        .args([
+            "build",
+            "--json",
+            "--installer",
+            "pip",
+            "--no-index",
+            "--find-links",
+        ])
+        .arg(wheelhouse())
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(shared_cache())
+        .arg("--sign")
+        .arg(&key.sec_file)
+        .arg("--delta-from")
+        .arg(&pair.base)
+        .env("RELEASE_SIGN_PASSWORD", "pw");
+    let report = json_ok(&build.output().unwrap());
+    let delta = PathBuf::from(report["delta"]["artifact"].as_str().unwrap());
+    assert_eq!(
+        report["delta"]["signature"].as_str(),
+        sig_of(&delta).to_str()
+    );
+    assert!(key.cli_verifies(&delta, &sig_of(&delta)));
+    let full = PathBuf::from(report["artifact"].as_str().unwrap());
+    assert!(key.cli_verifies(&full, &sig_of(&full)));
+    let root = Root::trusting(&[&key]);
+    let base_sig = dir.path().join("base.minisig");
+    key.cli_sign(&pair.base, &base_sig, false);
+    root.install(
+        pair.base.to_str().unwrap(),
+        &["--signature", base_sig.to_str().unwrap()],
+    );
+    let installed = root.install(delta.to_str().unwrap(), &[]);
+    assert_eq!(installed["delta"], true, "{installed}");
+    assert!(installed["signed_by"].is_string(), "{installed}");
 }

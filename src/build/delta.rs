@@ -1,0 +1,141 @@
+//! `build --delta-from PREVIOUS`: a delta artifact beside the full one.
+//!
+//! A delta is an artifact of the same format whose first member is
+//! `release-delta.json` (which release it applies to, see
+//! [`archive::DeltaHeader`]), then the new release's complete
+//! `release.json`, then every directory and symlink of the new release and
+//! only the regular files that PREVIOUS does not have with the same path,
+//! mode, size and sha256. Directories and symlinks are a tar header each (a
+//! few KB compressed for thousands of them) and keep the host's unpacking
+//! rules unchanged: every parent is unpacked before its children, every
+//! link is checked as in a full artifact. The files left out are taken on
+//! the host from PREVIOUS as installed, after being checked against the new
+//! manifest (src/host/delta.rs).
+
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use crate::archive::{self, ArtifactWriter, DeltaHeader, Format};
+use crate::error::{BuildError, Result};
+use crate::fsutil;
+use crate::manifest::{Entry, EntryType, Manifest};
+
+/// The previous release's manifest: from its artifact (full or delta: both
+/// carry the complete manifest), or from its `release.json`.
+pub fn base_manifest(path: &Path) -> Result<Manifest> {
+    let bad = |reason: String| BuildError::DeltaFrom {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut magic = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut file = fs::File::open(path)?;
+        let n = file.read(&mut magic)?;
+        if n == 4 && Format::sniff(&magic).is_some() {
+            let (_, manifest) = archive::read_manifest(path)?;
+            return Ok(manifest);
+        }
+    }
+    let json = fs::read(path)?;
+    if json.first().is_some_and(|b| *b == b'{') {
+        return Manifest::from_json(&json)
+            .map_err(|why| bad(format!("not a valid release.json: {why}")).into());
+    }
+    Err(bad("neither an artifact (zstd or gzip) nor a release.json".into()).into())
+}
+
+/// Which entries of `manifest` a delta against `base` carries: directories,
+/// symlinks, and the files `base` lacks with the same path, mode, size and
+/// content.
+pub fn carried(manifest: &Manifest, base: &Manifest) -> Vec<bool> {
+    manifest
+        .files
+        .iter()
+        .map(|e| e.kind != EntryType::File || !unchanged(e, base))
+        .collect()
+}
+
+/// `entry` is a file that `base` lists identically.
+pub fn unchanged(entry: &Entry, base: &Manifest) -> bool {
+    entry.kind == EntryType::File
+        && base
+            .files
+            .binary_search_by(|b| b.path.cmp(&entry.path))
+            .is_ok_and(|i| base.files[i] == *entry)
+}
+
+/// `<app>-<commit12>.delta-<base12>.<ext>`: a name no full artifact has.
+pub fn file_name(manifest: &Manifest, base: &Manifest, format: Format) -> String {
+    format!(
+        "{}-{}.delta-{}.{}",
+        manifest.app,
+        manifest.release,
+        base.release,
+        format.extension()
+    )
+}
+
+/// What the delta written is.
+pub struct Written {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Regular files carried, of the manifest's.
+    pub files: u64,
+}
+
+/// Write the delta of `manifest` (serialised as `json`) against `base` into
+/// `out`, with its `.sha256`; `source` gives where each carried entry's
+/// content is on disk.
+pub fn write(
+    out: &Path,
+    manifest: &Manifest,
+    json: &[u8],
+    base: &Manifest,
+    format: Format,
+    source: impl Fn(&Entry) -> Result<PathBuf>,
+) -> Result<Written> {
+    if base.app != manifest.app {
+        return Err(BuildError::DeltaFrom {
+            path: PathBuf::from(&base.release),
+            reason: format!(
+                "that release is of app {:?}, this build is of {:?}",
+                base.app, manifest.app
+            ),
+        }
+        .into());
+    }
+    fs::create_dir_all(out)?;
+    let path = out.join(file_name(manifest, base, format));
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-delta-")
+        .tempfile_in(out)
+        .map_err(|e| fsutil::fs_err_io(e, out))?;
+    let (tmp_file, tmp_path) = tmp.into_parts();
+    let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
+    let mut writer = ArtifactWriter::new(file, format, manifest.source_date_epoch)?;
+    writer.append_delta_header(&DeltaHeader::of(base))?;
+    writer.append_manifest(json)?;
+    let mut files = 0;
+    for (entry, carry) in manifest.files.iter().zip(carried(manifest, base)) {
+        if carry {
+            writer.append(entry, &source(entry)?)?;
+            files += u64::from(entry.kind == EntryType::File);
+        }
+    }
+    let written = writer.finish()?;
+    fsutil::set_mode(&tmp_path, 0o644)?;
+    written.file.sync_all()?;
+    tmp_path
+        .persist(&path)
+        .map_err(|e| fsutil::fs_err_io(e.error, &path))?;
+    archive::write_checksum_file(&path, &written.sha256)?;
+    Ok(Written {
+        path,
+        sha256: written.sha256,
+        bytes: written.bytes,
+        files,
+    })
+}
