@@ -510,6 +510,11 @@ impl<'a> Build<'a> {
                 .unwrap_or_else(|_| Err(Error::internal("the delta's thread panicked")));
             (full, delta)
         });
+        if let (Err(_), Ok(Some(orphan))) = (&full, &delta) {
+            // No delta without the full artifact it stands for.
+            let _ = fs::remove_file(&orphan.path);
+            let _ = fs::remove_file(format!("{}.sha256", orphan.path.display()));
+        }
         let ((artifact, written), delta) = (full?, delta?);
         steps.done(if base.is_some() {
             "archive + delta"
