@@ -176,6 +176,39 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Wall time and CPU time (user + system, from GNU time) of `cmd`: on a
+/// machine shared with other work the CPU time says what a change saves
+/// when the wall time mostly measures the wait for a core.
+fn timed_cpu(cmd: &mut Command) -> (f64, f64) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%U %S", "-o"])
+        .arg(out.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let wall = {
+        let t = Instant::now();
+        run(&mut timed);
+        t.elapsed().as_secs_f64()
+    };
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    let cpu = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap())
+        .sum();
+    (wall, cpu)
+}
+
 fn timed(cmd: &mut Command) -> f64 {
     let t = Instant::now();
     run(cmd);
@@ -519,12 +552,12 @@ impl Bench {
         eprintln!("delta rows: load average before: {}", load_average());
         let (mut with_delta, mut full_only) = (Vec::new(), Vec::new());
         for i in 0..runs {
-            with_delta.push(timed(
+            with_delta.push(timed_cpu(
                 self.release_build(&w.join(format!("d{i}")), &cache)
                     .arg("--delta-from")
                     .arg(&a),
             ));
-            full_only.push(timed(
+            full_only.push(timed_cpu(
                 &mut self.release_build(&w.join(format!("f{i}")), &cache),
             ));
         }
@@ -543,14 +576,18 @@ impl Bench {
         for i in 0..runs {
             let root = w.join(format!("rd{i}"));
             run(&mut self.install(&root, &a));
-            by_delta.push(timed(&mut self.install(&root, &delta)));
+            by_delta.push(timed_cpu(&mut self.install(&root, &delta)));
             let root = w.join(format!("rf{i}"));
             run(&mut self.install(&root, &a));
-            by_full.push(timed(&mut self.install(&root, &b)));
+            by_full.push(timed_cpu(&mut self.install(&root, &b)));
         }
         eprintln!("delta rows: load average after: {}", load_average());
-        let (bd, bf) = (median(with_delta), median(full_only));
-        let (id, if_) = (median(by_delta), median(by_full));
+        let walls = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
+        let cpus = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+        let (bd, bf) = (walls(&with_delta), walls(&full_only));
+        let (bd_cpu, bf_cpu) = (cpus(&with_delta), cpus(&full_only));
+        let (id, if_) = (walls(&by_delta), walls(&by_full));
+        let (id_cpu, if_cpu) = (cpus(&by_delta), cpus(&by_full));
         let size = delta_bytes as f64 / full_bytes as f64;
         vec![
             Row {
@@ -563,17 +600,17 @@ impl Bench {
             },
             Row {
                 what: format!("`release install DELTA` next to A vs `release install` of the full artifact next to A, {}", self.fs.what()),
-                ours: secs(id),
-                baseline: secs(if_),
-                ratio: format!("{:.2}×", id / if_),
+                ours: format!("{} (CPU {})", secs(id), secs(id_cpu)),
+                baseline: format!("{} (CPU {})", secs(if_), secs(if_cpu)),
+                ratio: format!("{:.2}× (CPU {:.2}×)", id / if_, id_cpu / if_cpu),
                 target: "≤ 0.5×".into(),
                 met: id / if_ <= 0.5,
             },
             Row {
                 what: "`release build --delta-from A` (full artifact and delta), warm, vs the warm build alone".into(),
-                ours: secs(bd),
-                baseline: secs(bf),
-                ratio: format!("{:.2}×", bd / bf),
+                ours: format!("{} (CPU {})", secs(bd), secs(bd_cpu)),
+                baseline: format!("{} (CPU {})", secs(bf), secs(bf_cpu)),
+                ratio: format!("{:.2}× (CPU {:.2}×)", bd / bf, bd_cpu / bf_cpu),
                 target: "≤ 1.0×".into(),
                 met: bd / bf <= 1.0,
             },

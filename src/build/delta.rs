@@ -107,6 +107,7 @@ pub fn write(
         }
         .into());
     }
+    fs::create_dir_all(out)?;
     let path = out.join(file_name(manifest, base, format));
     let tmp = tempfile::Builder::new()
         .prefix(".partial-delta-")

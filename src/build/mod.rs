@@ -479,8 +479,8 @@ impl<'a> Build<'a> {
         });
         let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
         steps.done("manifest");
-        // The delta (small) is written while the venv's frame is still
-        // being compressed, which the full artifact waits for.
+        // The delta (small) is written on a thread of its own, beside the
+        // full artifact (its compression and its fsync overlap).
         let write_delta = || -> Result<Option<delta::Written>> {
             let Some(base) = base else {
                 return Ok(None);
@@ -509,8 +509,20 @@ impl<'a> Build<'a> {
             ));
             Ok(Some(delta))
         };
-        let (artifact, written, delta) =
-            self.write_artifact(&manifest, &manifest_json, env, join_tail, write_delta)?;
+        let (full, delta) = std::thread::scope(|scope| {
+            let delta = scope.spawn(write_delta);
+            let full = self.write_artifact(&manifest, &manifest_json, env, join_tail);
+            let delta = delta
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("the delta's thread panicked")));
+            (full, delta)
+        });
+        if let (Err(_), Ok(Some(orphan))) = (&full, &delta) {
+            // No delta without the full artifact it stands for.
+            let _ = fs::remove_file(&orphan.path);
+            let _ = fs::remove_file(format!("{}.sha256", orphan.path.display()));
+        }
+        let ((artifact, written), delta) = (full?, delta?);
         steps.done(if base.is_some() {
             "archive + delta"
         } else {
@@ -603,16 +615,13 @@ impl<'a> Build<'a> {
 
     /// The archive: written beside its final name, then renamed into place,
     /// with its `.sha256`.
-    /// `beside` runs once the app's members are written, while the venv's
-    /// frame may still be compressed on its thread.
-    fn write_artifact<D>(
+    fn write_artifact(
         &self,
         manifest: &Manifest,
         manifest_json: &[u8],
         env: &Env,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
-        beside: impl FnOnce() -> Result<D>,
-    ) -> Result<(PathBuf, archive::Written, D)> {
+    ) -> Result<(PathBuf, archive::Written)> {
         let out = &self.flags.out;
         fs::create_dir_all(out)?;
         let artifact = out.join(format!(
@@ -640,7 +649,6 @@ impl<'a> Build<'a> {
         for entry in &manifest.files[..split] {
             writer.append(entry, &self.source_of(entry)?)?;
         }
-        let besides = beside()?;
         let written = match join_tail {
             Some(join_tail) => {
                 let spinner = self.printer.spinner("compressing the venv and the wheels");
@@ -663,7 +671,7 @@ impl<'a> Build<'a> {
             .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
         archive::write_checksum_file(&artifact, &written.sha256)?;
         fsutil::fsync_dir(out)?;
-        Ok((artifact, written, besides))
+        Ok((artifact, written))
     }
 
     /// Where an `app/` or `static/` entry's content is on disk.

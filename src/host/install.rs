@@ -667,6 +667,12 @@ fn plan_install(
         Some(delta) => {
             let check_base = matches!(planning, Planning::Install);
             let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, check_base)?;
+            if printer.verbose > 0 && check_base {
+                printer.progress(&format!(
+                    "taking {} unchanged files from release {}; hashing the {} changed on this host since it was installed",
+                    plan.reuse.files, plan.reuse.id, plan.hashed
+                ));
+            }
             (Some(Box::new(plan.reuse)), plan.check)
         }
         None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),

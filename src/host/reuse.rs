@@ -21,7 +21,8 @@
 //! release has unchanged: [`Reuse::for_delta`] plans to link every one of
 //! them from the base release as installed, refusing unless each is still
 //! there as installed (type, size, read-only mode), and [`BaseCheck`] hashes
-//! their content on threads of their own while the delta's members are
+//! the content of every one whose inode changed (ctime) since the base was
+//! installed, on threads of their own while the delta's members are
 //! unpacked; the install renames nothing into place before every hash
 //! matched the new manifest (docs/host.md, "Delta artifacts").
 
@@ -120,6 +121,9 @@ impl Reuse {
 pub struct DeltaPlan {
     pub reuse: Reuse,
     pub check: Option<BaseCheck>,
+    /// Files whose content is hashed: those changed (ctime) since the base
+    /// release was installed.
+    pub hashed: u64,
 }
 
 impl Reuse {
@@ -184,6 +188,18 @@ impl Reuse {
             )
         })?;
         let tree = record.expected(&theirs);
+        // The base was complete when its install.json was written: a file
+        // changed since (written, chmod-ed, or linked into a later release)
+        // has a later ctime, which nothing but the clock can set back.
+        let completed =
+            std::fs::symlink_metadata(source.dir.join(crate::host::record::RECORD_NAME))
+                .map(|m| (m.ctime(), m.ctime_nsec()))
+                .map_err(|e| {
+                    changed(
+                        crate::host::record::RECORD_NAME,
+                        format!("it cannot be read: {e}"),
+                    )
+                })?;
         let mut reuse = Reuse {
             dir: source.dir.clone(),
             id: source.id.clone(),
@@ -243,15 +259,22 @@ impl Reuse {
             reuse.linkable[i] = true;
             reuse.files += 1;
             reuse.bytes += entry.size();
-            work.push(Work {
-                index: i,
-                path,
-                size: entry.size(),
-                sha256: entry.sha256.clone().unwrap_or_default(),
-            });
+            if (meta.ctime(), meta.ctime_nsec()) > completed {
+                work.push(Work {
+                    index: i,
+                    path,
+                    size: entry.size(),
+                    sha256: entry.sha256.clone().unwrap_or_default(),
+                });
+            }
         }
-        let check = hash.then(|| BaseCheck::start(work));
-        Ok(DeltaPlan { reuse, check })
+        let hashed = work.len() as u64;
+        let check = (hash && !work.is_empty()).then(|| BaseCheck::start(work));
+        Ok(DeltaPlan {
+            reuse,
+            check,
+            hashed,
+        })
     }
 }
 

@@ -32,7 +32,9 @@ pub const UNCHANGED: &str = "app/mysite/urls.py";
 pub fn pair() -> &'static Pair {
     static PAIR: OnceLock<Pair> = OnceLock::new();
     PAIR.get_or_init(|| {
+        // Fresh: the build creates --out itself.
         let out = Path::new(REPO).join("target/delta-it");
+        let _ = std::fs::remove_dir_all(&out);
         let app = App::new();
         let base = app.build_ok(&out.join("base"), &[]);
         let views = std::fs::read_to_string(app.path("mysite/views.py")).unwrap();
@@ -149,10 +151,20 @@ fn a_delta_installs_the_same_tree_as_the_full_artifact() {
     let pair = pair();
     let root = Root::new();
     let base_id = root.install(&pair.base);
-    let report = root.json(&["install", pair.delta.to_str().unwrap()]);
-    assert_eq!(report["delta"], true, "{report}");
-    assert_eq!(report["linked_from"], base_id.as_str());
-    let id = report["id"].as_str().unwrap();
+    // An inode changed since the base was installed, but not its content
+    // (as a link into a later release does): hashed, and taken.
+    let touched = root.path.join("releases").join(&base_id).join(UNCHANGED);
+    std::fs::set_permissions(&touched, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = root.ok(&["-v", "install", pair.delta.to_str().unwrap()]);
+    let progress = stderr(&out);
+    assert!(
+        progress.contains(&format!(
+            "unchanged files from release {base_id}; hashing the"
+        )),
+        "{progress}"
+    );
+    let id = stdout(&out).trim().to_string();
+    let id = id.as_str();
     assert!(root.verifies(id));
     assert!(root.verifies(&base_id));
 
@@ -172,6 +184,15 @@ fn a_delta_installs_the_same_tree_as_the_full_artifact() {
     };
     assert_eq!(verify(&root, id), verify(&other, &full_id));
     assert!(root.journal_text().contains(id));
+    // `deploy DELTA`: installed and made live in one step.
+    let live = Root::new();
+    let live_base = live.install(&pair.base);
+    live.ok(&["activate", &live_base]);
+    let deployed = live.json(&["deploy", pair.delta.to_str().unwrap()]);
+    assert_eq!(deployed["install"]["delta"], true, "{deployed}");
+    let deployed_id = deployed["activate"]["id"].as_str().unwrap();
+    assert_eq!(live.current().as_deref(), Some(deployed_id));
+    assert!(live.verifies(deployed_id));
     // Installing it again is a no-op, like a full artifact's.
     let again = root.json(&["install", pair.delta.to_str().unwrap()]);
     assert_eq!(again["already_installed"], true);

@@ -758,3 +758,56 @@ fn a_delta_from_a_url_installs_next_to_its_base() {
         ],
     );
 }
+
+/// `build --sign --delta-from`: the delta is signed like the full artifact,
+/// and a host that requires signatures installs it next to its base.
+#[test]
+fn a_signed_build_signs_its_delta_too() {
+    let pair = crate::delta::pair();
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::new(dir.path(), "ci", Some("pw"));
+    let app = App::new();
+    app.write("mysite/signed_change.py", "SIGNED = True\n");
+    app.commit("a signed change");
+    let out = dir.path().join("dist");
+    let mut build = release();
+    build
+        .current_dir(&app.dir)
+        .args([
+            "build",
+            "--json",
+            "--installer",
+            "pip",
+            "--no-index",
+            "--find-links",
+        ])
+        .arg(wheelhouse())
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(shared_cache())
+        .arg("--sign")
+        .arg(&key.sec_file)
+        .arg("--delta-from")
+        .arg(&pair.base)
+        .env("RELEASE_SIGN_PASSWORD", "pw");
+    let report = json_ok(&build.output().unwrap());
+    let delta = PathBuf::from(report["delta"]["artifact"].as_str().unwrap());
+    assert_eq!(
+        report["delta"]["signature"].as_str(),
+        sig_of(&delta).to_str()
+    );
+    assert!(key.cli_verifies(&delta, &sig_of(&delta)));
+    let full = PathBuf::from(report["artifact"].as_str().unwrap());
+    assert!(key.cli_verifies(&full, &sig_of(&full)));
+    let root = Root::trusting(&[&key]);
+    let base_sig = dir.path().join("base.minisig");
+    key.cli_sign(&pair.base, &base_sig, false);
+    root.install(
+        pair.base.to_str().unwrap(),
+        &["--signature", base_sig.to_str().unwrap()],
+    );
+    let installed = root.install(delta.to_str().unwrap(), &[]);
+    assert_eq!(installed["delta"], true, "{installed}");
+    assert!(installed["signed_by"].is_string(), "{installed}");
+}
