@@ -28,7 +28,7 @@
 //! lock; since it works from the releases alone, the next command after a
 //! killed one repairs whatever the kill left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -198,69 +198,104 @@ pub fn sync(
     let want = wanted(&complete, live)?;
     let served = dir(host);
     let mut synced = Synced::default();
-    match fs::symlink_metadata(&served) {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            if want.is_empty() {
-                return Ok(synced);
-            }
-            fs::create_dir(&served)?;
-            fsutil::set_mode(&served, 0o755)?;
-        }
-        Err(e) => return Err(e.into()),
+    if !ensure_served_dir(&served, !want.is_empty())? {
+        return Ok(synced);
     }
     let plan = Plan {
         want: &want,
         live: complete.iter().copied().find(|r| Some(r.name()) == live),
     };
-    let mut seen = vec![false; want.len()];
-    let index: BTreeMap<&str, usize> = want
-        .keys()
-        .enumerate()
-        .map(|(i, k)| (k.as_str(), i))
-        .collect();
     let mut state = Progress {
         crash,
         synced: &mut synced,
     };
-    let mut items = walkdir::WalkDir::new(&served)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter();
-    while let Some(item) = items.next() {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", served.display())))?;
-        let path = item.path();
-        let name = item.file_name().to_string_lossy();
-        if name.starts_with(TMP_PREFIX) {
+    let seen = state.correct_served(&served, &plan)?;
+    state.add_missing(&served, &plan, &seen)?;
+    if synced.removed > 0 {
+        remove_empty_dirs(&served)?;
+    }
+    // Not fsynced: after a power cut the next command puts it right from
+    // the releases, as after a kill (the switch itself is durable).
+    Ok(synced)
+}
+
+/// Make the served directory (0755) if it is missing and there is
+/// something to serve; `false` when it is missing and there is nothing to
+/// serve (then nothing is created).
+fn ensure_served_dir(served: &Path, anything: bool) -> Result<bool> {
+    match fs::symlink_metadata(served) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if !anything {
+                return Ok(false);
+            }
+            fs::create_dir(served)?;
+            fsutil::set_mode(served, 0o755)?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A sync's counters and crash points.
+struct Progress<'a> {
+    crash: Crash,
+    synced: &'a mut Synced,
+}
+
+impl Progress<'_> {
+    /// Walk the served directory and put each path in it right: remove
+    /// temporary leftovers and what no release provides, replace what is
+    /// not the right release's file. Returns the wanted paths found there.
+    fn correct_served<'w>(&mut self, served: &Path, plan: &Plan<'w>) -> Result<BTreeSet<&'w str>> {
+        let mut seen = BTreeSet::new();
+        let mut items = walkdir::WalkDir::new(served)
+            .follow_links(false)
+            .sort_by_file_name()
+            .min_depth(1)
+            .into_iter();
+        while let Some(item) = items.next() {
+            let item =
+                item.map_err(|e| std::io::Error::other(format!("{}: {e}", served.display())))?;
             let is_dir = item.file_type().is_dir();
-            remove_any(path, is_dir)?;
+            if item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                remove_any(item.path(), is_dir)?;
+                if is_dir {
+                    items.skip_current_dir();
+                }
+                continue;
+            }
+            let rel = item
+                .path()
+                .strip_prefix(served)
+                .expect("under static/")
+                .to_string_lossy()
+                .into_owned();
+            let cands = plan.want.get_key_value(rel.as_str()).map(|(key, cands)| {
+                seen.insert(key.as_str());
+                cands.as_slice()
+            });
             if is_dir {
-                items.skip_current_dir();
+                if cands.is_some() {
+                    // A release has a file where this directory is: the
+                    // directory's files are served, this one cannot be.
+                    self.synced.skipped.push(rel);
+                }
+                continue;
             }
-            continue;
+            self.correct_file(item.path(), cands, plan)?;
         }
-        let rel = path
-            .strip_prefix(&served)
-            .expect("under static/")
-            .to_string_lossy()
-            .into_owned();
-        let cands = index.get(rel.as_str()).map(|&i| {
-            seen[i] = true;
-            &plan.want[&rel]
-        });
-        if item.file_type().is_dir() {
-            if cands.is_some() {
-                // A release has a file where this directory is: the
-                // directory's files are served, this one cannot be.
-                state.synced.skipped.push(rel);
-            }
-            continue;
-        }
+        Ok(seen)
+    }
+
+    /// Remove a served file no release provides (`cands` is `None`), or
+    /// replace it by the preferred candidate unless it is one the plan
+    /// keeps: the live release's where it has the path, else any release's.
+    fn correct_file(&mut self, path: &Path, cands: Option<&[Source]>, plan: &Plan) -> Result<()> {
         let Some(cands) = cands else {
             fs::remove_file(path)?;
-            state.synced.removed += 1;
-            continue;
+            self.synced.removed += 1;
+            return Ok(());
         };
         let meta = fs::symlink_metadata(path)?;
         let ours = meta.file_type().is_file();
@@ -271,29 +306,22 @@ pub fn sync(
                 cands.iter().any(|c| c.is(&meta))
             };
         if !keep {
-            state.replace(&cands[0].path, path)?;
+            self.replace(&cands[0].path, path)?;
         }
+        Ok(())
     }
-    for (i, (rel, cands)) in want.iter().enumerate() {
-        if !seen[i] {
-            state.add(&cands[0].path, &served, rel)?;
+
+    /// Link every wanted path the walk did not find from its preferred
+    /// release.
+    fn add_missing(&mut self, served: &Path, plan: &Plan, seen: &BTreeSet<&str>) -> Result<()> {
+        for (rel, cands) in plan.want {
+            if !seen.contains(rel.as_str()) {
+                self.add(&cands[0].path, served, rel)?;
+            }
         }
+        Ok(())
     }
-    if synced.removed > 0 {
-        remove_empty_dirs(&served)?;
-    }
-    // Not fsynced: after a power cut the next command puts it right from
-    // the releases, as after a kill (the switch itself is durable).
-    Ok(synced)
-}
 
-/// A sync's counters and crash points.
-struct Progress<'a> {
-    crash: Crash,
-    synced: &'a mut Synced,
-}
-
-impl Progress<'_> {
     /// Replace `target` by a link to `source`: the link is made under a
     /// temporary name in the same directory and renamed over `target`.
     fn replace(&mut self, source: &Path, target: &Path) -> Result<()> {
@@ -527,41 +555,68 @@ pub fn verify(host: &Host, config: &HostConfig) -> Result<Option<StaticReport>> 
     if !config.serve_static {
         return Ok(None);
     }
-    let list = installed(host)?;
+    let by_release = manifests(host)?;
     let current = host.current()?;
-    let mut by_release: Vec<(String, BTreeMap<String, String>)> = Vec::new();
-    for release in list.iter().filter(|r| r.is_complete()) {
-        if let Some(files) = manifest_files(release) {
-            by_release.push((release.name().to_string(), files));
-        }
-    }
     let live = by_release
         .iter()
         .find(|(id, _)| Some(id.as_str()) == current.id().map(|c| c.as_str()))
         .map(|(_, files)| files);
     let path = dir(host);
-    let mut report = StaticReport {
-        path: path.clone(),
-        ok: true,
+    let mut audit = Audit {
+        by_release: &by_release,
+        live,
         files: 0,
+        served: BTreeSet::new(),
         problems: Vec::new(),
     };
-    let mut problems = Vec::new();
-    let mut problem = |path: &str, problem: String| {
-        report_problem(&mut problems, path, problem);
-    };
-    if !path.is_dir() {
-        if by_release.iter().all(|(_, files)| files.is_empty()) {
-            return Ok(None);
-        }
-        problem(
+    if path.is_dir() {
+        audit.served_dir(&path)?;
+    } else if by_release.iter().all(|(_, files)| files.is_empty()) {
+        return Ok(None);
+    } else {
+        audit.problem(
             "",
             "missing (the installed releases have static files)".into(),
         );
     }
-    let mut served = std::collections::BTreeSet::new();
-    if path.is_dir() {
-        for item in walkdir::WalkDir::new(&path)
+    audit.current_release_served();
+    Ok(Some(audit.report(path)))
+}
+
+/// The static files of every complete installed release by its manifest,
+/// with the release's id (releases whose manifest cannot be read are left
+/// out).
+fn manifests(host: &Host) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+    let mut by_release = Vec::new();
+    for release in installed(host)?.iter().filter(|r| r.is_complete()) {
+        if let Some(files) = manifest_files(release) {
+            by_release.push((release.name().to_string(), files));
+        }
+    }
+    Ok(by_release)
+}
+
+/// What [`verify`] checks the served directory against, and what it found.
+struct Audit<'a> {
+    /// Each installed release's static files: path -> sha256.
+    by_release: &'a [(String, BTreeMap<String, String>)],
+    /// The current release's, if it is among them.
+    live: Option<&'a BTreeMap<String, String>>,
+    /// Regular files served.
+    files: u64,
+    /// Their paths.
+    served: BTreeSet<String>,
+    problems: Vec<Problem>,
+}
+
+impl Audit<'_> {
+    fn problem(&mut self, path: &str, problem: String) {
+        report_problem(&mut self.problems, path, problem);
+    }
+
+    /// Check every entry under the served directory `path`.
+    fn served_dir(&mut self, path: &Path) -> Result<()> {
+        for item in walkdir::WalkDir::new(path)
             .follow_links(false)
             .sort_by_file_name()
             .min_depth(1)
@@ -570,84 +625,107 @@ pub fn verify(host: &Host, config: &HostConfig) -> Result<Option<StaticReport>> 
                 item.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
             let rel = item
                 .path()
-                .strip_prefix(&path)
+                .strip_prefix(path)
                 .expect("under static/")
                 .to_string_lossy()
                 .into_owned();
-            let meta = fs::symlink_metadata(item.path())?;
-            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-            if item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                problem(&rel, "left by an interrupted command (the next install, activate or prune removes it)".into());
-                continue;
-            }
-            if meta.is_dir() {
-                if mode & 0o005 != 0o005 {
-                    problem(
-                        &rel,
-                        format!(
-                            "directory mode {:o}: the web server cannot read it (chmod o+rx)",
-                            mode & 0o7777
-                        ),
-                    );
-                }
-                continue;
-            }
-            if !meta.is_file() {
-                problem(
-                    &rel,
-                    "not a regular file (release serves only files of its releases)".into(),
-                );
-                continue;
-            }
-            report.files += 1;
-            served.insert(rel.clone());
-            if mode & 0o004 == 0 {
-                problem(
-                    &rel,
-                    format!("mode {:o}: not readable by the web server", mode & 0o7777),
-                );
-            }
-            let (digest, _) = crate::archive::hash_file(item.path())?;
-            let live_has = live.and_then(|files| files.get(&rel));
-            let owners: Vec<&str> = by_release
-                .iter()
-                .filter(|(_, files)| files.get(&rel) == Some(&digest))
-                .map(|(id, _)| id.as_str())
-                .collect();
-            match live_has {
-                Some(want) if *want != digest => problem(
+            self.entry(&item, rel)?;
+        }
+        Ok(())
+    }
+
+    /// One entry of the served directory: no temporary leftover, a
+    /// directory the web server can read, or a served file.
+    fn entry(&mut self, item: &walkdir::DirEntry, rel: String) -> Result<()> {
+        let meta = fs::symlink_metadata(item.path())?;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        if item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            self.problem(
+                &rel,
+                "left by an interrupted command (the next install, activate or prune removes it)"
+                    .into(),
+            );
+        } else if meta.is_dir() {
+            if mode & 0o005 != 0o005 {
+                self.problem(
                     &rel,
                     format!(
-                        "content is not the current release's (sha256 {digest}, the current release has {want})"
+                        "directory mode {:o}: the web server cannot read it (chmod o+rx)",
+                        mode & 0o7777
                     ),
-                ),
-                Some(_) => {}
-                None if owners.is_empty() => {
-                    let anyone = by_release.iter().any(|(_, files)| files.contains_key(&rel));
-                    problem(
-                        &rel,
-                        if anyone {
-                            format!("content (sha256 {digest}) is no installed release's file at this path")
-                        } else {
-                            "no installed release has this file".into()
-                        },
-                    );
+                );
+            }
+        } else if !meta.is_file() {
+            self.problem(
+                &rel,
+                "not a regular file (release serves only files of its releases)".into(),
+            );
+        } else {
+            self.file(item.path(), rel, mode)?;
+        }
+        Ok(())
+    }
+
+    /// A served regular file: readable by the web server, and its content
+    /// some release's file at its path (the current release's where it has
+    /// the path).
+    fn file(&mut self, path: &Path, rel: String, mode: u32) -> Result<()> {
+        self.files += 1;
+        if mode & 0o004 == 0 {
+            self.problem(
+                &rel,
+                format!("mode {:o}: not readable by the web server", mode & 0o7777),
+            );
+        }
+        let (digest, _) = crate::archive::hash_file(path)?;
+        if let Some(problem) = self.content_problem(&rel, &digest) {
+            self.problem(&rel, problem);
+        }
+        self.served.insert(rel);
+        Ok(())
+    }
+
+    /// What is wrong with serving content `digest` at `rel`, if anything.
+    fn content_problem(&self, rel: &str, digest: &str) -> Option<String> {
+        match self.live.and_then(|files| files.get(rel)) {
+            Some(want) if want != digest => Some(format!(
+                "content is not the current release's (sha256 {digest}, the current release has {want})"
+            )),
+            Some(_) => None,
+            None => {
+                let has = |sha: Option<&String>| sha.is_some_and(|sha| sha == digest);
+                if self.by_release.iter().any(|(_, files)| has(files.get(rel))) {
+                    None
+                } else if self.by_release.iter().any(|(_, files)| files.contains_key(rel)) {
+                    Some(format!(
+                        "content (sha256 {digest}) is no installed release's file at this path"
+                    ))
+                } else {
+                    Some("no installed release has this file".into())
                 }
-                None => {}
             }
         }
     }
-    if let Some(files) = live {
+
+    /// Every file of the current release is served.
+    fn current_release_served(&mut self) {
+        let Some(files) = self.live else { return };
         for rel in files.keys() {
-            if !served.contains(rel) {
-                problem(rel, "missing: a file of the current release".into());
+            if !self.served.contains(rel) {
+                self.problem(rel, "missing: a file of the current release".into());
             }
         }
     }
-    problems.sort_by(|a, b| a.path.cmp(&b.path));
-    report.ok = problems.is_empty();
-    report.problems = problems;
-    Ok(Some(report))
+
+    fn report(mut self, path: PathBuf) -> StaticReport {
+        self.problems.sort_by(|a, b| a.path.cmp(&b.path));
+        StaticReport {
+            path,
+            ok: self.problems.is_empty(),
+            files: self.files,
+            problems: self.problems,
+        }
+    }
 }
 
 fn report_problem(problems: &mut Vec<Problem>, path: &str, problem: String) {
