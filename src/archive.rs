@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ArtifactError, Error, Result};
+use crate::error::{ArtifactError, DeltaHeaderProblem, Error, Result};
 use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES};
 
 /// zstd level of artifacts. Measured on the mysite fixture (75 MB of tar):
@@ -988,28 +988,26 @@ impl DeltaHeader {
         json
     }
 
-    fn parse(json: &[u8]) -> std::result::Result<DeltaHeader, String> {
-        let header: DeltaHeader = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    fn parse(json: &[u8]) -> std::result::Result<DeltaHeader, DeltaHeaderProblem> {
+        let header: DeltaHeader = serde_json::from_slice(json).map_err(DeltaHeaderProblem::Json)?;
         if header.format != crate::manifest::FORMAT {
-            return Err(format!(
-                "format {} is not supported (this release reads format {})",
-                header.format,
-                crate::manifest::FORMAT
-            ));
+            return Err(DeltaHeaderProblem::Format {
+                format: header.format,
+                supported: crate::manifest::FORMAT,
+            });
         }
         let base = &header.base;
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex(&base.commit, 40) || base.release != base.commit[..12] {
-            return Err(format!(
-                "the base commit {:?} (release {:?}) is not 40 hex digits with its first 12 as the release",
-                base.commit, base.release
-            ));
+            return Err(DeltaHeaderProblem::BaseCommit {
+                commit: base.commit.clone(),
+                release: base.release.clone(),
+            });
         }
         if !hex(&base.tree_sha256, 64) {
-            return Err(format!(
-                "the base tree_sha256 {:?} is not a sha256",
-                base.tree_sha256
-            ));
+            return Err(DeltaHeaderProblem::BaseTree {
+                tree_sha256: base.tree_sha256.clone(),
+            });
         }
         Ok(header)
     }

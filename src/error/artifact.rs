@@ -291,3 +291,36 @@ impl fmt::Display for HeaderRefused {
         )
     }
 }
+
+/// Why a delta artifact's `release-delta.json` is refused.
+#[derive(Debug)]
+pub enum DeltaHeaderProblem {
+    /// Not JSON of the header's shape.
+    Json(serde_json::Error),
+    /// A format this release does not read (`supported` is the one it does).
+    Format { format: u32, supported: u32 },
+    /// The base commit is not 40 hex digits whose first 12 are the release.
+    BaseCommit { commit: String, release: String },
+    /// The base tree_sha256 is not 64 hex digits.
+    BaseTree { tree_sha256: String },
+}
+
+impl fmt::Display for DeltaHeaderProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use DeltaHeaderProblem::*;
+        match self {
+            Json(e) => write!(f, "{e}"),
+            Format { format, supported } => write!(
+                f,
+                "format {format} is not supported (this release reads format {supported})"
+            ),
+            BaseCommit { commit, release } => write!(
+                f,
+                "the base commit {commit:?} (release {release:?}) is not 40 hex digits with its first 12 as the release"
+            ),
+            BaseTree { tree_sha256 } => {
+                write!(f, "the base tree_sha256 {tree_sha256:?} is not a sha256")
+            }
+        }
+    }
+}

@@ -24,9 +24,71 @@ pub struct DeltaBaseChanged {
     /// The installed base release's id.
     pub base: String,
     pub path: String,
-    pub why: String,
+    pub why: BaseFileProblem,
     /// The name of the full artifact to install instead.
     pub full: String,
+}
+
+/// Why a file a delta takes from its installed base release (or that
+/// release's manifest or install record) cannot be taken.
+#[derive(Debug)]
+pub enum BaseFileProblem {
+    Unreadable(std::io::Error),
+    /// The base release's install record could not be read.
+    RecordUnreadable(Box<Error>),
+    NotAManifest(crate::manifest::Invalid),
+    /// The base's manifest names another commit or tree.
+    NotTheBase,
+    /// The host installed the path otherwise (shared path, `--python`,
+    /// `--rebuild-venv`), as its install record says.
+    InstalledDifferently,
+    NotAFile,
+    ModeChanged {
+        mode: u32,
+        installed: u32,
+    },
+    SizeChanged {
+        size: u64,
+        manifest: u64,
+    },
+    /// Reading its content failed part way.
+    ReadFailed(std::io::Error),
+    ContentChanged {
+        sha256: String,
+        manifest: String,
+    },
+    /// The thread hashing it panicked.
+    HashPanicked,
+}
+
+impl fmt::Display for BaseFileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use BaseFileProblem::*;
+        match self {
+            Unreadable(e) => write!(f, "it cannot be read: {e}"),
+            RecordUnreadable(e) => write!(f, "it cannot be read: {e}"),
+            NotAManifest(e) => write!(f, "it is not a valid manifest: {e}"),
+            NotTheBase => f.write_str("it is not the manifest of the base release"),
+            InstalledDifferently => f.write_str(
+                "this host installed it differently on purpose (a shared path, --python or --rebuild-venv)",
+            ),
+            NotAFile => f.write_str("it is no longer a regular file"),
+            ModeChanged { mode, installed } => write!(
+                f,
+                "it was changed on this host (mode {mode:04o}, installed {installed:04o})"
+            ),
+            SizeChanged { size, manifest } => write!(
+                f,
+                "it was changed on this host ({size} bytes, the manifest lists {manifest})"
+            ),
+            ReadFailed(e) => write!(f, "it was changed on this host: {e}"),
+            ContentChanged { sha256, manifest } => write!(
+                f,
+                "it was changed on this host (its content has sha256 {sha256}, the manifest lists {manifest})"
+            ),
+            HashPanicked => f.write_str("the thread hashing it panicked"),
+        }
+    }
 }
 
 /// What is free on a full filesystem, when it could be read.

@@ -31,10 +31,10 @@ use crate::exit_codes::ExitCode;
 pub use activate::{
     ActivateError, CheckFailed, FailedStep, Restored, ServicesCause, ServicesFailure,
 };
-pub use artifact::{ArtifactError, HeaderRefused, UnsafeRule};
+pub use artifact::{ArtifactError, DeltaHeaderProblem, HeaderRefused, UnsafeRule};
 pub use build::{BuildError, Unpackable};
 pub use fetch::{Cause, Doing, DownloadFailure, FetchError};
-pub use install::{DeltaBaseChanged, DeltaBaseMissing, InstallError, NoSpace};
+pub use install::{BaseFileProblem, DeltaBaseChanged, DeltaBaseMissing, InstallError, NoSpace};
 pub use lock::{LockError, PackageProblem};
 pub use python::PythonError;
 pub use release::{NoCurrentFor, ReleaseError};

@@ -32,14 +32,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::archive::{DeltaHeader, HashingReader};
-use crate::error::{DeltaBaseChanged, DeltaBaseMissing, InstallError, Result};
+use crate::archive::{DeltaBase, DeltaHeader, HashingReader};
+use crate::error::{BaseFileProblem, DeltaBaseChanged, DeltaBaseMissing, InstallError, Result};
 use crate::host::layout::installed_mode;
 use crate::host::layout::Host;
-use crate::host::record::InstallRecord;
+use crate::host::record::{InstallRecord, RECORD_NAME};
 use crate::host::release_id::ReleaseId;
 use crate::host::releases::Installed;
-use crate::manifest::{EntryType, Manifest, MANIFEST_NAME};
+use crate::manifest::{Entry, EntryType, Manifest, MANIFEST_NAME};
 
 /// The installed release files are linked from, and which of the new
 /// manifest's entries it can supply.
@@ -140,69 +140,106 @@ impl Reuse {
         hash: bool,
     ) -> Result<DeltaPlan> {
         let base = &header.base;
-        let current = host.current().ok().and_then(|c| c.id().cloned());
-        let is_base = |r: &&Installed| {
-            r.summary
-                .as_ref()
-                .is_ok_and(|s| s.commit == base.commit && s.tree_sha256 == base.tree_sha256)
-        };
-        let source = list
-            .iter()
-            .filter(is_base)
-            .find(|r| current.as_ref() == Some(&r.id))
-            .or_else(|| list.iter().find(is_base))
-            .ok_or_else(|| {
-                InstallError::DeltaBaseMissing(Box::new(DeltaBaseMissing {
-                    artifact: artifact.to_path_buf(),
-                    release: manifest.release.clone(),
-                    base_release: base.release.clone(),
-                    base_commit: base.commit.clone(),
-                    full: full_artifact_name(artifact, manifest),
-                }))
-            })?;
-        let changed = |path: &str, why: String| {
+        let source = find_base(host, list, base).ok_or_else(|| {
+            InstallError::DeltaBaseMissing(Box::new(DeltaBaseMissing {
+                artifact: artifact.to_path_buf(),
+                release: manifest.release.clone(),
+                base_release: base.release.clone(),
+                base_commit: base.commit.clone(),
+                full: full_artifact_name(artifact, manifest),
+            }))
+        })?;
+        let refused = |(path, why): Refusal| {
             InstallError::DeltaBaseChanged(Box::new(DeltaBaseChanged {
                 artifact: artifact.to_path_buf(),
                 base: source.name().to_string(),
-                path: path.to_string(),
+                path,
                 why,
                 full: full_artifact_name(artifact, manifest),
             }))
         };
-        let manifest_path = source.dir.join(MANIFEST_NAME);
-        let json = std::fs::read(&manifest_path)
-            .map_err(|e| changed(MANIFEST_NAME, format!("it cannot be read: {e}")))?;
-        let theirs = Manifest::from_json(&json)
-            .map_err(|e| changed(MANIFEST_NAME, format!("it is not a valid manifest: {e}")))?;
-        if theirs.commit != base.commit || theirs.tree_sha256 != base.tree_sha256 {
-            return Err(changed(
-                MANIFEST_NAME,
-                "it is not the manifest of the base release".into(),
-            )
-            .into());
+        let installed = InstalledBase::read(source, base).map_err(refused)?;
+        let (reuse, work) = installed.link_unchanged(manifest).map_err(refused)?;
+        let hashed = work.len() as u64;
+        let check = (hash && !work.is_empty()).then(|| BaseCheck::start(work));
+        Ok(DeltaPlan {
+            reuse,
+            check,
+            hashed,
+        })
+    }
+}
+
+/// The installed release a delta applies to: a complete one with its
+/// commit and tree, the live release when that is it.
+fn find_base<'a>(host: &Host, list: &'a [Installed], base: &DeltaBase) -> Option<&'a Installed> {
+    let current = host.current().ok().and_then(|c| c.id().cloned());
+    let is_base = |r: &&Installed| {
+        r.summary
+            .as_ref()
+            .is_ok_and(|s| s.commit == base.commit && s.tree_sha256 == base.tree_sha256)
+    };
+    list.iter()
+        .filter(is_base)
+        .find(|r| current.as_ref() == Some(&r.id))
+        .or_else(|| list.iter().find(is_base))
+}
+
+/// Why a delta install cannot take a path from its base release.
+type Refusal = (String, BaseFileProblem);
+
+/// A delta's base release as this host installed it.
+struct InstalledBase<'a> {
+    release: &'a Installed,
+    /// Its manifest.
+    manifest: Manifest,
+    /// Its tree as installed: the manifest with the install record applied.
+    tree: Vec<Entry>,
+    /// The ctime of its install record, written when it was complete.
+    completed: (i64, i64),
+}
+
+impl<'a> InstalledBase<'a> {
+    /// Read `release`'s manifest (which must be `base`'s) and install record.
+    fn read(
+        release: &'a Installed,
+        base: &DeltaBase,
+    ) -> std::result::Result<InstalledBase<'a>, Refusal> {
+        let refuse = |path: &str, why| (path.to_string(), why);
+        let json = std::fs::read(release.dir.join(MANIFEST_NAME))
+            .map_err(|e| refuse(MANIFEST_NAME, BaseFileProblem::Unreadable(e)))?;
+        let manifest = Manifest::from_json(&json)
+            .map_err(|e| refuse(MANIFEST_NAME, BaseFileProblem::NotAManifest(e)))?;
+        if manifest.commit != base.commit || manifest.tree_sha256 != base.tree_sha256 {
+            return Err(refuse(MANIFEST_NAME, BaseFileProblem::NotTheBase));
         }
-        let record = InstallRecord::read(&source.dir).map_err(|e| {
-            changed(
-                crate::host::record::RECORD_NAME,
-                format!("it cannot be read: {e}"),
-            )
-        })?;
-        let tree = record.expected(&theirs);
+        let record = InstallRecord::read(&release.dir)
+            .map_err(|e| refuse(RECORD_NAME, BaseFileProblem::RecordUnreadable(Box::new(e))))?;
+        let tree = record.expected(&manifest);
         // The base was complete when its install.json was written: a file
         // changed since (written, chmod-ed, or linked into a later release)
         // has a later ctime, which nothing but the clock can set back.
-        let completed =
-            std::fs::symlink_metadata(source.dir.join(crate::host::record::RECORD_NAME))
-                .map(|m| (m.ctime(), m.ctime_nsec()))
-                .map_err(|e| {
-                    changed(
-                        crate::host::record::RECORD_NAME,
-                        format!("it cannot be read: {e}"),
-                    )
-                })?;
+        let completed = std::fs::symlink_metadata(release.dir.join(RECORD_NAME))
+            .map(|m| (m.ctime(), m.ctime_nsec()))
+            .map_err(|e| refuse(RECORD_NAME, BaseFileProblem::Unreadable(e)))?;
+        Ok(InstalledBase {
+            release,
+            manifest,
+            tree,
+            completed,
+        })
+    }
+
+    /// Plan to link every file of `manifest` this base has unchanged, each
+    /// checked as installed; those changed (ctime) since the base was
+    /// installed are returned to have their content hashed.
+    fn link_unchanged(
+        &self,
+        manifest: &Manifest,
+    ) -> std::result::Result<(Reuse, Vec<Work>), Refusal> {
         let mut reuse = Reuse {
-            dir: source.dir.clone(),
-            id: source.id.clone(),
+            dir: self.release.dir.clone(),
+            id: self.release.id.clone(),
             linkable: vec![false; manifest.files.len()],
             files: 0,
             bytes: 0,
@@ -210,56 +247,17 @@ impl Reuse {
         };
         let mut work = Vec::new();
         for (i, entry) in manifest.files.iter().enumerate() {
-            let unchanged = entry.kind == EntryType::File
-                && theirs
-                    .files
-                    .binary_search_by(|b| b.path.cmp(&entry.path))
-                    .is_ok_and(|j| theirs.files[j] == *entry);
-            if !unchanged {
+            if !self.has_unchanged(entry) {
                 continue;
             }
-            let as_installed = tree
-                .binary_search_by(|e| e.path.cmp(&entry.path))
-                .is_ok_and(|j| tree[j] == *entry);
-            if !as_installed {
-                return Err(changed(
-                    &entry.path,
-                    "this host installed it differently on purpose (a shared path, --python or --rebuild-venv)".into(),
-                )
-                .into());
-            }
-            let path = source.dir.join(&entry.path);
-            let meta = std::fs::symlink_metadata(&path)
-                .map_err(|e| changed(&entry.path, format!("it cannot be read: {e}")))?;
-            let want_mode = installed_mode(entry.kind, entry.mode);
-            let mode = meta.permissions().mode() & 0o7777;
-            if !meta.file_type().is_file() {
-                return Err(changed(&entry.path, "it is no longer a regular file".into()).into());
-            }
-            if mode != want_mode {
-                return Err(changed(
-                    &entry.path,
-                    format!(
-                        "it was changed on this host (mode {mode:04o}, installed {want_mode:04o})"
-                    ),
-                )
-                .into());
-            }
-            if meta.size() != entry.size() {
-                return Err(changed(
-                    &entry.path,
-                    format!(
-                        "it was changed on this host ({} bytes, the manifest lists {})",
-                        meta.size(),
-                        entry.size()
-                    ),
-                )
-                .into());
-            }
+            let path = self.release.dir.join(&entry.path);
+            let meta = self
+                .as_installed(entry, &path)
+                .map_err(|why| (entry.path.clone(), why))?;
             reuse.linkable[i] = true;
             reuse.files += 1;
             reuse.bytes += entry.size();
-            if (meta.ctime(), meta.ctime_nsec()) > completed {
+            if (meta.ctime(), meta.ctime_nsec()) > self.completed {
                 work.push(Work {
                     index: i,
                     path,
@@ -268,13 +266,50 @@ impl Reuse {
                 });
             }
         }
-        let hashed = work.len() as u64;
-        let check = (hash && !work.is_empty()).then(|| BaseCheck::start(work));
-        Ok(DeltaPlan {
-            reuse,
-            check,
-            hashed,
-        })
+        Ok((reuse, work))
+    }
+
+    /// `entry` is a file the base's manifest lists the same: the delta
+    /// leaves it out.
+    fn has_unchanged(&self, entry: &Entry) -> bool {
+        let files = &self.manifest.files;
+        entry.kind == EntryType::File
+            && files
+                .binary_search_by(|b| b.path.cmp(&entry.path))
+                .is_ok_and(|j| files[j] == *entry)
+    }
+
+    /// The metadata of the base's copy of `entry` (at `path`), refused
+    /// unless the host installed it as listed and it is still a regular
+    /// file of its installed mode and listed size.
+    fn as_installed(
+        &self,
+        entry: &Entry,
+        path: &Path,
+    ) -> std::result::Result<std::fs::Metadata, BaseFileProblem> {
+        let tree = &self.tree;
+        let as_installed = tree
+            .binary_search_by(|e| e.path.cmp(&entry.path))
+            .is_ok_and(|j| tree[j] == *entry);
+        if !as_installed {
+            return Err(BaseFileProblem::InstalledDifferently);
+        }
+        let meta = std::fs::symlink_metadata(path).map_err(BaseFileProblem::Unreadable)?;
+        let installed = installed_mode(entry.kind, entry.mode);
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.file_type().is_file() {
+            return Err(BaseFileProblem::NotAFile);
+        }
+        if mode != installed {
+            return Err(BaseFileProblem::ModeChanged { mode, installed });
+        }
+        if meta.size() != entry.size() {
+            return Err(BaseFileProblem::SizeChanged {
+                size: meta.size(),
+                manifest: entry.size(),
+            });
+        }
+        Ok(meta)
     }
 }
 
@@ -305,7 +340,7 @@ struct Work {
 /// beside the unpacking. The first mismatch stops them.
 pub struct BaseCheck {
     threads: Vec<std::thread::JoinHandle<()>>,
-    failure: Arc<Mutex<Option<(usize, String)>>>,
+    failure: Arc<Mutex<Option<(usize, BaseFileProblem)>>>,
 }
 
 impl BaseCheck {
@@ -342,10 +377,10 @@ impl BaseCheck {
 
     /// Wait for the check: `Err((index, why))` names the first file of the
     /// new manifest whose base copy is not what it lists.
-    pub fn finish(self) -> std::result::Result<(), (usize, String)> {
+    pub fn finish(self) -> std::result::Result<(), (usize, BaseFileProblem)> {
         for thread in self.threads {
             if thread.join().is_err() {
-                return Err((0, "the thread hashing it panicked".into()));
+                return Err((0, BaseFileProblem::HashPanicked));
             }
         }
         let failure = self
@@ -358,34 +393,34 @@ impl BaseCheck {
 }
 
 /// Hash one base file (never through a symlink) against its entry.
-fn check_one(item: &Work, buffer: &mut [u8]) -> std::result::Result<(), String> {
+fn check_one(item: &Work, buffer: &mut [u8]) -> std::result::Result<(), BaseFileProblem> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&item.path)
-        .map_err(|e| format!("it cannot be read: {e}"))?;
+        .map_err(BaseFileProblem::Unreadable)?;
     let mut reader = HashingReader::new(file, item.size);
     loop {
         match reader.read(buffer) {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("it was changed on this host: {e}")),
+            Err(e) => return Err(BaseFileProblem::ReadFailed(e)),
         }
     }
     let read = reader.bytes_read();
     let digest = reader.digest();
     if read != item.size {
-        return Err(format!(
-            "it was changed on this host ({read} bytes, the manifest lists {})",
-            item.size
-        ));
+        return Err(BaseFileProblem::SizeChanged {
+            size: read,
+            manifest: item.size,
+        });
     }
     if digest != item.sha256 {
-        return Err(format!(
-            "it was changed on this host (its content has sha256 {digest}, the manifest lists {})",
-            item.sha256
-        ));
+        return Err(BaseFileProblem::ContentChanged {
+            sha256: digest,
+            manifest: item.sha256.clone(),
+        });
     }
     Ok(())
 }
