@@ -1,6 +1,7 @@
 //! The installed releases: `releases/<id>/` directories with their manifest
 //! summaries, newest install first, and resolving a user's ID prefix.
 
+use std::cmp::Reverse;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use fs_err as fs;
 
 use crate::error::{Error, ReleaseError, Result};
 use crate::host::layout::Host;
+use crate::host::record::RECORD_NAME;
 use crate::host::release_id::ReleaseId;
 use crate::manifest::{Invalid, Summary, MANIFEST_NAME};
 
@@ -132,12 +134,34 @@ pub fn installed(host: &Host) -> Result<Vec<Installed>> {
             dir,
         });
     }
-    list.sort_by(|a, b| {
-        b.id.installed
-            .cmp(&a.id.installed)
-            .then(b.name().cmp(a.name()))
-    });
+    list.sort_by_key(|r| Reverse(r.id.installed));
+    order_same_second(&mut list);
     Ok(list)
+}
+
+/// Release ids carry the install time to the second, so two installs in the
+/// same second (quick on a fast disk, and routine in scripts) need another
+/// order: the time their `install.json` was written, the last file an install
+/// writes before the release appears under its name. Only releases that share
+/// a second are looked at, so `list` stays one `read_dir` for most hosts; the
+/// name decides when even that is equal or unreadable.
+fn order_same_second(list: &mut [Installed]) {
+    let record_written = |r: &Installed| {
+        std::fs::symlink_metadata(r.dir.join(RECORD_NAME))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let mut start = 0;
+    while start < list.len() {
+        let second = list[start].id.installed;
+        let end = start
+            + list[start..]
+                .iter()
+                .take_while(|r| r.id.installed == second)
+                .count();
+        list[start..end].sort_by_cached_key(|r| Reverse((record_written(r), r.name().to_owned())));
+        start = end;
+    }
 }
 
 /// The release a user means by `query`: an exact id, or a unique prefix of an
@@ -176,4 +200,43 @@ pub fn resolve<'a>(host: &Host, list: &'a [Installed], query: &str) -> Result<&'
 
 fn describe(r: &Installed) -> String {
     format!("    {}  (commit {})", r.name(), r.commit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Two releases installed in the same second: the one whose install.json
+    /// was written last is the newest, whatever their names or the order the
+    /// directory lists them in (both ways round).
+    #[test]
+    fn installs_in_the_same_second_are_ordered_by_their_install_record() {
+        let second = "20261130T065900Z";
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        for (older, newer) in [
+            ("fffffffffff0", "aaaaaaaaaaa0"),
+            ("aaaaaaaaaaa0", "fffffffffff0"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let host = Host::at(Some(root.path())).unwrap();
+            for (commit, nanos) in [(older, 100), (newer, 900)] {
+                let dir = host.releases.join(format!("{commit}-{second}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let record = std::fs::File::create(dir.join(RECORD_NAME)).unwrap();
+                record
+                    .set_modified(written + Duration::from_nanos(nanos))
+                    .unwrap();
+            }
+            let names: Vec<String> = installed(&host)
+                .unwrap()
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect();
+            assert_eq!(
+                names,
+                [format!("{newer}-{second}"), format!("{older}-{second}")]
+            );
+        }
+    }
 }
