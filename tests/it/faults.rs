@@ -379,10 +379,9 @@ impl Tmpfs {
     /// `None` (with a note on stderr) when not root: mounting needs root,
     /// and CI runs as root.
     fn mount(size_mib: u64) -> Option<Tmpfs> {
-        if rustix::process::geteuid().as_raw() != 0 {
-            eprintln!(
-                "SKIPPED: mounting a {size_mib} MiB tmpfs needs root (CI runs as root); run the tests as root to cover a full disk"
-            );
+        if !running_as_root(&format!(
+            "mounting a {size_mib} MiB tmpfs (the full-disk tests)"
+        )) {
             return None;
         }
         let dir = tempfile::Builder::new()

@@ -616,8 +616,7 @@ fn currents(fleet: &Fleet) -> Vec<String> {
 
 #[test]
 fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: the fleet test runs sshd on loopback addresses and logs in as root (CI runs as root); run the tests as root");
+    if !running_as_root("the fleet test (sshd on loopback addresses, logging in as root)") {
         return;
     }
     let started = Instant::now();

@@ -17,6 +17,22 @@ pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A fixed commit time, so the fixture's commits (and artifacts) are stable.
 pub const COMMIT_DATE: &str = "2026-01-01T00:00:00Z";
 
+/// Whether the tests run as root, for the few that need it (mounting a
+/// tmpfs, sshd logins as root, chown to another user). As another user such a
+/// test notes on stderr that it skipped; with `CI` set it fails instead,
+/// because CI runs as root and a skipped test there would prove nothing.
+pub fn running_as_root(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} needs root, and CI is set: CI runs the tests as root (run .ci/run as root)"
+    );
+    eprintln!("SKIPPED: {what} needs root (CI runs as root); run the tests as root to cover it");
+    false
+}
+
 /// The offline wheelhouse (`scripts/wheelhouse`), made once per test run.
 pub fn wheelhouse() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
