@@ -875,18 +875,28 @@ pub fn read_manifest_entry<R: Read>(
     path: &Path,
     entries: &mut tar::Entries<'_, R>,
 ) -> Result<(Manifest, Vec<u8>)> {
-    let bad = |reason: String| -> Error {
-        ArtifactError::BadManifest {
-            path: path.to_path_buf(),
-            reason,
-        }
-        .into()
-    };
-    let first = entries
+    let first = first_member(path, entries)?;
+    manifest_from_member(path, first)
+}
+
+/// The first member of an open archive, or why there is none.
+fn first_member<'a, R: Read>(
+    path: &Path,
+    entries: &mut tar::Entries<'a, R>,
+) -> Result<tar::Entry<'a, R>> {
+    let bad = |reason: String| bad_manifest(path, reason);
+    entries
         .next()
         .ok_or_else(|| bad("the archive is empty; release.json must be its first member".into()))?
-        .map_err(|e| bad(format!("cannot read the first archive member: {e}")))?;
-    manifest_from_member(path, first)
+        .map_err(|e| bad(format!("cannot read the first archive member: {e}")))
+}
+
+fn bad_manifest(path: &Path, reason: String) -> Error {
+    ArtifactError::BadManifest {
+        path: path.to_path_buf(),
+        reason,
+    }
+    .into()
 }
 
 /// Read `member` as the artifact's `release.json`.
@@ -894,13 +904,7 @@ fn manifest_from_member<R: Read>(
     path: &Path,
     first: tar::Entry<'_, R>,
 ) -> Result<(Manifest, Vec<u8>)> {
-    let bad = |reason: String| -> Error {
-        ArtifactError::BadManifest {
-            path: path.to_path_buf(),
-            reason,
-        }
-        .into()
-    };
+    let bad = |reason: String| bad_manifest(path, reason);
     let name = first.path_bytes().into_owned();
     if name != MANIFEST_NAME.as_bytes() {
         return Err(bad(format!(
@@ -1025,17 +1029,8 @@ pub struct Head {
 /// Read the head of an open archive (entries from [`raw_entries`]): a
 /// delta's `release-delta.json` when it comes first, then `release.json`.
 pub fn read_head<R: Read>(path: &Path, entries: &mut tar::Entries<'_, R>) -> Result<Head> {
-    let bad = |reason: String| -> Error {
-        ArtifactError::BadManifest {
-            path: path.to_path_buf(),
-            reason,
-        }
-        .into()
-    };
-    let first = entries
-        .next()
-        .ok_or_else(|| bad("the archive is empty; release.json must be its first member".into()))?
-        .map_err(|e| bad(format!("cannot read the first archive member: {e}")))?;
+    let bad = |reason: String| bad_manifest(path, reason);
+    let first = first_member(path, entries)?;
     if first.path_bytes().as_ref() != DELTA_NAME.as_bytes() {
         let (manifest, json) = manifest_from_member(path, first)?;
         return Ok(Head {
