@@ -357,15 +357,10 @@ impl<'a> Build<'a> {
             "{} of the requirements are not pinned (--allow-unpinned): resolving them now; the versions are recorded in the manifest",
             unpinned.len()
         ));
-        let scratch = self.work_dir.join("resolve");
-        self.source.export(&self.commit, &scratch)?;
-        let requirements = &self.deps.requirements;
-        let rel = requirements
-            .strip_prefix(&self.app_dir)
-            .unwrap_or(requirements);
+        let (scratch, requirements) = self.export_scratch("resolve")?;
         let resolved = requirements::resolve(
             &self.interpreter,
-            &scratch.join(rel),
+            &requirements,
             &scratch,
             &self.wheel_options(),
             self.commit.epoch,
@@ -759,28 +754,35 @@ impl<'a> Build<'a> {
         beside_result
     }
 
+    /// A copy of the source at the commit in `<work dir>/<name>`, and the path
+    /// of the requirements file inside that copy.
+    fn export_scratch(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let scratch = self.work_dir.join(name);
+        self.source.export(&self.commit, &scratch)?;
+        let requirements = &self.deps.requirements;
+        let rel = requirements
+            .strip_prefix(&self.app_dir)
+            .unwrap_or(requirements);
+        let in_scratch = scratch.join(rel);
+        Ok((scratch, in_scratch))
+    }
+
     /// Every requirement as a wheel in `<dir>/wheels`. Wheels are built from
     /// a scratch copy of the source, so build backends that write into the
     /// source tree (build/, *.egg-info) cannot leak into app/.
     fn build_wheels(&self, dir: &Path, steps: &mut Steps) -> Result<PathBuf> {
-        let scratch = self.work_dir.join("src");
-        self.source.export(&self.commit, &scratch)?;
-        let requirements = &self.deps.requirements;
-        let rel_requirements = requirements
-            .strip_prefix(&self.app_dir)
-            .unwrap_or(requirements);
+        let (scratch, requirements) = self.export_scratch("src")?;
         let wheels = dir.join("wheels");
         fs::create_dir_all(&wheels)?;
         if self.deps.drop_app_lines {
-            let copy = scratch.join(rel_requirements);
-            let text = fs::read_to_string(&copy)?;
+            let text = fs::read_to_string(&requirements)?;
             let kept: Vec<&str> = text.lines().filter(|l| !installs_the_app(l)).collect();
-            fs::write(&copy, kept.join("\n") + "\n")?;
+            fs::write(&requirements, kept.join("\n") + "\n")?;
         }
         let opts = self.wheel_options();
         python::build_wheels(
             &self.interpreter,
-            &scratch.join(rel_requirements),
+            &requirements,
             &scratch,
             &wheels,
             &opts,
