@@ -148,7 +148,11 @@ impl Locked {
         text
     }
 
-    fn add_pin(&mut self, file: &str, pin: Pin) -> Result<()> {
+    /// Add `pin` (its hashes sorted and deduplicated here, once for every
+    /// lock format), refusing one without hashes or a package locked twice.
+    fn add_pin(&mut self, file: &str, mut pin: Pin) -> Result<()> {
+        pin.hashes.sort();
+        pin.hashes.dedup();
         if pin.hashes.is_empty() {
             return Err(LockError::Package {
                 file: file.to_string(),
@@ -360,8 +364,6 @@ pub fn read_pylock(
                 }
             }
         }
-        hashes.sort();
-        hashes.dedup();
         locked.add_pin(
             file,
             Pin {
@@ -560,9 +562,7 @@ pub fn read_poetry(
                 .into())
             }
         }
-        let mut hashes: Vec<String> = package.files.iter().map(|f| f.hash.clone()).collect();
-        hashes.sort();
-        hashes.dedup();
+        let hashes: Vec<String> = package.files.iter().map(|f| f.hash.clone()).collect();
         locked.add_pin(
             file,
             Pin {
