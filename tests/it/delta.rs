@@ -264,3 +264,51 @@ fn members_manifest_file(artifact: &Path, dir: &Path) -> PathBuf {
     std::fs::write(&path, members::manifest_bytes(artifact)).unwrap();
     path
 }
+
+#[test]
+fn a_gzip_delta_of_a_gzip_build_installs_like_its_full_artifact() {
+    // `--format gz` makes both artifacts gzip, the delta named `.tar.gz`.
+    let app = App::new();
+    let out = app.tmp.path().join("dist");
+    let base = app.build_ok(&out.join("base"), &["--format", "gz"]);
+    app.write("mysite/extra.py", "X = 4\n");
+    app.commit("a code-only change");
+    let report = json_ok(&app.build(
+        &out.join("new"),
+        &shared_cache(),
+        &[
+            "--installer",
+            "pip",
+            "--format",
+            "gz",
+            "--delta-from",
+            base.to_str().unwrap(),
+        ],
+    ));
+    let full = PathBuf::from(report["artifact"].as_str().unwrap());
+    let delta = PathBuf::from(report["delta"]["artifact"].as_str().unwrap());
+    let (release12, base12) = (
+        report["release"].as_str().unwrap(),
+        report["delta"]["base_release"].as_str().unwrap(),
+    );
+    assert_eq!(
+        delta.file_name().unwrap().to_string_lossy(),
+        format!("mysite-{release12}.delta-{base12}.tar.gz")
+    );
+    assert!(full.to_string_lossy().ends_with(".tar.gz"));
+    let mut magic = [0u8; 2];
+    std::io::Read::read_exact(&mut std::fs::File::open(&delta).unwrap(), &mut magic).unwrap();
+    assert_eq!(magic, [0x1f, 0x8b], "the delta is not gzip");
+
+    let root = Root::new();
+    root.install(&base);
+    let id = root.install(&delta);
+    assert!(root.verifies(&id));
+    let other = Root::new();
+    let full_id = other.install(&full);
+    assert!(
+        snapshot(&root.path.join("releases").join(&id))
+            == snapshot(&other.path.join("releases").join(&full_id)),
+        "the gzip delta's tree differs from the full artifact's"
+    );
+}

@@ -644,10 +644,23 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
         ),
     );
     app.commit("release C: healthz answers 500");
-    let c = app.build_ok(&dist, &[]);
-    let c12 = app.head()[..12].to_string();
+    let c_commit = app.head();
+    let c12 = c_commit[..12].to_string();
+    // D: one more commit, only to be the base of C's delta. Scenario (b)
+    // stages D on two hosts first, so the run ships C's delta to those two
+    // and the full C to the hosts without D.
+    app.write("mysite/extra.py", "X = 3\n");
+    app.commit("release D");
+    let d = app.build_ok(&dist, &[]);
+    let d12 = app.head()[..12].to_string();
+    let c = app.build_ok(
+        &dist,
+        &["--commit", &c_commit, "--delta-from", d.to_str().unwrap()],
+    );
+    let c_delta = dist.join(format!("mysite-{c12}.delta-{d12}.tar.zst"));
+    assert!(c_delta.is_file(), "no delta {}", c_delta.display());
     eprintln!(
-        "fleet: built A {a12}, B {b12}, C {c12} in {:.1}s",
+        "fleet: built A {a12}, B {b12}, C {c12}, D {d12} in {:.1}s",
         started.elapsed().as_secs_f64()
     );
 
@@ -940,9 +953,46 @@ fn fleet_deploys_canary_batches_and_rollbacks_over_ssh() {
     window("f", &mut load, true);
 
     // (b) a release that fails its health check: only the canary tried it,
-    // it switched back by itself, the fleet stays on B.
-    let run = fleet.playbook("deploy.yml", &base(&c), &[]);
+    // it switched back by itself, the fleet stays on B. C comes with its
+    // delta against D, which only h1 and h3 have: they get the delta, the
+    // others the full artifact. The canary's health timeout is 10 s here
+    // (the 45 s in `config` is for upgrades that must succeed on a loaded
+    // machine; C fails its check either way, so the wait proves nothing).
+    for h in [&fleet.hosts[0], &fleet.hosts[2]] {
+        json_ok(&h.release(&["--json", "install", d.to_str().unwrap()]));
+    }
+    let h1_toml = fleet.hosts[0].root.join("release.toml");
+    let h1_config = std::fs::read_to_string(&h1_toml).unwrap();
+    std::fs::write(
+        &h1_toml,
+        h1_config.replace("timeout = \"45s\"", "timeout = \"10s\""),
+    )
+    .unwrap();
+    let mut vars = base(&c);
+    vars["release_delta"] = json!(c_delta);
+    let run = fleet.playbook("deploy.yml", &vars, &[]);
+    std::fs::write(&h1_toml, &h1_config).unwrap();
     run.failed();
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        let incoming = h.root.join("incoming");
+        let got_delta = incoming.join(c_delta.file_name().unwrap()).is_file();
+        let got_full = incoming.join(c.file_name().unwrap()).is_file();
+        if i == 0 || i == 2 {
+            assert!(
+                got_delta && !got_full,
+                "{}: has D, must get C's delta only:\n{}",
+                h.name,
+                run.text
+            );
+        } else {
+            assert!(
+                got_full && !got_delta,
+                "{}: lacks D, must get the full C only:\n{}",
+                h.name,
+                run.text
+            );
+        }
+    }
     assert_eq!(currents(&fleet), vec![b12.clone(); HOSTS], "{}", run.text);
     assert_eq!(
         mentions(&fleet, &c12, &["activated", "failed"]),
