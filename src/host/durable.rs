@@ -294,7 +294,9 @@ mod tests {
         std::os::unix::fs::symlink("f", dir.path().join("a/l")).unwrap();
         make_durable(dir.path(), &[], Strategy::EachFile).unwrap();
         let gone = dir.path().join("gone");
-        let err = fsync_all(&[gone.clone()]).unwrap_err().to_string();
+        let err = fsync_all(std::slice::from_ref(&gone))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&gone.display().to_string()), "{err}");
     }
 }
