@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use fs_err as fs;
 
+use super::probes::{self, Pending};
 use crate::error::{PythonError, Result};
 use crate::output::Printer;
 use crate::python::{self, Interpreter, Probe};
@@ -218,12 +219,24 @@ for spec in sys.argv[1:]:
 }
 
 /// The interpreter for this build. `explicit` is `--python` or `python` in
-/// the settings; without it, candidates are tried by name on PATH.
-pub fn select(explicit: Option<&str>, needs: &[Need], printer: &Printer) -> Result<Interpreter> {
+/// the settings; without it, candidates are tried by name on PATH. With
+/// `remembered` (the build cache), an interpreter found by one name may be
+/// the one the last build found ([`probes`]): then its fresh probe is
+/// [`Pending`], and the build must confirm it.
+pub fn select(
+    explicit: Option<&str>,
+    needs: &[Need],
+    printer: &Printer,
+    remembered: Option<&Path>,
+) -> Result<(Interpreter, Option<Pending>)> {
     if let Some(python) = explicit {
-        let interpreter = python::find_interpreter(python)?;
+        let (interpreter, pending) = by_name(python, remembered)?;
         let probe = probe_of(&interpreter);
         if let Err(missed) = meets(&probe, needs) {
+            if pending.is_some_and(|p| !p.confirm()) {
+                // The remembered answer is stale: decide on the fresh one.
+                return select(explicit, needs, printer, None);
+            }
             return Err(PythonError::NotWhatTheAppAsks {
                 missed: missed.to_string(),
                 version: interpreter.version,
@@ -232,11 +245,33 @@ pub fn select(explicit: Option<&str>, needs: &[Need], printer: &Printer) -> Resu
             }
             .into());
         }
-        return Ok(interpreter);
+        return Ok((interpreter, pending));
     }
     if needs.is_empty() {
-        return python::find_interpreter("python3");
+        return by_name("python3", remembered);
     }
+    Ok((by_needs(needs, printer)?, None))
+}
+
+/// The interpreter `python` names: the remembered probe when there is one
+/// (and its fresh probe pending), else probed now (and remembered).
+fn by_name(python: &str, remembered: Option<&Path>) -> Result<(Interpreter, Option<Pending>)> {
+    let Some(cache_dir) = remembered else {
+        return Ok((python::find_interpreter(python)?, None));
+    };
+    if let Some(probe) = probes::recall(cache_dir, python) {
+        if let Ok(interpreter) = Interpreter::from_probe(probe.clone()) {
+            return Ok((interpreter, Some(Pending::start(cache_dir, python, probe))));
+        }
+    }
+    let probe = python::probe_named(python)?;
+    let interpreter = Interpreter::from_probe(probe.clone())?;
+    probes::remember(cache_dir, python, &probe);
+    Ok((interpreter, None))
+}
+
+/// The first candidate on PATH that meets what the app declares.
+fn by_needs(needs: &[Need], printer: &Printer) -> Result<Interpreter> {
     let mut tried = Vec::new();
     for name in candidates(needs) {
         let probe = match Probe::run(name.as_os_str()) {
@@ -256,7 +291,7 @@ pub fn select(explicit: Option<&str>, needs: &[Need], printer: &Printer) -> Resu
                         .collect::<Vec<_>>()
                         .join(" and ")
                 ));
-                return python::find_interpreter(&probe.executable);
+                return Interpreter::from_probe(probe);
             }
             Err(Missed::Check(SpecCheck::BadSpec(spec))) => {
                 return Err(PythonError::BadRequiresPython { spec }.into())

@@ -11,6 +11,7 @@ mod git;
 mod interpreter;
 mod lock;
 mod pep508;
+mod probes;
 mod requirements;
 mod settings;
 mod untracked;
@@ -126,7 +127,6 @@ impl Steps {
 
 pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
     let started = Instant::now();
-    let mut steps = Steps::new();
     // The key first: a wrong password fails now, not after the build.
     let signer = flags
         .sign
@@ -139,6 +139,33 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .as_deref()
         .map(delta::base_manifest)
         .transpose()?;
+    let inputs = (signer.as_ref(), base.as_ref());
+    let report = match attempt(flags, printer, inputs, true) {
+        Err(Error::InterpreterChanged) => {
+            printer.progress(
+                "the interpreter is not the one the last build found: building again with it",
+            );
+            attempt(flags, printer, inputs, false)
+        }
+        other => other,
+    }?;
+    Ok(BuildReport {
+        seconds: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// One build. With `remembered`, an interpreter named by the settings may be
+/// taken from the last build's probe while it is probed again
+/// ([`probes`]); `Error::InterpreterChanged` says it was not the same.
+fn attempt(
+    flags: &BuildFlags,
+    printer: &Printer,
+    (signer, base): (Option<&crate::signature::Signer>, Option<&Manifest>),
+    remembered: bool,
+) -> Result<BuildReport> {
+    let started = Instant::now();
+    let mut steps = Steps::new();
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
     let tmp_root = cache_dir.join("tmp");
     fs::create_dir_all(&tmp_root)?;
@@ -146,51 +173,109 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .prefix("build-")
         .tempdir_in(&tmp_root)
         .map_err(|e| fsutil::fs_err_io(e, &tmp_root))?;
-    let (build, unpinned) = Build::start(flags, printer, cache_dir, work.path(), &mut steps)?;
-    let requirements_sha256 = build.deps.digest.clone();
+    let (build, unpinned) = Build::start(
+        flags,
+        printer,
+        cache_dir,
+        work.path(),
+        remembered,
+        &mut steps,
+    )?;
     steps.done("interpreter");
-    let resolved = build.resolve_unpinned(&unpinned, &mut steps)?;
-    let key_input = if resolved.is_empty() {
-        requirements_sha256.clone()
-    } else {
-        format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
-    };
-    let env = build.env(&key_input, resolved, &mut steps)?;
-    let (manifest, artifact, written, delta) =
-        build.write(&env, requirements_sha256, base.as_ref(), &mut steps)?;
-    let signature = sign(signer.as_ref(), &artifact, printer, &mut steps)?;
-    let delta = match (delta, &base) {
-        (Some(d), Some(base)) => Some(DeltaReport {
-            signature: sign(signer.as_ref(), &d.path, printer, &mut steps)?,
-            artifact: d.path,
-            sha256: d.sha256,
-            bytes: d.bytes,
-            base_release: base.release.clone(),
-            base_commit: base.commit.clone(),
-            carried_files: d.files,
-        }),
-        _ => None,
-    };
-    if printer.verbose > 0 {
-        printer.progress(&steps.summary());
+    build
+        .finish(unpinned, (signer, base), started, &mut steps)
+        .map_err(|e| build.settle(e))
+}
+
+impl Build<'_> {
+    /// Everything after [`Build::start`].
+    fn finish(
+        &self,
+        unpinned: Vec<requirements::Unpinned>,
+        (signer, base): (Option<&crate::signature::Signer>, Option<&Manifest>),
+        started: Instant,
+        steps: &mut Steps,
+    ) -> Result<BuildReport> {
+        let build = self;
+        let requirements_sha256 = build.deps.digest.clone();
+        let resolved = build.resolve_unpinned(&unpinned, steps)?;
+        let key_input = if resolved.is_empty() {
+            requirements_sha256.clone()
+        } else {
+            format!("{requirements_sha256}\0unpinned\0{}", resolved.join("\n"))
+        };
+        let env = build.env(&key_input, resolved, steps)?;
+        let (manifest, artifact, written, delta) =
+            build.write(&env, requirements_sha256, base, steps)?;
+        let printer = build.printer;
+        let signature = sign(signer, &artifact, printer, steps)?;
+        let delta = match (delta, base) {
+            (Some(d), Some(base)) => Some(DeltaReport {
+                signature: sign(signer, &d.path, printer, steps)?,
+                artifact: d.path,
+                sha256: d.sha256,
+                bytes: d.bytes,
+                base_release: base.release.clone(),
+                base_commit: base.commit.clone(),
+                carried_files: d.files,
+            }),
+            _ => None,
+        };
+        if printer.verbose > 0 {
+            printer.progress(&steps.summary());
+        }
+        Ok(BuildReport {
+            signature,
+            key_id: signer.map(|s| s.key_id.to_string()),
+            artifact,
+            sha256: written.sha256,
+            app: manifest.app,
+            commit: manifest.commit,
+            release: manifest.release,
+            format: build.settings.format,
+            files: manifest.file_count,
+            bytes: written.bytes,
+            tree_sha256: manifest.tree_sha256,
+            seconds: started.elapsed().as_secs_f64(),
+            cached_env: env.cached,
+            dependencies: build.dependencies.clone(),
+            delta,
+        })
     }
-    Ok(BuildReport {
-        signature,
-        key_id: signer.map(|s| s.key_id.to_string()),
-        artifact,
-        sha256: written.sha256,
-        app: manifest.app,
-        commit: manifest.commit,
-        release: manifest.release,
-        format: build.settings.format,
-        files: manifest.file_count,
-        bytes: written.bytes,
-        tree_sha256: manifest.tree_sha256,
-        seconds: started.elapsed().as_secs_f64(),
-        cached_env: env.cached,
-        dependencies: build.dependencies.clone(),
-        delta,
-    })
+
+    /// Whether the interpreter this build went on with is the one its name
+    /// runs now (waiting for its fresh probe, once); always, when it was
+    /// probed for this build.
+    fn interpreter_confirmed(&self) -> bool {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        pending.is_none_or(probes::Pending::confirm)
+    }
+
+    /// Stop here when the interpreter is not the one assumed.
+    fn confirm_interpreter(&self, steps: &mut Steps) -> Result<()> {
+        let confirmed = self.interpreter_confirmed();
+        steps.done("interpreter check");
+        if confirmed {
+            Ok(())
+        } else {
+            Err(Error::InterpreterChanged)
+        }
+    }
+
+    /// A build's error, or `InterpreterChanged` when it ran with an
+    /// interpreter that is not the one its name runs now (which may be what
+    /// failed).
+    fn settle(&self, e: Error) -> Error {
+        if self.interpreter_confirmed() {
+            e
+        } else {
+            Error::InterpreterChanged
+        }
+    }
 }
 
 /// Sign `artifact` with `--sign`'s key, when one was given; the signature's path.
@@ -237,6 +322,9 @@ struct Build<'a> {
     /// The dependency file, as the manifest names it.
     dependencies: manifest::Dependencies,
     interpreter: python::Interpreter,
+    /// The fresh probe of `interpreter`, when it was remembered from the
+    /// last build ([`probes`]).
+    pending: std::sync::Mutex<Option<probes::Pending>>,
     installer: python::Installer,
 }
 
@@ -259,6 +347,7 @@ impl<'a> Build<'a> {
         printer: &'a Printer,
         cache_dir: PathBuf,
         work_dir: &'a Path,
+        remembered: bool,
         steps: &mut Steps,
     ) -> Result<(Build<'a>, Vec<requirements::Unpinned>)> {
         let source = git::Source::open(&flags.source)?;
@@ -287,26 +376,42 @@ impl<'a> Build<'a> {
             return Err(requirements::refusal(&found.file, &unpinned));
         }
         let needs = interpreter::declared(&app_dir, settings.requires_python.as_deref())?;
-        let interpreter = interpreter::select(settings.python.as_deref(), &needs, printer)?;
-        let installer = python::choose_installer(settings.installer, &interpreter)?;
-        let deps = if is_lock {
-            lock_plan(
-                &found,
-                &dep_sha256,
-                &settings,
-                &interpreter,
-                (&source, &commit),
-                &app_dir,
-                work_dir,
-                &cache_dir,
-            )?
-        } else {
-            requirements_plan(&dep_path, &settings, &app_dir)?
+        let (interpreter, pending) = interpreter::select(
+            settings.python.as_deref(),
+            &needs,
+            printer,
+            remembered.then_some(cache_dir.as_path()),
+        )?;
+        let planned = (|| -> Result<_> {
+            let installer = python::choose_installer(settings.installer, &interpreter)?;
+            let deps = if is_lock {
+                lock_plan(
+                    &found,
+                    &dep_sha256,
+                    &settings,
+                    &interpreter,
+                    (&source, &commit),
+                    &app_dir,
+                    work_dir,
+                    &cache_dir,
+                )?
+            } else {
+                requirements_plan(&dep_path, &settings, &app_dir)?
+            };
+            settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
+            Ok((installer, deps))
+        })();
+        let (installer, deps) = match planned {
+            Ok(planned) => planned,
+            // What failed may be the remembered interpreter's doing.
+            Err(_) if pending.is_some_and(|p| !p.confirm()) => {
+                return Err(Error::InterpreterChanged)
+            }
+            Err(e) => return Err(e),
         };
         if settings.package {
             printer.progress("pyproject.toml has a [build-system]: the app is built as a wheel and installed into the venv");
         }
-        settings::apply_include_exclude(&app_dir, &settings.include, &settings.exclude)?;
         let dependencies = manifest::Dependencies {
             file: found.file.clone(),
             format: found.format.name().to_string(),
@@ -328,6 +433,7 @@ impl<'a> Build<'a> {
             deps,
             dependencies,
             interpreter,
+            pending: std::sync::Mutex::new(pending),
             installer,
         };
         Ok((build, unpinned))
@@ -353,6 +459,8 @@ impl<'a> Build<'a> {
         if unpinned.is_empty() {
             return Ok(Vec::new());
         }
+        // Resolving asks the index: not for an interpreter that may be wrong.
+        self.confirm_interpreter(steps)?;
         self.printer.warn(&format!(
             "{} of the requirements are not pinned (--allow-unpinned): resolving them now; the versions are recorded in the manifest",
             unpinned.len()
@@ -380,6 +488,8 @@ impl<'a> Build<'a> {
             self.printer
                 .progress(&format!("reusing venv {}", dir.display()));
         } else {
+            // A venv is built for the interpreter it is keyed by, only.
+            self.confirm_interpreter(steps)?;
             self.printer.progress(&format!(
                 "installing requirements with {} (cache: {})",
                 self.installer.describe(),
@@ -472,6 +582,8 @@ impl<'a> Build<'a> {
         } else {
             "compile"
         });
+        // Nothing leaves the scratch directory before this.
+        self.confirm_interpreter(steps)?;
         let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
         steps.done("manifest");
         // The delta (small) is written on a thread of its own, beside the

@@ -64,6 +64,10 @@ macro_rules! error_enum {
             /// A step stopped because another one running beside it failed
             /// (whose error is the one reported).
             Stopped,
+            /// The interpreter a build went on with, remembered from the
+            /// last build, is not the one its name runs now: the build
+            /// starts again (`build::run` never returns this).
+            InterpreterChanged,
             $($(#[$doc])* $variant($ty),)*
         }
 
@@ -72,7 +76,11 @@ macro_rules! error_enum {
             fn explained(&self) -> Option<&dyn Explain> {
                 match self {
                     $(Error::$variant(e) => Some(e),)*
-                    Error::Io(_) | Error::Usage(_) | Error::Internal { .. } | Error::Stopped => {
+                    Error::Io(_)
+                    | Error::Usage(_)
+                    | Error::Internal { .. }
+                    | Error::Stopped
+                    | Error::InterpreterChanged => {
                         None
                     }
                 }
@@ -168,6 +176,7 @@ impl Explain for Error {
             Error::Io(e) => write!(f, "{e}"),
             Error::Usage(message) => f.write_str(message),
             Error::Internal { what } => write!(f, "internal error: {what}"),
+            Error::InterpreterChanged => f.write_str("the interpreter changed while the build ran"),
             _ => f.write_str("stopped because a step running beside it failed"),
         }
     }

@@ -10,7 +10,7 @@ pub mod relocate;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{tail, Error, PythonError, Result};
 use crate::manifest::PythonInfo;
@@ -54,7 +54,7 @@ print(json.dumps({
 
 /// What an interpreter says it is: one short Python run, shared by the build
 /// (which needs pip) and the host's interpreter checks (which do not).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     /// pip's version, when pip is importable.
     pub pip: Option<String>,
@@ -159,26 +159,39 @@ impl Interpreter {
 
 /// Find `python` on PATH (or as a path) and ask it what it is.
 pub fn find_interpreter(python: &str) -> Result<Interpreter> {
-    let not_found = |detail: String| PythonError::InterpreterNotFound {
-        python: python.to_string(),
-        detail,
-    };
-    let probe = Probe::run(python.as_ref()).map_err(|why| not_found(format!(": {why}")))?;
-    let Some(pip_version) = probe.pip else {
-        return Err(PythonError::NoPip {
-            python: probe.executable,
+    Interpreter::from_probe(probe_named(python)?)
+}
+
+/// Run `python` (on PATH, or a path) and ask it what it is.
+pub fn probe_named(python: &str) -> Result<Probe> {
+    Probe::run(python.as_ref()).map_err(|why| {
+        PythonError::InterpreterNotFound {
+            python: python.to_string(),
+            detail: format!(": {why}"),
         }
-        .into());
-    };
-    Ok(Interpreter {
-        executable: PathBuf::from(probe.executable),
-        implementation: probe.implementation,
-        version: probe.version,
-        abi: probe.abi,
-        platform: probe.platform,
-        pip_version,
-        markers: probe.markers,
+        .into()
     })
+}
+
+impl Interpreter {
+    /// The interpreter a probe describes; it must have pip.
+    pub fn from_probe(probe: Probe) -> Result<Interpreter> {
+        let Some(pip_version) = probe.pip else {
+            return Err(PythonError::NoPip {
+                python: probe.executable,
+            }
+            .into());
+        };
+        Ok(Interpreter {
+            executable: PathBuf::from(probe.executable),
+            implementation: probe.implementation,
+            version: probe.version,
+            abi: probe.abi,
+            platform: probe.platform,
+            pip_version,
+            markers: probe.markers,
+        })
+    }
 }
 
 pub fn choose_installer(choice: InstallerChoice, interpreter: &Interpreter) -> Result<Installer> {

@@ -312,6 +312,25 @@ fn with_two_interpreters_the_one_the_app_declares_is_picked_by_name() {
             && err.contains("this build uses Python 3.11"),
         "{err}"
     );
+
+    // `python3` becomes 3.12 while the build cache remembers it as 3.11
+    // (and holds a venv for that 3.11): the build goes on with the
+    // remembered answer only until the fresh one comes back different
+    // (here before resolving the unpinned requirements), then builds again
+    // with 3.12.
+    std::fs::remove_file(app.dir.join(".python-version")).unwrap();
+    app.commit("no declared python");
+    std::fs::remove_file(bin.join("python3")).unwrap();
+    std::os::unix::fs::symlink(&py312, bin.join("python3")).unwrap();
+    let out = run(&app, "switched", &[]);
+    let m = manifest(&artifact(&json_ok(&out)));
+    assert_eq!(m["python"]["abi"], "cp312", "{}", m["python"]);
+    assert!(
+        paths(&m)
+            .iter()
+            .any(|p| p.starts_with("venv/lib/python3.12/site-packages/django/")),
+        "the venv is not a 3.12 one"
+    );
 }
 
 #[test]
