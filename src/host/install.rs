@@ -834,7 +834,7 @@ fn finalize(
     make_read_only(&dir, manifest, &extracted.dirs, &record)?;
     crashpoint(CrashPoint::InstallReadOnly);
     // Durable before it becomes visible.
-    let (strategy, why) = durable::choose(manifest.files.len(), extracted.bytes)?;
+    let (strategy, why) = durable::choose(&dir, manifest.files.len(), extracted.bytes)?;
     if printer.verbose > 0 {
         printer.progress(&format!(
             "making it durable: {} ({why})",
