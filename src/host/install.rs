@@ -841,7 +841,14 @@ fn finalize(
             strategy.describe()
         ));
     }
+    let durable_started = Instant::now();
     durable::make_durable(&dir, &created.paths, strategy)?;
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "durable in {:.2}s",
+            durable_started.elapsed().as_secs_f64()
+        ));
+    }
     crashpoint(CrashPoint::InstallSynced);
     let final_dir = host.release_dir(id.as_str());
     fs::rename(&dir, &final_dir)?;
