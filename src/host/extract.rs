@@ -30,69 +30,13 @@ use crate::archive::{Extensions, HashingReader};
 use crate::crashpoint::CrashPoint;
 use crate::error::{ArtifactError, Error, HeaderRefused, Result, UnsafeRule};
 use crate::fsutil;
+use crate::host::durable::Writeback;
 use crate::host::layout::installed_mode;
 use crate::host::reuse::Reuse;
 use crate::manifest::{self, Entry, EntryType, Manifest};
 
 /// Files are copied through a buffer of this size.
 const COPY_BUFFER: usize = 256 * 1024;
-
-/// Start writing back to disk after every this many bytes unpacked.
-const WRITEBACK_EVERY: u64 = 16 * 1024 * 1024;
-
-/// Starts the disk writes of what was unpacked so far while unpacking goes
-/// on: a thread calls `syncfs(2)` each time another [`WRITEBACK_EVERY`]
-/// bytes were written, so the `syncfs` that makes the release durable before
-/// its rename finds little left to do. Signals that come while a sync runs
-/// are dropped (the running one covers them).
-struct Writeback {
-    signal: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    since: u64,
-}
-
-impl Writeback {
-    fn start(dir: &Path) -> Writeback {
-        let Ok(handle) = std::fs::File::open(dir) else {
-            return Writeback {
-                signal: None,
-                thread: None,
-                since: 0,
-            };
-        };
-        let (signal, signals) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::spawn(move || {
-            for () in signals {
-                // Only a head start: the final syncfs reports errors.
-                let _ = rustix::fs::syncfs(&handle);
-            }
-        });
-        Writeback {
-            signal: Some(signal),
-            thread: Some(thread),
-            since: 0,
-        }
-    }
-
-    fn wrote(&mut self, bytes: u64) {
-        self.since += bytes;
-        if self.since >= WRITEBACK_EVERY {
-            self.since = 0;
-            if let Some(signal) = &self.signal {
-                let _ = signal.try_send(());
-            }
-        }
-    }
-}
-
-impl Drop for Writeback {
-    fn drop(&mut self) {
-        self.signal = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 pub struct Extracted {
@@ -163,7 +107,7 @@ impl<'a> Extractor<'a> {
     /// nothing in the manifest was missing.
     pub fn run<R: Read>(mut self, entries: tar::Entries<'_, R>) -> Result<Extracted> {
         let mut last = String::from("release.json");
-        let mut writeback = Writeback::start(self.dest);
+        let mut writeback = Writeback::start();
         let mut names = Extensions::default();
         for entry in entries {
             let mut entry = entry.map_err(|e| self.corrupt(&last, &e))?;
@@ -173,9 +117,7 @@ impl<'a> Extractor<'a> {
             {
                 continue;
             }
-            let before = self.out.bytes;
-            last = self.one(entry, names.take())?;
-            writeback.wrote(self.out.bytes - before);
+            last = self.one(entry, names.take(), &mut writeback)?;
             self.progress.inc(1);
             if self.out.files + self.out.linked == 100 {
                 crate::crashpoint::crashpoint(CrashPoint::InstallMidExtract);
@@ -227,7 +169,12 @@ impl<'a> Extractor<'a> {
     }
 
     /// Check and unpack one member; returns its path.
-    fn one<R: Read>(&mut self, mut entry: tar::Entry<'_, R>, names: Extensions) -> Result<String> {
+    fn one<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        names: Extensions,
+        writeback: &mut Writeback,
+    ) -> Result<String> {
         let raw = names
             .path
             .unwrap_or_else(|| entry.path_bytes().into_owned());
@@ -264,7 +211,7 @@ impl<'a> Extractor<'a> {
                 };
                 self.make_symlink(path, &link, expected)?;
             }
-            EntryType::File => self.write_file(&mut entry, path, index)?,
+            EntryType::File => self.write_file(&mut entry, path, index, writeback)?,
         }
         self.seen[index] = true;
         Ok(path.to_string())
@@ -313,6 +260,7 @@ impl<'a> Extractor<'a> {
         entry: &mut tar::Entry<'_, R>,
         path: &str,
         index: usize,
+        writeback: &mut Writeback,
     ) -> Result<()> {
         let expected = &self.manifest.files[index];
         let want_size = expected.size();
@@ -357,6 +305,7 @@ impl<'a> Extractor<'a> {
             .open(&target_path)
             .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
         let read = self.copy_checked(entry, path, expected, &mut file)?;
+        writeback.written(file, read);
         self.out.files += 1;
         self.out.bytes += read;
         Ok(())

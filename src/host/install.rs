@@ -16,6 +16,7 @@ use crate::error::{Error, InstallError, Result};
 use crate::fsutil;
 use crate::fsutil::{random_suffix, remove_tree};
 use crate::host::config::HostConfig;
+use crate::host::durable;
 use crate::host::extract::{Extracted, Extractor};
 use crate::host::journal::{Event, EventKind, Journal, What};
 use crate::host::layout::{installed_mode, Host, INCOMING_PREFIX};
@@ -477,6 +478,7 @@ pub fn install(
     printer: &Printer,
 ) -> Result<InstallReport> {
     let mut need = None;
+    durable::forced()?;
     // The artifact's bytes (a file or a URL) and what they must prove.
     let source = source::open(&options.source(), &config.trust.keys(), printer)?;
     let failure = source.check.failure();
@@ -831,10 +833,15 @@ fn finalize(
     )?;
     make_read_only(&dir, manifest, &extracted.dirs, &record)?;
     crashpoint(CrashPoint::InstallReadOnly);
-    // Durable before it becomes visible: one syncfs for the whole tree.
-    let handle = fs::File::open(&dir)?;
-    rustix::fs::syncfs(&handle).map_err(|e| fsutil::fs_err_io(e.into(), &dir))?;
-    drop(handle);
+    // Durable before it becomes visible.
+    let (strategy, why) = durable::choose(manifest.files.len(), extracted.bytes)?;
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "making it durable: {} ({why})",
+            strategy.describe()
+        ));
+    }
+    durable::make_durable(&dir, &created.paths, strategy)?;
     crashpoint(CrashPoint::InstallSynced);
     let final_dir = host.release_dir(id.as_str());
     fs::rename(&dir, &final_dir)?;

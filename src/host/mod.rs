@@ -17,6 +17,7 @@
 pub mod activate;
 pub mod config;
 pub mod dry_run;
+pub mod durable;
 pub mod extract;
 pub mod fetch;
 pub mod hooks;

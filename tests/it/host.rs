@@ -1299,3 +1299,134 @@ fn an_install_next_to_the_live_release_links_its_unchanged_files() {
     assert_eq!(root.json(&["verify", &c])["ok"], true);
     assert_eq!(mode_of(&b_dir.join(first("venv/lib/"))) & 0o222, 0);
 }
+
+/// The paths `strace -y` shows `syscall` reaching in `log` before the first
+/// line on which `until` is true, and that line.
+fn traced_before<'a>(
+    log: &'a str,
+    syscall: &str,
+    until: impl Fn(&str) -> bool,
+) -> (Vec<&'a str>, &'a str) {
+    let mut paths = Vec::new();
+    for line in log.lines() {
+        if until(line) {
+            return (paths, line);
+        }
+        let call = format!("{syscall}(");
+        if let Some(at) = line.find(&call) {
+            let rest = &line[at + call.len()..];
+            // `fsync(4</path>) = 0`, or `fsync(4</path> <unfinished ...>`
+            // when another thread's call comes in between.
+            if let Some(open) = rest.find('<') {
+                let path = &rest[open + 1..];
+                paths.push(&path[..path.find('>').unwrap_or(path.len())]);
+            }
+        }
+    }
+    panic!("no line ends the trace:\n{log}");
+}
+
+/// Both ways of making a release durable (docs/host.md, "Durability"),
+/// forced with RELEASE_DURABILITY and watched with strace: before the
+/// rename that makes the release visible, either one `syncfs` ran, or
+/// `fsync` reached every file and directory of the tree and the shared
+/// target the install seeded, with its parent. A value it does not take is
+/// refused before anything is installed.
+#[test]
+fn an_install_is_durable_before_its_rename_with_either_strategy() {
+    let art = artifacts();
+    for strategy in ["fsync", "syncfs"] {
+        let root = Root::new();
+        std::fs::create_dir_all(&root.path).unwrap();
+        root.write_config("shared = [\"app/media\"]\n");
+        let log_path = root.path.with_file_name(format!("strace-{strategy}.log"));
+        let out = Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-y",
+                "-e",
+                "trace=fsync,syncfs,rename,renameat,renameat2",
+                "-o",
+            ])
+            .arg(&log_path)
+            .arg(BIN)
+            .arg("--root")
+            .arg(&root.path)
+            .args(["-v", "install"])
+            .arg(&art.a)
+            .env("RELEASE_DURABILITY", strategy)
+            .env_remove("RELEASE_ROOT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("strace runs (scripts/test-deps installs it)");
+        assert!(
+            out.status.success(),
+            "install with {strategy}: {}",
+            stderr(&out)
+        );
+        let said = stderr(&out);
+        let expected = match strategy {
+            "fsync" => "making it durable: an fsync of each file and directory (RELEASE_DURABILITY asks for it)",
+            _ => "making it durable: one syncfs of the filesystem (RELEASE_DURABILITY asks for it)",
+        };
+        assert!(said.contains(expected), "{strategy}: {said}");
+        let id = root.releases().pop().unwrap();
+        let releases = root.path.join("releases");
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let (synced, rename) = traced_before(&log, "syncfs", |l| {
+            l.contains("rename") && l.contains("/.incoming-") && l.contains(&id)
+        });
+        let (fsynced, _) = traced_before(&log, "fsync", |l| l == rename);
+        let incoming = rename
+            .split('"')
+            .nth(1)
+            .expect("the rename names .incoming-*")
+            .to_string();
+        if strategy == "syncfs" {
+            assert_eq!(synced.len(), 1, "one syncfs before the rename:\n{log}");
+            continue;
+        }
+        assert!(synced.is_empty(), "syncfs with {strategy}:\n{log}");
+        let fsynced: std::collections::HashSet<&str> = fsynced.into_iter().collect();
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        for item in walkdir::WalkDir::new(releases.join(&id)) {
+            let item = item.unwrap();
+            if item.file_type().is_symlink() {
+                continue;
+            }
+            seen += 1;
+            let rel = item.path().strip_prefix(releases.join(&id)).unwrap();
+            let then = Path::new(&incoming).join(rel);
+            let then = then.to_str().unwrap().trim_end_matches('/');
+            if !fsynced.contains(then) {
+                missing.push(then.to_string());
+            }
+        }
+        for shared in ["shared/app/media", "shared/app"] {
+            let path = root.path.join(shared);
+            if !fsynced.contains(path.to_str().unwrap()) {
+                missing.push(path.display().to_string());
+            }
+        }
+        assert!(seen > 1000, "only {seen} entries in release {id}");
+        assert!(
+            missing.is_empty(),
+            "not fsynced before the rename ({} of {seen}): {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+
+    let root = Root::new();
+    let mut cmd = root.cmd(&["install", art.a.to_str().unwrap()]);
+    let out = cmd.env("RELEASE_DURABILITY", "sometimes").output().unwrap();
+    let err = fails_with(&out, 2);
+    assert!(
+        err.contains("RELEASE_DURABILITY=sometimes")
+            && err.contains("auto (the default), syncfs or fsync"),
+        "{err}"
+    );
+    assert!(root.releases().is_empty(), "{:?}", root.releases());
+}
