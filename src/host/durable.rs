@@ -11,9 +11,11 @@
 //!   release's own data, but costs a disk flush per file (concurrent
 //!   flushes are merged by the block layer).
 //!
-//! [`choose`] takes `syncfs` unless the kernel holds more dirty data than
-//! the install itself wrote by more than [`OTHERS_DIRTY_PER_ENTRY`] for each
-//! entry of the tree, i.e. unless something else is writing. While unpacking, [`Writeback`] starts the disk writes of
+//! [`choose`] takes `syncfs` unless more data than the install itself wrote
+//! waits to be written, by more than [`OTHERS_DIRTY_PER_ENTRY`] for each
+//! entry of the tree, i.e. unless something else is writing: on ext4, the
+//! data of the release's filesystem not yet allocated (delayed
+//! allocation); elsewhere, the dirty data of the whole page cache. While unpacking, [`Writeback`] starts the disk writes of
 //! each file as soon as it is written, so either way finds the release's
 //! data on its way to the disk.
 
@@ -82,17 +84,25 @@ pub fn forced() -> Result<Option<Strategy>> {
     }
 }
 
-/// The strategy for a tree of `entries` files and directories holding
-/// `ours` bytes, and why.
-pub fn choose(entries: usize, ours: u64) -> Result<(Strategy, String)> {
+/// The strategy for the tree at `dir`, of `entries` files and directories
+/// holding `ours` bytes, and why.
+pub fn choose(dir: &Path, entries: usize, ours: u64) -> Result<(Strategy, String)> {
     if let Some(strategy) = forced()? {
         return Ok((strategy, format!("{ENV} asks for it")));
+    }
+    if let Some((device, dirty)) = ext4_delayed_bytes(dir) {
+        let why = format!(
+            "{} MiB written to {device} and not yet allocated on it; this install wrote {} MiB",
+            dirty >> 20,
+            ours >> 20
+        );
+        return Ok((decide(entries, ours, dirty), why));
     }
     let Some(dirty) = dirty_bytes() else {
         return Ok((Strategy::Syncfs, "/proc/meminfo unreadable".into()));
     };
     let why = format!(
-        "{} MiB dirty or being written back in the page cache, {} MiB of it this install's at most",
+        "{} MiB dirty or being written back in the page cache; this install wrote {} MiB",
         dirty >> 20,
         ours >> 20
     );
@@ -109,6 +119,27 @@ fn decide(entries: usize, ours: u64, dirty: u64) -> Strategy {
     } else {
         Strategy::Syncfs
     }
+}
+
+/// On ext4, the data written to `dir`'s filesystem whose blocks are not
+/// allocated yet (delayed allocation: written by a process, not yet
+/// written back), in bytes, and the filesystem's device name: what a
+/// `syncfs` of it would write, but for overwrites of allocated blocks.
+/// `None` on other filesystems.
+fn ext4_delayed_bytes(dir: &Path) -> Option<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let link = std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    let device = link.file_name()?.to_str()?.to_string();
+    let blocks: u64 =
+        std::fs::read_to_string(format!("/sys/fs/ext4/{device}/delayed_allocation_blocks"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+    let block = rustix::fs::statvfs(dir).ok()?.f_bsize;
+    Some((device, blocks * block))
 }
 
 /// `Dirty` + `Writeback` of /proc/meminfo, in bytes: data written by any

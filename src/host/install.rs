@@ -834,14 +834,21 @@ fn finalize(
     make_read_only(&dir, manifest, &extracted.dirs, &record)?;
     crashpoint(CrashPoint::InstallReadOnly);
     // Durable before it becomes visible.
-    let (strategy, why) = durable::choose(manifest.files.len(), extracted.bytes)?;
+    let (strategy, why) = durable::choose(&dir, manifest.files.len(), extracted.bytes)?;
     if printer.verbose > 0 {
         printer.progress(&format!(
             "making it durable: {} ({why})",
             strategy.describe()
         ));
     }
+    let durable_started = Instant::now();
     durable::make_durable(&dir, &created.paths, strategy)?;
+    if printer.verbose > 0 {
+        printer.progress(&format!(
+            "durable in {:.2}s",
+            durable_started.elapsed().as_secs_f64()
+        ));
+    }
     crashpoint(CrashPoint::InstallSynced);
     let final_dir = host.release_dir(id.as_str());
     fs::rename(&dir, &final_dir)?;

@@ -1430,3 +1430,129 @@ fn an_install_is_durable_before_its_rename_with_either_strategy() {
     );
     assert!(root.releases().is_empty(), "{:?}", root.releases());
 }
+
+/// A fresh ext4 filesystem on a loop device (an image in the temporary
+/// directory), unmounted and removed on drop; `None` when not root.
+struct LoopExt4 {
+    dir: tempfile::TempDir,
+}
+
+impl LoopExt4 {
+    fn mount() -> Option<LoopExt4> {
+        if !running_as_root("mounting an ext4 loop filesystem (the durability choice)") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("release-ext4-")
+            .tempdir()
+            .unwrap();
+        let image = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        for cmd in [
+            Command::new("truncate").arg("-s").arg("1G").arg(&image),
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "nodiscard"])
+                .arg(&image),
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mnt),
+        ] {
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+        }
+        Some(LoopExt4 { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        }
+    }
+}
+
+/// The first number in `text` after `after`.
+fn mib_after(text: &str, after: &str) -> u64 {
+    let at = text
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after:?} in {text}"));
+    text[at + after.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// On ext4, install chooses by the data of its own filesystem still
+/// waiting to be written (delayed allocation): with 300 MB another process
+/// wrote there and the kernel has not written back, it fsyncs each file
+/// (a `syncfs` would wait for those 300 MB); once they are on disk, one
+/// `syncfs`. Both releases verify.
+#[test]
+fn on_a_busy_ext4_filesystem_install_fsyncs_each_file_instead_of_syncfs() {
+    let Some(fs) = LoopExt4::mount() else {
+        return;
+    };
+    let art = artifacts();
+    let root = Root::at(fs.path().join("root"));
+    let writer = fs.path().join("writer.dat");
+    let install_v = |root: &Root| {
+        let out = root.ok(&["-v", "install", art.a.to_str().unwrap()]);
+        let said = stderr(&out);
+        let line = said
+            .lines()
+            .find(|l| l.contains("making it durable: "))
+            .unwrap_or_else(|| panic!("no durability line: {said}"))
+            .to_string();
+        assert!(line.contains(" MiB written to loop"), "{line}");
+        line
+    };
+    // The kernel may write the 300 MB back before the install looks (its
+    // flusher runs when the whole machine holds much dirty data): then the
+    // install sees less and may rightly take syncfs. It must see them once.
+    let mut busy = None;
+    for attempt in 0..3 {
+        let out = Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", writer.display()))
+            .args(["bs=1M", "count=300", "status=none"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dd: {}", stderr(&out));
+        let r = Root::at(fs.path().join(format!("busy{attempt}")));
+        let line = install_v(&r);
+        let _ = Command::new("sync").arg("-f").arg(&writer).status();
+        std::fs::remove_file(&writer).unwrap();
+        if mib_after(&line, "(") >= 250 {
+            busy = Some((r, line));
+            break;
+        }
+    }
+    let (busy_root, line) =
+        busy.expect("the writer's 300 MB were written back before every install looked");
+    assert!(
+        line.contains("an fsync of each file and directory"),
+        "{line}"
+    );
+    let id = busy_root.releases().pop().unwrap();
+    assert_eq!(busy_root.json(&["verify", &id])["ok"], true);
+
+    let _ = Command::new("sync").arg("-f").arg(fs.path()).status();
+    let line = install_v(&root);
+    assert!(line.contains("one syncfs of the filesystem"), "{line}");
+    assert!(mib_after(&line, "(") < 100, "{line}");
+    let id = root.releases().pop().unwrap();
+    assert_eq!(root.json(&["verify", &id])["ok"], true);
+}

@@ -27,7 +27,7 @@ impl Root {
     }
 
     /// In /dev/shm when there is one: a test that installs dozens of
-    /// releases spends seconds in each install's syncfs on a disk shared
+    /// releases spends seconds making each durable on a disk shared
     /// with other work. A SIGKILL leaves the same state on any filesystem,
     /// and the lock does not care either.
     pub fn in_memory() -> Root {
