@@ -194,20 +194,33 @@ mod octal_mode {
 /// `path NUL type NUL mode NUL size NUL (sha256|target|"") LF`, with the mode as
 /// four octal digits and the size in decimal (0 for directories and symlinks).
 pub fn tree_digest(files: &[Entry]) -> String {
+    use std::io::Write;
     let mut hasher = Sha256::new();
+    // The lines are gathered and hashed 64 KiB at a time.
+    let mut text = Vec::with_capacity(64 * 1024 + 8 * 1024);
     for e in files {
         let digest_or_target = e
             .sha256
             .as_deref()
             .or(e.target.as_deref())
             .unwrap_or_default();
-        hasher.update(e.path.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(e.kind.to_string().as_bytes());
-        hasher.update(format!("\0{:04o}\0{}\0", e.mode, e.size()).as_bytes());
-        hasher.update(digest_or_target.as_bytes());
-        hasher.update(b"\n");
+        let kind = match e.kind {
+            EntryType::File => "file",
+            EntryType::Dir => "dir",
+            EntryType::Symlink => "symlink",
+        };
+        text.extend_from_slice(e.path.as_bytes());
+        text.push(0);
+        text.extend_from_slice(kind.as_bytes());
+        write!(text, "\0{:04o}\0{}\0", e.mode, e.size()).expect("writes to a Vec");
+        text.extend_from_slice(digest_or_target.as_bytes());
+        text.push(b'\n');
+        if text.len() >= 64 * 1024 {
+            hasher.update(&text);
+            text.clear();
+        }
     }
+    hasher.update(&text);
     hex::encode(hasher.finalize())
 }
 
@@ -298,6 +311,12 @@ impl Manifest {
             serde_json::from_slice(bytes).map_err(|e| Invalid::Fields(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
+    }
+
+    /// Parse the `release.json` of a release this host installed, unchanged
+    /// since [`Manifest::from_json`] checked it then: its fields only.
+    pub fn from_installed_json(bytes: &[u8]) -> Result<Manifest, Invalid> {
+        serde_json::from_slice(bytes).map_err(|e| Invalid::Fields(e.to_string()))
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {

@@ -15,9 +15,11 @@
 //! waits to be written, by more than [`OTHERS_DIRTY_PER_ENTRY`] for each
 //! entry of the tree, i.e. unless something else is writing: on ext4, the
 //! data of the release's filesystem not yet allocated (delayed
-//! allocation); elsewhere, the dirty data of the whole page cache. While unpacking, [`Writeback`] starts the disk writes of
-//! each file as soon as it is written, so either way finds the release's
-//! data on its way to the disk.
+//! allocation); elsewhere, the dirty data of the whole page cache.
+//!
+//! While unpacking, [`Writeback`] starts the disk writes of each file soon
+//! after it is written, so either way finds the release's data on its way
+//! to the disk.
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
