@@ -227,27 +227,64 @@ pub fn tree_digest(files: &[Entry]) -> String {
 impl Manifest {
     /// Serialise deterministically: header fields pretty-printed, one line per file entry.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        let mut header = serde_json::to_value(self).expect("manifest serialises");
-        let files = header
-            .as_object_mut()
-            .and_then(|o| o.remove("files"))
-            .expect("manifest has files");
+        // The header fields, pretty-printed, from a copy without the files
+        // (listing every field, so a new one cannot be left out).
+        let Manifest {
+            format,
+            app,
+            commit,
+            release,
+            source_date_epoch,
+            dirty,
+            builder,
+            python,
+            requirements_sha256,
+            dependencies,
+            unpinned,
+            resolved,
+            build_env,
+            file_count,
+            bytes,
+            tree_sha256,
+            files,
+        } = self;
+        let head = Manifest {
+            format: *format,
+            app: app.clone(),
+            commit: commit.clone(),
+            release: release.clone(),
+            source_date_epoch: *source_date_epoch,
+            dirty: *dirty,
+            builder: builder.clone(),
+            python: python.clone(),
+            requirements_sha256: requirements_sha256.clone(),
+            dependencies: dependencies.clone(),
+            unpinned: *unpinned,
+            resolved: resolved.clone(),
+            build_env: build_env.clone(),
+            file_count: *file_count,
+            bytes: *bytes,
+            tree_sha256: tree_sha256.clone(),
+            files: Vec::new(),
+        };
+        let mut header = serde_json::to_value(&head).expect("manifest serialises");
+        header.as_object_mut().map(|o| o.remove("files"));
         let mut out = serde_json::to_string_pretty(&header).expect("manifest serialises");
         // Drop the closing brace and append the file list, one entry per line.
         out.truncate(out.trim_end().len() - 1);
-        let out = out.trim_end().to_string();
-        let mut text = format!("{out},\n  \"files\": [");
-        let files = files.as_array().expect("files is an array");
+        out.truncate(out.trim_end().len());
+        let mut text = format!("{out},\n  \"files\": [").into_bytes();
+        text.reserve(files.len() * 160);
         for (i, f) in files.iter().enumerate() {
-            text.push_str(if i == 0 { "\n    " } else { ",\n    " });
-            text.push_str(&serde_json::to_string(f).expect("entry serialises"));
+            text.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
+            serde_json::to_writer(&mut text, f).expect("entry serialises");
         }
-        text.push_str(if files.is_empty() {
-            "]\n}\n"
+        text.extend_from_slice(if files.is_empty() {
+            b"]\n}\n"
         } else {
-            "\n  ]\n}\n"
+            b"\n  ]\n}\n"
         });
-        text.into_bytes()
+        text
     }
 
     /// Parse and check the invariants every reader relies on.
