@@ -47,7 +47,7 @@ const FSYNC_STACK: usize = 128 << 10;
 
 /// Dirty data not the install's that `syncfs` would write in the time
 /// the fsync of one more entry takes (measured on the bench's loop
-/// filesystem: about 27 µs an entry from 32 threads, against 0.6–0.8 GB/s
+/// filesystem: 15–30 µs an entry from 128 threads, against 0.6–0.8 GB/s
 /// for the writes of a `syncfs`; docs/host.md).
 pub const OTHERS_DIRTY_PER_ENTRY: u64 = 16 << 10;
 
