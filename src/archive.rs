@@ -241,17 +241,100 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// Below this many bytes of tar, a frame is compressed on the calling
+/// thread. zstd's workers split their input into jobs of 4 windows (16 MiB
+/// at level 9), so a smaller input is one job on one worker anyway: the
+/// workers would only cost their start and their buffers (27 MB of
+/// allocations, page faults included, for a 300 KB delta). The bytes
+/// differ between the two modes, and the size that decides is the input's,
+/// so the same input always gives the same bytes.
+pub const WORKERS_FROM_BYTES: u64 = 16 << 20;
+
+/// The zstd encoder of artifacts: [`ZSTD_LEVEL`], a checksum per frame, and
+/// for `about` bytes of input or more ([`WORKERS_FROM_BYTES`]) one worker
+/// per core (the bytes are the same for any number of workers).
+fn zstd_encoder<W: Write>(sink: W, about: u64) -> io::Result<zstd::Encoder<'static, W>> {
+    let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
+    if about >= WORKERS_FROM_BYTES {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        enc.multithread(threads as u32)?;
+    }
+    enc.include_checksum(true)?;
+    Ok(enc)
+}
+
+/// How many bytes of tar `entries` make, about (a header and the padded
+/// content each; long names add a little): what decides
+/// [`WORKERS_FROM_BYTES`].
+pub fn tar_bytes<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> u64 {
+    entries
+        .into_iter()
+        .map(|e| 512 + e.size().div_ceil(512) * 512)
+        .sum()
+}
+
+/// The header of a member: `mtime`, uid/gid 0, no owner names.
+fn member_header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// One head member (`release.json`, `release-delta.json`) as a zstd frame
+/// of its own: its tar header, `json` and the padding, as an
+/// [`ArtifactWriter`] writes them, and no end-of-archive marker. A full
+/// artifact and its delta both carry the manifest: as a frame of its own it
+/// is compressed once and its bytes written into both
+/// ([`ArtifactWriter::after_frames`]).
+pub fn member_frame(name: &str, json: &[u8], mtime: i64) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::with_capacity(json.len() + 2 * TAR_END));
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut h = member_header(
+        tar::EntryType::Regular,
+        0o644,
+        json.len() as u64,
+        mtime.max(0) as u64,
+    );
+    tar.append_data(&mut h, name, json)?;
+    let mut raw = tar.into_inner()?;
+    // into_inner ended the archive: this member is not the end.
+    raw.truncate(raw.len() - TAR_END);
+    let mut enc = zstd_encoder(Vec::with_capacity(json.len() / 4), raw.len() as u64)?;
+    enc.write_all(&raw)?;
+    Ok(enc.finish()?)
+}
+
 impl ArtifactWriter {
+    /// A writer of an artifact of any size (zstd with its workers).
     pub fn new(file: fs::File, format: Format, mtime: i64) -> Result<Self> {
-        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        Self::after_frames(file, format, mtime, &[], u64::MAX)
+    }
+
+    /// A writer whose artifact begins with `frames`, complete zstd frames
+    /// of whole members ([`member_frame`]); what is appended, `about` bytes
+    /// of tar ([`tar_bytes`]), follows them in a frame of its own. Frames
+    /// are zstd only: a `.tar.gz` stays one gzip member.
+    pub fn after_frames(
+        file: fs::File,
+        format: Format,
+        mtime: i64,
+        frames: &[&[u8]],
+        about: u64,
+    ) -> Result<Self> {
+        let mut sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        if !frames.is_empty() && format != Format::Zst {
+            return Err(Error::internal("separate frames in a gzip artifact"));
+        }
+        for frame in frames {
+            sink.write_all(frame)?;
+        }
         let compressor = match format {
-            Format::Zst => {
-                let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                enc.multithread(threads as u32)?;
-                enc.include_checksum(true)?;
-                Compressor::Zst(enc)
-            }
+            Format::Zst => Compressor::Zst(zstd_encoder(sink, about)?),
             // GzBuilder without name or mtime: mtime 0 and OS "unknown".
             Format::Gz => Compressor::Gz(
                 flate2::GzBuilder::new()
@@ -278,14 +361,7 @@ impl ArtifactWriter {
     }
 
     fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(self.mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
+        member_header(kind, mode, size, self.mtime)
     }
 
     pub fn append_manifest(&mut self, json: &[u8]) -> Result<()> {

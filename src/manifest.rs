@@ -194,47 +194,97 @@ mod octal_mode {
 /// `path NUL type NUL mode NUL size NUL (sha256|target|"") LF`, with the mode as
 /// four octal digits and the size in decimal (0 for directories and symlinks).
 pub fn tree_digest(files: &[Entry]) -> String {
+    use std::io::Write;
     let mut hasher = Sha256::new();
+    // The lines are gathered and hashed 64 KiB at a time.
+    let mut text = Vec::with_capacity(64 * 1024 + 8 * 1024);
     for e in files {
         let digest_or_target = e
             .sha256
             .as_deref()
             .or(e.target.as_deref())
             .unwrap_or_default();
-        hasher.update(e.path.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(e.kind.to_string().as_bytes());
-        hasher.update(format!("\0{:04o}\0{}\0", e.mode, e.size()).as_bytes());
-        hasher.update(digest_or_target.as_bytes());
-        hasher.update(b"\n");
+        let kind = match e.kind {
+            EntryType::File => "file",
+            EntryType::Dir => "dir",
+            EntryType::Symlink => "symlink",
+        };
+        text.extend_from_slice(e.path.as_bytes());
+        text.push(0);
+        text.extend_from_slice(kind.as_bytes());
+        write!(text, "\0{:04o}\0{}\0", e.mode, e.size()).expect("writes to a Vec");
+        text.extend_from_slice(digest_or_target.as_bytes());
+        text.push(b'\n');
+        if text.len() >= 64 * 1024 {
+            hasher.update(&text);
+            text.clear();
+        }
     }
+    hasher.update(&text);
     hex::encode(hasher.finalize())
 }
 
 impl Manifest {
     /// Serialise deterministically: header fields pretty-printed, one line per file entry.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        let mut header = serde_json::to_value(self).expect("manifest serialises");
-        let files = header
-            .as_object_mut()
-            .and_then(|o| o.remove("files"))
-            .expect("manifest has files");
+        // The header fields, pretty-printed, from a copy without the files
+        // (listing every field, so a new one cannot be left out).
+        let Manifest {
+            format,
+            app,
+            commit,
+            release,
+            source_date_epoch,
+            dirty,
+            builder,
+            python,
+            requirements_sha256,
+            dependencies,
+            unpinned,
+            resolved,
+            build_env,
+            file_count,
+            bytes,
+            tree_sha256,
+            files,
+        } = self;
+        let head = Manifest {
+            format: *format,
+            app: app.clone(),
+            commit: commit.clone(),
+            release: release.clone(),
+            source_date_epoch: *source_date_epoch,
+            dirty: *dirty,
+            builder: builder.clone(),
+            python: python.clone(),
+            requirements_sha256: requirements_sha256.clone(),
+            dependencies: dependencies.clone(),
+            unpinned: *unpinned,
+            resolved: resolved.clone(),
+            build_env: build_env.clone(),
+            file_count: *file_count,
+            bytes: *bytes,
+            tree_sha256: tree_sha256.clone(),
+            files: Vec::new(),
+        };
+        let mut header = serde_json::to_value(&head).expect("manifest serialises");
+        header.as_object_mut().map(|o| o.remove("files"));
         let mut out = serde_json::to_string_pretty(&header).expect("manifest serialises");
         // Drop the closing brace and append the file list, one entry per line.
         out.truncate(out.trim_end().len() - 1);
-        let out = out.trim_end().to_string();
-        let mut text = format!("{out},\n  \"files\": [");
-        let files = files.as_array().expect("files is an array");
+        out.truncate(out.trim_end().len());
+        let mut text = format!("{out},\n  \"files\": [").into_bytes();
+        text.reserve(files.len() * 160);
         for (i, f) in files.iter().enumerate() {
-            text.push_str(if i == 0 { "\n    " } else { ",\n    " });
-            text.push_str(&serde_json::to_string(f).expect("entry serialises"));
+            text.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
+            serde_json::to_writer(&mut text, f).expect("entry serialises");
         }
-        text.push_str(if files.is_empty() {
-            "]\n}\n"
+        text.extend_from_slice(if files.is_empty() {
+            b"]\n}\n"
         } else {
-            "\n  ]\n}\n"
+            b"\n  ]\n}\n"
         });
-        text.into_bytes()
+        text
     }
 
     /// Parse and check the invariants every reader relies on.
@@ -261,6 +311,12 @@ impl Manifest {
             serde_json::from_slice(bytes).map_err(|e| Invalid::Fields(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
+    }
+
+    /// Parse the `release.json` of a release this host installed, unchanged
+    /// since [`Manifest::from_json`] checked it then: its fields only.
+    pub fn from_installed_json(bytes: &[u8]) -> Result<Manifest, Invalid> {
+        serde_json::from_slice(bytes).map_err(|e| Invalid::Fields(e.to_string()))
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {

@@ -21,29 +21,56 @@ use crate::error::{BuildError, Result};
 use crate::fsutil;
 use crate::manifest::{Entry, EntryType, Manifest};
 
+/// What `--delta-from` names, by its first bytes.
+enum BaseKind {
+    Artifact,
+    ManifestJson,
+}
+
+/// Whether `path` is an artifact or a `release.json`, by its first bytes:
+/// a wrong path fails before the build, and [`base_manifest`] reads the
+/// whole of it beside the build.
+pub fn check_base(path: &Path) -> Result<()> {
+    kind(path).map(|_| ())
+}
+
+fn kind(path: &Path) -> Result<BaseKind> {
+    use std::io::Read;
+    let mut first = [0u8; 4];
+    let mut file = fs::File::open(path)?;
+    let mut n = 0;
+    while n < first.len() {
+        match file.read(&mut first[n..])? {
+            0 => break,
+            read => n += read,
+        }
+    }
+    if n == 4 && Format::sniff(&first).is_some() {
+        return Ok(BaseKind::Artifact);
+    }
+    if first[..n].first().is_some_and(|b| *b == b'{') {
+        return Ok(BaseKind::ManifestJson);
+    }
+    Err(BuildError::DeltaFrom {
+        path: path.to_path_buf(),
+        reason: "neither an artifact (zstd or gzip) nor a release.json".into(),
+    }
+    .into())
+}
+
 /// The previous release's manifest: from its artifact (full or delta: both
 /// carry the complete manifest), or from its `release.json`.
 pub fn base_manifest(path: &Path) -> Result<Manifest> {
-    let bad = |reason: String| BuildError::DeltaFrom {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut magic = [0u8; 4];
-    {
-        use std::io::Read;
-        let mut file = fs::File::open(path)?;
-        let n = file.read(&mut magic)?;
-        if n == 4 && Format::sniff(&magic).is_some() {
-            let (_, manifest) = archive::read_manifest(path)?;
-            return Ok(manifest);
-        }
+    match kind(path)? {
+        BaseKind::Artifact => Ok(archive::read_manifest(path)?.1),
+        BaseKind::ManifestJson => Manifest::from_json(&fs::read(path)?).map_err(|why| {
+            BuildError::DeltaFrom {
+                path: path.to_path_buf(),
+                reason: format!("not a valid release.json: {why}"),
+            }
+            .into()
+        }),
     }
-    let json = fs::read(path)?;
-    if json.first().is_some_and(|b| *b == b'{') {
-        return Manifest::from_json(&json)
-            .map_err(|why| bad(format!("not a valid release.json: {why}")).into());
-    }
-    Err(bad("neither an artifact (zstd or gzip) nor a release.json".into()).into())
 }
 
 /// Which entries of `manifest` a delta against `base` carries: directories,
@@ -84,15 +111,25 @@ pub struct Written {
     pub bytes: u64,
     /// Regular files carried, of the manifest's.
     pub files: u64,
+    /// The release it applies to, and its commit.
+    pub base_release: String,
+    pub base_commit: String,
 }
 
-/// Write the delta of `manifest` (serialised as `json`) against `base` into
-/// `out`, with its `.sha256`; `source` gives where each carried entry's
-/// content is on disk.
+/// The new release's manifest as the delta carries it: its JSON, and for
+/// zstd the compressed frame of its member, the same bytes as in the full
+/// artifact ([`archive::member_frame`]).
+pub struct ManifestBytes<'a> {
+    pub json: &'a [u8],
+    pub frame: Option<&'a [u8]>,
+}
+
+/// Write the delta of `manifest` against `base` into `out`, with its
+/// `.sha256`; `source` gives where each carried entry's content is on disk.
 pub fn write(
     out: &Path,
     manifest: &Manifest,
-    json: &[u8],
+    bytes: ManifestBytes<'_>,
     base: &Manifest,
     format: Format,
     source: impl Fn(&Entry) -> Result<PathBuf>,
@@ -115,11 +152,30 @@ pub fn write(
         .map_err(|e| fsutil::fs_err_io(e, out))?;
     let (tmp_file, tmp_path) = tmp.into_parts();
     let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
-    let mut writer = ArtifactWriter::new(file, format, manifest.source_date_epoch)?;
-    writer.append_delta_header(&DeltaHeader::of(base))?;
-    writer.append_manifest(json)?;
+    let epoch = manifest.source_date_epoch;
+    let carried = carried(manifest, base);
+    let about = archive::tar_bytes(
+        manifest
+            .files
+            .iter()
+            .zip(&carried)
+            .filter_map(|(e, carry)| carry.then_some(e)),
+    );
+    let mut writer = match bytes.frame {
+        Some(frame) => {
+            let header = DeltaHeader::of(base).to_json_bytes();
+            let header = archive::member_frame(archive::DELTA_NAME, &header, epoch)?;
+            ArtifactWriter::after_frames(file, format, epoch, &[&header, frame], about)?
+        }
+        None => {
+            let mut writer = ArtifactWriter::after_frames(file, format, epoch, &[], about)?;
+            writer.append_delta_header(&DeltaHeader::of(base))?;
+            writer.append_manifest(bytes.json)?;
+            writer
+        }
+    };
     let mut files = 0;
-    for (entry, carry) in manifest.files.iter().zip(carried(manifest, base)) {
+    for (entry, carry) in manifest.files.iter().zip(carried) {
         if carry {
             writer.append(entry, &source(entry)?)?;
             files += u64::from(entry.kind == EntryType::File);
@@ -137,5 +193,7 @@ pub fn write(
         sha256: written.sha256,
         bytes: written.bytes,
         files,
+        base_release: base.release.clone(),
+        base_commit: base.commit.clone(),
     })
 }

@@ -29,7 +29,7 @@ use crate::error::{
     tail, BuildError, Error, LockError, PackageProblem, PythonError, Result, SourceError,
 };
 use crate::fsutil;
-use crate::manifest::{self, Builder, Entry, Manifest};
+use crate::manifest::{self, Builder, Entry, Manifest, MANIFEST_NAME};
 use crate::output::Printer;
 use crate::python::{self, relocate};
 use crate::tree::scan_tree;
@@ -133,13 +133,12 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
         .as_deref()
         .map(crate::signature::Signer::load)
         .transpose()?;
-    // The previous release too: a wrong path fails now.
-    let base = flags
-        .delta_from
-        .as_deref()
-        .map(delta::base_manifest)
-        .transpose()?;
-    let inputs = (signer.as_ref(), base.as_ref());
+    // The previous release too: a wrong path fails now (its manifest is
+    // read beside the build).
+    if let Some(base) = &flags.delta_from {
+        delta::check_base(base)?;
+    }
+    let inputs = signer.as_ref();
     let report = match attempt(flags, printer, inputs, true) {
         Err(Error::InterpreterChanged) => {
             printer.progress(
@@ -161,11 +160,15 @@ pub fn run(flags: &BuildFlags, printer: &Printer) -> Result<BuildReport> {
 fn attempt(
     flags: &BuildFlags,
     printer: &Printer,
-    (signer, base): (Option<&crate::signature::Signer>, Option<&Manifest>),
+    signer: Option<&crate::signature::Signer>,
     remembered: bool,
 ) -> Result<BuildReport> {
     let started = Instant::now();
     let mut steps = Steps::new();
+    let base = flags
+        .delta_from
+        .clone()
+        .map(|path| std::thread::spawn(move || delta::base_manifest(&path)));
     let cache_dir = settings::cache_dir(flags.cache_dir.as_deref())?;
     let tmp_root = cache_dir.join("tmp");
     fs::create_dir_all(&tmp_root)?;
@@ -192,7 +195,7 @@ impl Build<'_> {
     fn finish(
         &self,
         unpinned: Vec<requirements::Unpinned>,
-        (signer, base): (Option<&crate::signature::Signer>, Option<&Manifest>),
+        (signer, base): (Option<&crate::signature::Signer>, Option<BaseReader>),
         started: Instant,
         steps: &mut Steps,
     ) -> Result<BuildReport> {
@@ -209,17 +212,17 @@ impl Build<'_> {
             build.write(&env, requirements_sha256, base, steps)?;
         let printer = build.printer;
         let signature = sign(signer, &artifact, printer, steps)?;
-        let delta = match (delta, base) {
-            (Some(d), Some(base)) => Some(DeltaReport {
+        let delta = match delta {
+            Some(d) => Some(DeltaReport {
                 signature: sign(signer, &d.path, printer, steps)?,
                 artifact: d.path,
                 sha256: d.sha256,
                 bytes: d.bytes,
-                base_release: base.release.clone(),
-                base_commit: base.commit.clone(),
+                base_release: d.base_release,
+                base_commit: d.base_commit,
                 carried_files: d.files,
             }),
-            _ => None,
+            None => None,
         };
         if printer.verbose > 0 {
             printer.progress(&steps.summary());
@@ -297,6 +300,10 @@ fn sign(
     steps.done("sign");
     Ok(Some(path))
 }
+
+/// The manifest of `--delta-from`, read on a thread of its own while the
+/// build runs.
+type BaseReader = std::thread::JoinHandle<Result<Manifest>>;
 
 /// What a build wrote: the manifest, the artifact (its path and what was
 /// written), and the delta when asked for.
@@ -529,14 +536,14 @@ impl<'a> Build<'a> {
 
     /// The venv and the wheels end the (sorted) tar stream, and their
     /// entries are known now: for zstd, compress them on a thread of their
-    /// own, as a second frame, while the static step and the app's pycs are
+    /// own, as the last frame, while the static step and the app's pycs are
     /// made. (A gzip artifact stays one gzip member: some readers stop after
     /// the first.)
     fn write(
         &self,
         env: &Env,
         requirements_sha256: String,
-        base: Option<&Manifest>,
+        base: Option<BaseReader>,
         steps: &mut Steps,
     ) -> Result<Written> {
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -572,7 +579,7 @@ impl<'a> Build<'a> {
         &self,
         env: &Env,
         requirements_sha256: String,
-        base: Option<&Manifest>,
+        base: Option<BaseReader>,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
         steps: &mut Steps,
     ) -> Result<Written> {
@@ -584,7 +591,24 @@ impl<'a> Build<'a> {
         });
         // Nothing leaves the scratch directory before this.
         self.confirm_interpreter(steps)?;
+        let base = base
+            .map(|reader| {
+                reader.join().unwrap_or_else(|_| {
+                    Err(Error::internal("the thread reading --delta-from panicked"))
+                })
+            })
+            .transpose()?;
+        let base = base.as_ref();
         let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
+        // zstd: the manifest's member is a frame of its own, compressed once
+        // for the artifact and its delta.
+        let frame = (self.settings.format == Format::Zst)
+            .then(|| archive::member_frame(MANIFEST_NAME, &manifest_json, self.commit.epoch))
+            .transpose()?;
+        let manifest_bytes = || delta::ManifestBytes {
+            json: &manifest_json,
+            frame: frame.as_deref(),
+        };
         steps.done("manifest");
         // The delta (small) is written on a thread of its own, beside the
         // full artifact (its compression and its fsync overlap).
@@ -595,7 +619,7 @@ impl<'a> Build<'a> {
             let delta = delta::write(
                 &self.flags.out,
                 &manifest,
-                &manifest_json,
+                manifest_bytes(),
                 base,
                 self.settings.format,
                 |entry| match entry.path.split('/').next() {
@@ -618,7 +642,7 @@ impl<'a> Build<'a> {
         };
         let (full, delta) = std::thread::scope(|scope| {
             let delta = scope.spawn(write_delta);
-            let full = self.write_artifact(&manifest, &manifest_json, env, join_tail);
+            let full = self.write_artifact(&manifest, manifest_bytes(), env, join_tail);
             let delta = delta
                 .join()
                 .unwrap_or_else(|_| Err(Error::internal("the delta's thread panicked")));
@@ -725,7 +749,7 @@ impl<'a> Build<'a> {
     fn write_artifact(
         &self,
         manifest: &Manifest,
-        manifest_json: &[u8],
+        manifest_bytes: delta::ManifestBytes<'_>,
         env: &Env,
         join_tail: Option<impl FnOnce() -> Result<fs::File>>,
     ) -> Result<(PathBuf, archive::Written)> {
@@ -751,9 +775,18 @@ impl<'a> Build<'a> {
             .map_err(|e| fsutil::fs_err_io(e, out))?;
         let (tmp_file, tmp_path) = tmp.into_parts();
         let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
-        let mut writer = ArtifactWriter::new(file, self.settings.format, self.commit.epoch)?;
-        writer.append_manifest(manifest_json)?;
-        for entry in &manifest.files[..split] {
+        let (format, epoch) = (self.settings.format, self.commit.epoch);
+        let head = &manifest.files[..split];
+        let about = archive::tar_bytes(head);
+        let mut writer = match manifest_bytes.frame {
+            Some(frame) => ArtifactWriter::after_frames(file, format, epoch, &[frame], about)?,
+            None => {
+                let mut writer = ArtifactWriter::after_frames(file, format, epoch, &[], about)?;
+                writer.append_manifest(manifest_bytes.json)?;
+                writer
+            }
+        };
+        for entry in head {
             writer.append(entry, &self.source_of(entry)?)?;
         }
         let written = match join_tail {

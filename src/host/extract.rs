@@ -23,16 +23,19 @@
 //! still read and checked like any other, so the same artifacts are refused.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::archive::{Extensions, HashingReader};
 use crate::crashpoint::CrashPoint;
 use crate::error::{ArtifactError, Error, HeaderRefused, Result, UnsafeRule};
 use crate::fsutil;
+use crate::host::dirs::{split, DirFds};
 use crate::host::durable::Writeback;
 use crate::host::layout::installed_mode;
-use crate::host::reuse::Reuse;
+use crate::host::reuse::{Reuse, Work};
 use crate::manifest::{self, Entry, EntryType, Manifest};
 
 /// Files are copied through a buffer of this size.
@@ -50,6 +53,14 @@ pub struct Extracted {
     pub linked_bytes: u64,
     /// Indices of the manifest's directories, in the order they were created.
     pub dirs: Vec<usize>,
+    /// Those directories were created with their installed mode (0555):
+    /// this process can still create entries in them (see [`Sealing`]).
+    pub sealed: bool,
+    /// A delta's base files linked whose inode changed since the base was
+    /// installed: their content is still to be hashed ([`BaseCheck`]).
+    ///
+    /// [`BaseCheck`]: crate::host::reuse::BaseCheck
+    pub to_hash: Vec<Work>,
 }
 
 pub struct Extractor<'a> {
@@ -61,20 +72,31 @@ pub struct Extractor<'a> {
     out: Extracted,
     progress: indicatif::ProgressBar,
     reuse: Option<&'a Reuse>,
+    /// The destination's directories, and the reused release's (opened
+    /// when the first file is linked).
+    to: DirFds,
+    from: Option<DirFds>,
 }
 
 impl<'a> Extractor<'a> {
-    pub fn new(artifact: &'a Path, manifest: &'a Manifest, dest: &'a Path) -> Self {
-        Extractor {
+    pub fn new(artifact: &'a Path, manifest: &'a Manifest, dest: &'a Path) -> Result<Self> {
+        let to = DirFds::open(dest)?;
+        let sealed = Sealing::probe(to.root()) == Sealing::AtCreation;
+        Ok(Extractor {
             artifact,
             manifest,
             dest,
             seen: vec![false; manifest.files.len()],
             buffer: vec![0; COPY_BUFFER],
-            out: Extracted::default(),
+            out: Extracted {
+                sealed,
+                ..Extracted::default()
+            },
             progress: indicatif::ProgressBar::hidden(),
             reuse: None,
-        }
+            to,
+            from: None,
+        })
     }
 
     /// Link the files `reuse` can supply instead of writing them.
@@ -139,14 +161,71 @@ impl<'a> Extractor<'a> {
             let path = self.manifest.files[i].path.clone();
             return Err(self.refuse(&path, UnsafeRule::Missing { count: missing }));
         }
-        for i in 0..self.seen.len() {
-            if !self.seen[i] {
-                let entry = &self.manifest.files[i];
-                self.link_file(&entry.path, entry)?;
-                self.seen[i] = true;
-            }
-        }
+        let rest: Vec<usize> = (0..self.seen.len()).filter(|&i| !self.seen[i]).collect();
+        self.link_rest(&rest)?;
         Ok(self.out)
+    }
+
+    /// Link the files a delta left out (`rest`, indices of the manifest)
+    /// from its base, each checked just before (see
+    /// [`Reuse::check_base_file`]); when there are many, half of them on a
+    /// second thread with its own directories open (ext4 creates entries in
+    /// different directories in parallel).
+    fn link_rest(&mut self, rest: &[usize]) -> Result<()> {
+        const SPLIT_FROM: usize = 512;
+        let Some(reuse) = self.reuse else {
+            return Ok(());
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let split = if rest.len() >= SPLIT_FROM && cores >= 2 {
+            rest.len() / 2
+        } else {
+            0
+        };
+        let (theirs, mine) = rest.split_at(split);
+        let (artifact, manifest, dest) = (self.artifact, self.manifest, self.dest);
+        let link_all = move |from: &mut DirFds, to: &mut DirFds, indices: &[usize]| {
+            let mut to_hash = Vec::new();
+            for &i in indices {
+                let entry = &manifest.files[i];
+                let changed = reuse
+                    .check_base_file(from, entry)
+                    .map_err(|why| reuse.base_changed(artifact, manifest, &entry.path, why))?;
+                if changed {
+                    to_hash.push(Work::of(reuse, i, entry));
+                }
+                link_one(reuse, from, to, &entry.path)?;
+            }
+            Ok::<_, Error>(to_hash)
+        };
+        let from = match &mut self.from {
+            Some(from) => from,
+            None => self.from.insert(DirFds::open(&reuse.dir)?),
+        };
+        let to = &mut self.to;
+        let (here, there) = std::thread::scope(|scope| {
+            let helper = (!theirs.is_empty()).then(|| {
+                scope.spawn(move || {
+                    let mut from = DirFds::open(&reuse.dir)?;
+                    let mut to = DirFds::open(dest)?;
+                    link_all(&mut from, &mut to, theirs)
+                })
+            });
+            let here = link_all(from, to, mine);
+            let there = helper.map_or(Ok(Vec::new()), |h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::internal("a linking thread panicked")))
+            });
+            (here, there)
+        });
+        self.out.to_hash.extend(here?);
+        self.out.to_hash.extend(there?);
+        self.out.linked += rest.len() as u64;
+        self.out.linked_bytes += rest.iter().map(|&i| manifest.files[i].size()).sum::<u64>();
+        for &i in rest {
+            self.seen[i] = true;
+        }
+        Ok(())
     }
 
     /// Refuse at an extension header, which names no member of its own.
@@ -296,14 +375,14 @@ impl<'a> Extractor<'a> {
             self.copy_checked(entry, path, expected, &mut std::io::sink())?;
             return self.link_file(path, expected);
         }
-        let target_path = self.dest.join(path);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(installed_mode(EntryType::File, expected.mode))
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&target_path)
-            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        let (parent, name) = split(path);
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(installed_mode(EntryType::File, expected.mode));
+        let mut file = std::fs::File::from(
+            rustix::fs::openat(self.to.dir(parent)?, name, flags, mode)
+                .map_err(|e| fsutil::fs_err_io(e.into(), &self.dest.join(path)))?,
+        );
         let read = self.copy_checked(entry, path, expected, &mut file)?;
         writeback.written(file, read);
         self.out.files += 1;
@@ -358,16 +437,19 @@ impl<'a> Extractor<'a> {
     }
 
     fn make_dir(&mut self, path: &str, index: usize) -> Result<()> {
-        let target_path = self.dest.join(path);
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&target_path)
-            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        let (parent, name) = split(path);
+        let mode = if self.out.sealed {
+            installed_mode(EntryType::Dir, 0o755)
+        } else {
+            0o755
+        };
+        rustix::fs::mkdirat(self.to.dir(parent)?, name, Mode::from_raw_mode(mode))
+            .map_err(|e| fsutil::fs_err_io(e.into(), &self.dest.join(path)))?;
         self.out.dirs.push(index);
         Ok(())
     }
 
-    fn make_symlink(&self, path: &str, link: &str, expected: &Entry) -> Result<()> {
+    fn make_symlink(&mut self, path: &str, link: &str, expected: &Entry) -> Result<()> {
         let want = expected.target.as_deref().unwrap_or_default();
         if link != want {
             return Err(self.refuse(
@@ -388,23 +470,20 @@ impl<'a> Extractor<'a> {
                 },
             ));
         }
-        let target_path = self.dest.join(path);
-        std::os::unix::fs::symlink(link, &target_path)
-            .map_err(|e| fsutil::fs_err_io(e, &target_path))?;
+        let (parent, name) = split(path);
+        rustix::fs::symlinkat(link, self.to.dir(parent)?, name)
+            .map_err(|e| fsutil::fs_err_io(e.into(), &self.dest.join(path)))?;
         Ok(())
     }
 
     /// Hard-link the reused release's copy of a file (checked by the plan).
     fn link_file(&mut self, path: &str, expected: &Entry) -> Result<()> {
         let reuse = self.reuse.expect("linkable implies a reuse plan");
-        let from = reuse.dir.join(path);
-        let target_path = self.dest.join(path);
-        std::fs::hard_link(&from, &target_path).map_err(|e| {
-            fsutil::fs_err_io(
-                std::io::Error::new(e.kind(), format!("linking from release {}: {e}", reuse.id)),
-                &target_path,
-            )
-        })?;
+        let from = match &mut self.from {
+            Some(from) => from,
+            None => self.from.insert(DirFds::open(&reuse.dir)?),
+        };
+        link_one(reuse, from, &mut self.to, path)?;
         self.out.linked += 1;
         self.out.linked_bytes += expected.size();
         Ok(())
@@ -444,6 +523,68 @@ impl<'a> Extractor<'a> {
                 },
             ))
         }
+    }
+}
+
+/// Hard-link the file at `path` of the reused release (its tree `from`)
+/// into the tree `to`.
+fn link_one(reuse: &Reuse, from: &mut DirFds, to: &mut DirFds, path: &str) -> Result<()> {
+    let (parent, name) = split(path);
+    rustix::fs::linkat(
+        from.dir(parent)?,
+        name,
+        to.dir(parent)?,
+        name,
+        AtFlags::empty(),
+    )
+    .map_err(|e| {
+        let e = std::io::Error::from(e);
+        fsutil::fs_err_io(
+            std::io::Error::new(e.kind(), format!("linking from release {}: {e}", reuse.id)),
+            &to.path_of(path),
+        )
+    })?;
+    Ok(())
+}
+
+/// Whether the directories of a release can be created with their installed
+/// mode (0555) while files are still to be created in them: when this process
+/// may write into a directory whatever its mode (root, or `CAP_DAC_OVERRIDE`).
+/// Then the pass that makes them read-only after unpacking has nothing to
+/// do; otherwise they are created 0755 and changed at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing {
+    AtCreation,
+    AfterUnpacking,
+}
+
+impl Sealing {
+    /// Ask the filesystem: create a 0555 directory in `root` and a directory
+    /// in that, then remove both. (Never a manifest path: those all start
+    /// with a top-level directory.)
+    pub fn probe(root: BorrowedFd<'_>) -> Sealing {
+        const PROBE: &str = ".read-only-probe";
+        if rustix::fs::mkdirat(root, PROBE, Mode::from_raw_mode(0o555)).is_err() {
+            return Sealing::AfterUnpacking;
+        }
+        let inside = rustix::fs::openat(
+            root,
+            PROBE,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .filter(|dir| {
+            let made = rustix::fs::mkdirat(dir, "x", Mode::from_raw_mode(0o700)).is_ok();
+            made && rustix::fs::unlinkat(dir, "x", AtFlags::REMOVEDIR).is_ok()
+        });
+        let sealing = if inside.is_some() {
+            Sealing::AtCreation
+        } else {
+            Sealing::AfterUnpacking
+        };
+        let _ = rustix::fs::unlinkat(root, PROBE, AtFlags::REMOVEDIR);
+        sealing
     }
 }
 
@@ -548,7 +689,8 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let mut archive = tar::Archive::new(bytes);
         let entries = crate::archive::raw_entries(&mut archive).unwrap();
-        let result = Extractor::new(Path::new("a.tar.zst"), manifest, dest.path()).run(entries);
+        let result = Extractor::new(Path::new("a.tar.zst"), manifest, dest.path())
+            .and_then(|x| x.run(entries));
         (dest, result)
     }
 

@@ -421,18 +421,24 @@ fn create_shared_target(host: &Host, shared_target: &Path, from: Option<&Path>) 
 /// unpacked from the artifact were created with their final mode, so only
 /// the directories change, children first so each stays writable while its
 /// entries change; a venv recreated by `--rebuild-venv` is walked whole.
+/// `sealed`: the unpacked directories were created 0555 already (see
+/// `extract::Sealing`); then only the root and the directories the install
+/// added change.
 fn make_read_only(
     release: &Path,
     manifest: &Manifest,
     unpacked_dirs: &[usize],
+    sealed: bool,
     record: &InstallRecord,
 ) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut dirs: Vec<PathBuf> = Vec::new();
     let rebuilt = |path: &str| record.venv_rebuilt && (path == "venv" || path.starts_with("venv/"));
+    // Created read-only already (`Sealing::AtCreation`), but for a rebuilt
+    // venv's.
     for &i in unpacked_dirs {
         let path = &manifest.files[i].path;
-        if !rebuilt(path) {
+        if !sealed && !rebuilt(path) {
             dirs.push(release.join(path));
         }
     }
@@ -608,8 +614,6 @@ struct Fresh {
     json: Vec<u8>,
     venv: VenvPlan,
     reuse: Option<Box<Reuse>>,
-    /// A delta install: the content check of the files its base supplies.
-    base_check: Option<BaseCheck>,
     bytes: u64,
 }
 
@@ -665,19 +669,15 @@ fn plan_install(
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
-    let (reuse, base_check) = match &delta {
+    let reuse = match &delta {
         Some(delta) => {
-            let check_base = matches!(planning, Planning::Install);
-            let plan = Reuse::for_delta(host, &installed, &manifest, delta, artifact, check_base)?;
-            if printer.verbose > 0 && check_base {
-                printer.progress(&format!(
-                    "taking {} unchanged files from release {}; hashing the {} changed on this host since it was installed",
-                    plan.reuse.files, plan.reuse.id, plan.hashed
-                ));
-            }
-            (Some(Box::new(plan.reuse)), plan.check)
+            // An install checks each base file as it links it; a dry run
+            // links nothing, so it checks them all now.
+            let check_now = matches!(planning, Planning::DryRun { .. });
+            let reuse = Reuse::for_delta(host, &installed, &manifest, delta, artifact, check_now)?;
+            Some(Box::new(reuse))
         }
-        None => (Reuse::plan(host, &installed, &manifest).map(Box::new), None),
+        None => Reuse::plan(host, &installed, &manifest).map(Box::new),
     };
     let rebuild = matches!(venv, VenvPlan::Rebuild(_));
     let bytes = if root_exists {
@@ -690,7 +690,6 @@ fn plan_install(
         json,
         venv,
         reuse,
-        base_check,
         bytes,
     }))
 }
@@ -700,7 +699,7 @@ fn plan_install(
 fn unpack<R: std::io::Read>(
     host: &Host,
     artifact: &Path,
-    mut fresh: Fresh,
+    fresh: Fresh,
     entries: tar::Entries<'_, R>,
     bar: indicatif::ProgressBar,
     printer: &Printer,
@@ -709,21 +708,25 @@ fn unpack<R: std::io::Read>(
     let interpreter = check_interpreter_beside(&fresh.venv, manifest);
     let incoming = Incoming::create(host)?;
     crashpoint(CrashPoint::InstallIncomingCreated);
-    let extracted = Extractor::new(artifact, manifest, &incoming.path)
+    let mut extracted = Extractor::new(artifact, manifest, &incoming.path)?
         .with_progress(bar)
         .with_reuse(fresh.reuse.as_deref())
         .run(entries)?;
-    if let (Some(check), Some(reuse)) = (fresh.base_check.take(), &fresh.reuse) {
-        check.finish().map_err(|(index, why)| {
-            let path = &manifest.files[index].path;
-            InstallError::DeltaBaseChanged(Box::new(crate::error::DeltaBaseChanged {
-                artifact: artifact.to_path_buf(),
-                base: reuse.id.to_string(),
-                path: path.clone(),
-                why,
-                full: crate::host::reuse::full_artifact_name(artifact, manifest),
-            }))
-        })?;
+    if let Some(reuse) = fresh.reuse.as_deref().filter(|r| r.delta) {
+        let to_hash = std::mem::take(&mut extracted.to_hash);
+        if printer.verbose > 0 {
+            printer.progress(&format!(
+                "took {} unchanged files from release {}; hashing the {} changed on this host since it was installed",
+                reuse.files,
+                reuse.id,
+                to_hash.len()
+            ));
+        }
+        if !to_hash.is_empty() {
+            BaseCheck::start(to_hash).finish().map_err(|(index, why)| {
+                reuse.base_changed(artifact, manifest, &manifest.files[index].path, why)
+            })?;
+        }
     }
     if let Some(check) = interpreter {
         check
@@ -831,7 +834,7 @@ fn finalize(
         &serde_json::to_vec_pretty(&record).expect("record serialises"),
         0o444,
     )?;
-    make_read_only(&dir, manifest, &extracted.dirs, &record)?;
+    make_read_only(&dir, manifest, &extracted.dirs, extracted.sealed, &record)?;
     crashpoint(CrashPoint::InstallReadOnly);
     // Durable before it becomes visible.
     let (strategy, why) = durable::choose(&dir, manifest.files.len(), extracted.bytes)?;

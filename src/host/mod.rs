@@ -16,6 +16,7 @@
 
 pub mod activate;
 pub mod config;
+pub mod dirs;
 pub mod dry_run;
 pub mod durable;
 pub mod extract;

@@ -70,6 +70,24 @@ impl InstallRecord {
         }
     }
 
+    /// Whether the release's tree as installed has `entry`, where its
+    /// manifest lists `listed` at that path: [`InstallRecord::expected`]
+    /// holds `entry`, asked of one path without building the whole tree.
+    pub fn installed_as(&self, listed: Option<&Entry>, entry: &Entry) -> bool {
+        let path = entry.path.as_str();
+        if self.shared.iter().any(|s| under(path, &s.path)) {
+            // Replaced by a link into shared/ (or under one): never a file
+            // of the release, and only the link itself an entry of its tree.
+            return self.shared.iter().any(|s| {
+                s.path == path && Entry::symlink(s.path.clone(), s.target.clone()) == *entry
+            });
+        }
+        match self.entries.binary_search_by(|r| r.path.as_str().cmp(path)) {
+            Ok(j) => self.entries[j] == *entry,
+            Err(_) => !self.replaced.iter().any(|p| under(path, p)) && listed == Some(entry),
+        }
+    }
+
     /// The tree the release should have: the manifest's entries with the
     /// recorded changes applied, sorted by path.
     pub fn expected(&self, manifest: &Manifest) -> Vec<Entry> {
@@ -107,6 +125,48 @@ impl InstallRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `installed_as` answers for one path what `expected` answers for all:
+    /// shared links, a replaced venv and entries of the record's own.
+    #[test]
+    fn installed_as_agrees_with_the_expected_tree() {
+        let file = |path: &str, digest: &str| Entry::file(path.into(), false, 1, digest.repeat(64));
+        let manifest = crate::manifest::for_tests(vec![
+            Entry::dir("app".into()),
+            file("app/a.py", "a"),
+            Entry::dir("app/media".into()),
+            file("app/media/x", "b"),
+            file("app/settings.py", "c"),
+            Entry::dir("venv".into()),
+            file("venv/pyvenv.cfg", "d"),
+            file("venv/lib.py", "e"),
+        ]);
+        let record = InstallRecord {
+            shared: vec![SharedLink {
+                path: "app/media".into(),
+                target: "../../../shared/app/media".into(),
+            }],
+            replaced: vec!["venv".into()],
+            entries: vec![file("venv/new.py", "f"), file("venv/pyvenv.cfg", "9")],
+            ..InstallRecord::default()
+        };
+        let expected = record.expected(&manifest);
+        let mut candidates: Vec<Entry> = manifest.files.clone();
+        candidates.extend(record.entries.iter().cloned());
+        candidates.push(file("app/settings.py", "0"));
+        candidates.push(Entry::symlink(
+            "app/media".into(),
+            "../../../shared/app/media".into(),
+        ));
+        for entry in &candidates {
+            let listed = manifest.entry(&entry.path);
+            assert_eq!(
+                record.installed_as(listed, entry),
+                expected.contains(entry),
+                "{entry:?}"
+            );
+        }
+    }
 
     #[test]
     fn under_matches_whole_components() {

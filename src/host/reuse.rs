@@ -15,25 +15,26 @@
 //! candidate is `lstat`ed first: it must still be a regular file of the
 //! recorded size and read-only mode, so a release changed by hand is not
 //! copied from.
-
 //!
 //! A delta artifact (`build --delta-from`) does not carry the files its base
 //! release has unchanged: [`Reuse::for_delta`] plans to link every one of
-//! them from the base release as installed, refusing unless each is still
+//! them from the base release as installed; each is `lstat`ed right before
+//! it is linked ([`Reuse::check_base_file`]), refusing unless it is still
 //! there as installed (type, size, read-only mode), and [`BaseCheck`] hashes
 //! the content of every one whose inode changed (ctime) since the base was
-//! installed, on threads of their own while the delta's members are
-//! unpacked; the install renames nothing into place before every hash
-//! matched the new manifest (docs/host.md, "Delta artifacts").
+//! installed, on threads of their own once they are linked; the install
+//! renames nothing into place before every hash matched the new manifest
+//! (docs/host.md, "Delta artifacts").
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::archive::{DeltaBase, DeltaHeader, HashingReader};
 use crate::error::{BaseFileProblem, DeltaBaseChanged, DeltaBaseMissing, InstallError, Result};
+use crate::host::dirs::{split, DirFds};
 use crate::host::layout::installed_mode;
 use crate::host::layout::Host;
 use crate::host::record::{InstallRecord, RECORD_NAME};
@@ -57,6 +58,10 @@ pub struct Reuse {
     /// A delta install: the linkable files are exactly those the artifact
     /// leaves out; each must be linked, and a member for one is refused.
     pub delta: bool,
+    /// For a delta: when its base release was complete (the ctime of its
+    /// install record). A base file whose inode changed since has its
+    /// content hashed ([`Reuse::check_base_file`]).
+    pub completed: (i64, i64),
 }
 
 impl Reuse {
@@ -73,10 +78,7 @@ impl Reuse {
     }
 
     fn from_release(source: &Installed, manifest: &Manifest) -> Option<Reuse> {
-        let json = std::fs::read(source.dir.join(MANIFEST_NAME)).ok()?;
-        let theirs = Manifest::from_json(&json).ok()?;
-        let record = InstallRecord::read(&source.dir).ok()?;
-        let tree = record.expected(&theirs);
+        let theirs = AsInstalled::read(&source.dir).ok()?;
         let mut reuse = Reuse {
             dir: source.dir.clone(),
             id: source.id.clone(),
@@ -84,28 +86,19 @@ impl Reuse {
             files: 0,
             bytes: 0,
             delta: false,
+            completed: (0, 0),
         };
+        let mut dirs = DirFds::open(&source.dir).ok()?;
         for (i, entry) in manifest.files.iter().enumerate() {
-            if entry.kind != EntryType::File {
+            if entry.kind != EntryType::File || !theirs.has(entry) {
                 continue;
             }
-            let Ok(j) = tree.binary_search_by(|e| e.path.cmp(&entry.path)) else {
+            let Ok(meta) = stat_in(&mut dirs, &entry.path) else {
                 continue;
             };
-            let old = &tree[j];
-            let same = old.kind == EntryType::File
-                && old.mode == entry.mode
-                && old.size == entry.size
-                && old.sha256 == entry.sha256;
-            if !same {
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(source.dir.join(&entry.path)) else {
-                continue;
-            };
-            let intact = meta.file_type().is_file()
-                && meta.size() == entry.size()
-                && meta.permissions().mode() & 0o7777 == installed_mode(entry.kind, entry.mode);
+            let intact = is_file(&meta)
+                && meta.st_size as u64 == entry.size()
+                && meta.st_mode & 0o7777 == installed_mode(entry.kind, entry.mode);
             if intact {
                 reuse.linkable[i] = true;
                 reuse.files += 1;
@@ -116,29 +109,21 @@ impl Reuse {
     }
 }
 
-/// Where a delta install takes its unchanged files from, and the check of
-/// their content running beside the unpacking.
-pub struct DeltaPlan {
-    pub reuse: Reuse,
-    pub check: Option<BaseCheck>,
-    /// Files whose content is hashed: those changed (ctime) since the base
-    /// release was installed.
-    pub hashed: u64,
-}
-
 impl Reuse {
     /// Plan a delta install of `manifest` (read from `artifact`, whose header
     /// is `header`): its base must be installed and complete (the live
-    /// release when that is it), and every file the delta leaves out must be
-    /// in it as installed. `hash`: start checking their content now.
+    /// release when that is it), and list every file the delta leaves out
+    /// as installed. Each of those files is checked as it is linked
+    /// ([`Reuse::check_base_file`]); `check_now` (a dry run, which links
+    /// nothing) checks them all here instead.
     pub fn for_delta(
         host: &Host,
         list: &[Installed],
         manifest: &Manifest,
         header: &DeltaHeader,
         artifact: &Path,
-        hash: bool,
-    ) -> Result<DeltaPlan> {
+        check_now: bool,
+    ) -> Result<Reuse> {
         let base = &header.base;
         let source = find_base(host, list, base).ok_or_else(|| {
             InstallError::DeltaBaseMissing(Box::new(DeltaBaseMissing {
@@ -159,14 +144,67 @@ impl Reuse {
             }))
         };
         let installed = InstalledBase::read(source, base).map_err(refused)?;
-        let (reuse, work) = installed.link_unchanged(manifest).map_err(refused)?;
-        let hashed = work.len() as u64;
-        let check = (hash && !work.is_empty()).then(|| BaseCheck::start(work));
-        Ok(DeltaPlan {
-            reuse,
-            check,
-            hashed,
-        })
+        let reuse = installed.link_unchanged(manifest).map_err(refused)?;
+        if check_now {
+            let mut dirs = DirFds::open(&reuse.dir)
+                .map_err(|e| refused((String::new(), BaseFileProblem::Unreadable(e))))?;
+            for (i, entry) in manifest.files.iter().enumerate() {
+                if reuse.linkable[i] {
+                    reuse
+                        .check_base_file(&mut dirs, entry)
+                        .map_err(|why| refused((entry.path.clone(), why)))?;
+                }
+            }
+        }
+        Ok(reuse)
+    }
+
+    /// Check the base release's copy of `entry` (in `dirs`, the base's tree)
+    /// just before a delta install links it: it must still be a regular
+    /// file of its installed mode and listed size. `Ok(true)`: its inode
+    /// changed (ctime) since the base was installed, so its content must be
+    /// hashed against the manifest ([`BaseCheck`]) before the release is
+    /// complete.
+    pub fn check_base_file(
+        &self,
+        dirs: &mut DirFds,
+        entry: &Entry,
+    ) -> std::result::Result<bool, BaseFileProblem> {
+        let meta = stat_in(dirs, &entry.path).map_err(BaseFileProblem::Unreadable)?;
+        let installed = installed_mode(entry.kind, entry.mode);
+        let mode = meta.st_mode & 0o7777;
+        if !is_file(&meta) {
+            return Err(BaseFileProblem::NotAFile);
+        }
+        if mode != installed {
+            return Err(BaseFileProblem::ModeChanged { mode, installed });
+        }
+        let size = meta.st_size as u64;
+        if size != entry.size() {
+            return Err(BaseFileProblem::SizeChanged {
+                size,
+                manifest: entry.size(),
+            });
+        }
+        Ok((meta.st_ctime, meta.st_ctime_nsec as i64) > self.completed)
+    }
+
+    /// A delta's base file is not as installed: the install stops.
+    pub fn base_changed(
+        &self,
+        artifact: &Path,
+        manifest: &Manifest,
+        path: &str,
+        why: BaseFileProblem,
+    ) -> crate::error::Error {
+        InstallError::DeltaBaseChanged(Box::new(DeltaBaseChanged {
+            artifact: artifact.to_path_buf(),
+            base: self.id.to_string(),
+            path: path.to_string(),
+            why,
+            full: full_artifact_name(artifact, manifest),
+        }))
+        .into()
     }
 }
 
@@ -188,15 +226,64 @@ fn find_base<'a>(host: &Host, list: &'a [Installed], base: &DeltaBase) -> Option
 /// Why a delta install cannot take a path from its base release.
 type Refusal = (String, BaseFileProblem);
 
+/// An installed release's manifest and install record, and when it was
+/// complete.
+struct AsInstalled {
+    manifest: Manifest,
+    record: InstallRecord,
+    /// The ctime of its install record, written when it was complete: a
+    /// file changed since (written, chmod-ed, or linked into a later
+    /// release) has a later ctime, which nothing but the clock can set back.
+    completed: (i64, i64),
+}
+
+impl AsInstalled {
+    /// Read the release at `dir`. Its manifest was checked in full
+    /// ([`Manifest::from_json`]: paths, fields, tree digest) when the release
+    /// was installed; unless it changed since (ctime), its fields are only
+    /// parsed now, which takes a third of the time.
+    fn read(dir: &Path) -> std::result::Result<AsInstalled, Refusal> {
+        let refuse = |path: &str, why| (path.to_string(), why);
+        let completed = std::fs::symlink_metadata(dir.join(RECORD_NAME))
+            .map(|m| (m.ctime(), m.ctime_nsec()))
+            .map_err(|e| refuse(RECORD_NAME, BaseFileProblem::Unreadable(e)))?;
+        let unreadable = |e| refuse(MANIFEST_NAME, BaseFileProblem::Unreadable(e));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(dir.join(MANIFEST_NAME))
+            .map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        let mut json = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut json).map_err(unreadable)?;
+        let unchanged = (meta.ctime(), meta.ctime_nsec()) <= completed;
+        let manifest = if unchanged {
+            Manifest::from_installed_json(&json)
+        } else {
+            Manifest::from_json(&json)
+        }
+        .map_err(|e| refuse(MANIFEST_NAME, BaseFileProblem::NotAManifest(e)))?;
+        let record = InstallRecord::read(dir)
+            .map_err(|e| refuse(RECORD_NAME, BaseFileProblem::RecordUnreadable(Box::new(e))))?;
+        Ok(AsInstalled {
+            manifest,
+            record,
+            completed,
+        })
+    }
+
+    /// The release as installed has `entry` (the manifest's entry at its
+    /// path, as its install record left it).
+    fn has(&self, entry: &Entry) -> bool {
+        self.record
+            .installed_as(self.manifest.entry(&entry.path), entry)
+    }
+}
+
 /// A delta's base release as this host installed it.
 struct InstalledBase<'a> {
     release: &'a Installed,
-    /// Its manifest.
-    manifest: Manifest,
-    /// Its tree as installed: the manifest with the install record applied.
-    tree: Vec<Entry>,
-    /// The ctime of its install record, written when it was complete.
-    completed: (i64, i64),
+    base: AsInstalled,
 }
 
 impl<'a> InstalledBase<'a> {
@@ -205,38 +292,20 @@ impl<'a> InstalledBase<'a> {
         release: &'a Installed,
         base: &DeltaBase,
     ) -> std::result::Result<InstalledBase<'a>, Refusal> {
-        let refuse = |path: &str, why| (path.to_string(), why);
-        let json = std::fs::read(release.dir.join(MANIFEST_NAME))
-            .map_err(|e| refuse(MANIFEST_NAME, BaseFileProblem::Unreadable(e)))?;
-        let manifest = Manifest::from_json(&json)
-            .map_err(|e| refuse(MANIFEST_NAME, BaseFileProblem::NotAManifest(e)))?;
+        let installed = AsInstalled::read(&release.dir)?;
+        let manifest = &installed.manifest;
         if manifest.commit != base.commit || manifest.tree_sha256 != base.tree_sha256 {
-            return Err(refuse(MANIFEST_NAME, BaseFileProblem::NotTheBase));
+            return Err((MANIFEST_NAME.to_string(), BaseFileProblem::NotTheBase));
         }
-        let record = InstallRecord::read(&release.dir)
-            .map_err(|e| refuse(RECORD_NAME, BaseFileProblem::RecordUnreadable(Box::new(e))))?;
-        let tree = record.expected(&manifest);
-        // The base was complete when its install.json was written: a file
-        // changed since (written, chmod-ed, or linked into a later release)
-        // has a later ctime, which nothing but the clock can set back.
-        let completed = std::fs::symlink_metadata(release.dir.join(RECORD_NAME))
-            .map(|m| (m.ctime(), m.ctime_nsec()))
-            .map_err(|e| refuse(RECORD_NAME, BaseFileProblem::Unreadable(e)))?;
         Ok(InstalledBase {
             release,
-            manifest,
-            tree,
-            completed,
+            base: installed,
         })
     }
 
-    /// Plan to link every file of `manifest` this base has unchanged, each
-    /// checked as installed; those changed (ctime) since the base was
-    /// installed are returned to have their content hashed.
-    fn link_unchanged(
-        &self,
-        manifest: &Manifest,
-    ) -> std::result::Result<(Reuse, Vec<Work>), Refusal> {
+    /// Plan to link every file of `manifest` this base has unchanged; each
+    /// must be one the host installed as listed.
+    fn link_unchanged(&self, manifest: &Manifest) -> std::result::Result<Reuse, Refusal> {
         let mut reuse = Reuse {
             dir: self.release.dir.clone(),
             id: self.release.id.clone(),
@@ -244,73 +313,42 @@ impl<'a> InstalledBase<'a> {
             files: 0,
             bytes: 0,
             delta: true,
+            completed: self.base.completed,
         };
-        let mut work = Vec::new();
         for (i, entry) in manifest.files.iter().enumerate() {
             if !self.has_unchanged(entry) {
                 continue;
             }
-            let path = self.release.dir.join(&entry.path);
-            let meta = self
-                .as_installed(entry, &path)
-                .map_err(|why| (entry.path.clone(), why))?;
+            if !self.base.has(entry) {
+                return Err((entry.path.clone(), BaseFileProblem::InstalledDifferently));
+            }
             reuse.linkable[i] = true;
             reuse.files += 1;
             reuse.bytes += entry.size();
-            if (meta.ctime(), meta.ctime_nsec()) > self.completed {
-                work.push(Work {
-                    index: i,
-                    path,
-                    size: entry.size(),
-                    sha256: entry.sha256.clone().unwrap_or_default(),
-                });
-            }
         }
-        Ok((reuse, work))
+        Ok(reuse)
     }
 
     /// `entry` is a file the base's manifest lists the same: the delta
     /// leaves it out.
     fn has_unchanged(&self, entry: &Entry) -> bool {
-        let files = &self.manifest.files;
-        entry.kind == EntryType::File
-            && files
-                .binary_search_by(|b| b.path.cmp(&entry.path))
-                .is_ok_and(|j| files[j] == *entry)
+        entry.kind == EntryType::File && self.base.manifest.entry(&entry.path) == Some(entry)
     }
+}
 
-    /// The metadata of the base's copy of `entry` (at `path`), refused
-    /// unless the host installed it as listed and it is still a regular
-    /// file of its installed mode and listed size.
-    fn as_installed(
-        &self,
-        entry: &Entry,
-        path: &Path,
-    ) -> std::result::Result<std::fs::Metadata, BaseFileProblem> {
-        let tree = &self.tree;
-        let as_installed = tree
-            .binary_search_by(|e| e.path.cmp(&entry.path))
-            .is_ok_and(|j| tree[j] == *entry);
-        if !as_installed {
-            return Err(BaseFileProblem::InstalledDifferently);
-        }
-        let meta = std::fs::symlink_metadata(path).map_err(BaseFileProblem::Unreadable)?;
-        let installed = installed_mode(entry.kind, entry.mode);
-        let mode = meta.permissions().mode() & 0o7777;
-        if !meta.file_type().is_file() {
-            return Err(BaseFileProblem::NotAFile);
-        }
-        if mode != installed {
-            return Err(BaseFileProblem::ModeChanged { mode, installed });
-        }
-        if meta.size() != entry.size() {
-            return Err(BaseFileProblem::SizeChanged {
-                size: meta.size(),
-                manifest: entry.size(),
-            });
-        }
-        Ok(meta)
-    }
+/// `lstat` of `path` in the tree `dirs` (never through a symlink).
+fn stat_in(dirs: &mut DirFds, path: &str) -> std::io::Result<rustix::fs::Stat> {
+    let (parent, name) = split(path);
+    rustix::fs::statat(
+        dirs.dir(parent)?,
+        name,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| crate::fsutil::fs_err_io(e.into(), &dirs.path_of(path)))
+}
+
+fn is_file(meta: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(meta.st_mode) == rustix::fs::FileType::RegularFile
 }
 
 /// The name of the full artifact a delta stands for: the delta's own name
@@ -328,23 +366,36 @@ pub fn full_artifact_name(artifact: &Path, manifest: &Manifest) -> String {
 
 /// One file to hash: the index of its manifest entry, where it is, what it
 /// must be.
-struct Work {
+#[derive(Debug)]
+pub struct Work {
     index: usize,
     path: PathBuf,
     size: u64,
     sha256: String,
 }
 
-/// The content check of a delta's unchanged files: threads hash the base
-/// release's copies (largest first, shared out as each thread is free)
-/// beside the unpacking. The first mismatch stops them.
+impl Work {
+    /// The base release `reuse`'s copy of the manifest's entry `index`.
+    pub fn of(reuse: &Reuse, index: usize, entry: &Entry) -> Work {
+        Work {
+            index,
+            path: reuse.dir.join(&entry.path),
+            size: entry.size(),
+            sha256: entry.sha256.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The content check of a delta's unchanged files whose inode changed since
+/// the base was installed: threads hash the base release's copies (largest
+/// first, shared out as each thread is free). The first mismatch stops them.
 pub struct BaseCheck {
     threads: Vec<std::thread::JoinHandle<()>>,
     failure: Arc<Mutex<Option<(usize, BaseFileProblem)>>>,
 }
 
 impl BaseCheck {
-    fn start(mut work: Vec<Work>) -> BaseCheck {
+    pub fn start(mut work: Vec<Work>) -> BaseCheck {
         work.sort_by_key(|w| std::cmp::Reverse(w.size));
         let work = Arc::new(work);
         let next = Arc::new(AtomicUsize::new(0));
