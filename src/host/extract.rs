@@ -76,6 +76,8 @@ pub struct Extractor<'a> {
     /// when the first file is linked).
     to: DirFds,
     from: Option<DirFds>,
+    /// A delta's linking thread, fed with the files of each directory made.
+    feed: Option<Feed>,
 }
 
 impl<'a> Extractor<'a> {
@@ -96,6 +98,7 @@ impl<'a> Extractor<'a> {
             reuse: None,
             to,
             from: None,
+            feed: None,
         })
     }
 
@@ -128,6 +131,62 @@ impl<'a> Extractor<'a> {
     /// `archive::raw_entries`; the manifest already read), then check that
     /// nothing in the manifest was missing.
     pub fn run<R: Read>(mut self, entries: tar::Entries<'_, R>) -> Result<Extracted> {
+        // A delta's unchanged files are linked from its base on a thread of
+        // their own while the members (mostly directories) are unpacked:
+        // each directory, once created, hands over the files it holds.
+        let linked_beside = match self.reuse.filter(|r| r.delta && r.files > 0) {
+            None => {
+                self.unpack_members(entries)?;
+                None
+            }
+            Some(reuse) => {
+                let (artifact, manifest, dest) = (self.artifact, self.manifest, self.dest);
+                let (feed, fed) = Feed::new(manifest, reuse);
+                std::thread::scope(|scope| {
+                    let linker =
+                        scope.spawn(move || link_fed(artifact, manifest, dest, reuse, fed));
+                    self.feed = Some(feed);
+                    let unpacked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.unpack_members(entries)
+                    }));
+                    // Hands over the last files and closes the feed (also
+                    // on a panic: the linker would wait for it forever).
+                    self.feed = None;
+                    let linked = linker
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::internal("the linking thread panicked")));
+                    let unpacked =
+                        unpacked.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    unpacked.map(|()| Some(linked))
+                })?
+            }
+        };
+        // A delta leaves out the files its base release supplies.
+        let supplied = |i: usize| self.reuse.is_some_and(|r| r.delta && r.linkable[i]);
+        let absent = |i: usize| !self.seen[i] && !supplied(i);
+        if let Some(i) = (0..self.seen.len()).find(|i| absent(*i)) {
+            let missing = (0..self.seen.len()).filter(|i| absent(*i)).count();
+            let path = self.manifest.files[i].path.clone();
+            return Err(self.refuse(&path, UnsafeRule::Missing { count: missing }));
+        }
+        if let Some(linked) = linked_beside {
+            let linked = linked?;
+            for &i in &linked.files {
+                self.seen[i] = true;
+                self.out.linked += 1;
+                self.out.linked_bytes += self.manifest.files[i].size();
+            }
+            self.out.to_hash.extend(linked.to_hash);
+        }
+        // What was not handed over (a parent that is not a directory the
+        // artifact created): linked here, where its parent is refused.
+        let rest: Vec<usize> = (0..self.seen.len()).filter(|&i| !self.seen[i]).collect();
+        self.link_rest(&rest)?;
+        Ok(self.out)
+    }
+
+    /// Unpack every remaining member of `entries`.
+    fn unpack_members<R: Read>(&mut self, entries: tar::Entries<'_, R>) -> Result<()> {
         let mut last = String::from("release.json");
         let mut writeback = Writeback::start();
         let mut names = Extensions::default();
@@ -153,21 +212,12 @@ impl<'a> Extractor<'a> {
             ));
         }
         self.progress.finish_and_clear();
-        // A delta leaves out the files its base release supplies.
-        let supplied = |i: usize| self.reuse.is_some_and(|r| r.delta && r.linkable[i]);
-        let absent = |i: usize| !self.seen[i] && !supplied(i);
-        if let Some(i) = (0..self.seen.len()).find(|i| absent(*i)) {
-            let missing = (0..self.seen.len()).filter(|i| absent(*i)).count();
-            let path = self.manifest.files[i].path.clone();
-            return Err(self.refuse(&path, UnsafeRule::Missing { count: missing }));
-        }
-        let rest: Vec<usize> = (0..self.seen.len()).filter(|&i| !self.seen[i]).collect();
-        self.link_rest(&rest)?;
-        Ok(self.out)
+        Ok(())
     }
 
-    /// Link the files a delta left out (`rest`, indices of the manifest)
-    /// from its base, each checked just before (see
+    /// Link the files a delta left out that were not linked beside the
+    /// unpacking (`rest`, indices of the manifest) from its base, each
+    /// checked just before (see
     /// [`Reuse::check_base_file`]); when there are many, half of them on a
     /// second thread with its own directories open (ext4 creates entries in
     /// different directories in parallel).
@@ -446,6 +496,9 @@ impl<'a> Extractor<'a> {
         rustix::fs::mkdirat(self.to.dir(parent)?, name, Mode::from_raw_mode(mode))
             .map_err(|e| fsutil::fs_err_io(e.into(), &self.dest.join(path)))?;
         self.out.dirs.push(index);
+        if let Some(feed) = &mut self.feed {
+            feed.created(index);
+        }
         Ok(())
     }
 
@@ -524,6 +577,106 @@ impl<'a> Extractor<'a> {
             ))
         }
     }
+}
+
+/// Hands a delta's unchanged files to the thread that links them, in
+/// batches, as the directory each is in is created.
+struct Feed {
+    /// `(parent directory's manifest index, file's index)` of every file the
+    /// base supplies, by parent (`None`: the release's root); files whose
+    /// parent is not listed are left out (linked after, and refused there).
+    by_parent: Vec<(Option<usize>, usize)>,
+    batch: Vec<usize>,
+    send: std::sync::mpsc::Sender<Vec<usize>>,
+}
+
+impl Feed {
+    const BATCH: usize = 64;
+
+    fn new(manifest: &Manifest, reuse: &Reuse) -> (Feed, std::sync::mpsc::Receiver<Vec<usize>>) {
+        let files = &manifest.files;
+        let mut by_parent: Vec<(Option<usize>, usize)> = (0..files.len())
+            .filter(|&i| reuse.linkable[i])
+            .filter_map(|i| match split(&files[i].path).0 {
+                "" => Some((None, i)),
+                parent => files
+                    .binary_search_by(|e| e.path.as_str().cmp(parent))
+                    .ok()
+                    .map(|p| (Some(p), i)),
+            })
+            .collect();
+        by_parent.sort_by_key(|&(parent, _)| parent);
+        let (send, fed) = std::sync::mpsc::channel();
+        let mut feed = Feed {
+            by_parent,
+            batch: Vec::with_capacity(Self::BATCH),
+            send,
+        };
+        feed.hand_over(None);
+        (feed, fed)
+    }
+
+    /// The directory at manifest index `dir` was created.
+    fn created(&mut self, dir: usize) {
+        self.hand_over(Some(dir));
+    }
+
+    fn hand_over(&mut self, parent: Option<usize>) {
+        let from = self.by_parent.partition_point(|&(p, _)| p < parent);
+        let to = self.by_parent.partition_point(|&(p, _)| p <= parent);
+        self.batch
+            .extend(self.by_parent[from..to].iter().map(|&(_, i)| i));
+        if self.batch.len() >= Self::BATCH {
+            // A linker that stopped (on an error it reports) takes no more.
+            let _ = self.send.send(std::mem::take(&mut self.batch));
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            let _ = self.send.send(std::mem::take(&mut self.batch));
+        }
+    }
+}
+
+/// What the linking thread linked, and which of those files must still be
+/// hashed.
+struct Linked {
+    files: Vec<usize>,
+    to_hash: Vec<Work>,
+}
+
+/// The linking thread of a delta install: each file handed over is checked
+/// ([`Reuse::check_base_file`]) and linked from the base into `dest`.
+fn link_fed(
+    artifact: &Path,
+    manifest: &Manifest,
+    dest: &Path,
+    reuse: &Reuse,
+    fed: std::sync::mpsc::Receiver<Vec<usize>>,
+) -> Result<Linked> {
+    let mut from = DirFds::open(&reuse.dir)?;
+    let mut to = DirFds::open(dest)?;
+    let mut linked = Linked {
+        files: Vec::with_capacity(reuse.files as usize),
+        to_hash: Vec::new(),
+    };
+    for batch in fed {
+        for i in batch {
+            let entry = &manifest.files[i];
+            let changed = reuse
+                .check_base_file(&mut from, entry)
+                .map_err(|why| reuse.base_changed(artifact, manifest, &entry.path, why))?;
+            if changed {
+                linked.to_hash.push(Work::of(reuse, i, entry));
+            }
+            link_one(reuse, &mut from, &mut to, &entry.path)?;
+            linked.files.push(i);
+        }
+    }
+    Ok(linked)
 }
 
 /// Hard-link the file at `path` of the reused release (its tree `from`)

@@ -210,11 +210,11 @@ fn plan_venv(options: &InstallOptions, manifest: &Manifest) -> Result<VenvPlan> 
         python::check_base_interpreter(manifest)?;
     }
     // It exists: asking it what it is takes a process start, which runs
-    // beside the unpacking (see `install`).
+    // beside the rest of the planning and the unpacking (see `plan_install`).
     Ok(VenvPlan::AsBuilt)
 }
 
-/// Check the manifest's interpreter on a thread; join before the rename.
+/// Check the manifest's interpreter on a thread; joined once unpacked.
 fn check_interpreter_beside(
     plan: &VenvPlan,
     manifest: &Manifest,
@@ -615,6 +615,9 @@ struct Fresh {
     venv: VenvPlan,
     reuse: Option<Box<Reuse>>,
     bytes: u64,
+    /// The check of the interpreter the venv links to (an install's, not a
+    /// dry run's), running since the plan was made.
+    interpreter: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 /// How far the pipeline got before the digest was compared.
@@ -669,6 +672,10 @@ fn plan_install(
         return Ok(Plan::Existing(manifest, Box::new(existing)));
     }
     let venv = plan_venv(options, &manifest)?;
+    let interpreter = match planning {
+        Planning::Install => check_interpreter_beside(&venv, &manifest),
+        Planning::DryRun { .. } => None,
+    };
     let reuse = match &delta {
         Some(delta) => {
             // An install checks each base file as it links it; a dry run
@@ -691,6 +698,7 @@ fn plan_install(
         venv,
         reuse,
         bytes,
+        interpreter,
     }))
 }
 
@@ -699,13 +707,13 @@ fn plan_install(
 fn unpack<R: std::io::Read>(
     host: &Host,
     artifact: &Path,
-    fresh: Fresh,
+    mut fresh: Fresh,
     entries: tar::Entries<'_, R>,
     bar: indicatif::ProgressBar,
     printer: &Printer,
 ) -> Result<Unpacked> {
+    let interpreter = fresh.interpreter.take();
     let manifest = &fresh.manifest;
-    let interpreter = check_interpreter_beside(&fresh.venv, manifest);
     let incoming = Incoming::create(host)?;
     crashpoint(CrashPoint::InstallIncomingCreated);
     let mut extracted = Extractor::new(artifact, manifest, &incoming.path)?
