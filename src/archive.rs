@@ -86,6 +86,11 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, String, u64) {
         (self.inner, hex::encode(self.hasher.finalize()), self.bytes)
     }
+
+    /// The writer, the hash so far (to go on with) and the count.
+    fn into_parts(self) -> (W, Sha256, u64) {
+        (self.inner, self.hasher, self.bytes)
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -164,6 +169,9 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
 
 enum Compressor<W: Write> {
     Zst(zstd::Encoder<'static, W>),
+    /// A small zstd frame ([`WORKERS_FROM_BYTES`]): its input, gathered
+    /// until the end, then compressed knowing its size.
+    SmallZst(Vec<u8>, W),
     Gz(flate2::write::GzEncoder<W>),
 }
 
@@ -171,6 +179,10 @@ impl<W: Write> Write for Compressor<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Compressor::Zst(w) => w.write(buf),
+            Compressor::SmallZst(input, _) => {
+                input.extend_from_slice(buf);
+                Ok(buf.len())
+            }
             Compressor::Gz(w) => w.write(buf),
         }
     }
@@ -178,6 +190,7 @@ impl<W: Write> Write for Compressor<W> {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Compressor::Zst(w) => w.flush(),
+            Compressor::SmallZst(..) => Ok(()),
             Compressor::Gz(w) => w.flush(),
         }
     }
@@ -187,9 +200,22 @@ impl<W: Write> Compressor<W> {
     fn finish(self) -> io::Result<W> {
         match self {
             Compressor::Zst(w) => w.finish(),
+            Compressor::SmallZst(input, sink) => small_frame(&input, sink),
             Compressor::Gz(w) => w.finish(),
         }
     }
+}
+
+/// `input` as one zstd frame into `sink`, on this thread, with its size
+/// declared: zstd then sizes its window and tables to the input (a level 9
+/// context for an unknown size clears tens of MB of tables, which costs a
+/// small frame more than compressing it), and the frame header records it.
+fn small_frame<W: Write>(input: &[u8], sink: W) -> io::Result<W> {
+    let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
+    enc.include_checksum(true)?;
+    enc.set_pledged_src_size(Some(input.len() as u64))?;
+    enc.write_all(input)?;
+    enc.finish()
 }
 
 /// Writes a deterministic artifact: every header has mtime = `mtime`, uid/gid 0,
@@ -241,18 +267,19 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Below this many bytes of tar, a frame is compressed on the calling
-/// thread. zstd's workers split their input into jobs of 4 windows (16 MiB
-/// at level 9), so a smaller input is one job on one worker anyway: the
-/// workers would only cost their start and their buffers (27 MB of
-/// allocations, page faults included, for a 300 KB delta). The bytes
+/// Below this many bytes of tar, a frame is gathered in memory and
+/// compressed on the calling thread with its size declared
+/// ([`small_frame`]). zstd's workers split their input into jobs of 4
+/// windows (16 MiB at level 9), so a smaller input is one job on one worker
+/// anyway: the workers would only cost their start and their buffers (27 MB
+/// of allocations, page faults included, for a 300 KB delta). The bytes
 /// differ between the two modes, and the size that decides is the input's,
 /// so the same input always gives the same bytes.
 pub const WORKERS_FROM_BYTES: u64 = 16 << 20;
 
-/// The zstd encoder of artifacts: [`ZSTD_LEVEL`], a checksum per frame, and
-/// for `about` bytes of input or more ([`WORKERS_FROM_BYTES`]) one worker
-/// per core (the bytes are the same for any number of workers).
+/// The zstd encoder of large frames ([`WORKERS_FROM_BYTES`]):
+/// [`ZSTD_LEVEL`], a checksum per frame, one worker per core (the bytes are
+/// the same for any number of workers).
 fn zstd_encoder<W: Write>(sink: W, about: u64) -> io::Result<zstd::Encoder<'static, W>> {
     let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
     if about >= WORKERS_FROM_BYTES {
@@ -292,6 +319,12 @@ fn member_header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar:
 /// is compressed once and its bytes written into both
 /// ([`ArtifactWriter::after_frames`]).
 pub fn member_frame(name: &str, json: &[u8], mtime: i64) -> Result<Vec<u8>> {
+    raw_frame(&member_bytes(name, json, mtime)?.0)
+}
+
+/// A head member's tar bytes (header, `json`, padding; no end-of-archive
+/// marker), and where `json` ends in them.
+fn member_bytes(name: &str, json: &[u8], mtime: i64) -> Result<(Vec<u8>, usize)> {
     let mut tar = tar::Builder::new(Vec::with_capacity(json.len() + 2 * TAR_END));
     tar.mode(tar::HeaderMode::Deterministic);
     let mut h = member_header(
@@ -304,37 +337,106 @@ pub fn member_frame(name: &str, json: &[u8], mtime: i64) -> Result<Vec<u8>> {
     let mut raw = tar.into_inner()?;
     // into_inner ended the archive: this member is not the end.
     raw.truncate(raw.len() - TAR_END);
-    let mut enc = zstd_encoder(Vec::with_capacity(json.len() / 4), raw.len() as u64)?;
-    enc.write_all(&raw)?;
+    let end = raw.len() - (512 - json.len() % 512) % 512;
+    if end < json.len() || raw[end - json.len()..end] != *json {
+        return Err(Error::internal(
+            "a head member's data is not where it should be",
+        ));
+    }
+    Ok((raw, end))
+}
+
+/// `bytes`, any stretch of a tar stream, as one zstd frame.
+pub fn raw_frame(bytes: &[u8]) -> Result<Vec<u8>> {
+    let sink = Vec::with_capacity(bytes.len() / 4 + 64);
+    if (bytes.len() as u64) < WORKERS_FROM_BYTES {
+        return Ok(small_frame(bytes, sink)?);
+    }
+    let mut enc = zstd_encoder(sink, bytes.len() as u64)?;
+    enc.write_all(bytes)?;
     Ok(enc.finish()?)
+}
+
+/// The manifest's member as zstd frames, and the bytes of the tar stream
+/// that must open the frame after them.
+pub struct ManifestFrames {
+    pub frames: Vec<Vec<u8>>,
+    /// The member's padding, when its last frame ends with its data.
+    pub lead: Vec<u8>,
+}
+
+impl ManifestFrames {
+    /// The frames, to pass to [`ArtifactWriter::after_frames`].
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.frames.iter().map(Vec::as_slice)
+    }
+}
+
+/// The manifest's member (`json`) as frames. With `last`, the end of
+/// `json` and that end as one zstd frame ([`raw_frame`], made beforehand:
+/// the build makes the part of the venv's and the wheels' entries while the
+/// static step runs, and keeps it in the build cache), the member is what
+/// comes before as one frame, then that frame, and its padding opens the
+/// next frame; otherwise the member is one frame ([`member_frame`]). Either
+/// way the frames decompress to the same bytes.
+pub fn manifest_frames(
+    json: &[u8],
+    mtime: i64,
+    last: Option<(&[u8], &[u8])>,
+) -> Result<ManifestFrames> {
+    let (bytes, end) = member_bytes(MANIFEST_NAME, json, mtime)?;
+    match last {
+        Some((raw, frame)) if !raw.is_empty() && raw.len() < json.len() && json.ends_with(raw) => {
+            let cut = end - raw.len();
+            Ok(ManifestFrames {
+                frames: vec![raw_frame(&bytes[..cut])?, frame.to_vec()],
+                lead: bytes[end..].to_vec(),
+            })
+        }
+        _ => Ok(ManifestFrames {
+            frames: vec![raw_frame(&bytes)?],
+            lead: Vec::new(),
+        }),
+    }
 }
 
 impl ArtifactWriter {
     /// A writer of an artifact of any size (zstd with its workers).
     pub fn new(file: fs::File, format: Format, mtime: i64) -> Result<Self> {
-        Self::after_frames(file, format, mtime, &[], u64::MAX)
+        Self::after_frames(file, format, mtime, (&[], &[]), u64::MAX)
     }
 
     /// A writer whose artifact begins with `frames`, complete zstd frames
-    /// of whole members ([`member_frame`]); what is appended, `about` bytes
-    /// of tar ([`tar_bytes`]), follows them in a frame of its own. Frames
-    /// are zstd only: a `.tar.gz` stays one gzip member.
+    /// of head members ([`member_frame`], [`manifest_frames`]); then a
+    /// frame of its own opens with `lead` (the bytes of the tar stream the
+    /// frames leave out, see [`ManifestFrames`]) and holds what is appended,
+    /// `about` bytes of tar ([`tar_bytes`]). Frames are zstd only: a
+    /// `.tar.gz` stays one gzip member.
     pub fn after_frames(
         file: fs::File,
         format: Format,
         mtime: i64,
-        frames: &[&[u8]],
+        (frames, lead): (&[&[u8]], &[u8]),
         about: u64,
     ) -> Result<Self> {
         let mut sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        if !frames.is_empty() && format != Format::Zst {
+        if !(frames.is_empty() && lead.is_empty()) && format != Format::Zst {
             return Err(Error::internal("separate frames in a gzip artifact"));
         }
         for frame in frames {
             sink.write_all(frame)?;
         }
         let compressor = match format {
-            Format::Zst => Compressor::Zst(zstd_encoder(sink, about)?),
+            Format::Zst if about.saturating_add(lead.len() as u64) < WORKERS_FROM_BYTES => {
+                let mut input = Vec::with_capacity((about as usize).saturating_add(lead.len()));
+                input.extend_from_slice(lead);
+                Compressor::SmallZst(input, sink)
+            }
+            Format::Zst => {
+                let mut enc = zstd_encoder(sink, u64::MAX)?;
+                enc.write_all(lead)?;
+                Compressor::Zst(enc)
+            }
             // GzBuilder without name or mtime: mtime 0 and OS "unknown".
             Format::Gz => Compressor::Gz(
                 flate2::GzBuilder::new()
@@ -432,6 +534,12 @@ impl ArtifactWriter {
     /// result decompresses as one tar stream: zstd and gzip both read
     /// concatenated frames as one. This lets the build compress the venv and
     /// the wheels while the app's files are still being made.
+    ///
+    /// The file is synced (`fsync`) before this returns. The tail's bytes
+    /// are copied by the kernel (`copy_file_range`), then read back from
+    /// the file and hashed while its data goes to disk: the sha256 of the
+    /// artifact is that of the bytes it holds, and neither waits for the
+    /// other.
     pub fn finish_with_tail(self, tail: fs::File) -> Result<Written> {
         let withhold = self.tar.into_inner()?;
         if withhold.held != [0u8; TAR_END] {
@@ -439,7 +547,24 @@ impl ArtifactWriter {
                 "the tar stream did not end in its end-of-archive marker",
             ));
         }
-        Self::close(withhold.inner, Some(tail))
+        let (buf, hasher, head) = withhold.inner.finish()?.into_parts();
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        let copied = io::copy(&mut tail.file(), &mut file.file())?;
+        let (synced, hashed) = std::thread::scope(|scope| {
+            let synced = scope.spawn(|| file.sync_all());
+            let hashed = hash_range(file.file(), head, copied, hasher);
+            let synced = synced
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
+            (synced, hashed)
+        });
+        synced?;
+        let sha256 = hashed.map_err(|e| crate::fsutil::fs_err_io(e, file.path()))?;
+        Ok(Written {
+            file,
+            sha256,
+            bytes: head + copied,
+        })
     }
 
     fn close(
@@ -460,6 +585,31 @@ impl ArtifactWriter {
             bytes,
         })
     }
+}
+
+/// `hasher` taken on over `len` bytes of `file` from `offset`; the digest.
+fn hash_range(
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    mut hasher: Sha256,
+) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the artifact is shorter than what was written",
+            ));
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Open an artifact and return its format and a decompressing reader.

@@ -224,9 +224,47 @@ pub fn tree_digest(files: &[Entry]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// How a manifest's JSON ends: `entries`, the last of its file list (after
+/// others, or not), one per line, and the closing brackets.
+pub fn json_of_last_entries(entries: &[Entry], after_others: bool) -> Vec<u8> {
+    let mut text = Vec::with_capacity(entries.len() * 160 + 8);
+    for (i, f) in entries.iter().enumerate() {
+        text.extend_from_slice(if i == 0 && !after_others {
+            b"\n    "
+        } else {
+            b",\n    "
+        });
+        serde_json::to_writer(&mut text, f).expect("entry serialises");
+    }
+    text.extend_from_slice(if entries.is_empty() && !after_others {
+        b"]\n}\n"
+    } else {
+        b"\n  ]\n}\n"
+    });
+    text
+}
+
 impl Manifest {
     /// Serialise deterministically: header fields pretty-printed, one line per file entry.
     pub fn to_json_bytes(&self) -> Vec<u8> {
+        let split = self.files.len();
+        let mut json = self.json_before(split);
+        json.extend_from_slice(&json_of_last_entries(&[], split > 0));
+        json
+    }
+
+    /// [`to_json_bytes`](Self::to_json_bytes), given what it ends with from
+    /// entry `split` on: `last` must be [`json_of_last_entries`] of
+    /// `files[split..]` (the build makes it for the venv's and the wheels'
+    /// entries while the static step runs).
+    pub fn to_json_bytes_ending(&self, split: usize, last: &[u8]) -> Vec<u8> {
+        let mut json = self.json_before(split);
+        json.extend_from_slice(last);
+        json
+    }
+
+    /// The JSON up to entry `split` (excluded).
+    fn json_before(&self, split: usize) -> Vec<u8> {
         // The header fields, pretty-printed, from a copy without the files
         // (listing every field, so a new one cannot be left out).
         let Manifest {
@@ -275,15 +313,10 @@ impl Manifest {
         out.truncate(out.trim_end().len());
         let mut text = format!("{out},\n  \"files\": [").into_bytes();
         text.reserve(files.len() * 160);
-        for (i, f) in files.iter().enumerate() {
+        for (i, f) in files[..split].iter().enumerate() {
             text.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
             serde_json::to_writer(&mut text, f).expect("entry serialises");
         }
-        text.extend_from_slice(if files.is_empty() {
-            b"]\n}\n"
-        } else {
-            b"\n  ]\n}\n"
-        });
         text
     }
 
@@ -674,6 +707,17 @@ mod tests {
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains("\n    {\"path\":\"app/a.py\",\"type\":\"file\",\"mode\":\"0644\""));
         assert_eq!(Manifest::from_json(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn the_json_is_the_same_whatever_its_end_was_made_from() {
+        for m in [sample(), for_tests(Vec::new())] {
+            let whole = m.to_json_bytes();
+            for split in 0..=m.files.len() {
+                let last = json_of_last_entries(&m.files[split..], split > 0);
+                assert_eq!(m.to_json_bytes_ending(split, &last), whole, "split {split}");
+            }
+        }
     }
 
     #[test]

@@ -117,11 +117,11 @@ pub struct Written {
 }
 
 /// The new release's manifest as the delta carries it: its JSON, and for
-/// zstd the compressed frame of its member, the same bytes as in the full
-/// artifact ([`archive::member_frame`]).
+/// zstd the compressed frames of its member, the same bytes as in the full
+/// artifact ([`archive::manifest_frames`]).
 pub struct ManifestBytes<'a> {
     pub json: &'a [u8],
-    pub frame: Option<&'a [u8]>,
+    pub frames: Option<&'a archive::ManifestFrames>,
 }
 
 /// Write the delta of `manifest` against `base` into `out`, with its
@@ -161,14 +161,17 @@ pub fn write(
             .zip(&carried)
             .filter_map(|(e, carry)| carry.then_some(e)),
     );
-    let mut writer = match bytes.frame {
-        Some(frame) => {
+    let mut writer = match bytes.frames {
+        Some(head) => {
             let header = DeltaHeader::of(base).to_json_bytes();
             let header = archive::member_frame(archive::DELTA_NAME, &header, epoch)?;
-            ArtifactWriter::after_frames(file, format, epoch, &[&header, frame], about)?
+            let frames: Vec<&[u8]> = std::iter::once(header.as_slice())
+                .chain(head.frames())
+                .collect();
+            ArtifactWriter::after_frames(file, format, epoch, (&frames, &head.lead), about)?
         }
         None => {
-            let mut writer = ArtifactWriter::after_frames(file, format, epoch, &[], about)?;
+            let mut writer = ArtifactWriter::after_frames(file, format, epoch, (&[], &[]), about)?;
             writer.append_delta_header(&DeltaHeader::of(base))?;
             writer.append_manifest(bytes.json)?;
             writer

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::archive;
 use crate::error::Result;
 use crate::fsutil;
-use crate::manifest::Entry;
+use crate::manifest::{self, Entry};
 
 /// Where the copies live inside a cache entry.
 const DIR: &str = "frames";
@@ -52,6 +52,43 @@ pub fn tail(
     // (read-only, full) costs that build the compression, nothing else.
     let _ = keep(env_dir, &key, &mut file);
     Ok(file)
+}
+
+/// How the manifest's JSON ends when `entries` (the venv's and the
+/// wheels', sorted, after the app's) end its file list
+/// ([`manifest::json_of_last_entries`]), and those bytes as a zstd frame
+/// ([`archive::raw_frame`]): the cache entry's copy when it has a sound
+/// one, else compressed now and a copy kept. Nine tenths of a manifest are
+/// these entries, and their frame is the same bytes for every commit built
+/// from the entry, like the venv-and-wheels frame: a warm build compresses
+/// only the rest of the manifest after the static step.
+pub fn manifest_end(entries: &[Entry], env_dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let raw = manifest::json_of_last_entries(entries, true);
+    let mut h = Sha256::new();
+    h.update(b"release manifest-end frame 1\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(b"\0");
+    h.update(zstd::zstd_safe::version_string().as_bytes());
+    h.update(format!("\0{}\0", archive::ZSTD_LEVEL).as_bytes());
+    h.update(&raw);
+    let key = format!("manifest-{}", hex::encode(h.finalize()));
+    if let Some(mut file) = cached(env_dir, &key) {
+        let mut frame = Vec::new();
+        if file.read_to_end(&mut frame).is_ok() {
+            return Ok((raw, frame));
+        }
+    }
+    let frame = archive::raw_frame(&raw)?;
+    // A head start for the next build only, as for the other frame.
+    let (path, digest) = paths(env_dir, &key);
+    let _ = fs::create_dir_all(env_dir.join(DIR))
+        .map_err(crate::error::Error::from)
+        .and_then(|()| fsutil::write_atomic(&path, &frame))
+        .and_then(|()| {
+            let sha256 = hex::encode(Sha256::digest(&frame));
+            fsutil::write_atomic(&digest, format!("{sha256}\n").as_bytes())
+        });
+    Ok((raw, frame))
 }
 
 /// The name of the copy of the frame holding `entries`.

@@ -29,7 +29,7 @@ use crate::error::{
     tail, BuildError, Error, LockError, PackageProblem, PythonError, Result, SourceError,
 };
 use crate::fsutil;
-use crate::manifest::{self, Builder, Entry, Manifest, MANIFEST_NAME};
+use crate::manifest::{self, Builder, Entry, Manifest};
 use crate::output::Printer;
 use crate::python::{self, relocate};
 use crate::tree::scan_tree;
@@ -305,6 +305,10 @@ fn sign(
 /// build runs.
 type BaseReader = std::thread::JoinHandle<Result<Manifest>>;
 
+/// The thread making the end of the manifest's JSON and its frame
+/// ([`frame::manifest_end`]).
+type ManifestEndThread<'s> = std::thread::ScopedJoinHandle<'s, Result<(Vec<u8>, Vec<u8>)>>;
+
 /// What a build wrote: the manifest, the artifact (its path and what was
 /// written), and the delta when asked for.
 type Written = (Manifest, PathBuf, archive::Written, Option<delta::Written>);
@@ -549,16 +553,19 @@ impl<'a> Build<'a> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let reused = std::sync::atomic::AtomicBool::new(false);
         let written = std::thread::scope(|scope| -> Result<_> {
-            let tail = (self.settings.format == Format::Zst).then(|| {
+            let zst = self.settings.format == Format::Zst;
+            let tail = zst.then(|| {
                 scope.spawn(|| frame::tail(&env.tail, &env.dir, self.work_dir, &stop, &reused))
             });
+            let end = zst.then(|| scope.spawn(|| frame::manifest_end(&env.tail, &env.dir)));
             let join_tail = tail.map(|tail| {
                 move || {
                     tail.join()
                         .unwrap_or_else(|_| Err(Error::internal("the archiving thread panicked")))
                 }
             });
-            let rest = self.make_rest_and_write(env, requirements_sha256, base, join_tail, steps);
+            let rest =
+                self.make_rest_and_write(env, requirements_sha256, base, (join_tail, end), steps);
             if rest.is_err() {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -574,13 +581,17 @@ impl<'a> Build<'a> {
 
     /// Everything after the env: the static step and the app's pycs, the
     /// manifest, and the artifact, whose venv-and-wheels part `join_tail`
-    /// gives (or, without it, is written here).
+    /// gives (or, without it, is written here), and the end of whose
+    /// manifest `end` gives ([`frame::manifest_end`]) when it is zstd.
     fn make_rest_and_write(
         &self,
         env: &Env,
         requirements_sha256: String,
         base: Option<BaseReader>,
-        join_tail: Option<impl FnOnce() -> Result<fs::File>>,
+        (join_tail, end): (
+            Option<impl FnOnce() -> Result<fs::File>>,
+            Option<ManifestEndThread<'_>>,
+        ),
         steps: &mut Steps,
     ) -> Result<Written> {
         self.static_and_compile(env)?;
@@ -599,15 +610,35 @@ impl<'a> Build<'a> {
             })
             .transpose()?;
         let base = base.as_ref();
-        let (manifest, manifest_json) = self.manifest(env, requirements_sha256)?;
-        // zstd: the manifest's member is a frame of its own, compressed once
+        let end = end
+            .map(|end| {
+                end.join().unwrap_or_else(|_| {
+                    Err(Error::internal(
+                        "the manifest's compressing thread panicked",
+                    ))
+                })
+            })
+            .transpose()?;
+        let (manifest, manifest_json) = self.manifest(
+            env,
+            requirements_sha256,
+            end.as_ref().map(|e| e.0.as_slice()),
+        )?;
+        // zstd: the manifest's member is frames of its own, compressed once
         // for the artifact and its delta.
-        let frame = (self.settings.format == Format::Zst)
-            .then(|| archive::member_frame(MANIFEST_NAME, &manifest_json, self.commit.epoch))
+        let frames = end
+            .as_ref()
+            .map(|(raw, frame)| {
+                archive::manifest_frames(
+                    &manifest_json,
+                    self.commit.epoch,
+                    Some((raw.as_slice(), frame.as_slice())),
+                )
+            })
             .transpose()?;
         let manifest_bytes = || delta::ManifestBytes {
             json: &manifest_json,
-            frame: frame.as_deref(),
+            frames: frames.as_ref(),
         };
         steps.done("manifest");
         // The delta (small) is written on a thread of its own, beside the
@@ -691,8 +722,15 @@ impl<'a> Build<'a> {
         })
     }
 
-    /// The manifest, every path sorted, checked as a host would; and its JSON.
-    fn manifest(&self, env: &Env, requirements_sha256: String) -> Result<(Manifest, Vec<u8>)> {
+    /// The manifest, every path sorted, checked as a host would; and its
+    /// JSON, whose end is `end` when given (the venv's and the wheels'
+    /// entries, [`frame::manifest_end`]).
+    fn manifest(
+        &self,
+        env: &Env,
+        requirements_sha256: String,
+        end: Option<&[u8]>,
+    ) -> Result<(Manifest, Vec<u8>)> {
         let (settings, commit, index) = (&self.settings, &self.commit, &env.index);
         let mut files = scan_tree(&self.app_dir, "app")?;
         files.extend(env.tail.iter().cloned());
@@ -732,7 +770,13 @@ impl<'a> Build<'a> {
             .map_err(|why| BuildError::WouldNotInstall {
                 reason: why.to_string(),
             })?;
-        let json = manifest.to_json_bytes();
+        let split = manifest.files.len() - env.tail.len();
+        let json = match end {
+            Some(end) if split > 0 && manifest.files[split..] == *env.tail => {
+                manifest.to_json_bytes_ending(split, end)
+            }
+            _ => manifest.to_json_bytes(),
+        };
         if json.len() as u64 > manifest::MAX_MANIFEST_BYTES {
             return Err(BuildError::ManifestTooLarge {
                 files: manifest.file_count,
@@ -774,14 +818,19 @@ impl<'a> Build<'a> {
             .tempfile_in(out)
             .map_err(|e| fsutil::fs_err_io(e, out))?;
         let (tmp_file, tmp_path) = tmp.into_parts();
+        fsutil::set_mode(&tmp_path, 0o644)?;
         let file = fs::File::from_parts(tmp_file, tmp_path.to_path_buf());
         let (format, epoch) = (self.settings.format, self.commit.epoch);
         let head = &manifest.files[..split];
         let about = archive::tar_bytes(head);
-        let mut writer = match manifest_bytes.frame {
-            Some(frame) => ArtifactWriter::after_frames(file, format, epoch, &[frame], about)?,
+        let mut writer = match manifest_bytes.frames {
+            Some(head) => {
+                let frames: Vec<&[u8]> = head.frames().collect();
+                ArtifactWriter::after_frames(file, format, epoch, (&frames, &head.lead), about)?
+            }
             None => {
-                let mut writer = ArtifactWriter::after_frames(file, format, epoch, &[], about)?;
+                let mut writer =
+                    ArtifactWriter::after_frames(file, format, epoch, (&[], &[]), about)?;
                 writer.append_manifest(manifest_bytes.json)?;
                 writer
             }
@@ -794,6 +843,7 @@ impl<'a> Build<'a> {
                 let spinner = self.printer.spinner("compressing the venv and the wheels");
                 let tail = join_tail()?;
                 spinner.finish_and_clear();
+                // Synced as it is finished.
                 writer.finish_with_tail(tail)?
             }
             None => {
@@ -801,11 +851,11 @@ impl<'a> Build<'a> {
                 for entry in &env.tail {
                     writer.append(entry, &env.dir.join(&entry.path))?;
                 }
-                writer.finish()?
+                let written = writer.finish()?;
+                written.file.sync_all()?;
+                written
             }
         };
-        fsutil::set_mode(&tmp_path, 0o644)?;
-        written.file.sync_all()?;
         tmp_path
             .persist(&artifact)
             .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
