@@ -389,7 +389,7 @@ impl<'a> Extractor<'a> {
         let files = &self.manifest.files;
         let start = self.next.min(files.len());
         let ahead = &files[start..];
-        if !ahead.first().is_some_and(|e| e.path.as_str() <= path) {
+        if ahead.first().is_none_or(|e| e.path.as_str() > path) {
             return files[..start]
                 .binary_search_by(|e| e.path.as_str().cmp(path))
                 .ok();
