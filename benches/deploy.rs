@@ -465,14 +465,15 @@ impl Bench {
         let (a, b) = self.two_artifacts();
         let w = self.fs.dir.join("install");
         // Alternating: install, bare tar, tar + `sync -f`, each into a fresh
-        // directory.
+        // directory; the CPU time (user + system, tar's zstd included) beside
+        // the wall time.
         let (mut ours, mut base, mut synced) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
             let root = w.join(format!("root{i}"));
-            ours.push(timed(&mut self.install(&root, &a)));
+            ours.push(timed_cpu(&mut self.install(&root, &a)));
             let dir = w.join(format!("tar{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            base.push(timed(
+            base.push(timed_cpu(
                 Command::new("tar")
                     .arg("--zstd")
                     .arg("-xf")
@@ -482,13 +483,18 @@ impl Bench {
             ));
             let dir = w.join(format!("tarsync{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            synced.push(timed(
+            synced.push(timed_cpu(
                 sh("tar --zstd -xf \"$0\" -C \"$1\" && sync -f \"$1\"", &w)
                     .arg(&a)
                     .arg(&dir),
             ));
         }
-        let (full_o, full_b, full_s) = (median(ours), median(base), median(synced));
+        let wall_cpu = |v: Vec<(f64, f64)>| {
+            let (w, c): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();
+            (median(w), median(c))
+        };
+        let ((full_o, full_o_cpu), (full_b, full_b_cpu), (full_s, full_s_cpu)) =
+            (wall_cpu(ours), wall_cpu(base), wall_cpu(synced));
 
         // B next to A (shares every unchanged file) vs B into an empty root.
         let (mut next, mut fresh, mut usage) = (Vec::new(), Vec::new(), 0);
@@ -519,17 +525,17 @@ impl Bench {
         vec![
             Row {
                 what: format!("`release install` with full verification vs `tar --zstd -xf` (no verification), mysite artifact, {}", self.fs.what()),
-                ours: secs(full_o),
-                baseline: secs(full_b),
-                ratio: format!("{:.2}×", full_o / full_b),
+                ours: format!("{} (CPU {})", secs(full_o), secs(full_o_cpu)),
+                baseline: format!("{} (CPU {})", secs(full_b), secs(full_b_cpu)),
+                ratio: format!("{:.2}× (CPU {:.2}×)", full_o / full_b, full_o_cpu / full_b_cpu),
                 target: "≤ 1.0×".into(),
                 met: full_o / full_b <= 1.0,
             },
             Row {
                 what: "the same install vs `tar --zstd -xf && sync -f` (tar made durable)".into(),
-                ours: secs(full_o),
-                baseline: secs(full_s),
-                ratio: format!("{:.2}×", full_o / full_s),
+                ours: format!("{} (CPU {})", secs(full_o), secs(full_o_cpu)),
+                baseline: format!("{} (CPU {})", secs(full_s), secs(full_s_cpu)),
+                ratio: format!("{:.2}× (CPU {:.2}×)", full_o / full_s, full_o_cpu / full_s_cpu),
                 target: "—".into(),
                 met: true,
             },
