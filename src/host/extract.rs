@@ -78,6 +78,8 @@ pub struct Extractor<'a> {
     from: Option<DirFds>,
     /// A delta's linking thread, fed with the files of each directory made.
     feed: Option<Feed>,
+    /// Where the search for the next member's entry starts.
+    next: usize,
 }
 
 impl<'a> Extractor<'a> {
@@ -99,6 +101,7 @@ impl<'a> Extractor<'a> {
             to,
             from: None,
             feed: None,
+            next: 0,
         })
     }
 
@@ -326,6 +329,7 @@ impl<'a> Extractor<'a> {
             .map_err(|e| self.refuse(path, UnsafeRule::UnreadableMode(e.to_string())))?;
         check_mode(mode).map_err(|why| self.refuse(path, UnsafeRule::Header(why)))?;
         let index = self.expected_index(path, kind, mode)?;
+        self.next = index + 1;
         self.check_parent(path)?;
         let expected = &self.manifest.files[index];
         match kind {
@@ -349,11 +353,7 @@ impl<'a> Extractor<'a> {
     /// The manifest's entry for a member at `path` of `kind` and `mode`:
     /// listed, not seen before, of that type and (but for a symlink) mode.
     fn expected_index(&self, path: &str, kind: EntryType, mode: u32) -> Result<usize> {
-        let Ok(index) = self
-            .manifest
-            .files
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-        else {
+        let Some(index) = self.index_of(path) else {
             return Err(self.refuse(path, UnsafeRule::NotInManifest));
         };
         if self.seen[index] {
@@ -379,6 +379,30 @@ impl<'a> Extractor<'a> {
             ));
         }
         Ok(index)
+    }
+
+    /// The manifest's index of `path`. Members come in the manifest's order
+    /// (a delta's skip the files it leaves out), so the search starts after
+    /// the last member found and gallops forward; a path before it is
+    /// searched for in the whole list.
+    fn index_of(&self, path: &str) -> Option<usize> {
+        let files = &self.manifest.files;
+        let start = self.next.min(files.len());
+        let ahead = &files[start..];
+        if ahead.first().is_none_or(|e| e.path.as_str() > path) {
+            return files[..start]
+                .binary_search_by(|e| e.path.as_str().cmp(path))
+                .ok();
+        }
+        let mut end = 1;
+        while end < ahead.len() && ahead[end].path.as_str() <= path {
+            end *= 2;
+        }
+        let (from, to) = (end / 2, (end + 1).min(ahead.len()));
+        ahead[from..to]
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| start + from + i)
     }
 
     /// A file member: its size as listed, then linked from the release
@@ -584,7 +608,8 @@ impl<'a> Extractor<'a> {
 struct Feed {
     /// `(parent directory's manifest index, file's index)` of every file the
     /// base supplies, by parent (`None`: the release's root); files whose
-    /// parent is not listed are left out (linked after, and refused there).
+    /// parent is not a listed directory are left out (linked after, and
+    /// refused there).
     by_parent: Vec<(Option<usize>, usize)>,
     batch: Vec<usize>,
     send: std::sync::mpsc::Sender<Vec<usize>>,
@@ -595,14 +620,15 @@ impl Feed {
 
     fn new(manifest: &Manifest, reuse: &Reuse) -> (Feed, std::sync::mpsc::Receiver<Vec<usize>>) {
         let files = &manifest.files;
+        let dirs: std::collections::HashMap<&str, usize> = (0..files.len())
+            .filter(|&i| files[i].kind == EntryType::Dir)
+            .map(|i| (files[i].path.as_str(), i))
+            .collect();
         let mut by_parent: Vec<(Option<usize>, usize)> = (0..files.len())
             .filter(|&i| reuse.linkable[i])
             .filter_map(|i| match split(&files[i].path).0 {
                 "" => Some((None, i)),
-                parent => files
-                    .binary_search_by(|e| e.path.as_str().cmp(parent))
-                    .ok()
-                    .map(|p| (Some(p), i)),
+                parent => dirs.get(parent).map(|&p| (Some(p), i)),
             })
             .collect();
         by_parent.sort_by_key(|&(parent, _)| parent);
@@ -975,6 +1001,28 @@ mod tests {
             "app/m",
             "has mode 0755, the manifest says 0644",
         );
+    }
+
+    /// The galloping search finds every entry, from any starting point,
+    /// and nothing that is not listed.
+    #[test]
+    fn members_are_found_from_the_last_one_on() {
+        let mut files: Vec<Entry> = (0..100)
+            .map(|i| Entry::dir(format!("app/d{i:03}")))
+            .collect();
+        files.push(Entry::dir("app".into()));
+        let manifest = manifest(files);
+        let dest = tempfile::tempdir().unwrap();
+        let mut x = Extractor::new(Path::new("a.tar.zst"), &manifest, dest.path()).unwrap();
+        for next in [0, 1, 2, 7, 50, 99, 100, 101, 500] {
+            x.next = next;
+            for (i, e) in manifest.files.iter().enumerate() {
+                assert_eq!(x.index_of(&e.path), Some(i), "{} from {next}", e.path);
+            }
+            for missing in ["a", "app/d", "app/d0005", "app/d999", "zzz"] {
+                assert_eq!(x.index_of(missing), None, "{missing} from {next}");
+            }
+        }
     }
 
     #[test]

@@ -89,8 +89,8 @@ impl Reuse {
             completed: (0, 0),
         };
         let mut dirs = DirFds::open(&source.dir).ok()?;
-        for (i, entry) in manifest.files.iter().enumerate() {
-            if entry.kind != EntryType::File || !theirs.has(entry) {
+        for (i, entry, listed) in beside(&manifest.files, &theirs.manifest.files) {
+            if entry.kind != EntryType::File || !theirs.record.installed_as(listed, entry) {
                 continue;
             }
             let Ok(meta) = stat_in(&mut dirs, &entry.path) else {
@@ -271,13 +271,25 @@ impl AsInstalled {
             completed,
         })
     }
+}
 
-    /// The release as installed has `entry` (the manifest's entry at its
-    /// path, as its install record left it).
-    fn has(&self, entry: &Entry) -> bool {
-        self.record
-            .installed_as(self.manifest.entry(&entry.path), entry)
-    }
+/// Each of `ours` (sorted by path) with its index and the entry of `theirs`
+/// (sorted by path) at the same path, if any: one walk of both lists.
+fn beside<'a>(
+    ours: &'a [Entry],
+    theirs: &'a [Entry],
+) -> impl Iterator<Item = (usize, &'a Entry, Option<&'a Entry>)> {
+    let mut j = 0;
+    ours.iter().enumerate().map(move |(i, entry)| {
+        while theirs
+            .get(j)
+            .is_some_and(|t| t.path.as_str() < entry.path.as_str())
+        {
+            j += 1;
+        }
+        let listed = theirs.get(j).filter(|t| t.path == entry.path);
+        (i, entry, listed)
+    })
 }
 
 /// A delta's base release as this host installed it.
@@ -315,11 +327,13 @@ impl<'a> InstalledBase<'a> {
             delta: true,
             completed: self.base.completed,
         };
-        for (i, entry) in manifest.files.iter().enumerate() {
-            if !self.has_unchanged(entry) {
+        for (i, entry, listed) in beside(&manifest.files, &self.base.manifest.files) {
+            // A file the base's manifest lists the same: the delta leaves
+            // it out, and the base must have it as listed.
+            if entry.kind != EntryType::File || listed != Some(entry) {
                 continue;
             }
-            if !self.base.has(entry) {
+            if !self.base.record.installed_as(listed, entry) {
                 return Err((entry.path.clone(), BaseFileProblem::InstalledDifferently));
             }
             reuse.linkable[i] = true;
@@ -327,12 +341,6 @@ impl<'a> InstalledBase<'a> {
             reuse.bytes += entry.size();
         }
         Ok(reuse)
-    }
-
-    /// `entry` is a file the base's manifest lists the same: the delta
-    /// leaves it out.
-    fn has_unchanged(&self, entry: &Entry) -> bool {
-        entry.kind == EntryType::File && self.base.manifest.entry(&entry.path) == Some(entry)
     }
 }
 
@@ -474,4 +482,31 @@ fn check_one(item: &Work, buffer: &mut [u8]) -> std::result::Result<(), BaseFile
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beside_pairs_each_entry_with_the_other_lists_entry_at_its_path() {
+        let list = |paths: &[&str]| -> Vec<Entry> {
+            paths.iter().map(|p| Entry::dir(p.to_string())).collect()
+        };
+        let ours = list(&["app", "app/a", "app/a.py", "app/a/b", "venv"]);
+        let theirs = list(&["app", "app/a.py", "app/a/b", "app/z", "static"]);
+        let paired: Vec<(usize, &str, Option<&str>)> = beside(&ours, &theirs)
+            .map(|(i, e, t)| (i, e.path.as_str(), t.map(|t| t.path.as_str())))
+            .collect();
+        assert_eq!(
+            paired,
+            vec![
+                (0, "app", Some("app")),
+                (1, "app/a", None),
+                (2, "app/a.py", Some("app/a.py")),
+                (3, "app/a/b", Some("app/a/b")),
+                (4, "venv", None),
+            ]
+        );
+    }
 }
