@@ -33,6 +33,19 @@ pub fn running_as_root(what: &str) -> bool {
     false
 }
 
+/// Unmounts what a test mounted at `path` (a tmpfs, a loop filesystem);
+/// lazily when something still holds it, so a failing test never leaves a
+/// mount behind.
+pub fn unmount(path: &Path) {
+    let ok = Command::new("umount")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
 /// The offline wheelhouse (`scripts/wheelhouse`), made once per test run.
 pub fn wheelhouse() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
