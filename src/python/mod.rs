@@ -72,10 +72,27 @@ impl Probe {
     /// Run `python` (a name on PATH or a path) and ask it; `Err` says why it
     /// cannot be used, as a phrase ("cannot run it (...)").
     pub fn run(python: &std::ffi::OsStr) -> std::result::Result<Probe, Unusable> {
-        let out = Command::new(python)
+        Probe::run_at(python, 0)
+    }
+
+    /// [`Probe::run`] at a lower CPU priority (`nice`, inherited by what
+    /// the interpreter's name runs, such as a pyenv shim's scripts): for a
+    /// probe that runs beside work that matters more.
+    pub fn run_at(python: &std::ffi::OsStr, nice: i32) -> std::result::Result<Probe, Unusable> {
+        let child = Command::new(python)
             .args(["-c", PROBE])
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Unusable::NotRunnable(e.to_string()))?;
+        if nice != 0 {
+            // Best effort: the probe's answer does not depend on it.
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::setpriority_process(Some(pid), nice);
+        }
+        let out = child
+            .wait_with_output()
             .map_err(|e| Unusable::NotRunnable(e.to_string()))?;
         if !out.status.success() {
             return Err(Unusable::Failed {
