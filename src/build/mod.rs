@@ -859,8 +859,8 @@ impl<'a> Build<'a> {
         tmp_path
             .persist(&artifact)
             .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
+        // Its write syncs `out`, which holds both renames.
         archive::write_checksum_file(&artifact, &written.sha256)?;
-        fsutil::fsync_dir(out)?;
         Ok((artifact, written))
     }
 
