@@ -859,8 +859,12 @@ impl<'a> Build<'a> {
         tmp_path
             .persist(&artifact)
             .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
-        // Its write syncs `out`, which holds both renames.
-        archive::write_checksum_file(&artifact, &written.sha256)?;
+        // Its write syncs `out`, which holds both renames. Without its
+        // checksum the artifact is not left behind as if it were whole.
+        if let Err(e) = archive::write_checksum_file(&artifact, &written.sha256) {
+            let _ = fs::remove_file(&artifact);
+            return Err(e);
+        }
         Ok((artifact, written))
     }
 
