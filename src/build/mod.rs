@@ -856,15 +856,7 @@ impl<'a> Build<'a> {
                 written
             }
         };
-        tmp_path
-            .persist(&artifact)
-            .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
-        // Its write syncs `out`, which holds both renames. Without its
-        // checksum the artifact is not left behind as if it were whole.
-        if let Err(e) = archive::write_checksum_file(&artifact, &written.sha256) {
-            let _ = fs::remove_file(&artifact);
-            return Err(e);
-        }
+        archive::place_with_checksum(tmp_path, &artifact, &written.sha256)?;
         Ok((artifact, written))
     }
 
