@@ -1304,9 +1304,17 @@ pub fn write_checksum_file(artifact: &Path, sha256: &str) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let path = PathBuf::from(format!("{}.sha256", artifact.display()));
+    let path = checksum_path(artifact);
     crate::fsutil::write_atomic(&path, format!("{sha256}  {name}\n").as_bytes())?;
     Ok(path)
+}
+
+/// `<artifact>.sha256`: the artifact's own name with the suffix added (its
+/// bytes as they are, not as `display()` would render them).
+pub fn checksum_path(artifact: &Path) -> PathBuf {
+    let mut name = artifact.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
 }
 
 /// Rename a finished archive from its temporary name to `path` and write its

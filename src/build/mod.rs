@@ -682,7 +682,7 @@ impl<'a> Build<'a> {
         if let (Err(_), Ok(Some(orphan))) = (&full, &delta) {
             // No delta without the full artifact it stands for.
             let _ = fs::remove_file(&orphan.path);
-            let _ = fs::remove_file(format!("{}.sha256", orphan.path.display()));
+            let _ = fs::remove_file(archive::checksum_path(&orphan.path));
         }
         let ((artifact, written), delta) = (full?, delta?);
         steps.done(if base.is_some() {
