@@ -1309,6 +1309,20 @@ pub fn write_checksum_file(artifact: &Path, sha256: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Rename a finished archive from its temporary name to `path` and write its
+/// `.sha256` beside it (whose write syncs the directory, both renames with
+/// it). When the checksum cannot be written the archive is removed again:
+/// an archive without its checksum is not left looking finished.
+pub fn place_with_checksum(tmp: tempfile::TempPath, path: &Path, sha256: &str) -> Result<()> {
+    tmp.persist(path)
+        .map_err(|e| crate::fsutil::fs_err_io(e.error, path))?;
+    if let Err(e) = write_checksum_file(path, sha256) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// The container on its own, in process: the deterministic writer, the
 /// format sniffing, the manifest-first rule, checksum files and the bounded
 /// extension headers.

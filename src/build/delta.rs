@@ -187,10 +187,7 @@ pub fn write(
     let written = writer.finish()?;
     fsutil::set_mode(&tmp_path, 0o644)?;
     written.file.sync_all()?;
-    tmp_path
-        .persist(&path)
-        .map_err(|e| fsutil::fs_err_io(e.error, &path))?;
-    archive::write_checksum_file(&path, &written.sha256)?;
+    archive::place_with_checksum(tmp_path, &path, &written.sha256)?;
     Ok(Written {
         path,
         sha256: written.sha256,

@@ -856,11 +856,7 @@ impl<'a> Build<'a> {
                 written
             }
         };
-        tmp_path
-            .persist(&artifact)
-            .map_err(|e| fsutil::fs_err_io(e.error, &artifact))?;
-        archive::write_checksum_file(&artifact, &written.sha256)?;
-        fsutil::fsync_dir(out)?;
+        archive::place_with_checksum(tmp_path, &artifact, &written.sha256)?;
         Ok((artifact, written))
     }
 

@@ -66,22 +66,12 @@ fn uv_locked_site(pyproject: &str) -> App {
 }
 
 fn build_with(app: &App, out: &Path, cache: &Path, path: Option<&str>, extra: &[&str]) -> Output {
-    let mut cmd = release();
-    cmd.current_dir(&app.dir)
-        .args([
-            "build",
-            "--json",
-            "--installer",
-            "pip",
-            "--no-index",
-            "--find-links",
-        ])
-        .arg(wheelhouse())
-        .arg("--out")
-        .arg(out)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(extra);
+    let args: Vec<&str> = ["--installer", "pip"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let mut cmd = app.build_command(out, cache, &args);
     if let Some(path) = path {
         cmd.env("PATH", path);
     }

@@ -385,6 +385,32 @@ struct Seen {
     urls: BTreeMap<String, u64>,
 }
 
+impl Seen {
+    /// Says what the clients saw (`what`: which scenario), and asserts that
+    /// no page and no asset fetch failed and that each of `css` (hashed
+    /// names under /static/) was fetched more than 10 times.
+    fn assert_all_served(&self, what: &str, css: [&str; 2]) {
+        eprintln!(
+            "{what}: {} pages, {} asset fetches, {} failed pages, {} failed assets; URLs {:?}",
+            self.pages,
+            self.assets,
+            self.failed_pages.len(),
+            self.failed_assets.len(),
+            self.urls
+        );
+        assert_eq!(self.failed_pages, Vec::<String>::new());
+        assert_eq!(self.failed_assets, Vec::<String>::new());
+        for css in css {
+            let url = format!("/static/{css}");
+            assert!(
+                self.urls.get(&url).is_some_and(|&n| n > 10),
+                "{url}: {:?}",
+                self.urls
+            );
+        }
+    }
+}
+
 /// Clients that load `/`, parse its asset URLs and fetch each, and also
 /// fetch again every asset URL any earlier page linked (a browser or CDN
 /// holding an older page), until stopped.
@@ -520,26 +546,9 @@ fn nginx_serves_every_asset_through_activate_rollback_activate_and_prune() {
     pause();
     let seen = browsing.stop();
     let (css_a, css_b) = (hashed_css(&host.root, &a), hashed_css(&host.root, &b));
-    eprintln!(
-        "one host: {} pages, {} asset fetches, {} failed pages, {} failed assets; URLs {:?}",
-        seen.pages,
-        seen.assets,
-        seen.failed_pages.len(),
-        seen.failed_assets.len(),
-        seen.urls
-    );
-    assert_eq!(seen.failed_pages, Vec::<String>::new());
-    assert_eq!(seen.failed_assets, Vec::<String>::new());
     // Both versions' pages were seen, and every asset either linked was
     // fetched again after each switch.
-    for css in [&css_a, &css_b] {
-        let url = format!("/static/{css}");
-        assert!(
-            seen.urls.get(&url).is_some_and(|&n| n > 10),
-            "{url}: {:?}",
-            seen.urls
-        );
-    }
+    seen.assert_all_served("one host", [&css_a, &css_b]);
     // The hashed names are served with the immutable cache header.
     let head = response_head(port, &format!("/static/{css_b}"));
     assert!(
@@ -597,24 +606,7 @@ fn two_hosts_behind_one_balancer_roll_without_a_missing_asset() {
     pause();
     let seen = browsing.stop();
     let (css_a, css_b) = (hashed_css(&one.root, &a), hashed_css(&one.root, &b1));
-    eprintln!(
-        "two hosts: {} pages, {} asset fetches, {} failed pages, {} failed assets; URLs {:?}",
-        seen.pages,
-        seen.assets,
-        seen.failed_pages.len(),
-        seen.failed_assets.len(),
-        seen.urls
-    );
-    assert_eq!(seen.failed_pages, Vec::<String>::new());
-    assert_eq!(seen.failed_assets, Vec::<String>::new());
-    for css in [&css_a, &css_b] {
-        let url = format!("/static/{css}");
-        assert!(
-            seen.urls.get(&url).is_some_and(|&n| n > 10),
-            "{url}: {:?}",
-            seen.urls
-        );
-    }
+    seen.assert_all_served("two hosts", [&css_a, &css_b]);
     // While the fleet was mixed, pages of both releases came through the
     // balancer: host 1 rendered B while host 2 still ran A.
     for host in [&one, &two] {

@@ -232,25 +232,13 @@ fn signatures_by_trusted_keys_install_and_every_other_case_is_refused() {
     // environment): minisign -V accepts the signature it writes.
     let app = App::new();
     let out = dir.join("dist");
-    let mut build = release();
-    build
-        .current_dir(&app.dir)
-        .args([
-            "build",
-            "--json",
-            "--installer",
-            "pip",
-            "--no-index",
-            "--find-links",
-        ])
-        .arg(wheelhouse())
-        .arg("--out")
-        .arg(&out)
-        .arg("--cache-dir")
-        .arg(shared_cache())
-        .arg("--sign")
-        .arg(&ci.sec_file)
-        .env("RELEASE_SIGN_PASSWORD", "correct horse");
+    let sec = ci.sec_file.to_str().unwrap();
+    let mut build = app.build_command(
+        &out,
+        &shared_cache(),
+        &["--installer", "pip", "--sign", sec],
+    );
+    build.env("RELEASE_SIGN_PASSWORD", "correct horse");
     let report = json_ok(&build.output().unwrap());
     let signed = PathBuf::from(report["artifact"].as_str().unwrap());
     assert_eq!(
@@ -770,27 +758,13 @@ fn a_signed_build_signs_its_delta_too() {
     app.write("mysite/signed_change.py", "SIGNED = True\n");
     app.commit("a signed change");
     let out = dir.path().join("dist");
-    let mut build = release();
-    build
-        .current_dir(&app.dir)
-        .args([
-            "build",
-            "--json",
-            "--installer",
-            "pip",
-            "--no-index",
-            "--find-links",
-        ])
-        .arg(wheelhouse())
-        .arg("--out")
-        .arg(&out)
-        .arg("--cache-dir")
-        .arg(shared_cache())
-        .arg("--sign")
-        .arg(&key.sec_file)
-        .arg("--delta-from")
-        .arg(&pair.base)
-        .env("RELEASE_SIGN_PASSWORD", "pw");
+    let (sec, base) = (key.sec_file.to_str().unwrap(), pair.base.to_str().unwrap());
+    let mut build = app.build_command(
+        &out,
+        &shared_cache(),
+        &["--installer", "pip", "--sign", sec, "--delta-from", base],
+    );
+    build.env("RELEASE_SIGN_PASSWORD", "pw");
     let report = json_ok(&build.output().unwrap());
     let delta = PathBuf::from(report["delta"]["artifact"].as_str().unwrap());
     assert_eq!(

@@ -171,6 +171,12 @@ impl App {
 
     /// `release build` of this app, offline from the wheelhouse, with pip.
     pub fn build(&self, out: &Path, cache: &Path, extra: &[&str]) -> Output {
+        self.build_command(out, cache, extra).output().unwrap()
+    }
+
+    /// `release build --json` of this app from the offline wheelhouse into
+    /// `out`, with `cache` and `extra`, for a caller that adds environment.
+    pub fn build_command(&self, out: &Path, cache: &Path, extra: &[&str]) -> Command {
         let mut cmd = release();
         cmd.current_dir(&self.dir)
             .args(["build", "--json", "--no-index", "--find-links"])
@@ -180,7 +186,7 @@ impl App {
             .arg("--cache-dir")
             .arg(cache)
             .args(extra);
-        cmd.output().unwrap()
+        cmd
     }
 
     /// Build and return the artifact path (panics with the output on failure).
