@@ -16,14 +16,14 @@
 //! replaced), so a damaged cache cannot put other bytes into an artifact
 //! than a fresh compression would.
 
-use std::io::{Read, Seek, Write};
+use std::io::{self, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use fs_err as fs;
 use sha2::{Digest, Sha256};
 
-use crate::archive;
+use crate::archive::{self, HashingReader};
 use crate::error::Result;
 use crate::fsutil;
 use crate::manifest::{self, Entry};
@@ -120,16 +120,9 @@ fn cached(env_dir: &Path, key: &str) -> Option<fs::File> {
     let (frame, digest) = paths(env_dir, key);
     let want = fs::read_to_string(&digest).ok()?;
     let mut file = fs::File::open(&frame).ok()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
-            Err(_) => return None,
-        }
-    }
-    if hex::encode(h.finalize()) != want.trim() {
+    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, &mut file), u64::MAX);
+    io::copy(&mut reader, &mut io::sink()).ok()?;
+    if reader.digest() != want.trim() {
         return None;
     }
     file.rewind().ok()?;
@@ -147,18 +140,12 @@ fn keep(env_dir: &Path, key: &str, file: &mut fs::File) -> Result<()> {
     let copied = (|| -> Result<String> {
         file.rewind()?;
         let mut out = fs::File::create(&tmp)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-        }
+        let mut reader =
+            HashingReader::new(BufReader::with_capacity(1 << 20, &mut *file), u64::MAX);
+        io::copy(&mut reader, &mut out)?;
+        let sha256 = reader.digest();
         file.rewind()?;
-        Ok(hex::encode(h.finalize()))
+        Ok(sha256)
     })();
     let sha256 = match copied {
         Ok(sha256) => sha256,
