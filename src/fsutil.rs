@@ -42,6 +42,15 @@ pub fn fs_err_io(err: std::io::Error, path: &Path) -> std::io::Error {
     std::io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
+/// A directory walk's error as an I/O error naming the tree walked, of the
+/// kind of the underlying I/O error (a walk's loop is `Other`).
+pub fn walk_err(err: walkdir::Error, root: &Path) -> std::io::Error {
+    let kind = err
+        .io_error()
+        .map_or(std::io::ErrorKind::Other, |e| e.kind());
+    std::io::Error::new(kind, format!("{}: {err}", root.display()))
+}
+
 /// Set a path's permission bits.
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -74,7 +83,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         return Ok(());
     }
     for entry in walkdir::WalkDir::new(path).follow_links(false) {
-        let entry = entry.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        let entry = entry.map_err(|e| walk_err(e, path))?;
         if entry.file_type().is_dir() {
             let mode = entry
                 .metadata()

@@ -18,7 +18,7 @@ pub fn scan_tree(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
         .follow_links(false)
         .sort_by_file_name()
     {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, root))?;
         let rel = item.path().strip_prefix(root).expect("under root");
         let rel = rel.to_str().ok_or_else(|| BuildError::Unpackable {
             path: item.path().to_path_buf(),

@@ -30,8 +30,7 @@ fn walk(app_dir: &Path) -> Result<(BTreeSet<PathBuf>, BTreeSet<PathBuf>)> {
     let mut files = BTreeSet::new();
     let mut dirs = BTreeSet::new();
     for item in walkdir::WalkDir::new(app_dir).min_depth(1) {
-        let item =
-            item.map_err(|e| std::io::Error::other(format!("{}: {e}", app_dir.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, app_dir))?;
         let rel = item
             .path()
             .strip_prefix(app_dir)
@@ -138,7 +137,7 @@ fn move_into(app_dir: &Path, root: &Path, static_dir: &Path) -> Result<()> {
     let from = app_dir.join(root);
     let mut moves = Vec::new();
     for item in walkdir::WalkDir::new(&from).min_depth(1) {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", from.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, &from))?;
         if item.file_type().is_dir() || skipped(item.path()) {
             continue;
         }

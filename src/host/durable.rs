@@ -194,7 +194,7 @@ pub fn make_durable(dir: &Path, outside: &[PathBuf], strategy: Strategy) -> Resu
 /// made durable by their directory's fsync).
 fn walk(root: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for item in walkdir::WalkDir::new(root).follow_links(false) {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", root.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, root))?;
         let kind = item.file_type();
         if kind.is_file() || kind.is_dir() {
             out.push(item.into_path());

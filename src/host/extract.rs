@@ -240,14 +240,7 @@ impl<'a> Extractor<'a> {
         let link_all = move |from: &mut DirFds, to: &mut DirFds, indices: &[usize]| {
             let mut to_hash = Vec::new();
             for &i in indices {
-                let entry = &manifest.files[i];
-                let changed = reuse
-                    .check_base_file(from, entry)
-                    .map_err(|why| reuse.base_changed(artifact, manifest, &entry.path, why))?;
-                if changed {
-                    to_hash.push(Work::of(reuse, i, entry));
-                }
-                link_one(reuse, from, to, &entry.path)?;
+                to_hash.extend(link_checked(artifact, manifest, reuse, from, to, i)?);
             }
             Ok::<_, Error>(to_hash)
         };
@@ -691,18 +684,32 @@ fn link_fed(
     };
     for batch in fed {
         for i in batch {
-            let entry = &manifest.files[i];
-            let changed = reuse
-                .check_base_file(&mut from, entry)
-                .map_err(|why| reuse.base_changed(artifact, manifest, &entry.path, why))?;
-            if changed {
-                linked.to_hash.push(Work::of(reuse, i, entry));
-            }
-            link_one(reuse, &mut from, &mut to, &entry.path)?;
+            let work = link_checked(artifact, manifest, reuse, &mut from, &mut to, i)?;
+            linked.to_hash.extend(work);
             linked.files.push(i);
         }
     }
     Ok(linked)
+}
+
+/// Check the base release's copy of the manifest's file `i`
+/// ([`Reuse::check_base_file`]) and link it from `from` into `to`; its
+/// content still to hash when its inode changed since the base was
+/// installed.
+fn link_checked(
+    artifact: &Path,
+    manifest: &Manifest,
+    reuse: &Reuse,
+    from: &mut DirFds,
+    to: &mut DirFds,
+    i: usize,
+) -> Result<Option<Work>> {
+    let entry = &manifest.files[i];
+    let changed = reuse
+        .check_base_file(from, entry)
+        .map_err(|why| reuse.base_changed(artifact, manifest, &entry.path, why))?;
+    link_one(reuse, from, to, &entry.path)?;
+    Ok(changed.then(|| Work::of(reuse, i, entry)))
 }
 
 /// Hard-link the file at `path` of the reused release (its tree `from`)

@@ -134,15 +134,8 @@ impl Reuse {
                 full: full_artifact_name(artifact, manifest),
             }))
         })?;
-        let refused = |(path, why): Refusal| {
-            InstallError::DeltaBaseChanged(Box::new(DeltaBaseChanged {
-                artifact: artifact.to_path_buf(),
-                base: source.name().to_string(),
-                path,
-                why,
-                full: full_artifact_name(artifact, manifest),
-            }))
-        };
+        let refused =
+            |(path, why): Refusal| base_changed(artifact, manifest, source.name(), path, why);
         let installed = InstalledBase::read(source, base).map_err(refused)?;
         let reuse = installed.link_unchanged(manifest).map_err(refused)?;
         if check_now {
@@ -197,15 +190,27 @@ impl Reuse {
         path: &str,
         why: BaseFileProblem,
     ) -> crate::error::Error {
-        InstallError::DeltaBaseChanged(Box::new(DeltaBaseChanged {
-            artifact: artifact.to_path_buf(),
-            base: self.id.to_string(),
-            path: path.to_string(),
-            why,
-            full: full_artifact_name(artifact, manifest),
-        }))
-        .into()
+        base_changed(artifact, manifest, self.id.as_str(), path.to_string(), why)
     }
+}
+
+/// The delta `artifact` (of `manifest`) cannot take `path` from its
+/// installed base release `base`.
+fn base_changed(
+    artifact: &Path,
+    manifest: &Manifest,
+    base: &str,
+    path: String,
+    why: BaseFileProblem,
+) -> crate::error::Error {
+    InstallError::DeltaBaseChanged(Box::new(DeltaBaseChanged {
+        artifact: artifact.to_path_buf(),
+        base: base.to_string(),
+        path,
+        why,
+        full: full_artifact_name(artifact, manifest),
+    }))
+    .into()
 }
 
 /// The installed release a delta applies to: a complete one with its

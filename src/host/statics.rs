@@ -128,13 +128,13 @@ fn release_files(release: &Path) -> Result<Vec<(String, Source)>> {
         _ => return Ok(files),
     }
     for item in walkdir::WalkDir::new(&top).follow_links(false).min_depth(1) {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", top.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, &top))?;
         if !item.file_type().is_file() {
             continue;
         }
         let meta = item
             .metadata()
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", item.path().display())))?;
+            .map_err(|e| crate::fsutil::walk_err(e, item.path()))?;
         let rel = item
             .path()
             .strip_prefix(&top)
@@ -255,8 +255,7 @@ impl Progress<'_> {
             .min_depth(1)
             .into_iter();
         while let Some(item) = items.next() {
-            let item =
-                item.map_err(|e| std::io::Error::other(format!("{}: {e}", served.display())))?;
+            let item = item.map_err(|e| crate::fsutil::walk_err(e, served))?;
             let is_dir = item.file_type().is_dir();
             if item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
                 remove_any(item.path(), is_dir)?;
@@ -394,7 +393,7 @@ fn remove_empty_dirs(served: &Path) -> Result<()> {
         .contents_first(true)
         .min_depth(1)
     {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", served.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, served))?;
         if item.file_type().is_dir() {
             match std::fs::remove_dir(item.path()) {
                 Ok(()) => {}
@@ -404,11 +403,6 @@ fn remove_empty_dirs(served: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The releases a sync serves, read now: every installed release.
-fn installed(host: &Host) -> Result<Vec<Installed>> {
-    releases::installed(host)
 }
 
 /// After an install (or a killed command's repair by the next install):
@@ -454,7 +448,7 @@ pub fn before_prune(
     if !config.serve_static {
         return Ok(Synced::default());
     }
-    let kept: Vec<Installed> = installed(host)?
+    let kept: Vec<Installed> = releases::installed(host)?
         .into_iter()
         .filter(|r| !removed.iter().any(|id| id == r.name()))
         .collect();
@@ -483,7 +477,7 @@ fn run(
     }
     let current = host.current()?;
     let live = live.or(current.id().map(|id| id.as_str()));
-    let synced = sync(host, lock, &installed(host)?, live, crash)?;
+    let synced = sync(host, lock, &releases::installed(host)?, live, crash)?;
     report(&synced, printer);
     Ok(())
 }
@@ -588,7 +582,10 @@ pub fn verify(host: &Host, config: &HostConfig) -> Result<Option<StaticReport>> 
 /// out).
 fn manifests(host: &Host) -> Result<Vec<(String, BTreeMap<String, String>)>> {
     let mut by_release = Vec::new();
-    for release in installed(host)?.iter().filter(|r| r.is_complete()) {
+    for release in releases::installed(host)?
+        .iter()
+        .filter(|r| r.is_complete())
+    {
         if let Some(files) = manifest_files(release) {
             by_release.push((release.name().to_string(), files));
         }
@@ -621,8 +618,7 @@ impl Audit<'_> {
             .sort_by_file_name()
             .min_depth(1)
         {
-            let item =
-                item.map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            let item = item.map_err(|e| crate::fsutil::walk_err(e, path))?;
             let rel = item
                 .path()
                 .strip_prefix(path)

@@ -164,7 +164,7 @@ fn walk(dir: &Path, expected: &[Entry]) -> Result<Walked> {
         .min_depth(1)
         .into_iter();
     while let Some(item) = items.next() {
-        let item = item.map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+        let item = item.map_err(|e| crate::fsutil::walk_err(e, dir))?;
         let rel = item
             .path()
             .strip_prefix(dir)
@@ -208,7 +208,7 @@ struct Found {
 fn check_item(item: &walkdir::DirEntry, rel: &str, want: Option<(usize, &Entry)>) -> Result<Found> {
     let meta = item
         .metadata()
-        .map_err(|e| std::io::Error::other(format!("{}: {e}", item.path().display())))?;
+        .map_err(|e| crate::fsutil::walk_err(e, item.path()))?;
     let mode = meta.permissions().mode() & 0o7777;
     let actual = kind_of(item.file_type());
     let what = || actual.map_or("special file".to_string(), |k| k.to_string());
