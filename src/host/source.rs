@@ -160,7 +160,7 @@ fn file_digests(request: &Request) -> Result<Vec<(String, String)>> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut digests: Vec<(String, String)> = parse_sha256_flag(request)?.into_iter().collect();
-    let sidecar = PathBuf::from(format!("{}.sha256", artifact.display()));
+    let sidecar = crate::archive::checksum_path(artifact);
     if sidecar.is_file() {
         let text = fs::read_to_string(&sidecar)?;
         let hex = archive::parse_checksum_file(&text, &file_name).map_err(|why| {
